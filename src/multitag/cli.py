@@ -1,0 +1,318 @@
+"""The ``multitag`` command line: thin Typer commands over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Multi-task tagging and visual search for product images.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+out_console = Console(width=None if sys.stdout.isatty() else 160)  # logs: don't squeeze tables
+
+DataOpt = Annotated[
+    Path, typer.Option("--data", help="CSV/Parquet manifest or folder-per-class tree.")
+]
+ImagesOpt = Annotated[Path | None, typer.Option("--images", help="Folder of images (<id>.jpg).")]
+IdColOpt = Annotated[str, typer.Option("--id-col", help="Manifest column with the image id.")]
+PathColOpt = Annotated[
+    str | None, typer.Option("--path-col", help="Manifest column with image paths.")
+]
+ExtOpt = Annotated[str, typer.Option("--ext", help="Image file extension after the id.")]
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def _load_frame(data: Path, images: Path | None, id_col: str, path_col: str | None, ext: str):
+    from multitag.data.manifest import load_manifest
+
+    try:
+        return load_manifest(data, images, id_col=id_col, path_col=path_col, ext=ext)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+
+
+def _task_list(frame, tasks: str | None) -> list[str]:
+    from multitag.data.manifest import FOLDER_TASK
+
+    names = _split(tasks)
+    if names:
+        return names
+    if FOLDER_TASK in frame.columns:
+        return [FOLDER_TASK]
+    _fail("name the label columns to learn with --tasks col1,col2,...")
+    return []
+
+
+@app.command("validate")
+def validate_cmd(
+    data: DataOpt,
+    images: ImagesOpt = None,
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated label columns.")] = None,
+    multilabel: Annotated[
+        str | None, typer.Option(help="Multi-label columns (comma-separated).")
+    ] = None,
+    delimiter: Annotated[str, typer.Option(help="Delimiter inside multi-label cells.")] = "|",
+    min_count: Annotated[int, typer.Option(help="Classes rarer than this are folded/dropped.")] = 5,
+    id_col: IdColOpt = "id",
+    path_col: PathColOpt = None,
+    ext: ExtOpt = ".jpg",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the report as JSON.")
+    ] = None,
+) -> None:
+    """Report missing files, unreadable images, duplicate ids, empty tasks and class counts."""
+    from multitag.data.tasks import infer_tasks
+    from multitag.data.validate import validate
+    from multitag.io import write_json
+
+    frame = _load_frame(data, images, id_col, path_col, ext)
+    names = _task_list(frame, tasks)
+    report = validate(frame, names)
+    task_objs = []
+    if report.ok:
+        try:
+            task_objs = infer_tasks(
+                frame,
+                names,
+                multilabel=_split(multilabel),
+                delimiter=delimiter,
+                min_count=min_count,
+            )
+        except ValueError as err:
+            _fail(str(err))
+        report.tasks = validate(frame, task_objs, decode=False, progress=False).tasks
+    table = Table(title=f"{data}: {report.n_rows} rows")
+    for col in ("task", "kind", "labelled", "missing", "classes", "top classes", "rare (folded)"):
+        table.add_column(col)
+    for name, info in report.tasks.items():
+        counts = info.get("class_counts", {})
+        top = ", ".join(f"{k} {v}" for k, v in list(counts.items())[:4])
+        rare = info.get("folded_into_other") or info.get("dropped") or []
+        table.add_row(
+            name,
+            info.get("kind", "?"),
+            str(info["labelled"]),
+            str(info["missing"]),
+            str(len(counts)),
+            top,
+            f"{len(rare)}: {', '.join(rare[:4])}" if rare else "0",
+        )
+    out_console.print(table)
+    for line in report.problems():
+        console.print(f"[yellow]problem:[/yellow] {line}")
+    console.print(
+        f"missing files: {len(report.missing_files)}, unreadable: {len(report.unreadable)}, "
+        f"duplicate ids: {len(report.duplicate_ids)}, empty tasks: {len(report.empty_tasks)}"
+    )
+    if json_out:
+        write_json(json_out, report.to_dict())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("train")
+def train_cmd(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
+    images: ImagesOpt = None,
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated label columns.")] = None,
+    backbone: Annotated[
+        str, typer.Option(help="Registered backbone or any timm name.")
+    ] = "tf_efficientnet_lite0",
+    weights: Annotated[
+        str, typer.Option(help="auto, package, hub, or a state-dict file.")
+    ] = "auto",
+    freeze: Annotated[
+        str, typer.Option(help="'all' (heads only) or the last frozen stage, e.g. blocks.4.")
+    ] = "all",
+    image_size: Annotated[
+        int | None, typer.Option(help="Square input size (default: backbone's).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on val).")] = 40,
+    head: Annotated[str, typer.Option(help="linear or mlp.")] = "mlp",
+    multilabel: Annotated[
+        str | None, typer.Option(help="Multi-label columns (comma-separated).")
+    ] = None,
+    delimiter: Annotated[str, typer.Option(help="Delimiter inside multi-label cells.")] = "|",
+    min_count: Annotated[int, typer.Option(help="Classes rarer than this are folded/dropped.")] = 5,
+    rare: Annotated[str, typer.Option(help="'other' (fold rare classes) or 'drop'.")] = "other",
+    val_fraction: Annotated[float, typer.Option(help="Validation share (stratified).")] = 0.2,
+    class_weight: Annotated[str, typer.Option(help="none, sqrt or balanced.")] = "none",
+    seed: Annotated[int, typer.Option(help="Random seed (split, init, order).")] = 0,
+    cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
+    id_col: IdColOpt = "id",
+    path_col: PathColOpt = None,
+    ext: ExtOpt = ".jpg",
+) -> None:
+    """Train a multi-task tagger and save it; evaluates on the validation split."""
+    from multitag import MultiTaskTagger
+    from multitag.evaluate import evaluate_split, write_reports
+
+    frame = _load_frame(data, images, id_col, path_col, ext)
+    kwargs = {}
+    if cache_dir is not None:
+        kwargs["cache_dir"] = cache_dir
+    tagger = MultiTaskTagger(
+        _task_list(frame, tasks),
+        backbone=backbone,
+        weights=weights,
+        freeze=freeze,
+        image_size=image_size,
+        epochs=epochs,
+        head=head,
+        multilabel=_split(multilabel),
+        delimiter=delimiter,
+        min_count=min_count,
+        rare=rare,
+        val_fraction=val_fraction,
+        class_weight=class_weight,
+        seed=seed,
+        **kwargs,
+    )
+    try:
+        tagger.fit(frame)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    for problem in tagger.validation_.problems()[:20]:
+        console.print(f"[yellow]skipped:[/yellow] {problem}")
+    tagger.save(out)
+    report = evaluate_split(tagger)
+    write_reports(
+        report, out / "metrics.json", out / "report.html", title=f"{out.name}: validation"
+    )
+    from multitag.metrics import format_table
+
+    console.print(format_table(report))
+    console.print(f"model: {out}  (report: {out / 'report.html'})")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
+    data: DataOpt,
+    json_out: Annotated[Path, typer.Option("--json", help="Metrics JSON to write.")],
+    images: ImagesOpt = None,
+    html: Annotated[Path | None, typer.Option("--html", help="HTML report with plots.")] = None,
+    id_col: IdColOpt = "id",
+    path_col: PathColOpt = None,
+    ext: ExtOpt = ".jpg",
+) -> None:
+    """Per-task accuracy, top-3, macro/weighted F1 (+ mAP for multi-label) on a labelled set."""
+    from multitag.evaluate import evaluate_frame, write_reports
+    from multitag.metrics import format_table
+
+    tagger = _load_model(model_dir)
+    frame = _load_frame(data, images, id_col, path_col, ext)
+    missing = [t.name for t in tagger.tasks_ if t.name not in frame.columns]
+    if missing:
+        _fail(f"{data} lacks the model's task column(s) {missing}")
+    report = evaluate_frame(tagger, frame)
+    write_reports(report, json_out, html, title=f"{model_dir.name} on {data.name}")
+    console.print(format_table(report))
+    if report.get("rejects"):
+        console.print(f"[yellow]{len(report['rejects'])} unreadable image(s) skipped[/yellow]")
+
+
+def _load_model(model_dir: Path):
+    from multitag import MultiTaskTagger
+
+    try:
+        return MultiTaskTagger.load(model_dir)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+
+
+@app.command("tag")
+def tag_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
+    paths: Annotated[list[Path], typer.Argument(help="Image files, folders or manifests.")],
+    out: Annotated[Path, typer.Option("--out", help="Output .parquet, .csv or .jsonl.")],
+    top_k: Annotated[int, typer.Option("--top-k", help="Tags per task.")] = 3,
+    images: ImagesOpt = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+) -> None:
+    """Tag images: top-k labels with probabilities per task + ImageNet tags."""
+    from multitag.io import check_table_suffix
+    from multitag.tagging import tag_to_file
+
+    try:
+        check_table_suffix(out)
+    except ValueError as err:
+        _fail(str(err))
+    tagger = _load_model(model_dir)
+    try:
+        written, rejects, n_ok, n_bad = tag_to_file(
+            tagger, paths, out, top_k=top_k, images=images, batch_size=batch_size
+        )
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    console.print(f"tagged {n_ok} image(s) -> {written}")
+    if rejects:
+        console.print(f"[yellow]{n_bad} unreadable image(s) -> {rejects}[/yellow]")
+
+
+@app.command("backbones")
+def backbones_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List registered backbones: stages (freeze points), parameters, weights source."""
+    from multitag import backbones
+
+    rows = [backbones.describe(s.name) for s in backbones.registered()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="registered backbones (any other timm name works online)")
+    for col in ("name", "params", "stages (freeze points)", "weights", "ImageNet head"):
+        table.add_column(col)
+    for r in rows:
+        stages = ", ".join(f"{s['module']}({s['channels']})" for s in r["stages"])
+        table.add_row(
+            r["name"],
+            f"{r['params'] / 1e6:.1f}M",
+            stages,
+            r["weights"],
+            "yes" if r["imagenet_classifier"] else "no",
+        )
+    out_console.print(table)
+
+
+@app.command("demo")
+def demo_cmd(
+    data_root: Annotated[Path, typer.Option(help="fashion-products folder.")] = Path(
+        "../shared/datasets/fashion-products"
+    ),
+    out: Annotated[Path, typer.Option(help="Where to write the model, tags and reports.")] = Path(
+        "artifacts/demo"
+    ),
+    image_size: Annotated[int | None, typer.Option(help="Square input size.")] = None,
+) -> None:
+    """The main job end to end: validate, train, evaluate, tag, on fashion-products."""
+    from multitag.demo import run_demo
+
+    run_demo(data_root, out, image_size=image_size)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

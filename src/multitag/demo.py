@@ -1,0 +1,108 @@
+"""The main job end to end on fashion-products: validate, train, evaluate, tag."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from multitag.data.derive import keyword_tags
+from multitag.data.manifest import load_manifest
+from multitag.data.tasks import infer_tasks
+from multitag.data.validate import validate
+from multitag.evaluate import evaluate_split, write_reports
+from multitag.io import write_table
+from multitag.metrics import format_table
+from multitag.tagger import MultiTaskTagger
+from multitag.tagging import tag_to_file
+
+DEMO_TASKS = [
+    "gender",
+    "masterCategory",
+    "subCategory",
+    "articleType",
+    "baseColour",
+    "season",
+    "usage",
+    "pattern",
+]
+DEMO_IMAGE_SIZE = 160
+
+console = Console()
+
+
+def run_demo(data_root: Path, out: Path, image_size: int | None = None) -> dict:
+    """Run the demo; returns the paths it wrote."""
+    started = time.perf_counter()
+    data_root = Path(data_root)
+    styles, images = data_root / "styles.csv", data_root / "images"
+    if not styles.is_file():
+        raise SystemExit(f"{styles} not found: pass --data-root to the fashion-products folder")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    console.rule("1/4 validate")
+    frame = load_manifest(styles, images)
+    # a multi-label attribute from the product names: pattern/material words
+    frame["pattern"] = keyword_tags(frame["productDisplayName"])
+    manifest = out / "manifest.csv"
+    write_table(frame.drop(columns=["path"]), manifest)
+    tasks = infer_tasks(frame, DEMO_TASKS, multilabel=["pattern"])
+    report = validate(frame, tasks)
+    console.print(
+        f"{report.n_rows} rows; missing files {len(report.missing_files)}, "
+        f"unreadable {len(report.unreadable)}, duplicate ids {len(report.duplicate_ids)}"
+    )
+    for t in tasks:
+        info = report.tasks[t.name]
+        console.print(
+            f"  {t.name:15s} {t.kind:10s} {t.n_classes:3d} classes, "
+            f"{info['missing']:5d} missing, {len(t.folded)} rare folded into 'other'"
+        )
+
+    console.rule("2/4 train (frozen backbone: features once, then heads)")
+    tagger = MultiTaskTagger(
+        DEMO_TASKS, multilabel=["pattern"], image_size=image_size or DEMO_IMAGE_SIZE
+    )
+    tagger.fit(frame, validation=report)
+    model_dir = out / "model"
+    tagger.save(model_dir)
+    console.print(
+        f"heads trained in {tagger.history_.seconds:.1f}s "
+        f"(best epoch {tagger.history_.best_epoch + 1})"
+    )
+
+    console.rule("3/4 evaluate on the validation split")
+    metrics = evaluate_split(tagger)
+    write_reports(
+        metrics,
+        model_dir / "metrics.json",
+        model_dir / "report.html",
+        title="fashion-products: validation split",
+    )
+    console.print(format_table(metrics))
+
+    console.rule("4/4 tag the validation images with the saved model")
+    val_manifest = out / "val.csv"
+    val = frame[frame["id"].isin(set(tagger.split_["val_ids"]))]
+    write_table(val[["id"]], val_manifest)
+    reloaded = MultiTaskTagger.load(model_dir)
+    tags_path, rejects, n_ok, n_bad = tag_to_file(
+        reloaded, [val_manifest], out / "tags.parquet", images=images
+    )
+    console.rule("done")
+    paths = {
+        "model": model_dir,
+        "tags": tags_path,
+        "report": model_dir / "report.html",
+        "metrics": model_dir / "metrics.json",
+    }
+    console.print(f"model:   {model_dir}")
+    console.print(
+        f"tags:    {tags_path} ({n_ok} images"
+        + (f", {n_bad} rejected -> {rejects})" if rejects else ")")
+    )
+    console.print(f"report:  {model_dir / 'report.html'}")
+    console.print(f"finished in {time.perf_counter() - started:.0f}s")
+    return paths

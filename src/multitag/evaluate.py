@@ -1,0 +1,92 @@
+"""Evaluate a tagger on labelled data: predictions -> :mod:`multitag.metrics` reports."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from multitag.data.tasks import Task, encode_all
+from multitag.metrics import evaluate_tasks, write_html, write_json
+
+
+def report_from_arrays(
+    tasks: Sequence[Task], targets: Mapping[str, np.ndarray], proba: Mapping[str, np.ndarray]
+) -> dict:
+    """Metrics for every task from encoded targets and predicted probabilities."""
+    return evaluate_tasks(
+        {
+            t.name: {
+                "kind": t.kind,
+                "y_true": targets[t.name],
+                "proba": proba[t.name],
+                "classes": t.classes,
+            }
+            for t in tasks
+        }
+    )
+
+
+def evaluate_split(tagger) -> dict:
+    """Metrics on the validation split kept aside by :meth:`MultiTaskTagger.fit`.
+
+    Uses the cached features of the val images when the backbone was frozen, so no image
+    is decoded twice; a fine-tuned model is re-run on the images.
+    """
+    if tagger.freeze == "all":
+        proba = tagger.predict_proba_features(tagger.val_features_)
+    else:
+        proba = tagger.predict_proba(tagger.val_paths_)["proba"]
+    report = report_from_arrays(tagger.tasks_, tagger.val_targets_, proba)
+    report["split"] = {
+        "n_train": len(tagger.split_["train_ids"]),
+        "n_val": len(tagger.split_["val_ids"]),
+    }
+    return report
+
+
+def evaluate_frame(tagger, frame: pd.DataFrame, batch_size: int = 64) -> dict:
+    """Metrics on a labelled manifest frame (``id``, ``path``, task columns).
+
+    Unreadable images are skipped and listed under ``rejects``; labels the model has never
+    seen count as missing for that task (reported under ``unknown_labels``).
+    """
+    out = tagger.predict_proba(frame["path"].tolist(), batch_size=batch_size)
+    ok = np.array([i not in out["errors"] for i in range(len(frame))], dtype=bool)
+    targets = encode_all(frame, tagger.tasks_)
+    unknown = {}
+    for t in tagger.tasks_:
+        filled = frame[t.name].astype(str).str.strip() != ""
+        lab = targets[t.name] >= 0 if targets[t.name].ndim == 1 else ~(targets[t.name] < 0).all(1)
+        n_unknown = int((filled.to_numpy() & ~lab).sum())
+        if n_unknown:
+            unknown[t.name] = n_unknown
+    report = report_from_arrays(
+        tagger.tasks_,
+        {k: v[ok] for k, v in targets.items()},
+        {k: v[ok] for k, v in out["proba"].items()},
+    )
+    report["n_images"] = int(ok.sum())
+    report["rejects"] = [
+        {"id": frame["id"].iloc[i], "path": frame["path"].iloc[i], "reason": r}
+        for i, r in sorted(out["errors"].items())
+    ]
+    if unknown:
+        report["unknown_labels"] = unknown
+    return report
+
+
+def write_reports(
+    report: dict,
+    json_path: str | os.PathLike | None,
+    html_path: str | os.PathLike | None,
+    title: str = "multitag evaluation",
+) -> None:
+    """Write the JSON and/or HTML report (atomically)."""
+    if json_path:
+        write_json(report, Path(json_path))
+    if html_path:
+        write_html(report, Path(html_path), title=title)

@@ -1,0 +1,382 @@
+"""Backbone features: a pipelined image loader, a multi-stage pooling encoder, a disk cache.
+
+The :class:`Encoder` wraps a timm model. Images arrive as uint8 tensors (decoded by loader
+workers in parallel with the forward pass); normalisation runs inside the model, under bf16
+autocast and channels_last where the hardware benefits. Pooled features from several stages
+are concatenated: early stages keep the colour information the last layer has pooled away.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from multitag import runtime
+from multitag.data.images import ImageDecodeError, image_to_array, load_image
+from multitag.progress import bar
+
+FEATURE_VERSION = 2  # bump when the meaning of cached features changes
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes a tensor: square resize (no crop), then mean/std normalisation."""
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]))
+
+    @classmethod
+    def for_model(cls, model: nn.Module, image_size: int | None = None) -> Preprocessing:
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        size = image_size or int(cfg.get("input_size", (3, 224, 224))[-1])
+        if size < 32 or size > 1024:
+            raise ValueError(f"image_size must be between 32 and 1024, not {size}")
+        return cls(size, tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3)))
+
+
+class ImageDataset(Dataset):
+    """Decode ``paths`` to uint8 CHW tensors; a bad file yields an error string, never raises."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], image_size: int, max_pixels=None):
+        self.paths = [str(p) for p in paths]
+        self.image_size = image_size
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
+        path = self.paths[index]
+        try:
+            kwargs = {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
+            img = load_image(path, target_size=self.image_size, **kwargs)
+            arr = image_to_array(img, self.image_size)
+        except ImageDecodeError as err:
+            return index, None, err.reason
+        return index, torch.from_numpy(arr).permute(2, 0, 1), ""
+
+
+def _collate(items):
+    indices = [i for i, x, _ in items if x is not None]
+    tensors = [x for _, x, _ in items if x is not None]
+    errors = [(i, e) for i, x, e in items if x is None]
+    images = torch.stack(tensors) if tensors else None
+    return torch.tensor(indices, dtype=torch.long), images, errors
+
+
+def iter_batches(
+    paths: Sequence[str | os.PathLike],
+    image_size: int,
+    batch_size: int = 64,
+    workers: int | None = None,
+    prefetch: int = 3,
+    max_pixels: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, list[tuple[int, str]]]]:
+    """Batches of ``(indices, uint8 images, [(index, reason), ...])``, decoded ahead.
+
+    Decoding runs in a thread pool (Pillow releases the GIL while decoding and resizing), so
+    it overlaps the forward pass without the start-up and copy costs of worker processes;
+    at most ``prefetch`` batches wait in memory.
+    """
+    dataset = ImageDataset(paths, image_size, max_pixels)
+    starts = range(0, len(dataset), batch_size)
+
+    def decode(start: int):
+        return _collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+
+    threads = runtime.loader_workers(workers)
+    if threads == 0:
+        for start in starts:
+            yield decode(start)
+        return
+    pending: collections.deque = collections.deque()
+    with ThreadPoolExecutor(threads, thread_name_prefix="multitag-decode") as pool:
+        for start in starts:
+            pending.append(pool.submit(decode, start))
+            if len(pending) > prefetch:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _is_staged(model: nn.Module) -> bool:
+    return all(hasattr(model, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")) and (
+        type(model).__name__ == "EfficientNet"
+    )
+
+
+class Encoder(nn.Module):
+    """timm model -> concatenated global-average-pooled features of several stages.
+
+    ``stages``: indices into the model's ``feature_info`` to pool (``None`` = all); the final
+    head activation is always included. ``forward`` returns ``(features, imagenet_logits)``,
+    the logits being ``None`` when ``with_imagenet`` is false.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocessing: Preprocessing,
+        stages: Sequence[int] | None = None,
+        with_imagenet: bool = True,
+        colour_bins: int = 6,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.colour_bins = colour_bins
+        self.preprocessing = preprocessing
+        info = list(model.feature_info)
+        self.stages = list(range(len(info))) if stages is None else sorted(stages)
+        self.stage_names = [info[i]["module"] for i in range(len(info))]
+        self.with_imagenet = with_imagenet
+        self.staged = _is_staged(model)
+        if self.staged:
+            ends = {int(info[i]["module"].split(".")[1]): i for i in self.stages}
+            self._take_blocks = ends
+        self.out_dim = (
+            sum(info[i]["num_chs"] for i in self.stages) + model.num_features + colour_bins**3
+        )
+        self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1) * 255)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (or 0-255 float) NCHW -> normalised float, channels_last."""
+        x = (images.float() - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def colour_histogram(self, images: torch.Tensor) -> torch.Tensor:
+        """Joint RGB histogram (``bins``^3) of the foreground pixels, square-rooted.
+
+        Product photos sit on white: pixels whose darkest channel is >= 235 are background.
+        CNN features pooled over the image blur colour; this keeps it exact and cheap.
+        """
+        b = self.colour_bins
+        x = images.float()
+        fg = (x.amin(1) < 235).float().flatten(1)  # (N, HW)
+        empty = fg.sum(1, keepdim=True) < 16
+        fg = torch.where(empty, torch.ones_like(fg), fg)
+        q = (x * (b / 256.0)).floor().clamp(0, b - 1).long()
+        idx = (q[:, 0] * b * b + q[:, 1] * b + q[:, 2]).flatten(1)
+        hist = torch.zeros(x.shape[0], b**3, device=x.device).scatter_add_(1, idx, fg)
+        return (hist / fg.sum(1, keepdim=True)).sqrt()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.normalize(images)
+        pooled: list[torch.Tensor] = []
+        if self.colour_bins:
+            pooled.append(self.colour_histogram(images))
+        if self.staged:
+            m = self.model
+            x = m.bn1(m.conv_stem(x))
+            for i, block in enumerate(m.blocks):
+                x = block(x)
+                if i in self._take_blocks:
+                    pooled.append(x.float().mean((2, 3)))
+            x = m.bn2(m.conv_head(x))
+        else:
+            x, inter = self.model.forward_intermediates(x, indices=self.stages)
+            pooled.extend(t.float().mean((2, 3)) for t in inter)
+        final = x.float().mean((2, 3)) if x.ndim == 4 else x.float()
+        pooled.append(final)
+        logits = None
+        if self.with_imagenet:
+            logits = self.model.get_classifier()(final.to(x.dtype)).float()
+        return torch.cat(pooled, dim=1), logits
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Content hash of a file (blake2b, 128 bits): the cache key part that follows the pixels."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Features on disk, keyed by encoder identity and image content.
+
+    Layout: ``ROOT/<encoder key>/shard-NNNNN.{feats,keys}.npy`` + ``encoder.json``. The keys file
+    is written last (atomically), so a killed run leaves complete shards only; extraction
+    resumes from what is there.
+    """
+
+    def __init__(self, root: str | os.PathLike, encoder_id: dict) -> None:
+        blob = json.dumps({**encoder_id, "version": FEATURE_VERSION}, sort_keys=True)
+        self.key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        self.dir = Path(root) / self.key
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "encoder.json").write_text(blob)
+        self._rows: dict[str, tuple[int, int]] = {}
+        self._shards: dict[int, np.ndarray] = {}
+        for keys_file in sorted(self.dir.glob("shard-*.keys.npy")):
+            shard = int(keys_file.name.split("-")[1].split(".")[0])
+            for row, k in enumerate(np.load(keys_file)):
+                self._rows[str(k)] = (shard, row)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, keys: Sequence[str]) -> np.ndarray:
+        """Stack the cached features of ``keys`` (all must be present) as float32."""
+        out = None
+        for i, k in enumerate(keys):
+            shard, row = self._rows[k]
+            if shard not in self._shards:
+                path = self.dir / f"shard-{shard:05d}.feats.npy"
+                self._shards[shard] = np.load(path, mmap_mode="r")
+            vec = self._shards[shard][row]
+            if out is None:
+                out = np.empty((len(keys), vec.shape[0]), dtype=np.float32)
+            out[i] = vec
+        return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
+    def put(self, keys: Sequence[str], features: np.ndarray) -> None:
+        """Append a shard (float16 on disk)."""
+        if not len(keys):
+            return
+        shard = max((s for s, _ in self._rows.values()), default=-1) + 1
+        base = self.dir / f"shard-{shard:05d}"
+        for suffix, arr in (
+            (".feats.npy", features.astype(np.float16)),
+            (".keys.npy", np.asarray(keys)),
+        ):
+            tmp = base.with_name(base.name + suffix + ".tmp")
+            with open(tmp, "wb") as fh:
+                np.save(fh, arr)
+            os.replace(tmp, base.with_name(base.name + suffix))
+        for row, k in enumerate(keys):
+            self._rows[k] = (shard, row)
+
+
+@dataclass
+class FeatureResult:
+    """Features for every input path; rows of failed images are zero and listed in ``errors``."""
+
+    features: np.ndarray
+    errors: dict[int, str]
+    imagenet_logits: np.ndarray | None = None
+
+    @property
+    def ok(self) -> np.ndarray:
+        mask = np.ones(len(self.features), dtype=bool)
+        mask[list(self.errors)] = False
+        return mask
+
+
+@torch.inference_mode()
+def run_encoder(
+    encoder: Encoder,
+    paths: Sequence[str | os.PathLike],
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    precision: str = "auto",
+    device: torch.device | None = None,
+    progress: bool = True,
+    description: str = "features",
+) -> FeatureResult:
+    """Encode ``paths`` (no cache). Bad files are reported in ``errors``, never raised."""
+    device = device or runtime.default_device()
+    precision = runtime.resolve_precision(precision, device)
+    encoder = encoder.eval().to(device, memory_format=torch.channels_last)
+    feats = np.zeros((len(paths), encoder.out_dim), dtype=np.float32)
+    logits = None
+    errors: dict[int, str] = {}
+    loader = iter_batches(paths, encoder.preprocessing.image_size, batch_size, workers)
+    with bar(description, len(paths), enabled=progress and len(paths) > batch_size) as pbar:
+        for indices, images, errs in loader:
+            errors.update(errs)
+            if images is not None:
+                with runtime.autocast(precision, device):
+                    f, lg = encoder(images.to(device))
+                feats[indices.numpy()] = f.float().cpu().numpy()
+                if lg is not None:
+                    if logits is None:
+                        logits = np.zeros((len(paths), lg.shape[1]), dtype=np.float32)
+                    logits[indices.numpy()] = lg.float().cpu().numpy()
+            pbar.advance(len(indices) + len(errs))
+    return FeatureResult(feats, errors, logits)
+
+
+def extract_features(
+    encoder: Encoder,
+    paths: Sequence[str | os.PathLike],
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    encoder_id: dict | None = None,
+    shard_size: int = 4096,
+    progress: bool = True,
+    **kwargs,
+) -> FeatureResult:
+    """Encode ``paths``, reusing and filling the on-disk cache when ``cache_dir`` is given.
+
+    ``encoder_id`` must identify the encoder's weights and settings (see ``Encoder`` users).
+    """
+    if cache_dir is None:
+        return run_encoder(encoder, paths, progress=progress, **kwargs)
+    if encoder_id is None:
+        raise ValueError("extract_features: encoder_id is required with cache_dir")
+    cache = FeatureCache(cache_dir, encoder_id)
+    errors: dict[int, str] = {}
+    keys: list[str | None] = []
+    with bar("hashing images", len(paths), enabled=progress and len(paths) > 2000) as pbar:
+        for i, p in enumerate(paths):
+            try:
+                keys.append(file_digest(p))
+            except OSError as err:
+                keys.append(None)
+                errors[i] = f"cannot read file ({err.strerror or err})"
+            pbar.advance()
+    todo = [i for i, k in enumerate(keys) if k is not None and k not in cache]
+    for start in range(0, len(todo), shard_size):
+        chunk = todo[start : start + shard_size]
+        res = run_encoder(
+            encoder,
+            [paths[i] for i in chunk],
+            progress=progress,
+            description=f"features {start + len(chunk)}/{len(todo)} new",
+            **kwargs,
+        )
+        good = [j for j in range(len(chunk)) if j not in res.errors]
+        # several paths may share content: store each key once
+        seen: dict[str, int] = {}
+        for j in good:
+            seen.setdefault(keys[chunk[j]], j)
+        cache.put(list(seen), res.features[list(seen.values())])
+        errors.update({chunk[j]: reason for j, reason in res.errors.items()})
+    feats = np.zeros((len(paths), 0), dtype=np.float32)
+    present = [i for i, k in enumerate(keys) if k is not None and i not in errors]
+    if present:
+        got = cache.get([keys[i] for i in present])
+        feats = np.zeros((len(paths), got.shape[1]), dtype=np.float32)
+        feats[present] = got
+    return FeatureResult(feats, errors)
+
+
+def pool_features(x: torch.Tensor) -> torch.Tensor:
+    """Global average pooling of an NCHW map in float32."""
+    return F.adaptive_avg_pool2d(x.float(), 1).flatten(1)

@@ -1,0 +1,144 @@
+"""The saved-model directory: ``config.json`` (everything to rebuild) + ``model.safetensors``.
+
+No pickle anywhere: weights are safetensors, the rest is JSON. Loading builds the architecture
+from the config with random weights, then loads every tensor strictly, so a reloaded model
+gives identical predictions and needs no network or weights package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import safetensors
+import timm
+import torch
+from safetensors.torch import load_model, save_model
+
+import multitag
+from multitag import backbones
+from multitag.data.tasks import Task
+from multitag.features import Encoder, Preprocessing
+from multitag.io import atomic_path, write_json
+from multitag.multitask.heads import MultiTaskHeads
+
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+
+
+def _versions() -> dict:
+    return {
+        "multitag": multitag.__version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "safetensors": safetensors.__version__,
+    }
+
+
+def save_tagger(tagger, directory: str | os.PathLike) -> Path:
+    """Save a fitted :class:`~multitag.tagger.MultiTaskTagger`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    net = tagger.net_
+    enc = net.encoder
+    config = {
+        "format_version": FORMAT_VERSION,
+        "kind": "multitag-tagger",
+        "backbone": {
+            "name": backbones.resolve_name(tagger.backbone),
+            "timm_name": backbones.get_spec(tagger.backbone).timm_name,
+            "weights": str(tagger.weights),
+            "stages": enc.stages,
+            "stage_names": [enc.stage_names[i] for i in enc.stages],
+            "with_imagenet": enc.with_imagenet,
+            "colour_bins": enc.colour_bins,
+            "feature_dim": enc.out_dim,
+        },
+        "preprocessing": {
+            **enc.preprocessing.to_dict(),
+            "resize": "squash, bicubic",
+            "input": "uint8 RGB NCHW",
+        },
+        "heads": {
+            "type": tagger.head,
+            "trunk": tagger.trunk,
+            "hidden": tagger.hidden,
+            "dropout": tagger.dropout,
+        },
+        "tasks": [t.to_dict() for t in tagger.tasks_],
+        "training": {
+            "freeze": tagger.freeze,
+            **tagger.train_config(),
+            "history": tagger.history_.to_dict() if hasattr(tagger, "history_") else None,
+        },
+        "params": {
+            k: v
+            for k, v in tagger.get_params().items()
+            if isinstance(v, (str, int, float, bool, list, type(None)))
+        },
+        "precision": tagger.precision,
+        "versions": _versions(),
+    }
+    with atomic_path(directory / WEIGHTS) as tmp:
+        save_model(net, str(tmp), metadata={"format": "multitag", "format_version": "1"})
+    write_json(directory / CONFIG, config)
+    return directory
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    """The ``config.json`` of a model directory, with a clear error when it is not one."""
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory} is not a multitag model directory (no {CONFIG}); "
+            "create one with `multitag train ... --out DIR`"
+        )
+    config = json.loads(path.read_text())
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format version {config['format_version']} is newer than this multitag "
+            f"understands ({FORMAT_VERSION}); upgrade multitag"
+        )
+    return config
+
+
+def load_tagger(directory: str | os.PathLike):
+    """Rebuild a :class:`~multitag.tagger.MultiTaskTagger` from a model directory."""
+    from multitag.tagger import MultiTaskTagger, TaggerNet
+
+    directory = Path(directory)
+    config = read_config(directory)
+    bb = config["backbone"]
+    model = backbones.create_model(bb["timm_name"], weights=None)
+    prep = Preprocessing.from_dict(config["preprocessing"])
+    encoder = Encoder(
+        model,
+        prep,
+        bb["stages"],
+        with_imagenet=bb["with_imagenet"],
+        colour_bins=bb.get("colour_bins", 0),
+    )
+    tasks = [Task.from_dict(t) for t in config["tasks"]]
+    h = config["heads"]
+    heads = MultiTaskHeads(
+        encoder.out_dim,
+        tasks,
+        h["type"],
+        h["hidden"],
+        h["dropout"],
+        input_dropout=0.0,
+        trunk=h.get("trunk", 0),
+    )
+    net = TaggerNet(encoder, heads, tasks)
+    missing, unexpected = load_model(net, str(directory / WEIGHTS), strict=True)
+    params = {
+        k: v for k, v in config.get("params", {}).items() if k in MultiTaskTagger().get_params()
+    }
+    params.update(backbone=bb["name"], weights=bb["weights"])
+    tagger = MultiTaskTagger(**params)
+    tagger.tasks_ = tasks
+    tagger.net_ = net.eval()
+    tagger.config_ = config
+    return tagger

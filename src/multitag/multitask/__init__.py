@@ -1,0 +1,1 @@
+"""Multi-task heads, losses and (later) sharing strategies on top of a backbone."""

@@ -1,0 +1,85 @@
+"""Per-task heads over pooled backbone features (hard parameter sharing)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from multitag.data.tasks import Task
+
+HEAD_TYPES = ("linear", "mlp")
+
+
+class TaskHead(nn.Module):
+    """``linear``: one affine map. ``mlp``: Linear -> GELU -> Dropout -> Linear."""
+
+    def __init__(
+        self, in_dim: int, n_out: int, kind: str = "mlp", hidden: int = 512, dropout: float = 0.2
+    ) -> None:
+        super().__init__()
+        if kind not in HEAD_TYPES:
+            raise ValueError(f"head must be one of {HEAD_TYPES}, not {kind!r}")
+        if kind == "linear":  # dropout lives in the shared trunk / input (CPU dropout is costly)
+            self.net = nn.Sequential(nn.Identity(), nn.Linear(in_dim, n_out))
+        else:
+            self.net = nn.Sequential(
+                nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MultiTaskHeads(nn.Module):
+    """Standardise the shared feature vector, then one head per task.
+
+    The standardisation statistics are buffers fitted on the training features
+    (:meth:`fit_scaler`): stages of a CNN have very different activation scales.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        tasks: Sequence[Task],
+        head: str = "mlp",
+        hidden: int = 512,
+        dropout: float = 0.2,
+        input_dropout: float = 0.1,
+        trunk: int = 0,
+    ) -> None:
+        super().__init__()
+        self.task_names = [t.name for t in tasks]
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("scale", torch.ones(in_dim))
+        self.input_dropout = nn.Dropout(input_dropout) if input_dropout else nn.Identity()
+        # optional shared hidden layer: hard sharing reaches into the head, 1/T of the compute
+        self.trunk = (
+            nn.Sequential(nn.Linear(in_dim, trunk), nn.GELU(), nn.Dropout(dropout))
+            if trunk
+            else nn.Identity()
+        )
+        width = trunk or in_dim
+        self.heads = nn.ModuleDict(
+            {t.name: TaskHead(width, t.n_classes, head, hidden, dropout) for t in tasks}
+        )
+
+    @torch.no_grad()
+    def fit_scaler(self, features: np.ndarray) -> None:
+        """Set the per-dimension mean/std from training features."""
+        x = torch.as_tensor(features, dtype=torch.float32)
+        self.mean.copy_(x.mean(0))
+        std = x.std(0)
+        # near-constant dimensions (sparse histogram bins) must not blow up to huge values
+        self.scale.copy_(std.clamp_min(0.1 * float(std.median()) + 1e-6))
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.trunk(self.input_dropout((features.float() - self.mean) / self.scale))
+        return {name: head(x) for name, head in self.heads.items()}
+
+
+def probabilities(task: Task, logits: torch.Tensor) -> torch.Tensor:
+    """Softmax for multi-class tasks, sigmoid for multi-label ones."""
+    return logits.softmax(-1) if task.kind == "multiclass" else logits.sigmoid()

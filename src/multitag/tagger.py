@@ -1,0 +1,334 @@
+"""``MultiTaskTagger``: the scikit-learn-style estimator for multi-task image tagging.
+
+``fit`` takes a manifest frame (``id``, ``path`` and label columns), ``predict_proba`` /
+``predict`` / ``tag`` take image paths, ``save`` / ``load`` round-trip a model directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from multitag import backbones, runtime
+from multitag.data.manifest import default_stratify, split_indices
+from multitag.data.tasks import Task, encode_all, infer_tasks
+from multitag.data.validate import ValidationReport, validate
+from multitag.features import Encoder, Preprocessing, extract_features, iter_batches
+from multitag.multitask.heads import MultiTaskHeads, probabilities
+from multitag.train import History, TrainConfig, fit_heads
+
+DEFAULT_CACHE = Path(os.environ.get("MULTITAG_CACHE", Path.home() / ".cache" / "multitag"))
+
+
+class TaggerNet(nn.Module):
+    """Encoder + heads: uint8 images -> per-task probabilities, ImageNet logits, features."""
+
+    def __init__(self, encoder: Encoder, heads: MultiTaskHeads, tasks: Sequence[Task]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.heads = heads
+        self.tasks = list(tasks)
+
+    def forward(self, images: torch.Tensor):
+        features, imagenet = self.encoder(images)
+        logits = self.heads(features)
+        probs = {t.name: probabilities(t, logits[t.name].float()) for t in self.tasks}
+        return probs, imagenet, features
+
+
+class MultiTaskTagger:
+    """One pretrained backbone, one head per task, trained together.
+
+    Parameters are stored as given (scikit-learn convention); fitted state ends in ``_``.
+    ``freeze="all"`` trains heads on cached backbone features (the fast path); a stage name
+    such as ``"blocks.5"`` also fine-tunes every stage after it end to end.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str] | None = None,
+        *,
+        backbone: str = backbones.DEFAULT_BACKBONE,
+        weights: str | None = "auto",
+        image_size: int | None = None,
+        stages: Sequence[int] | None = None,
+        colour_bins: int = 6,
+        freeze: str = "all",
+        head: str = "linear",
+        trunk: int = 1024,
+        hidden: int = 512,
+        dropout: float = 0.2,
+        multilabel: Mapping[str, str] | Sequence[str] | None = None,
+        delimiter: str = "|",
+        min_count: int = 5,
+        rare: str = "other",
+        val_fraction: float = 0.2,
+        epochs: int = 40,
+        batch_size: int = 256,
+        lr: float = 2e-3,
+        class_weight: str = "none",
+        label_smoothing: float = 0.1,
+        patience: int = 6,
+        seed: int = 0,
+        cache_dir: str | os.PathLike | None = DEFAULT_CACHE / "features",
+        precision: str = "auto",
+        workers: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.tasks = tasks
+        self.backbone = backbone
+        self.weights = weights
+        self.image_size = image_size
+        self.stages = stages
+        self.colour_bins = colour_bins
+        self.freeze = freeze
+        self.head = head
+        self.trunk = trunk
+        self.hidden = hidden
+        self.dropout = dropout
+        self.multilabel = multilabel
+        self.delimiter = delimiter
+        self.min_count = min_count
+        self.rare = rare
+        self.val_fraction = val_fraction
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.class_weight = class_weight
+        self.label_smoothing = label_smoothing
+        self.patience = patience
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self.precision = precision
+        self.workers = workers
+        self.progress = progress
+
+    # ------------------------------------------------------------------ fitting
+    def _train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            patience=self.patience,
+            class_weight=self.class_weight,
+            label_smoothing=self.label_smoothing,
+            seed=self.seed,
+        )
+
+    def _build_encoder(self, weights) -> Encoder:
+        spec = backbones.get_spec(self.backbone)
+        model = backbones.create_model(spec.name, weights=weights)
+        prep = Preprocessing.for_model(model, self.image_size)
+        return Encoder(
+            model,
+            prep,
+            self.stages,
+            with_imagenet=spec.has_classifier,
+            colour_bins=self.colour_bins,
+        )
+
+    def encoder_id(self) -> dict:
+        """What identifies cached features: backbone, weights, preprocessing, stages, precision."""
+        enc = self.net_.encoder
+        return {
+            "backbone": backbones.resolve_name(self.backbone),
+            "weights": str(self.weights),
+            "preprocessing": enc.preprocessing.to_dict(),
+            "stages": enc.stages,
+            "colour_bins": enc.colour_bins,
+            "precision": runtime.resolve_precision(self.precision, runtime.default_device()),
+        }
+
+    def fit(
+        self, frame: pd.DataFrame, *, validation: ValidationReport | None = None
+    ) -> MultiTaskTagger:
+        """Train on a manifest frame with ``id``, ``path`` and the task columns.
+
+        Runs the same checks as ``multitag validate`` first: rows whose image is missing or
+        unreadable are skipped and reported in ``validation_``; duplicate ids or an empty
+        task stop training with a message naming them.
+        """
+        if not self.tasks:
+            raise ValueError("tasks: name at least one label column to learn, e.g. ['gender']")
+        for col in ("id", "path"):
+            if col not in frame.columns:
+                raise ValueError(f"the frame needs an {col!r} column; use load_manifest()")
+        frame = frame.reset_index(drop=True)
+        report = validation or validate(
+            frame, list(self.tasks), decode=False, progress=self.progress
+        )
+        if not report.ok:
+            raise ValueError("cannot train:\n  " + "\n  ".join(report.problems()))
+        self.tasks_ = infer_tasks(
+            frame,
+            list(self.tasks),
+            multilabel=self.multilabel,
+            delimiter=self.delimiter,
+            min_count=self.min_count,
+            rare=self.rare,
+        )
+        encoder = self._build_encoder(self.weights)
+        heads = MultiTaskHeads(
+            encoder.out_dim,
+            self.tasks_,
+            self.head,
+            self.hidden,
+            self.dropout,
+            input_dropout=0.0,
+            trunk=self.trunk,
+        )
+        self.net_ = TaggerNet(encoder, heads, self.tasks_)
+        feats = extract_features(
+            encoder,
+            frame["path"].tolist(),
+            cache_dir=self.cache_dir,
+            encoder_id=self.encoder_id() if self.cache_dir else None,
+            precision=self.precision,
+            workers=self.workers,
+            progress=self.progress,
+        )
+        bad = sorted(report.bad_rows | set(feats.errors))
+        for row, reason in feats.errors.items():
+            if row not in report.bad_rows:
+                report.unreadable.append(
+                    {
+                        "row": row,
+                        "id": frame["id"][row],
+                        "path": frame["path"][row],
+                        "reason": reason,
+                    }
+                )
+        self.validation_ = report
+        targets = encode_all(frame, self.tasks_)
+        train_rows, val_rows = split_indices(
+            frame, default_stratify(self.tasks_), self.val_fraction, self.seed
+        )
+        train_rows = np.setdiff1d(train_rows, bad)
+        val_rows = np.setdiff1d(val_rows, bad)
+        if len(train_rows) == 0:
+            raise ValueError("no usable training rows: every image is missing or unreadable")
+        heads.fit_scaler(feats.features[train_rows])
+        self.history_ = fit_heads(
+            heads,
+            feats.features,
+            targets,
+            self.tasks_,
+            train_rows,
+            val_rows,
+            self._train_config(),
+            progress=self.progress,
+        )
+        if self.freeze != "all":
+            from multitag.finetune import fine_tune
+
+            fine_tune(self, frame, targets, train_rows, val_rows)
+        self.split_ = {
+            "train_ids": frame["id"].iloc[train_rows].tolist(),
+            "val_ids": frame["id"].iloc[val_rows].tolist(),
+        }
+        self.val_features_ = feats.features[val_rows]
+        self.val_paths_ = frame["path"].iloc[val_rows].tolist()
+        self.val_targets_ = {k: v[val_rows] for k, v in targets.items()}
+        return self
+
+    # --------------------------------------------------------------- inference
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise RuntimeError("this MultiTaskTagger is not fitted: call fit() or load() first")
+
+    @torch.inference_mode()
+    def predict_proba(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        batch_size: int = 64,
+        return_features: bool = False,
+    ) -> dict:
+        """Per-task probabilities for ``paths``.
+
+        Returns ``{"proba": {task: (n, C)}, "imagenet": (n, 1000) or None,
+        "errors": {row: reason}, "features": (n, D) if asked}``; rows of unreadable images are
+        zero and listed in ``errors``.
+        """
+        self._check_fitted()
+        device = runtime.default_device()
+        precision = runtime.resolve_precision(self.precision, device)
+        net = self.net_.eval().to(device)
+        n = len(paths)
+        proba = {t.name: np.zeros((n, t.n_classes), np.float32) for t in self.tasks_}
+        imagenet = np.zeros((n, 1000), np.float32) if net.encoder.with_imagenet else None
+        features = np.zeros((n, net.encoder.out_dim), np.float32) if return_features else None
+        errors: dict[int, str] = {}
+        from multitag.progress import bar
+
+        size = net.encoder.preprocessing.image_size
+        with bar("tagging", n, enabled=self.progress and n > batch_size) as pbar:
+            for idx, images, errs in iter_batches(paths, size, batch_size, self.workers):
+                errors.update(errs)
+                if images is not None:
+                    rows = idx.numpy()
+                    with runtime.autocast(precision, device):
+                        probs, logits, feats = net(images.to(device))
+                    for name, p in probs.items():
+                        proba[name][rows] = p.float().cpu().numpy()
+                    if imagenet is not None and logits is not None:
+                        imagenet[rows] = logits.float().softmax(-1).cpu().numpy()
+                    if features is not None:
+                        features[rows] = feats.float().cpu().numpy()
+                pbar.advance(len(idx) + len(errs))
+        out = {"proba": proba, "imagenet": imagenet, "errors": errors}
+        if return_features:
+            out["features"] = features
+        return out
+
+    def predict_proba_features(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-task probabilities from precomputed encoder features."""
+        self._check_fitted()
+        heads = self.net_.heads.eval()
+        with torch.no_grad():
+            logits = heads(torch.as_tensor(features, dtype=torch.float32))
+        return {t.name: probabilities(t, logits[t.name]).numpy() for t in self.tasks_}
+
+    def predict(self, paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+        """Top-1 label per task (multi-label: labels with probability >= 0.5, ``|``-joined)."""
+        from multitag.tagging import top1_frame
+
+        return top1_frame(self, paths)
+
+    # -------------------------------------------------------------- persistence
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (no pickle)."""
+        from multitag.model_dir import save_tagger
+
+        self._check_fitted()
+        return save_tagger(self, directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> MultiTaskTagger:
+        """Rebuild a tagger saved by :meth:`save`; predictions are identical."""
+        from multitag.model_dir import load_tagger
+
+        return load_tagger(directory)
+
+    def get_params(self) -> dict:
+        """Constructor parameters (scikit-learn convention)."""
+        import inspect
+
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {n: getattr(self, n) for n in names}
+
+    def train_config(self) -> dict:
+        return asdict(self._train_config())
+
+    def __repr__(self) -> str:
+        return f"MultiTaskTagger(tasks={self.tasks!r}, backbone={self.backbone!r})"
+
+
+__all__ = ["MultiTaskTagger", "TaggerNet", "History"]

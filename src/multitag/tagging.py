@@ -1,0 +1,143 @@
+"""Batch tagging: image paths in, a table of top-k tags per task (plus ImageNet tags) out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from multitag.data.images import IMAGE_EXTENSIONS, iter_image_files
+from multitag.data.manifest import load_manifest
+from multitag.io import write_table
+
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+
+
+def resolve_inputs(
+    inputs: Sequence[str | os.PathLike], images: str | os.PathLike | None = None
+) -> pd.DataFrame:
+    """Files, folders (recursive) and manifests -> rows ``id``, ``path``.
+
+    A manifest row's image is found as for training (``images/<id>.jpg`` or a ``path``
+    column). An image file's id is its file name without the extension.
+    """
+    frames = []
+    loose: list[str | os.PathLike] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES:
+            has_path = (
+                "path" in pd.read_csv(p, nrows=0).columns if p.suffix != ".parquet" else False
+            )
+            m = load_manifest(p, images, path_col="path" if has_path else None)
+            frames.append(m[["id", "path"]])
+        elif p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise ValueError(
+                f"{p}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))}) nor a manifest "
+                f"({', '.join(MANIFEST_SUFFIXES)})"
+            )
+        else:
+            loose.append(item)
+    if loose:
+        files = iter_image_files(loose)
+        frames.append(
+            pd.DataFrame({"id": [f.stem for f in files], "path": [str(f) for f in files]})
+        )
+    if not frames:
+        return pd.DataFrame({"id": [], "path": []})
+    return pd.concat(frames, ignore_index=True)
+
+
+def _top_k(proba: np.ndarray, classes: Sequence[str], k: int) -> list[list[dict]]:
+    k = min(k, proba.shape[1])
+    order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+    return [
+        [{"label": classes[j], "prob": round(float(row[j]), 6)} for j in idx]
+        for row, idx in zip(proba, order)
+    ]
+
+
+def imagenet_labels() -> list[str]:
+    """Human-readable ImageNet-1k class names (shipped with timm, no network)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i).split(",")[0] for i in range(1000)]
+
+
+def tag_frame(
+    tagger, frame: pd.DataFrame, *, top_k: int = 3, threshold: float = 0.5, batch_size: int = 64
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tag every row of ``frame`` (``id``, ``path``). Returns ``(tags, rejects)``.
+
+    Each task gives ``<task>`` (top-1 label; multi-label: labels >= ``threshold`` joined by
+    ``|``), ``<task>_prob`` and ``<task>_top`` (top-k ``{label, prob}``). ``imagenet_top5``
+    holds the backbone's own ImageNet tags where it has a classifier.
+    """
+    paths = frame["path"].tolist()
+    out = tagger.predict_proba(paths, batch_size=batch_size)
+    ok = np.array([i not in out["errors"] for i in range(len(paths))], dtype=bool)
+    tags = pd.DataFrame({"id": frame["id"].to_numpy()[ok], "path": np.asarray(paths)[ok]})
+    for task in tagger.tasks_:
+        p = out["proba"][task.name][ok]
+        if task.kind == "multiclass":
+            best = p.argmax(1)
+            tags[task.name] = [task.classes[j] for j in best]
+            tags[f"{task.name}_prob"] = p[np.arange(len(p)), best].round(6)
+        else:
+            tags[task.name] = [
+                "|".join(task.classes[j] for j in np.flatnonzero(row >= threshold)) for row in p
+            ]
+            tags[f"{task.name}_prob"] = p.max(1).round(6) if p.size else []
+        tags[f"{task.name}_top"] = _top_k(p, task.classes, top_k)
+    if out["imagenet"] is not None:
+        tags["imagenet_top5"] = _top_k(out["imagenet"][ok], imagenet_labels(), 5)
+    rejects = pd.DataFrame(
+        [
+            {"id": frame["id"].iloc[i], "path": paths[i], "reason": r}
+            for i, r in sorted(out["errors"].items())
+        ],
+        columns=["id", "path", "reason"],
+    )
+    return tags, rejects
+
+
+def rejects_path(out: str | os.PathLike) -> Path:
+    """``tags.parquet`` -> ``tags.rejects.csv``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".rejects.csv")
+
+
+def tag_to_file(
+    tagger,
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    top_k: int = 3,
+    images: str | os.PathLike | None = None,
+    batch_size: int = 64,
+) -> tuple[Path, Path | None, int, int]:
+    """Tag ``inputs`` and write the table atomically to ``out`` (+ a rejects CSV if any).
+
+    Returns ``(out, rejects_file or None, n_tagged, n_rejected)``.
+    """
+    frame = resolve_inputs(inputs, images)
+    if frame.empty:
+        raise ValueError(f"no images found in {[str(i) for i in inputs]}")
+    tags, rejects = tag_frame(tagger, frame, top_k=top_k, batch_size=batch_size)
+    write_table(tags, out)
+    rej = None
+    if len(rejects):
+        rej = rejects_path(out)
+        write_table(rejects, rej)
+    return Path(out), rej, len(tags), len(rejects)
+
+
+def top1_frame(tagger, paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """``predict`` helper: id/path + top-1 label per task (unreadable rows dropped)."""
+    frame = pd.DataFrame({"id": [Path(p).stem for p in paths], "path": [str(p) for p in paths]})
+    tags, _ = tag_frame(tagger, frame, top_k=1)
+    return tags[["id", "path"] + [t.name for t in tagger.tasks_]]

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny generated images and a few hundred real fashion-products images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a hub in tests
+
+REPO = Path(__file__).resolve().parents[1]
+FASHION = Path(os.environ.get("MULTITAG_FASHION", REPO.parent / "shared/datasets/fashion-products"))
+TASKS = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
+
+
+def fashion_available() -> bool:
+    return (FASHION / "styles.csv").is_file()
+
+
+requires_fashion = pytest.mark.skipif(not fashion_available(), reason=f"{FASHION} not found")
+
+
+@pytest.fixture(scope="session")
+def fashion_frame() -> pd.DataFrame:
+    """A fixed, class-balanced sample of ~300 real rows (id, path + labels)."""
+    if not fashion_available():
+        pytest.skip(f"{FASHION} not found")
+    from multitag.data.manifest import load_manifest
+
+    frame = load_manifest(FASHION / "styles.csv", FASHION / "images")
+    common = frame["articleType"].value_counts().index[:8]
+    sample = (
+        frame[frame["articleType"].isin(common)].sort_values("id").groupby("articleType").head(40)
+    )
+    return sample.reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("feature-cache")
+
+
+@pytest.fixture(scope="session")
+def trained_tagger(fashion_frame, cache_dir):
+    """A tagger on the real sample with the real Lite0 weights (small image size, quick)."""
+    from multitag import MultiTaskTagger
+
+    tagger = MultiTaskTagger(
+        ["gender", "masterCategory", "articleType", "baseColour", "season"],
+        image_size=96,
+        epochs=15,
+        cache_dir=cache_dir,
+        progress=False,
+        min_count=3,
+    )
+    return tagger.fit(fashion_frame)
+
+
+def make_image(path: Path, size=(40, 30), colour=(200, 30, 30), mode="RGB") -> Path:
+    """Write a small solid image (product-like: coloured square on white)."""
+    img = Image.new("RGB", size, (255, 255, 255))
+    w, h = size
+    arr = np.asarray(img).copy()
+    arr[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = colour
+    Image.fromarray(arr).convert(mode).save(path)
+    return path
