@@ -153,7 +153,10 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> 
         model.load_state_dict(state, strict=False)
         return [k for k in target if k not in state]
     if len(state) > len(target):
-        raise ValueError(f"{origin}: {len(state)} tensors but the model has only {len(target)}")
+        raise ValueError(
+            f"{origin}: {len(state)} tensors but the model has only {len(target)}: "
+            "the file is for another architecture"
+        )
     mapped = {}
     for (src_key, tensor), (dst_key, ref) in zip(state.items(), target.items()):
         if tensor.shape != ref.shape:

@@ -310,6 +310,16 @@ def demo_cmd(
     run_demo(data_root, out, image_size=image_size)
 
 
+from multitag.cli_embed import register as _register_embed  # noqa: E402
+
+_register_embed(app)
+
+
+from multitag.cli_catalog import register as _register_catalog  # noqa: E402
+
+_register_catalog(app)
+
+
 def main() -> None:
     app()
 

@@ -27,7 +27,7 @@ from multitag import runtime
 from multitag.data.images import ImageDecodeError, image_to_array, load_image
 from multitag.progress import bar
 
-FEATURE_VERSION = 2  # bump when the meaning of cached features changes
+FEATURE_VERSION = 3  # bump when the meaning of cached features changes
 
 
 @dataclass(frozen=True)
@@ -183,8 +183,6 @@ class Encoder(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.normalize(images)
         pooled: list[torch.Tensor] = []
-        if self.colour_bins:
-            pooled.append(self.colour_histogram(images))
         if self.staged:
             m = self.model
             x = m.bn1(m.conv_stem(x))
@@ -198,10 +196,141 @@ class Encoder(nn.Module):
             pooled.extend(t.float().mean((2, 3)) for t in inter)
         final = x.float().mean((2, 3)) if x.ndim == 4 else x.float()
         pooled.append(final)
+        if self.colour_bins:  # layout: [stage pools..., head pool, colour histogram]
+            pooled.append(self.colour_histogram(images))
         logits = None
         if self.with_imagenet:
             logits = self.model.get_classifier()(final.to(x.dtype)).float()
         return torch.cat(pooled, dim=1), logits
+
+    # ------------------------------------------------------- frozen prefix / upper part
+    def block_index(self, stage: str | int) -> int:
+        """The last frozen block for a freeze point: ``"blocks.4"`` (any block) or a
+        ``feature_info`` index -> 4. Only staged (EfficientNet-family) models can be split."""
+        if not self.staged:
+            raise ValueError(
+                f"{type(self.model).__name__}: freezing part of the backbone needs an "
+                "EfficientNet-family model (conv_stem, bn1, blocks, conv_head, bn2)"
+            )
+        n = len(self.model.blocks)
+        if isinstance(stage, int):
+            return int(self.stage_names[stage].split(".")[1])
+        name = str(stage)
+        if name.startswith("blocks.") and name[7:].isdigit() and int(name[7:]) < n - 1:
+            return int(name[7:])
+        raise ValueError(
+            f"freeze point {name!r}: use 'all' or one of "
+            f"{', '.join(f'blocks.{i}' for i in range(n - 1))} (the last frozen block)"
+        )
+
+    def forward_until(self, images: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the frozen prefix: stem and ``blocks[0..block]``.
+
+        Returns ``(activation map after blocks[block], prefix features)``; the prefix features
+        are the pooled taps up to ``block`` followed by the colour histogram (the parts of
+        :meth:`forward`'s feature vector that the upper stages do not change)."""
+        m = self.model
+        x = m.bn1(m.conv_stem(self.normalize(images)))
+        pooled: list[torch.Tensor] = []
+        for i in range(block + 1):
+            x = m.blocks[i](x)
+            if i in self._take_blocks:
+                pooled.append(x.float().mean((2, 3)))
+        if self.colour_bins:
+            pooled.append(self.colour_histogram(images))
+        prefix = torch.cat(pooled, 1) if pooled else x.new_zeros((x.shape[0], 0)).float()
+        return x, prefix
+
+    def forward_from(
+        self, block: int, activations: torch.Tensor, prefix: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Continue :meth:`forward_until` from the activations after ``blocks[block]``:
+        ``forward(images) == forward_from(block, *forward_until(images, block))``."""
+        m = self.model
+        x = activations
+        upper: list[torch.Tensor] = []
+        for i in range(block + 1, len(m.blocks)):
+            x = m.blocks[i](x)
+            if i in self._take_blocks:
+                upper.append(x.float().mean((2, 3)))
+        x = m.bn2(m.conv_head(x))
+        final = x.float().mean((2, 3))
+        logits = None
+        if self.with_imagenet:
+            logits = self.model.get_classifier()(final.to(x.dtype)).float()
+        return self.assemble(prefix, upper, final), logits
+
+    def assemble(
+        self, prefix: torch.Tensor, upper: Sequence[torch.Tensor], final: torch.Tensor
+    ) -> torch.Tensor:
+        """The feature vector of :meth:`forward` from prefix features (:meth:`forward_until`),
+        the pooled upper taps and the pooled head: [stage pools..., head pool, colour]."""
+        n_colour = self.colour_bins**3 if self.colour_bins else 0
+        prefix = prefix.float()
+        taps, colour = (
+            prefix[:, : prefix.shape[1] - n_colour],
+            prefix[:, prefix.shape[1] - n_colour :],
+        )
+        return torch.cat([taps, *upper, final, colour], dim=1)
+
+
+class PrefixEncoder(nn.Module):
+    """The frozen prefix of an :class:`Encoder` as a flat-vector encoder, so that
+    :func:`extract_features` and :class:`FeatureCache` store stage activations unchanged:
+    each row is ``[activation map (C*H*W), prefix features]``."""
+
+    def __init__(self, encoder: Encoder, block: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.block = block
+        self.preprocessing = encoder.preprocessing
+        size = encoder.preprocessing.image_size
+        with torch.no_grad():
+            acts, prefix = encoder.eval().forward_until(
+                torch.full((1, 3, size, size), 255, dtype=torch.uint8), block
+            )
+        self.map_shape = tuple(acts.shape[1:])
+        self.prefix_dim = prefix.shape[1]
+        self.out_dim = int(np.prod(self.map_shape)) + self.prefix_dim
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+        acts, prefix = self.encoder.forward_until(images, self.block)
+        return torch.cat([acts.float().flatten(1), prefix.float()], 1), None
+
+    def split(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat rows -> (fp16 activation maps ``(N, C, H, W)``, float32 prefix features)."""
+        n_map = int(np.prod(self.map_shape))
+        acts = torch.from_numpy(np.ascontiguousarray(rows[:, :n_map], dtype=np.float16))
+        prefix = torch.from_numpy(np.ascontiguousarray(rows[:, n_map:], dtype=np.float32))
+        return acts.view(len(rows), *self.map_shape), prefix
+
+
+def extract_prefix(
+    encoder: Encoder,
+    paths: Sequence[str | os.PathLike],
+    block: int,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    encoder_id: dict | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
+    """Frozen-prefix outputs of ``paths``: ``(activations fp16 NCHW, prefix features, errors)``.
+
+    Cached like features (fp16 on disk, keyed by ``encoder_id`` + the stage + image content),
+    so training the upper stages never re-runs the frozen ones."""
+    prefix_encoder = PrefixEncoder(encoder, block)
+    if cache_dir is not None:
+        if encoder_id is None:
+            raise ValueError("extract_prefix: encoder_id is required with cache_dir")
+        encoder_id = {**encoder_id, "prefix_stage": f"blocks.{block}", "kind": "stage-activations"}
+    res = extract_features(
+        prefix_encoder, paths, cache_dir=cache_dir, encoder_id=encoder_id, **kwargs
+    )
+    rows = res.features
+    if rows.shape[1] == 0:
+        rows = np.zeros((len(paths), prefix_encoder.out_dim), dtype=np.float32)
+    acts, prefix = prefix_encoder.split(rows)
+    return acts, prefix, res.errors
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -1,0 +1,194 @@
+"""Core benchmark: tagging throughput vs forward-only and a naive loop, head training time,
+validation metrics on fashion-products. Writes ``bench/core.json`` and ``BENCHMARKS.md``.
+
+All speeds are measured in the same run, so their ratios are meaningful on a noisy machine.
+Run with ``make bench`` or ``python -m multitag.bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from multitag import runtime
+from multitag.data.manifest import load_manifest
+from multitag.demo import DEMO_IMAGE_SIZE
+from multitag.evaluate import evaluate_split
+from multitag.io import write_json, write_text
+from multitag.tagger import MultiTaskTagger
+from multitag.tagging import tag_to_file
+
+TASKS = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
+TARGETS = {
+    "gender": 0.89,
+    "masterCategory": 0.98,
+    "subCategory": 0.95,
+    "articleType": 0.85,
+    "baseColour": 0.68,
+    "season": 0.69,
+    "usage": 0.88,
+}
+
+
+def _forward_only(tagger: MultiTaskTagger, n: int, batch_size: int) -> float:
+    """Images/s of encoder + heads on pre-decoded uint8 tensors (no I/O, no decode)."""
+    net = tagger.net_.eval()
+    device = runtime.default_device()
+    precision = runtime.resolve_precision(tagger.precision, device)
+    size = net.encoder.preprocessing.image_size
+    x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
+    with torch.inference_mode(), runtime.autocast(precision, device):
+        net(x)  # warm-up
+        start = time.perf_counter()
+        done = 0
+        while done < n:
+            net(x)
+            done += batch_size
+    return done / (time.perf_counter() - start)
+
+
+def _naive_loop(paths: list[str], size: int) -> float:
+    """Images/s of the textbook loop: timm model, PIL decode, one image at a time, fp32."""
+    from PIL import Image
+
+    from multitag.backbones import create_model
+
+    model = create_model("tf_efficientnet_lite0").eval()
+    mean = torch.tensor([0.5, 0.5, 0.5]).view(3, 1, 1)
+    std = torch.tensor([0.5, 0.5, 0.5]).view(3, 1, 1)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for p in paths:
+            img = Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC)
+            x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+            model(((x - mean) / std).unsqueeze(0))
+    return len(paths) / (time.perf_counter() - start)
+
+
+def run(
+    data_root: Path,
+    out_dir: Path,
+    n_tag: int = 2048,
+    n_naive: int = 256,
+    image_size: int = DEMO_IMAGE_SIZE,
+) -> dict:
+    """Run every measurement; return the results dict."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = load_manifest(data_root / "styles.csv", data_root / "images")
+    tagger = MultiTaskTagger(TASKS, image_size=image_size)
+    t0 = time.perf_counter()
+    tagger.fit(frame)
+    fit_seconds = time.perf_counter() - t0
+    metrics = evaluate_split(tagger)
+
+    paths = frame.sort_values("id")["path"].tolist()[:n_tag]
+    model_dir = out_dir / "bench-model"
+    tagger.save(model_dir)
+    tagger.progress = False
+    _forward_only(tagger, 128, 64)  # warm caches before any timed section
+    start = time.perf_counter()
+    tag_to_file(tagger, paths, out_dir / "bench-tags.parquet")
+    tag_speed = len(paths) / (time.perf_counter() - start)
+    forward_speed = _forward_only(tagger, len(paths), 64)
+    naive_speed = _naive_loop(paths[:n_naive], image_size)
+    result = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "bf16": runtime.cpu_has_bf16(),
+            "torch": torch.__version__,
+        },
+        "image_size": image_size,
+        "backbone": tagger.backbone,
+        "n_images": len(frame),
+        "tag_images_per_s": tag_speed,
+        "forward_only_images_per_s": forward_speed,
+        "naive_loop_images_per_s": naive_speed,
+        "tag_vs_forward": tag_speed / forward_speed,
+        "tag_vs_naive": tag_speed / naive_speed,
+        "head_training_seconds": tagger.history_.seconds,
+        "head_training_epochs": len(tagger.history_.val_score),
+        "fit_seconds_including_features": fit_seconds,
+        "val_metrics": {
+            k: {
+                m: v.get(m)
+                for m in ("accuracy", "top3_accuracy", "macro_f1", "weighted_f1", "support")
+            }
+            for k, v in metrics["tasks"].items()
+        },
+        "targets_weighted_f1": TARGETS,
+    }
+    write_json(out_dir / "core.json", result)
+    (out_dir / "core.md").write_text(core_markdown(result, metrics))
+    return result
+
+
+def core_markdown(r: dict, metrics: dict) -> str:
+    """The core section of BENCHMARKS.md."""
+    rows = "\n".join(
+        f"| {t} | {m['weighted_f1']:.4f} | {TARGETS.get(t, float('nan')):.2f} | "
+        f"{'yes' if m['weighted_f1'] >= TARGETS.get(t, 0) else 'no'} | {m['accuracy']:.4f} | "
+        f"{m['top3_accuracy']:.4f} | {m['macro_f1']:.4f} | {m['support']} |"
+        for t, m in r["val_metrics"].items()
+    )
+    return f"""## Core tagger (`python -m multitag.bench`)
+
+Machine: {r["machine"]["cpu"]}, {r["machine"]["threads"]} threads, bf16: {r["machine"]["bf16"]},
+torch {r["machine"]["torch"]}. Backbone `{r["backbone"]}` (frozen), image size {r["image_size"]},
+{r["n_images"]} fashion-products images, validation split 20% stratified by articleType (seed 0).
+
+### Speed (same run)
+
+| measurement | images/s | ratio |
+|---|---:|---:|
+| `tag` end to end (decode, forward, heads, write Parquet) | {r["tag_images_per_s"]:.1f} | |
+| forward only (encoder + heads on pre-decoded tensors, same precision) | {r["forward_only_images_per_s"]:.1f} | tag / forward = **{r["tag_vs_forward"]:.2f}** (target >= 0.85) |
+| naive loop (timm + PIL, one image at a time, eager fp32) | {r["naive_loop_images_per_s"]:.1f} | tag / naive = **{r["tag_vs_naive"]:.2f}** (target >= 3) |
+
+Head training on the cached features of all images, {len(r["val_metrics"])} tasks:
+**{r["head_training_seconds"]:.1f} s** ({r["head_training_epochs"]} epochs; target <= 60 s).
+Whole `fit` including feature extraction/cache lookup: {r["fit_seconds_including_features"]:.0f} s.
+
+### Validation metrics (frozen backbone)
+
+| task | weighted F1 | target | met | accuracy | top-3 | macro F1 | support |
+|---|---:|---:|:-:|---:|---:|---:|---:|
+{rows}
+"""
+
+
+def write_benchmarks_md(bench_dir: Path, path: Path = Path("BENCHMARKS.md")) -> None:
+    """Concatenate every ``bench/*.md`` section into BENCHMARKS.md."""
+    order = ["core.md", "index.md", "catalog.md", "study.md"]
+    parts = sorted(
+        bench_dir.glob("*.md"),
+        key=lambda p: (order.index(p.name) if p.name in order else 99, p.name),
+    )
+    body = "\n".join(p.read_text() for p in parts)
+    write_text(
+        path, "# Benchmarks\n\nGenerated by `make bench` (sections from `bench/*.md`).\n\n" + body
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--data-root", type=Path, default=Path("../shared/datasets/fashion-products")
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE)
+    parser.add_argument("--n-tag", type=int, default=2048)
+    args = parser.parse_args()
+    result = run(args.data_root, args.out, n_tag=args.n_tag, image_size=args.image_size)
+    write_benchmarks_md(args.out)
+    print(json.dumps({k: v for k, v in result.items() if k != "val_metrics"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

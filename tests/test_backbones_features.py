@@ -1,0 +1,145 @@
+"""Backbone registry, weights loading, the torchvision fix, the encoder and the feature cache."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from multitag import backbones
+from multitag.features import Encoder, FeatureCache, Preprocessing, extract_features, run_encoder
+from tests.conftest import FASHION, make_image, requires_fashion
+
+
+def test_torchvision_imports_after_patch():
+    code = "import multitag, torchvision, timm; print(torchvision.__version__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_registry_lists_packaged_backbones():
+    names = [s.name for s in backbones.registered()]
+    assert {"tf_efficientnet_lite0", "tf_efficientnet_lite2", "mobilenetv2_100"} <= set(names)
+    assert backbones.resolve_name("lite0") == "tf_efficientnet_lite0"
+    d = backbones.describe("lite0")
+    assert [s["module"] for s in d["stages"]] == [
+        "blocks.0",
+        "blocks.1",
+        "blocks.2",
+        "blocks.4",
+        "blocks.6",
+    ]
+    assert 4.5e6 < d["params"] < 4.8e6
+
+
+@pytest.mark.parametrize("name", ["lite0", "mobilenetv2"])
+def test_packaged_weights_are_real(name):
+    model = backbones.create_model(name)
+    random = backbones.create_model(name, weights=None)
+    w = dict(model.named_parameters())["conv_stem.weight"]
+    assert not torch.equal(w, dict(random.named_parameters())["conv_stem.weight"])
+    assert float(w.abs().mean()) > 0.05  # trained filters, not init noise
+
+
+@requires_fashion
+def test_lite0_imagenet_head_recognises_real_products():
+    """The packaged ImageNet head works on real photos: T-shirts are 'jersey', shoes are shoes."""
+    from multitag.tagging import imagenet_labels
+
+    model = backbones.create_model("lite0")
+    enc = Encoder(model, Preprocessing.for_model(model, 224))
+    tshirt, shoe = FASHION / "images/3201.jpg", FASHION / "images/10102.jpg"
+    res = run_encoder(enc, [tshirt, shoe], progress=False, precision="fp32")
+    labels = imagenet_labels()
+    top5 = [[labels[j] for j in np.argsort(-row)[:5]] for row in res.imagenet_logits]
+    assert "jersey" in top5[0]
+    assert any(w in " ".join(top5[1]) for w in ("shoe", "sandal", "clog", "Loafer", "sneaker"))
+
+
+def test_weights_from_local_file_and_bad_file(tmp_path):
+    model = backbones.create_model("lite0")
+    path = tmp_path / "w.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    loaded = backbones.create_model("lite0", weights=str(path))
+    assert torch.equal(loaded.conv_stem.weight, model.conv_stem.weight)
+    with pytest.raises(backbones.WeightsUnavailableError, match="does not exist"):
+        backbones.create_model("lite0", weights=str(tmp_path / "missing.pth"))
+    other = tmp_path / "other.pth"
+    torch.save(backbones.create_model("mobilenetv2").state_dict(), other)
+    with pytest.raises(ValueError, match="another architecture"):
+        backbones.create_model("lite0", weights=str(other))
+
+
+def test_offline_hub_error_names_options(monkeypatch):
+    def offline(*a, **k):
+        if k.get("pretrained"):
+            raise OSError("no network")
+        return orig(*a, **k)
+
+    import timm
+
+    orig = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(backbones.WeightsUnavailableError) as err:
+        backbones.create_model("resnet18")
+    msg = str(err.value)
+    assert "tf_efficientnet_lite0" in msg and "--weights" in msg
+    with pytest.raises(ValueError, match="unknown backbone"):
+        backbones.get_spec("not_a_model_xyz")
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    model = backbones.create_model("lite0")
+    return Encoder(model, Preprocessing.for_model(model, 64))
+
+
+def test_encoder_features_include_colour(encoder, tmp_path):
+    red = make_image(tmp_path / "red.png", (64, 64), (220, 20, 20))
+    blue = make_image(tmp_path / "blue.png", (64, 64), (20, 20, 220))
+    res = run_encoder(encoder, [red, blue], progress=False, precision="fp32")
+    assert res.features.shape == (2, encoder.out_dim) and not res.errors
+    hist = res.features[:, -(encoder.colour_bins**3) :]
+    assert hist[0].argmax() != hist[1].argmax()
+    np.testing.assert_allclose((hist**2).sum(1), 1.0, atol=1e-5)  # sqrt of a distribution
+
+
+def test_feature_cache_reuses_and_reports_bad_files(encoder, tmp_path):
+    paths = [make_image(tmp_path / f"{i}.png", (50, 60), (i * 40, 100, 50)) for i in range(5)]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    ident = {"test": 1}
+    cache_dir = tmp_path / "cache"
+    first = extract_features(
+        encoder,
+        [*paths, bad],
+        cache_dir=cache_dir,
+        encoder_id=ident,
+        progress=False,
+        precision="fp32",
+    )
+    assert list(first.errors) == [5] and "bad.jpg" not in first.errors[5]
+    assert len(FeatureCache(cache_dir, ident)) == 5
+    calls = []
+    orig = encoder.forward
+    encoder.forward = lambda x: calls.append(len(x)) or orig(x)
+    try:
+        again = extract_features(
+            encoder,
+            paths[::-1],
+            cache_dir=cache_dir,
+            encoder_id=ident,
+            progress=False,
+            precision="fp32",
+        )
+    finally:
+        del encoder.forward
+    assert calls == []  # everything came from the cache
+    np.testing.assert_allclose(again.features[::-1], first.features[:5], atol=2e-3, rtol=2e-3)
+    other = FeatureCache(cache_dir, {"test": 2})
+    assert len(other) == 0  # another encoder identity never reuses these features
