@@ -104,5 +104,15 @@ def run_demo(data_root: Path, out: Path, image_size: int | None = None) -> dict:
         + (f", {n_bad} rejected -> {rejects})" if rejects else ")")
     )
     console.print(f"report:  {model_dir / 'report.html'}")
+    console.rule("catalogue: tags, topics, 2-D map, clusters, similar-items index")
+    from multitag.catalog import build_catalog
+
+    catalog_dir = out / "catalog"
+    catalog = build_catalog(model_dir, [manifest], catalog_dir, images=images)
+    paths["catalog"] = catalog_dir
+    console.print(f"catalog: {catalog_dir} ({catalog['n_items']} items)")
+    console.print(
+        f"explore: multitag serve {catalog_dir} --model {model_dir}  then open http://127.0.0.1:8000/"
+    )
     console.print(f"finished in {time.perf_counter() - started:.0f}s")
     return paths

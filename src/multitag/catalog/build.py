@@ -1,0 +1,319 @@
+"""``build_catalog``: one backbone pass per image (tags + ImageNet tags + features), in
+resumable chunks, then the global steps (embedding, topics, 2-D map, clusters, index).
+
+A finished catalogue grows incrementally: only new ids are tagged, and they are placed with
+the fitted state (NMF transform, kNN-averaged map position, nearest k-means centroid).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from multitag.catalog import layout as layout_mod
+from multitag.catalog import store
+from multitag.catalog import topics as topics_mod
+from multitag.io import atomic_path
+
+ChunkHook = Callable[[int, int, int], None]
+"""``on_chunk(part_number, n_done, n_total)``, called after each chunk is committed."""
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def load_embedding(model_dir: str | os.PathLike) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """Features -> embedding: the model dir's trained embedder if there is one, else the
+    L2-normalised encoder features. Returns ``(function, source)``."""
+    if (Path(model_dir) / "embedding.json").is_file():
+        try:
+            from multitag.embedding import load_embedder  # type: ignore[attr-defined]
+        except ImportError:
+            load_embedder = None
+        if load_embedder is not None:
+            embedder = load_embedder(model_dir)
+            return (lambda f: l2_normalise(embedder.transform_features(f))), "embedder"
+    return l2_normalise, "features"
+
+
+def build_index(embeddings: np.ndarray):
+    """Exact inner-product (cosine on normalised rows) FAISS index."""
+    import faiss
+
+    index = faiss.IndexFlatIP(embeddings.shape[1])
+    index.add(np.ascontiguousarray(embeddings, np.float32))
+    return index
+
+
+def save_index(index, path: Path) -> None:
+    import faiss
+
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def tag_columns(tasks) -> list[str]:
+    return [f"{t.name}:{c}" for t in tasks for c in t.classes]
+
+
+def _tag_chunk(tagger, frame: pd.DataFrame, batch_size: int, labels: list[str]):
+    """Tag one chunk: rows (top tags per task), arrays (tag probabilities, features), rejects."""
+    from multitag.tagging import _top_k
+
+    paths = frame["path"].tolist()
+    out = tagger.predict_proba(paths, batch_size=batch_size, return_features=True)
+    ok = np.array([i not in out["errors"] for i in range(len(paths))], dtype=bool)
+    rows = pd.DataFrame({"id": frame["id"].to_numpy()[ok], "path": np.asarray(paths)[ok]})
+    tags: list[list[str]] = [[] for _ in range(int(ok.sum()))]
+    for task in tagger.tasks_:
+        p = out["proba"][task.name][ok]
+        if task.kind == "multiclass":
+            best = p.argmax(1) if len(p) else np.zeros(0, int)
+            chosen = [[j] for j in best]
+            rows[f"{task.name}_prob"] = p[np.arange(len(p)), best].round(6)
+        else:
+            chosen = [list(np.flatnonzero(r >= 0.5)) for r in p]
+            rows[f"{task.name}_prob"] = p.max(1).round(6) if p.size else []
+        rows[task.name] = ["|".join(task.classes[j] for j in c) for c in chosen]
+        for t, c in zip(tags, chosen):
+            t.extend(f"{task.name}:{task.classes[j]}" for j in c)
+    rows["tags"] = tags
+    imagenet = out["imagenet"]
+    rows["imagenet"] = (
+        [[d["label"] for d in top] for top in _top_k(imagenet[ok], labels, 5)]
+        if imagenet is not None
+        else [[] for _ in range(len(rows))]
+    )
+    tagprobs = np.concatenate([out["proba"][t.name][ok] for t in tagger.tasks_], axis=1)
+    arrays = {"tagprobs": tagprobs.astype(np.float32), "features": out["features"][ok]}
+    rejects = pd.DataFrame(
+        [
+            {"id": str(frame["id"].iloc[i]), "path": paths[i], "reason": r}
+            for i, r in sorted(out["errors"].items())
+        ],
+        columns=["id", "path", "reason"],
+    )
+    return rows, arrays, rejects
+
+
+def _inputs(inputs: Sequence[str | os.PathLike], images) -> pd.DataFrame:
+    from multitag.tagging import resolve_inputs
+
+    frame = resolve_inputs(inputs, images)
+    if frame.empty:
+        raise ValueError(f"no images found in {[str(i) for i in inputs]}")
+    paths = [str(Path(p).absolute()) for p in frame["path"]]  # serve from any working dir
+    frame = frame.assign(id=frame["id"].astype(str), path=paths)
+    return frame.drop_duplicates("id", keep="first").reset_index(drop=True)
+
+
+def _topic_input(on: str, tagprobs: np.ndarray, features: np.ndarray, offset=None):
+    if on == "tags":
+        return tagprobs, None
+    return topics_mod.nonnegative(features, offset)
+
+
+def build_catalog(
+    model_dir: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    images: str | os.PathLike | None = None,
+    n_topics: int = 12,
+    topics_on: str = "tags",
+    layout: str = "umap",
+    n_clusters: int = 20,
+    chunk_size: int = 2048,
+    batch_size: int = 64,
+    refit: bool = False,
+    seed: int = 0,
+    umap_epochs: int | None = None,
+    progress: bool = True,
+    on_chunk: ChunkHook | None = None,
+) -> dict:
+    """Build (or resume, or extend) the catalogue in ``out``; returns its ``catalog.json``.
+
+    Images go through the model in chunks of ``chunk_size``; each finished chunk is committed
+    to ``out/parts`` so a killed build resumes where it stopped. If ``out`` already holds a
+    finished catalogue, only new ids are tagged and placed with the fitted state, unless
+    ``refit`` asks to refit topics, map and clusters over everything.
+    """
+    from multitag.tagger import MultiTaskTagger
+    from multitag.tagging import imagenet_labels
+
+    if topics_on not in ("tags", "features"):
+        raise ValueError(f"topics_on={topics_on!r}: use 'tags' or 'features'")
+    if layout not in layout_mod.LAYOUTS:
+        raise ValueError(f"layout={layout!r}: use one of {', '.join(layout_mod.LAYOUTS)}")
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = Path(model_dir).resolve()
+    frame = _inputs(inputs, images)
+    built = store.is_built(out)
+    if built:
+        old = store.load_catalog(out)
+        if Path(old.meta["model_dir"]) != model_dir and not refit:
+            raise ValueError(
+                f"{out} was built with {old.meta['model_dir']}, not {model_dir}: use that model, "
+                "or a new --out folder"
+            )
+        if not refit:  # keep how it was built
+            n_topics, topics_on = old.meta["topics"]["k"], old.meta["topics"]["on"]
+            layout, n_clusters = old.meta["layout"]["method"], old.meta["clusters"]["k"]
+    done = store.done_ids(out)
+    pending = frame[~frame["id"].isin(done)].reset_index(drop=True)
+    tagger = MultiTaskTagger.load(model_dir)
+    tagger.progress = progress
+    labels = imagenet_labels()
+    numbers = store.finished_parts(out)
+    next_part = numbers[-1] + 1 if numbers else 0
+    n_chunks = -(-len(pending) // chunk_size)
+    tag_seconds = 0.0
+    for c in range(n_chunks):
+        chunk = pending.iloc[c * chunk_size : (c + 1) * chunk_size]
+        t0 = time.perf_counter()
+        rows, arrays, rejects = _tag_chunk(tagger, chunk, batch_size, labels)
+        tag_seconds += time.perf_counter() - t0
+        store.write_part(out, next_part, rows, arrays, rejects)
+        next_part += 1
+        if on_chunk is not None:
+            on_chunk(next_part - 1, min((c + 1) * chunk_size, len(pending)), len(pending))
+
+    rows, arrays, rejects = store.read_parts(out)
+    if rows.empty:
+        first = rejects.iloc[0] if len(rejects) else None
+        raise ValueError(
+            f"no readable images among {len(frame)} input(s)"
+            + (f"; e.g. {first['path']}: {first['reason']}" if first is not None else "")
+        )
+    embed, source = load_embedding(model_dir)
+    embeddings = embed(arrays["features"])
+    tagprobs, features = arrays["tagprobs"], arrays["features"]
+    columns = tag_columns(tagger.tasks_)
+    if built and not refit:
+        items, fit, topic_list = _extend(old, rows, embeddings, tagprobs, features)
+    else:
+        items, fit, topic_list = _fit_all(
+            rows,
+            embeddings,
+            tagprobs,
+            features,
+            columns,
+            n_topics,
+            topics_on,
+            layout,
+            n_clusters,
+            seed,
+            umap_epochs,
+        )
+    meta = {
+        "format_version": store.FORMAT_VERSION,
+        "kind": "multitag-catalog",
+        "model_dir": str(model_dir),
+        "tasks": [{"name": t.name, "kind": t.kind, "classes": t.classes} for t in tagger.tasks_],
+        "tag_columns": columns,
+        "embedding": {"source": source, "dim": int(embeddings.shape[1])},
+        "topics": {"k": n_topics, "on": topics_on, "method": "nmf", "topics": topic_list},
+        "layout": {
+            "method": layout,
+            "seed": seed,
+            "n_epochs": umap_epochs,
+            "new_points": "knn-average of the 10 nearest existing items",
+        },
+        "clusters": {
+            "k": int(len(fit["centroids"])),
+            "method": "kmeans",
+            "new_points": "nearest centroid",
+        },
+        "index": {"type": "faiss.IndexFlatIP", "metric": "cosine"},
+        "chunk_size": chunk_size,
+        "n_rejects": len(rejects),
+        "created": old.meta.get("created") if built else time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "last_build": {
+            "new_items": len(pending),
+            "seconds": round(time.perf_counter() - started, 2),
+            "tag_seconds": round(tag_seconds, 2),
+            "refit": bool(refit or not built),
+        },
+    }
+    order = items["id"].map({v: i for i, v in enumerate(rows["id"])}).to_numpy()
+    save_index(build_index(embeddings[order]), out / "index.faiss")
+    store.write_table(rejects, out / "rejects.parquet")
+    store.save_catalog(
+        out,
+        meta,
+        items,
+        {"embeddings": embeddings[order], "tagprobs": tagprobs[order], "features": features[order]},
+        fit,
+    )
+    return {**meta, "complete": True, "n_items": len(items)}
+
+
+def _fit_all(
+    rows,
+    embeddings,
+    tagprobs,
+    features,
+    columns,
+    n_topics,
+    topics_on,
+    layout,
+    n_clusters,
+    seed,
+    umap_epochs,
+):
+    x, offset = _topic_input(topics_on, tagprobs, features)
+    w, h = topics_mod.fit_topics(x, n_topics, seed)
+    profiles = h if topics_on == "tags" else topics_mod.topic_profiles(w, tagprobs)
+    topic_list = topics_mod.name_topics(profiles, columns)
+    xy = layout_mod.fit_layout(embeddings, layout, seed, umap_epochs)
+    labels, centroids = topics_mod.fit_clusters(embeddings, n_clusters, seed)
+    items = _place(rows, w, xy, labels)
+    for t in topic_list:
+        t["size"] = int((items["topic"] == t["id"]).sum())
+    fit = {"nmf_components": h, "centroids": centroids}
+    if offset is not None:
+        fit["nmf_offset"] = offset
+    if topics_on == "tags":
+        fit["nmf_profiles"] = profiles
+    return items, fit, topic_list
+
+
+def _place(rows: pd.DataFrame, w: np.ndarray, xy: np.ndarray, clusters: np.ndarray):
+    items = rows.copy()
+    total = np.maximum(w.sum(1), 1e-12)
+    items["x"], items["y"] = xy[:, 0].round(5), xy[:, 1].round(5)
+    items["topic"] = w.argmax(1).astype(np.int32) if w.size else 0
+    items["topic_weight"] = (w.max(1) / total).round(4) if w.size else 0.0
+    items["cluster"] = clusters.astype(np.int32)
+    return items
+
+
+def _extend(old: store.Catalog, rows, embeddings, tagprobs, features):
+    """Place rows not yet in ``old`` with its fitted state; old rows keep their values."""
+    known = set(old.items["id"].astype(str))
+    new = ~rows["id"].astype(str).isin(known).to_numpy()
+    fit = dict(old.fit)
+    x, _ = _topic_input(
+        old.meta["topics"]["on"], tagprobs[new], features[new], fit.get("nmf_offset")
+    )
+    w = topics_mod.transform_topics(x, fit["nmf_components"])
+    xy = layout_mod.place_new(
+        embeddings[new], old.embeddings, old.items[["x", "y"]].to_numpy(np.float32)
+    )
+    clusters = topics_mod.nearest_centroid(embeddings[new], fit["centroids"])
+    added = _place(rows[new].reset_index(drop=True), w, xy, clusters)
+    items = pd.concat([old.items, added], ignore_index=True)
+    topic_list = old.meta["topics"]["topics"]
+    for t in topic_list:
+        t["size"] = int((items["topic"] == t["id"]).sum())
+    return items, fit, topic_list

@@ -1,0 +1,114 @@
+"""CLI commands ``multitag catalog build`` and ``multitag serve`` (registered on the main app)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+catalog_app = typer.Typer(help="Build a browsable catalogue: tags, topics, 2-D map, clusters.")
+
+
+@catalog_app.command("build")
+def build_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory (multitag train).")],
+    paths: Annotated[list[Path], typer.Argument(help="Image files, folders or manifests.")],
+    out: Annotated[Path, typer.Option("--out", help="Catalogue folder (resumed if present).")],
+    images: Annotated[
+        Path | None, typer.Option("--images", help="Folder of images for manifests.")
+    ] = None,
+    topics: Annotated[int, typer.Option("--topics", help="Number of NMF topics.")] = 12,
+    topics_on: Annotated[
+        str, typer.Option("--topics-on", help="tags (tag probabilities) or features.")
+    ] = "tags",
+    layout: Annotated[str, typer.Option("--layout", help="umap or tsne.")] = "umap",
+    clusters: Annotated[int, typer.Option("--clusters", help="Number of k-means clusters.")] = 20,
+    chunk_size: Annotated[
+        int, typer.Option("--chunk-size", help="Images per resumable chunk.")
+    ] = 2048,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    refit: Annotated[
+        bool, typer.Option("--refit", help="Refit topics, map and clusters over everything.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Random seed (topics, map, clusters).")] = 0,
+) -> None:
+    """Tag every image once (tags, ImageNet tags, embedding), then topics, map and clusters.
+
+    Resumable after a kill; on an existing catalogue only new images are tagged and placed.
+    """
+    from multitag.catalog import build_catalog
+    from multitag.cli import _fail, console
+
+    try:
+        meta = build_catalog(
+            model_dir,
+            paths,
+            out,
+            images=images,
+            n_topics=topics,
+            topics_on=topics_on,
+            layout=layout,
+            n_clusters=clusters,
+            chunk_size=chunk_size,
+            batch_size=batch_size,
+            refit=refit,
+            seed=seed,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    lb = meta["last_build"]
+    console.print(
+        f"catalogue {out}: {meta['n_items']} items ({lb['new_items']} new, "
+        f"{meta['n_rejects']} unreadable), {len(meta['topics']['topics'])} topics, "
+        f"{meta['clusters']['k']} clusters, {meta['layout']['method']} map, "
+        f"embedding from {meta['embedding']['source']}; {lb['seconds']:.0f}s"
+    )
+    console.print(f"explore it: multitag serve {out} --model {model_dir}")
+
+
+def serve_cmd(
+    catalog_dir: Annotated[Path, typer.Argument(help="Catalogue folder (multitag catalog build).")],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Model directory for uploads (default: the one it was built with, if present).",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="MULTITAG_API_KEY", help="Require X-API-Key header."),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload (MB).")] = 10,
+) -> None:
+    """Serve the catalogue API (docs at /docs) and the explorer page (at /)."""
+    import uvicorn
+
+    from multitag.cli import _fail, console
+    from multitag.serve.app import create_app
+
+    if model is None:
+        meta = catalog_dir / "catalog.json"
+        built_with = json.loads(meta.read_text()).get("model_dir") if meta.is_file() else None
+        if built_with and (Path(built_with) / "config.json").is_file():
+            model = Path(built_with)
+    try:
+        app = create_app(catalog_dir, model, api_key=api_key, max_upload_mb=max_upload_mb)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    console.print(
+        f"explorer: http://{host}:{port}/   API docs: http://{host}:{port}/docs"
+        + ("" if model else "   (no model: uploads disabled, pass --model)")
+    )
+    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("MULTITAG_LOG", "info"))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``catalog build`` and ``serve`` to the main CLI."""
+    app.add_typer(catalog_app, name="catalog")
+    app.command("serve")(serve_cmd)

@@ -1,0 +1,1 @@
+"""The catalogue API (FastAPI) and the explorer page."""
