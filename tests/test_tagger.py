@@ -165,3 +165,13 @@ def test_cli_errors_are_clear(tmp_path):
     assert r.exit_code == 2 and "not a multitag model directory" in r.output
     r = runner.invoke(app, ["tag", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "x.xlsx")])
     assert r.exit_code == 2 and ".parquet" in r.output
+
+
+def test_cached_prediction_matches_live(trained_tagger, fashion_frame):
+    paths = fashion_frame.path.tolist()[:16]
+    live = trained_tagger.predict_proba(paths)
+    cached = trained_tagger.predict_proba(paths, use_cache=True)
+    for name in live["proba"]:
+        np.testing.assert_allclose(cached["proba"][name], live["proba"][name], atol=0.03)
+        assert (cached["proba"][name].argmax(1) == live["proba"][name].argmax(1)).mean() >= 0.9
+    np.testing.assert_allclose(cached["imagenet"], live["imagenet"], atol=0.03)

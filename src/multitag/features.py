@@ -153,6 +153,8 @@ class Encoder(nn.Module):
         if self.staged:
             ends = {int(info[i]["module"].split(".")[1]): i for i in self.stages}
             self._take_blocks = ends
+        pooled_dims = sum(info[i]["num_chs"] for i in self.stages)
+        self.head_slice = (pooled_dims, pooled_dims + model.num_features)
         self.out_dim = (
             sum(info[i]["num_chs"] for i in self.stages) + model.num_features + colour_bins**3
         )

@@ -42,6 +42,17 @@ class TaggerNet(nn.Module):
         probs = {t.name: probabilities(t, logits[t.name].float()) for t in self.tasks}
         return probs, imagenet, features
 
+    def from_features(self, features: torch.Tensor):
+        """The same outputs from encoder features (e.g. cached ones): the ImageNet classifier
+        reads the head-pool segment of the feature vector."""
+        logits = self.heads(features)
+        probs = {t.name: probabilities(t, logits[t.name].float()) for t in self.tasks}
+        imagenet = None
+        if self.encoder.with_imagenet:
+            start, stop = self.encoder.head_slice
+            imagenet = self.encoder.model.get_classifier()(features[:, start:stop].float())
+        return probs, imagenet, features
+
 
 class MultiTaskTagger:
     """One pretrained backbone, one head per task, trained together.
@@ -250,14 +261,18 @@ class MultiTaskTagger:
         *,
         batch_size: int = 64,
         return_features: bool = False,
+        use_cache: bool = False,
     ) -> dict:
         """Per-task probabilities for ``paths``.
 
         Returns ``{"proba": {task: (n, C)}, "imagenet": (n, 1000) or None,
         "errors": {row: reason}, "features": (n, D) if asked}``; rows of unreadable images are
-        zero and listed in ``errors``.
+        zero and listed in ``errors``. ``use_cache`` reads/fills the feature cache (frozen
+        backbones only): worth it when the same images were just used for training.
         """
         self._check_fitted()
+        if use_cache and self.cache_dir and self.freeze == "all":
+            return self._predict_from_cache(paths, return_features)
         device = runtime.default_device()
         precision = runtime.resolve_precision(self.precision, device)
         net = self.net_.eval().to(device)
@@ -286,6 +301,31 @@ class MultiTaskTagger:
         out = {"proba": proba, "imagenet": imagenet, "errors": errors}
         if return_features:
             out["features"] = features
+        return out
+
+    @torch.inference_mode()
+    def _predict_from_cache(self, paths, return_features: bool) -> dict:
+        res = extract_features(
+            self.net_.encoder,
+            list(paths),
+            cache_dir=self.cache_dir,
+            encoder_id=self.encoder_id(),
+            precision=self.precision,
+            workers=self.workers,
+            progress=self.progress,
+        )
+        probs, imagenet, _ = self.net_.eval().from_features(torch.as_tensor(res.features))
+        rows = [i for i in res.errors]
+        out = {
+            "proba": {k: v.float().numpy() for k, v in probs.items()},
+            "imagenet": None if imagenet is None else imagenet.float().softmax(-1).numpy(),
+            "errors": res.errors,
+        }
+        for arr in [*out["proba"].values(), out["imagenet"]]:
+            if arr is not None and rows:
+                arr[rows] = 0
+        if return_features:
+            out["features"] = res.features
         return out
 
     def predict_proba_features(self, features: np.ndarray) -> dict[str, np.ndarray]:

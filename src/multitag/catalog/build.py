@@ -68,7 +68,7 @@ def _tag_chunk(tagger, frame: pd.DataFrame, batch_size: int, labels: list[str]):
     from multitag.tagging import _top_k
 
     paths = frame["path"].tolist()
-    out = tagger.predict_proba(paths, batch_size=batch_size, return_features=True)
+    out = tagger.predict_proba(paths, batch_size=batch_size, return_features=True, use_cache=True)
     ok = np.array([i not in out["errors"] for i in range(len(paths))], dtype=bool)
     rows = pd.DataFrame({"id": frame["id"].to_numpy()[ok], "path": np.asarray(paths)[ok]})
     tags: list[list[str]] = [[] for _ in range(int(ok.sum()))]
