@@ -1,0 +1,229 @@
+"""CLI for embeddings: ``embed train|evaluate``, ``index build|add``, ``similar``, ``cluster``.
+
+Thin commands: parse, call :mod:`multitag.embedding`, print. Registered on the main app by
+:func:`register`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from multitag.cli import _fail, _load_frame, _split, console, out_console
+
+embed_app = typer.Typer(help="Train and evaluate image embeddings (metric learning).")
+index_app = typer.Typer(help="Build and extend FAISS vector indexes.")
+
+SameOpt = Annotated[
+    str, typer.Option("--same", help="Columns that define 'alike', e.g. articleType,baseColour.")
+]
+DataOpt = Annotated[Path, typer.Option("--data", help="CSV/Parquet manifest.")]
+ImagesOpt = Annotated[Path | None, typer.Option("--images", help="Folder of images (<id>.jpg).")]
+
+
+def _same(value: str) -> list[str]:
+    cols = _split(value)
+    if not cols:
+        _fail("--same: name at least one label column, e.g. --same articleType,baseColour")
+    return cols
+
+
+@embed_app.command("train")
+def embed_train(
+    data: DataOpt,
+    same: SameOpt,
+    out: Annotated[Path, typer.Option("--out", help="Model directory (may hold a tagger).")],
+    images: ImagesOpt = None,
+    loss: Annotated[str | None, typer.Option(help="Metric-learning loss.")] = None,
+    miner: Annotated[str | None, typer.Option(help="Miner (default: the loss's own).")] = None,
+    dim: Annotated[int, typer.Option(help="Embedding size.")] = 256,
+    head: Annotated[str, typer.Option(help="linear or mlp.")] = "mlp",
+    epochs: Annotated[int, typer.Option(help="Epochs on cached features.")] = 30,
+    backbone: Annotated[str | None, typer.Option(help="Backbone (default lite0).")] = None,
+    image_size: Annotated[int, typer.Option(help="Square input size.")] = 160,
+    finetune_blocks: Annotated[
+        int, typer.Option(help="Also fine-tune the last N backbone blocks on images.")
+    ] = 0,
+    finetune_steps: Annotated[int | None, typer.Option(help="Cap fine-tuning steps.")] = None,
+    all_rows: Annotated[
+        bool, typer.Option("--all-rows", help="Train on every row (default: train split).")
+    ] = False,
+) -> None:
+    """Learn an embedding where rows agreeing on the --same columns are close."""
+    from multitag import backbones
+    from multitag.embedding import Embedder
+    from multitag.embedding.evaluate import default_split
+    from multitag.embedding.losses import DEFAULT_LOSS
+
+    frame = _load_frame(data, images, "id", None, ".jpg")
+    cols = _same(same)
+    try:
+        emb = Embedder(
+            cols,
+            dim=dim,
+            head=head,
+            loss=loss or DEFAULT_LOSS,
+            miner=miner,
+            backbone=backbone or backbones.DEFAULT_BACKBONE,
+            image_size=image_size,
+            epochs=epochs,
+            finetune_blocks=finetune_blocks,
+            finetune_steps=finetune_steps,
+        )
+        rows = None if all_rows else default_split(frame, cols)[0]
+        emb.fit(frame, rows=rows)
+        emb.save(out)
+    except ValueError as err:
+        _fail(str(err))
+    console.print(f"embedder ({emb.loss}, miner {emb.miner_}, {emb.dim}-d) saved to {out}")
+
+
+@embed_app.command("evaluate")
+def embed_evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
+    data: DataOpt,
+    same: SameOpt,
+    images: ImagesOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics as JSON.")] = None,
+    knn: Annotated[
+        str | None, typer.Option(help="Columns for kNN accuracy (default: the --same ones).")
+    ] = None,
+) -> None:
+    """Recall@1/5/10, MAP@R, NMI on the val split: trained embedding vs raw backbone features."""
+    from multitag.embedding.evaluate import evaluate_embedding
+    from multitag.embedding.model import load_embedder
+    from multitag.io import write_json
+
+    frame = _load_frame(data, images, "id", None, ".jpg")
+    try:
+        emb = load_embedder(model_dir)
+        result = evaluate_embedding(emb, frame, _same(same), knn_columns=_split(knn) or None)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    table = Table(title=f"retrieval on {result['split']['val']} val images")
+    keys = ["recall@1", "recall@5", "recall@10", "map@r", "nmi"]
+    table.add_column("vectors")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for name in ("embedding", "backbone_features"):
+        table.add_row(name, *(f"{result[name][k]:.4f}" for k in keys))
+    out_console.print(table)
+    for col, accs in result["knn"]["accuracy"].items():
+        out_console.print(
+            f"kNN (k={result['knn']['k']}) {col}: "
+            + ", ".join(f"{n} {a:.4f}" for n, a in accs.items())
+        )
+    if json_out:
+        write_json(json_out, result)
+        console.print(f"metrics written to {json_out}")
+
+
+@index_app.command("build")
+def index_build(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory (embedder and/or tagger).")],
+    paths: Annotated[list[Path], typer.Argument(help="Images, folders and manifests.")],
+    out: Annotated[Path, typer.Option("--out", help="Index directory to write.")],
+    images: ImagesOpt = None,
+    kind: Annotated[str, typer.Option(help="auto, exact, ivf or hnsw.")] = "auto",
+    exact_max: Annotated[int, typer.Option(help="auto: exact search up to this size.")] = 50_000,
+) -> None:
+    """Embed images and save a searchable index (manifest columns become filters)."""
+    from multitag.embedding.search import build_index_dir
+
+    try:
+        index, errors = build_index_dir(
+            model_dir, paths, out, images=images, kind=kind, exact_max=exact_max
+        )
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    console.print(
+        f"{len(index)} items indexed ({index.kind_}, {index.dim_}-d, {index.meta['vectors']}) "
+        f"in {out}" + (f"; {len(errors)} unreadable images skipped" if errors else "")
+    )
+
+
+@index_app.command("add")
+def index_add(
+    index_dir: Annotated[Path, typer.Argument(help="Index directory.")],
+    paths: Annotated[list[Path], typer.Argument(help="Images, folders and manifests.")],
+    images: ImagesOpt = None,
+) -> None:
+    """Append images to an index without rebuilding it."""
+    from multitag.embedding.search import add_to_index_dir
+
+    try:
+        index, errors = add_to_index_dir(index_dir, paths, images=images)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    console.print(
+        f"index now holds {len(index)} items" + (f"; {len(errors)} skipped" if errors else "")
+    )
+
+
+def similar_cmd(
+    index_dir: Annotated[Path, typer.Argument(help="Index directory.")],
+    image: Annotated[Path | None, typer.Argument(help="Query image.")] = None,
+    item_id: Annotated[str | None, typer.Option("--id", help="Query by indexed item id.")] = None,
+    k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
+    where: Annotated[
+        list[str] | None, typer.Option("--where", help="Filter col=value (repeatable).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
+) -> None:
+    """Items that look most like an image or an indexed item."""
+    from multitag.embedding.search import similar
+
+    try:
+        results = similar(index_dir, image, item_id=item_id, k=k, where=where)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        _fail(str(err).strip("'\""))
+    if as_json:
+        print(json.dumps(results.to_dict(orient="records"), indent=2, default=str))
+        return
+    table = Table(title=f"similar to {item_id or image}")
+    for col in results.columns:
+        table.add_column(col, justify="right" if col in ("rank", "score") else "left")
+    for row in results.itertuples(index=False):
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    out_console.print(table)
+
+
+def cluster_cmd(
+    index_dir: Annotated[Path, typer.Argument(help="Index directory.")],
+    k: Annotated[int, typer.Option("-k", help="Number of clusters.")],
+    html: Annotated[Path, typer.Option("--html", help="Write the cluster page here.")],
+    assignments: Annotated[
+        Path | None, typer.Option("--out", help="Also write id -> cluster as a table.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="k-means seed.")] = 0,
+) -> None:
+    """k-means clusters of an index, summarised in a self-contained HTML page."""
+    from multitag.embedding.cluster import write_cluster_report
+    from multitag.embedding.index import VectorIndex
+    from multitag.io import write_table
+
+    try:
+        index = VectorIndex.load(index_dir)
+        _, summaries, assign = write_cluster_report(index, k, html, seed=seed)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    if assignments:
+        write_table(assign.reset_index(), assignments)
+    for s in summaries:
+        dom = "; ".join(
+            f"{c}={v[0]['value']} ({v[0]['share']:.0%})" for c, v in s["dominant"].items() if v
+        )
+        out_console.print(f"cluster {s['cluster']}: {s['size']} items  {dom}")
+    console.print(f"cluster page written to {html}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``embed``, ``index``, ``similar`` and ``cluster`` to the main app."""
+    app.add_typer(embed_app, name="embed")
+    app.add_typer(index_app, name="index")
+    app.command("similar")(similar_cmd)
+    app.command("cluster")(cluster_cmd)

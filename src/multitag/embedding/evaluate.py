@@ -1,0 +1,105 @@
+"""Retrieval metrics of an embedding (Recall@k, MAP@R, NMI) and the trained-vs-raw comparison."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import faiss
+import numpy as np
+import pandas as pd
+from sklearn.metrics import normalized_mutual_info_score
+
+from multitag.data.manifest import default_stratify, split_indices
+from multitag.data.tasks import infer_tasks
+from multitag.embedding.knn import knn_accuracy
+from multitag.embedding.model import Embedder, l2_normalize, same_key
+
+
+def default_split(frame: pd.DataFrame, same: Sequence[str], seed: int = 0):
+    """``(train_rows, val_rows)``: the tagger's split, stratified on the ``same`` column with
+    the most classes (``split_indices(frame, default_stratify(tasks), 0.2, seed)``)."""
+    tasks = infer_tasks(frame, list(same))
+    return split_indices(frame, default_stratify(tasks), 0.2, seed)
+
+
+def retrieval_metrics(
+    vectors: np.ndarray, labels: Sequence[str], ks: Sequence[int] = (1, 5, 10), seed: int = 0
+) -> dict[str, float]:
+    """Leave-one-out retrieval on ``vectors`` (cosine): ``recall@k`` (a same-label item in the
+    top k), ``map@r`` (MAP@R, Musgrave et al. 2020) over queries that have at least one other
+    same-label item, and ``nmi`` of k-means (k = number of labels) against the labels."""
+    x = l2_normalize(np.asarray(vectors, np.float32))
+    codes, labels = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+    counts = np.bincount(labels)
+    r_all = counts[labels] - 1
+    kmax = int(min(len(x) - 1, max(max(ks), r_all.max())))
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    _, nn = index.search(x, kmax + 1)
+    # drop the query itself wherever it appears
+    own = nn == np.arange(len(x))[:, None]
+    nn_wo = np.array([row[~m][:kmax] for row, m in zip(nn, own)])
+    hit = labels[nn_wo] == labels[:, None]
+    q = r_all > 0
+    out = {f"recall@{k}": float(hit[q, :k].any(1).mean()) for k in ks}
+    aps = []
+    for i in np.flatnonzero(q):
+        r = r_all[i]
+        h = hit[i, :r]
+        prec = np.cumsum(h) / np.arange(1, r + 1)
+        aps.append(float((prec * h).sum() / r))
+    out["map@r"] = float(np.mean(aps))
+    km = faiss.Kmeans(
+        x.shape[1],
+        len(codes),
+        niter=20,
+        nredo=3,
+        seed=seed,
+        spherical=True,
+        min_points_per_centroid=1,
+    )
+    km.train(x)
+    _, assign = km.index.search(x, 1)
+    out["nmi"] = float(normalized_mutual_info_score(labels, assign[:, 0]))
+    out["queries"] = int(q.sum())
+    return out
+
+
+def evaluate_embedding(
+    embedder: Embedder,
+    frame: pd.DataFrame,
+    same: Sequence[str],
+    *,
+    knn_columns: Sequence[str] | None = None,
+    k: int = 20,
+    features=None,
+) -> dict:
+    """Trained embedding vs raw backbone features on the val split of ``frame``.
+
+    Returns ``{"embedding": metrics, "backbone_features": metrics, "knn": {...}}``; kNN
+    accuracy uses the train split as references and the val split as queries.
+    ``features``: the backbone ``FeatureResult`` of every row, if already computed.
+    """
+    frame = frame.reset_index(drop=True)
+    same = list(same)
+    train_rows, val_rows = default_split(frame, same)
+    res = features if features is not None else embedder.features(frame["path"].tolist())
+    ok = res.ok
+    key = same_key(frame, same).to_numpy()
+    val = np.array([r for r in val_rows if ok[r] and key[r]], dtype=np.int64)
+    train = np.array([r for r in train_rows if ok[r]], dtype=np.int64)
+    spaces = {
+        "embedding": embedder.transform_features(res.features),
+        "backbone_features": l2_normalize(res.features),
+    }
+    out: dict = {}
+    knn: dict = {}
+    for name, vecs in spaces.items():
+        out[name] = retrieval_metrics(vecs[val], key[val])
+        for col in knn_columns if knn_columns is not None else same:
+            labels = frame[col].fillna("").astype(str).to_numpy()
+            acc = knn_accuracy(vecs[train], labels[train], vecs[val], labels[val], k)
+            knn.setdefault(col, {})[name] = acc
+    out["knn"] = {"k": k, "accuracy": knn}
+    out["split"] = {"train": len(train), "val": len(val), "same": same}
+    return out

@@ -1,0 +1,563 @@
+"""``Embedder``: backbone features -> a small learned layer -> L2-normalised embedding.
+
+The fast path trains the embedding layer on cached backbone features (shared with the
+tagger's cache); ``finetune_blocks=N`` then also unfreezes the last N blocks of the timm model
+and trains end to end on images. Saved next to a tagger when both share a frozen backbone,
+so one encoder pass gives tags and embedding (:func:`encode_model_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from multitag import backbones, runtime
+from multitag.embedding import losses as loss_registry
+from multitag.features import Encoder, Preprocessing, extract_features, iter_batches, run_encoder
+from multitag.io import atomic_path, write_json
+from multitag.model_dir import CONFIG, FORMAT_VERSION, _versions, read_config
+from multitag.progress import bar
+
+EMBED_CONFIG = "embedding.json"
+EMBED_WEIGHTS = "embedding.safetensors"
+DEFAULT_IMAGE_SIZE = 160
+
+
+def same_key(frame: pd.DataFrame, same: Sequence[str]) -> pd.Series:
+    """One string per row joining the ``same`` columns; blank when any of them is blank."""
+    missing = [c for c in same if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"--same: column(s) {missing} not in the manifest; it has {list(frame.columns)}"
+        )
+    cols = frame[list(same)].fillna("").astype(str).apply(lambda s: s.str.strip())
+    key = cols.agg("|".join, axis=1)
+    return key.where((cols != "").all(axis=1), "")
+
+
+def make_encoder_id(encoder: Encoder, backbone: str, weights, precision: str) -> dict:
+    """Cache identity of ``encoder``, built exactly as ``MultiTaskTagger.encoder_id``."""
+    return {
+        "backbone": backbones.resolve_name(backbone),
+        "weights": str(weights),
+        "preprocessing": encoder.preprocessing.to_dict(),
+        "stages": encoder.stages,
+        "colour_bins": encoder.colour_bins,
+        "precision": runtime.resolve_precision(precision, runtime.default_device()),
+    }
+
+
+class EmbeddingHead(nn.Module):
+    """Standardise features, then linear or MLP to ``dim``, then L2-normalise."""
+
+    def __init__(self, in_dim: int, dim: int = 128, kind: str = "linear", hidden: int = 512):
+        super().__init__()
+        if kind not in ("linear", "mlp"):
+            raise ValueError(f"head must be 'linear' or 'mlp', not {kind!r}")
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+        if kind == "linear":
+            self.net = nn.Linear(in_dim, dim)
+        else:
+            self.net = nn.Sequential(
+                nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, dim)
+            )
+
+    def fit_scaler(self, features: np.ndarray) -> None:
+        self.mean.copy_(torch.as_tensor(features.mean(0), dtype=torch.float32))
+        self.std.copy_(torch.as_tensor(features.std(0) + 1e-4, dtype=torch.float32))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net((features.float() - self.mean) / self.std), dim=-1)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation (zero rows stay zero)."""
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+class Embedder:
+    """Backbone + embedding layer trained with a metric-learning loss.
+
+    ``same``: label columns that define "alike" (rows agreeing on all are positives).
+    ``loss`` / ``miner``: names from :mod:`multitag.embedding.losses`. ``finetune_blocks``:
+    0 = frozen backbone (cached features); N = also train the last N timm blocks on images.
+    """
+
+    def __init__(
+        self,
+        same: Sequence[str] | None = None,
+        *,
+        dim: int = 256,
+        head: str = "mlp",
+        hidden: int = 512,
+        loss: str = loss_registry.DEFAULT_LOSS,
+        miner: str | None = None,
+        backbone: str = backbones.DEFAULT_BACKBONE,
+        weights: str | None = "auto",
+        image_size: int | None = DEFAULT_IMAGE_SIZE,
+        stages: Sequence[int] | None = None,
+        colour_bins: int = 6,
+        epochs: int = 30,
+        batch_size: int = 256,
+        per_class: int = 4,
+        lr: float = 1e-3,
+        finetune_blocks: int = 0,
+        finetune_epochs: int = 1,
+        finetune_steps: int | None = None,
+        finetune_lr: float = 1e-4,
+        seed: int = 0,
+        cache_dir: str | os.PathLike | None = None,
+        precision: str = "auto",
+        workers: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.same = same
+        self.dim = dim
+        self.head = head
+        self.hidden = hidden
+        self.loss = loss
+        self.miner = miner
+        self.backbone = backbone
+        self.weights = weights
+        self.image_size = image_size
+        self.stages = stages
+        self.colour_bins = colour_bins
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.per_class = per_class
+        self.lr = lr
+        self.finetune_blocks = finetune_blocks
+        self.finetune_epochs = finetune_epochs
+        self.finetune_steps = finetune_steps
+        self.finetune_lr = finetune_lr
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self.precision = precision
+        self.workers = workers
+        self.progress = progress
+
+    # ------------------------------------------------------------------ encoder
+    def _cache(self):
+        if self.cache_dir is not None:
+            return self.cache_dir
+        from multitag.tagger import DEFAULT_CACHE
+
+        return DEFAULT_CACHE / "features"
+
+    def build_encoder(self) -> Encoder:
+        spec = backbones.get_spec(self.backbone)
+        model = backbones.create_model(spec.name, weights=self.weights)
+        prep = Preprocessing.for_model(model, self.image_size)
+        return Encoder(model, prep, self.stages, spec.has_classifier, self.colour_bins)
+
+    def encoder_id(self) -> dict:
+        return make_encoder_id(self.encoder_, self.backbone, self.weights, self.precision)
+
+    def features(self, paths: Sequence[str | os.PathLike]):
+        """Backbone features of ``paths`` (cached unless the backbone was fine-tuned)."""
+        if getattr(self, "finetuned_", False):
+            return run_encoder(
+                self.encoder_, paths, precision=self.precision, workers=self.workers,
+                progress=self.progress,
+            )  # fmt: skip
+        return extract_features(
+            self.encoder_,
+            list(paths),
+            cache_dir=self._cache(),
+            encoder_id=self.encoder_id(),
+            precision=self.precision,
+            workers=self.workers,
+            progress=self.progress,
+        )
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self,
+        frame: pd.DataFrame,
+        same: Sequence[str] | None = None,
+        *,
+        features: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
+    ) -> Embedder:
+        """Learn the embedding on a manifest ``frame`` (``path`` + the ``same`` columns).
+
+        ``features``: precomputed backbone features of every row (skips extraction);
+        ``rows``: train on these rows only (e.g. the training split).
+        """
+        same = list(same or self.same or [])
+        if not same:
+            raise ValueError("same: name the label column(s) that define 'alike', e.g. articleType")
+        self.same_ = same
+        frame = frame.reset_index(drop=True)
+        key = same_key(frame, same)
+        if not hasattr(self, "encoder_"):
+            self.encoder_ = self.build_encoder()
+        if features is None:
+            res = self.features(frame["path"].tolist())
+            features, bad = res.features, set(res.errors)
+        else:
+            bad = set()
+        use = np.flatnonzero((key != "").to_numpy())
+        if rows is not None:
+            use = np.intersect1d(use, rows)
+        use = np.array([r for r in use if r not in bad], dtype=np.int64)
+        if len(use) < 2:
+            raise ValueError(f"need at least 2 labelled, readable rows in {same}; got {len(use)}")
+        classes, labels = np.unique(key.to_numpy()[use], return_inverse=True)
+        self.n_classes_ = len(classes)
+        torch.manual_seed(self.seed)
+        self.head_ = EmbeddingHead(features.shape[1], self.dim, self.head, self.hidden)
+        self.head_.fit_scaler(features[use])
+        self.miner_ = loss_registry.check_names(self.loss, self.miner)
+        self.history_ = self._train_head(features[use], labels)
+        self.finetuned_ = False
+        if self.finetune_blocks:
+            self._finetune(frame["path"].to_numpy()[use], labels)
+        return self
+
+    def _batches(self, labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        """Class-balanced batches: ``per_class`` rows of each sampled class."""
+        order = rng.permutation(len(labels))
+        by_class: dict[int, list[int]] = {}
+        for i in order:
+            by_class.setdefault(int(labels[i]), []).append(int(i))
+        chunks = []
+        for members in by_class.values():
+            for s in range(0, len(members), self.per_class):
+                chunks.append(members[s : s + self.per_class])
+        chunks = [chunks[i] for i in rng.permutation(len(chunks))]
+        batches, cur = [], []
+        for c in chunks:
+            cur.extend(c)
+            if len(cur) >= self.batch_size:
+                batches.append(np.array(cur))
+                cur = []
+        if len(cur) > 1:
+            batches.append(np.array(cur))
+        return batches
+
+    def _loss_and_optimizer(self, params: list, lr: float):
+        loss_fn, miner, _ = loss_registry.build(self.loss, self.miner_, self.n_classes_, self.dim)
+        groups = [{"params": params, "lr": lr}]
+        if loss_registry.LOSSES[self.loss].has_params:
+            groups.append({"params": list(loss_fn.parameters()), "lr": lr * 10})
+        return loss_fn, miner, torch.optim.AdamW(groups, weight_decay=1e-4)
+
+    def _train_head(self, features: np.ndarray, labels: np.ndarray) -> list[float]:
+        rng = np.random.default_rng(self.seed)
+        x = torch.as_tensor(features, dtype=torch.float32)
+        y = torch.as_tensor(labels, dtype=torch.long)
+        loss_fn, miner, opt = self._loss_and_optimizer(list(self.head_.parameters()), self.lr)
+        steps = self.epochs * max(1, len(labels) // self.batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, [g["lr"] for g in opt.param_groups], total_steps=steps + 1, pct_start=0.1
+        )
+        history = []
+        self.head_.train()
+        with bar("embedding", self.epochs, enabled=self.progress) as pbar:
+            for _ in range(self.epochs):
+                total, n = 0.0, 0
+                for b in self._batches(labels, rng):
+                    loss = loss_registry.compute_loss(loss_fn, miner, self.head_(x[b]), y[b])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    if sched.last_epoch < steps:
+                        sched.step()
+                    total += float(loss.detach())
+                    n += 1
+                history.append(total / max(n, 1))
+                pbar.advance()
+                pbar.update(info=f"loss {history[-1]:.4f}")
+        self.head_.eval()
+        return history
+
+    def _finetune(self, paths: np.ndarray, labels: np.ndarray) -> None:
+        """Unfreeze the last ``finetune_blocks`` timm blocks and train end to end on images."""
+        enc = self.encoder_
+        blocks = getattr(enc.model, "blocks", None)
+        if blocks is None:
+            raise ValueError(f"{self.backbone}: fine-tuning needs a timm model with .blocks")
+        enc.requires_grad_(False)
+        train_params = [
+            p for blk in list(blocks)[-self.finetune_blocks :] for p in blk.parameters()
+        ]
+        for p in train_params:
+            p.requires_grad_(True)
+        self.head_.requires_grad_(True)
+        params = train_params + list(self.head_.parameters())
+        loss_fn, miner, opt = self._loss_and_optimizer(params, self.finetune_lr)
+        rng = np.random.default_rng(self.seed + 1)
+        enc.eval()  # batch-norm statistics stay frozen
+        self.head_.train()
+        step, history = 0, []
+        size = enc.preprocessing.image_size
+        for _ in range(self.finetune_epochs):
+            order = np.concatenate(self._batches(labels, rng))
+            bs = min(self.batch_size, 64)
+            for idx, images, _errs in iter_batches(paths[order], size, bs, self.workers):
+                if images is None or len(idx) < 2:
+                    continue
+                y = torch.as_tensor(labels[order][idx.numpy()], dtype=torch.long)
+                feats, _ = enc(images)
+                loss = loss_registry.compute_loss(loss_fn, miner, self.head_(feats), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                history.append(float(loss.detach()))
+                step += 1
+                if self.finetune_steps and step >= self.finetune_steps:
+                    break
+        enc.requires_grad_(False)
+        self.head_.requires_grad_(False).eval()
+        self.finetuned_ = True
+        self.finetune_history_ = history
+
+    # --------------------------------------------------------------- inference
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "encoder_"):
+            raise RuntimeError("this Embedder is not fitted: call fit() or load_embedder() first")
+
+    def transform_features(self, features: np.ndarray) -> np.ndarray:
+        """Embeddings (n, dim) of backbone ``features``; raw L2-normalised if no head."""
+        self._check_fitted()
+        if self.head_ is None:
+            return l2_normalize(np.asarray(features, dtype=np.float32))
+        with torch.no_grad():
+            out = self.head_.eval()(torch.as_tensor(features, dtype=torch.float32))
+        return out.numpy().astype(np.float32)
+
+    def embed(self, paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, dict[int, str]]:
+        """``(embeddings, {row: reason})``; rows of unreadable images are zero."""
+        self._check_fitted()
+        res = self.features(list(paths))
+        emb = self.transform_features(res.features) if len(res.features) else res.features
+        if res.errors:
+            emb[list(res.errors)] = 0.0
+        return emb, dict(res.errors)
+
+    def transform(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
+        """Embeddings of image ``paths`` (zero rows for unreadable images)."""
+        return self.embed(paths)[0]
+
+    @property
+    def out_dim(self) -> int:
+        self._check_fitted()
+        return self.dim if self.head_ is not None else self.encoder_.out_dim
+
+    # -------------------------------------------------------------- persistence
+    def config(self) -> dict:
+        enc = self.encoder_
+        return {
+            "format_version": FORMAT_VERSION,
+            "dim": self.dim,
+            "head": self.head,
+            "hidden": self.hidden,
+            "loss": self.loss,
+            "miner": getattr(self, "miner_", self.miner),
+            "same": self.same_,
+            "feature_dim": enc.out_dim,
+            "backbone": backbones.resolve_name(self.backbone),
+            "weights": str(self.weights),
+            "preprocessing": enc.preprocessing.to_dict(),
+            "stages": enc.stages,
+            "colour_bins": enc.colour_bins,
+            "image_size": enc.preprocessing.image_size,
+            "with_imagenet": enc.with_imagenet,
+            "finetuned": bool(self.finetuned_),
+            "finetune_blocks": self.finetune_blocks,
+            "training": {
+                "epochs": self.epochs,
+                "lr": self.lr,
+                "batch_size": self.batch_size,
+                "per_class": self.per_class,
+                "seed": self.seed,
+                "loss_history": getattr(self, "history_", []),
+            },  # fmt: skip
+            "precision": self.precision,
+            "versions": _versions(),
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``embedding.json`` + ``embedding.safetensors`` (beside a matching tagger).
+
+        A directory that holds a tagger on the same frozen backbone and preprocessing gets
+        the embedding files added; a fresh directory also gets a ``config.json`` of kind
+        ``multitag-embedder``. A fine-tuned embedder cannot share a tagger's directory.
+        """
+        self._check_fitted()
+        if self.head_ is None:
+            raise ValueError("nothing to save: this Embedder has no trained embedding layer")
+        directory = Path(directory)
+        cfg = self.config()
+        existing = directory / CONFIG
+        if existing.is_file():
+            old = read_config(directory)
+            if old.get("kind") == "multitag-tagger":
+                problem = _tagger_mismatch(old, cfg)
+                if problem:
+                    raise ValueError(
+                        f"{directory} holds a tagger that cannot share this embedder "
+                        f"({problem}); save to another directory"
+                    )
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"head.{k}": v.contiguous() for k, v in self.head_.state_dict().items()}
+        if self.finetuned_:
+            enc_state = self.encoder_.state_dict()
+            tensors.update({f"encoder.{k}": v.contiguous() for k, v in enc_state.items()})
+        with atomic_path(directory / EMBED_WEIGHTS) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "multitag-embedding"})
+        write_json(directory / EMBED_CONFIG, cfg)
+        if not existing.is_file() or read_config(directory).get("kind") == "multitag-embedder":
+            write_json(directory / CONFIG, _embedder_model_config(self))
+        return directory
+
+
+def _tagger_mismatch(tagger_cfg: dict, emb_cfg: dict) -> str | None:
+    bb = tagger_cfg["backbone"]
+    prep = Preprocessing.from_dict(tagger_cfg["preprocessing"]).to_dict()
+    if emb_cfg["finetuned"]:
+        return "the embedder fine-tuned its backbone"
+    if tagger_cfg.get("training", {}).get("freeze", "all") != "all":
+        return "the tagger fine-tuned its backbone"
+    checks = {
+        "backbone": (bb["name"], emb_cfg["backbone"]),
+        "weights": (str(bb["weights"]), emb_cfg["weights"]),
+        "preprocessing": (prep, Preprocessing.from_dict(emb_cfg["preprocessing"]).to_dict()),
+        "stages": (list(bb["stages"]), list(emb_cfg["stages"])),
+        "colour_bins": (bb.get("colour_bins", 0), emb_cfg["colour_bins"]),
+    }
+    for name, (a, b) in checks.items():
+        if a != b:
+            return f"{name} differs: tagger {a!r}, embedder {b!r}"
+    return None
+
+
+def _embedder_model_config(emb: Embedder) -> dict:
+    enc = emb.encoder_
+    spec = backbones.get_spec(emb.backbone)
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": "multitag-embedder",
+        "backbone": {
+            "name": spec.name,
+            "timm_name": spec.timm_name,
+            "weights": str(emb.weights),
+            "stages": enc.stages,
+            "with_imagenet": enc.with_imagenet,
+            "colour_bins": enc.colour_bins,
+            "feature_dim": enc.out_dim,
+            "finetuned": bool(emb.finetuned_),
+        },
+        "preprocessing": {**enc.preprocessing.to_dict(), "input": "uint8 RGB NCHW"},
+        "embedding": EMBED_CONFIG,
+        "versions": _versions(),
+    }
+
+
+def has_embedding(model_dir: str | os.PathLike) -> bool:
+    """Whether ``model_dir`` holds trained embedding files."""
+    return (Path(model_dir) / EMBED_CONFIG).is_file()
+
+
+def load_embedder(model_dir: str | os.PathLike, *, allow_raw: bool = True) -> Embedder:
+    """Rebuild the embedder of ``model_dir``.
+
+    A tagger directory without embedding files gives (``allow_raw``) an embedder whose
+    output is the L2-normalised raw encoder features (``head_`` is None).
+    """
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    kind = config.get("kind", "multitag-tagger")
+    bb = config["backbone"]
+    emb_cfg = (
+        json.loads((model_dir / EMBED_CONFIG).read_text()) if has_embedding(model_dir) else None
+    )
+    if emb_cfg is None and not allow_raw:
+        raise FileNotFoundError(
+            f"{model_dir} has no {EMBED_CONFIG}; train one with `multitag embed train --out DIR`"
+        )
+    tensors = load_file(str(model_dir / EMBED_WEIGHTS)) if emb_cfg else {}
+    if kind == "multitag-tagger":
+        from multitag.model_dir import load_tagger
+
+        tagger = load_tagger(model_dir)
+        encoder = tagger.net_.encoder
+        weights, precision = bb["weights"], tagger.precision
+    else:
+        finetuned = bool(emb_cfg and emb_cfg.get("finetuned"))
+        weights = bb["weights"] if bb["weights"] != "None" else None
+        model = backbones.create_model(bb["timm_name"], weights=None if finetuned else weights)
+        encoder = Encoder(
+            model,
+            Preprocessing.from_dict(config["preprocessing"]),
+            bb["stages"],
+            with_imagenet=bb["with_imagenet"],
+            colour_bins=bb.get("colour_bins", 0),
+        )
+        if finetuned:
+            enc_state = {k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}
+            encoder.load_state_dict(enc_state, strict=True)
+        precision = emb_cfg["precision"] if emb_cfg else "auto"
+    cfg = emb_cfg or {}
+    emb = Embedder(
+        cfg.get("same"),
+        dim=cfg.get("dim", encoder.out_dim),
+        head=cfg.get("head", "linear"),
+        hidden=cfg.get("hidden", 512),
+        loss=cfg.get("loss", loss_registry.DEFAULT_LOSS),
+        miner=cfg.get("miner"),
+        backbone=bb["name"],
+        weights=weights,
+        image_size=encoder.preprocessing.image_size,
+        stages=encoder.stages,
+        colour_bins=encoder.colour_bins,
+        finetune_blocks=cfg.get("finetune_blocks", 0),
+        precision=precision,
+        progress=False,
+    )
+    emb.encoder_ = encoder.eval()
+    emb.same_ = cfg.get("same")
+    emb.finetuned_ = bool(cfg.get("finetuned", False))
+    emb.head_ = None
+    if emb_cfg:
+        head = EmbeddingHead(emb_cfg["feature_dim"], emb_cfg["dim"], emb_cfg["head"],
+                             emb_cfg.get("hidden", 512))  # fmt: skip
+        head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+        emb.head_ = head.eval()
+    emb.config_ = config
+    emb.tagger_ = tagger if kind == "multitag-tagger" else None
+    return emb
+
+
+def encode_model_dir(
+    model_dir: str | os.PathLike, paths: Sequence[str | os.PathLike], *, batch_size: int = 64
+) -> dict:
+    """Tags and embeddings of ``paths`` from ONE encoder pass.
+
+    Returns ``{"proba": {task: (n, C)} or None, "embeddings": (n, d), "errors": {row: reason},
+    "raw": bool}`` (``raw``: no embedding layer, L2-normalised encoder features).
+    """
+    emb = load_embedder(model_dir)
+    tagger = emb.tagger_
+    if tagger is not None:
+        tagger.progress = False
+        out = tagger.predict_proba(list(paths), batch_size=batch_size, return_features=True)
+        vectors = emb.transform_features(out["features"])
+        if out["errors"]:
+            vectors[list(out["errors"])] = 0.0
+        return {"proba": out["proba"], "embeddings": vectors, "errors": out["errors"],
+                "raw": emb.head_ is None}  # fmt: skip
+    vectors, errors = emb.embed(paths)
+    return {"proba": None, "embeddings": vectors, "errors": errors, "raw": emb.head_ is None}

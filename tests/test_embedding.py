@@ -1,0 +1,189 @@
+"""Embedder on real fashion-products images: losses, save/load, tagger sharing, fine-tuning,
+the CLI end to end (embed train/evaluate, index build, similar, cluster)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from multitag.embedding import Embedder, encode_model_dir, load_embedder
+from multitag.embedding.evaluate import default_split, evaluate_embedding
+from multitag.embedding.losses import LOSSES
+from tests.conftest import FASHION, requires_fashion
+
+pytestmark = [pytest.mark.slow, requires_fashion]
+SIZE = 64
+SAME = ["articleType", "gender"]
+
+
+@pytest.fixture(scope="module")
+def sample_features(fashion_frame, cache_dir):
+    emb = Embedder(SAME, image_size=SIZE, cache_dir=cache_dir, progress=False)
+    emb.encoder_ = emb.build_encoder()
+    res = emb.features(fashion_frame["path"].tolist())
+    assert not res.errors
+    return res.features
+
+
+@pytest.fixture(scope="module")
+def fitted(fashion_frame, cache_dir, sample_features):
+    emb = Embedder(SAME, image_size=SIZE, cache_dir=cache_dir, progress=False, epochs=15)
+    train, _ = default_split(fashion_frame, SAME)
+    return emb.fit(fashion_frame, rows=train)
+
+
+@pytest.mark.parametrize(
+    "loss,miner",
+    [("contrastive", None), ("triplet", "semihard"), ("triplet", "hard"), ("quadruplet", None),
+     ("multi_similarity", None), ("arcface", None), ("proxy_anchor", None)],
+)  # fmt: skip
+def test_every_loss_trains(fashion_frame, cache_dir, sample_features, loss, miner):
+    emb = Embedder(
+        SAME, image_size=SIZE, cache_dir=cache_dir, progress=False, epochs=6, loss=loss,
+        miner=miner, batch_size=64, dim=32,
+    )  # fmt: skip
+    emb.fit(fashion_frame, features=sample_features)
+    assert emb.miner_ == (miner or LOSSES[loss].miner or "none")
+    assert emb.history_[-1] < emb.history_[0]
+    out = emb.transform_features(sample_features[:10])
+    assert out.shape == (10, 32)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_unknown_names_are_refused(fashion_frame):
+    with pytest.raises(ValueError, match="unknown loss 'nope'"):
+        Embedder(SAME, loss="nope").fit(fashion_frame, features=np.zeros((len(fashion_frame), 4)))
+    with pytest.raises(ValueError, match="not in the manifest"):
+        Embedder(["colour"]).fit(fashion_frame, features=np.zeros((len(fashion_frame), 4)))
+
+
+def test_trained_embedding_beats_raw_features_on_val(fitted, fashion_frame):
+    result = evaluate_embedding(fitted, fashion_frame, SAME, knn_columns=["articleType"])
+    emb, raw = result["embedding"], result["backbone_features"]
+    assert set(emb) >= {"recall@1", "recall@5", "recall@10", "map@r", "nmi"}
+    assert emb["map@r"] > raw["map@r"]
+    assert emb["recall@10"] >= emb["recall@1"] > 0.5
+    assert result["knn"]["accuracy"]["articleType"]["embedding"] > 0.6
+
+
+def test_save_load_identical(fitted, fashion_frame, tmp_path):
+    fitted.save(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["kind"] == "multitag-embedder"
+    meta = json.loads((tmp_path / "m" / "embedding.json").read_text())
+    assert meta["same"] == SAME and meta["image_size"] == SIZE and meta["finetuned"] is False
+    assert not any(
+        k.startswith("encoder.") for k in load_file(tmp_path / "m/embedding.safetensors")
+    )
+    paths = fashion_frame["path"].tolist()[:12]
+    again = load_embedder(tmp_path / "m")
+    again.cache_dir = fitted.cache_dir
+    np.testing.assert_allclose(again.transform(paths), fitted.transform(paths), atol=1e-6)
+
+
+def test_one_pass_tags_and_embedding_beside_tagger(
+    trained_tagger, fashion_frame, cache_dir, tmp_path
+):
+    model_dir = tmp_path / "both"
+    trained_tagger.save(model_dir)
+    emb = Embedder(SAME, image_size=96, cache_dir=cache_dir, progress=False, epochs=3)
+    emb.fit(fashion_frame).save(model_dir)
+    assert json.loads((model_dir / "config.json").read_text())["kind"] == "multitag-tagger"
+    paths = fashion_frame["path"].tolist()[:16]
+    out = encode_model_dir(model_dir, paths)
+    assert set(out["proba"]) == {t.name for t in trained_tagger.tasks_} and not out["raw"]
+    tags = trained_tagger.predict_proba(paths)["proba"]
+    for name, p in tags.items():
+        np.testing.assert_allclose(out["proba"][name], p, atol=1e-4)
+    np.testing.assert_allclose(out["embeddings"], emb.transform(paths), atol=2e-3)
+    mismatch = Embedder(SAME, image_size=SIZE, cache_dir=cache_dir, progress=False, epochs=1)
+    with pytest.raises(ValueError, match="preprocessing differs"):
+        mismatch.fit(fashion_frame).save(model_dir)
+
+
+def test_tagger_only_dir_indexes_raw_features(trained_tagger, fashion_frame, tmp_path):
+    from multitag.embedding.search import build_index_dir, similar
+
+    trained_tagger.save(tmp_path / "tagger")
+    paths = fashion_frame["path"].tolist()[:24]
+    out = encode_model_dir(tmp_path / "tagger", paths[:4])
+    assert out["raw"] and out["proba"] is not None
+    np.testing.assert_allclose(np.linalg.norm(out["embeddings"], axis=1), 1.0, atol=1e-4)
+    index, errors = build_index_dir(tmp_path / "tagger", paths, tmp_path / "idx", progress=False)
+    assert not errors and index.meta["vectors"].startswith("raw encoder features")
+    assert index.dim_ == trained_tagger.net_.encoder.out_dim
+    hits = similar(tmp_path / "idx", paths[5], k=3)
+    assert hits["id"].iloc[0] == str(fashion_frame["id"].iloc[5]) and hits["score"].iloc[0] > 0.99
+
+
+def test_finetune_last_blocks(fashion_frame, cache_dir, tmp_path):
+    frame = fashion_frame.groupby("articleType").head(8).reset_index(drop=True)  # 64 images
+    emb = Embedder(
+        SAME, image_size=SIZE, cache_dir=cache_dir, progress=False, epochs=2, batch_size=32,
+        finetune_blocks=1, finetune_steps=2, loss="triplet",
+    )  # fmt: skip
+    emb.fit(frame)
+    ref = Embedder(SAME, image_size=SIZE).build_encoder()
+    last = str(len(emb.encoder_.model.blocks) - 1)
+    changed = [
+        k for k, v in emb.encoder_.state_dict().items()
+        if not np.allclose(v.float().numpy(), ref.state_dict()[k].float().numpy())
+    ]  # fmt: skip
+    assert changed and all(k.startswith(f"model.blocks.{last}.") for k in changed)
+    assert emb.finetuned_ and len(emb.finetune_history_) == 2
+    emb.save(tmp_path / "ft")
+    assert any(k.startswith("encoder.") for k in load_file(tmp_path / "ft/embedding.safetensors"))
+    paths = frame["path"].tolist()[:8]
+    np.testing.assert_allclose(
+        load_embedder(tmp_path / "ft").transform(paths), emb.transform(paths), atol=1e-5
+    )
+
+
+def test_cli_end_to_end(fashion_frame, cache_dir, tmp_path, monkeypatch):
+    import multitag.tagger
+    from multitag.cli import app
+
+    monkeypatch.setattr(multitag.tagger, "DEFAULT_CACHE", cache_dir.parent / "cli-cache")
+    csv = tmp_path / "styles.csv"
+    fashion_frame.drop(columns=["path"]).to_csv(csv, index=False)
+    images = str(FASHION / "images")
+    run = CliRunner().invoke
+    model, index, metrics, page = (tmp_path / n for n in ("m", "idx", "m.json", "c.html"))
+    r = run(app, ["embed", "train", "--data", str(csv), "--images", images, "--same",
+                  "articleType,gender", "--out", str(model), "--loss", "triplet", "--miner",
+                  "hard", "--epochs", "4", "--image-size", str(SIZE)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads((model / "embedding.json").read_text())["miner"] == "hard"
+    r = run(app, ["embed", "evaluate", str(model), "--data", str(csv), "--images", images,
+                  "--same", "articleType,gender", "--json", str(metrics)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    result = json.loads(metrics.read_text())
+    keys = {"recall@1", "recall@5", "recall@10", "map@r", "nmi"}
+    assert keys <= set(result["embedding"]) and keys <= set(result["backbone_features"])
+    r = run(app, ["index", "build", str(model), str(csv), "--images", images, "--out", str(index)])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((index / "index.json").read_text())
+    assert meta["kind"] == "exact" and meta["vectors"] == "embedding"
+    query = str(fashion_frame["id"].iloc[0])
+    r = run(app, ["similar", str(index), "--id", query, "-k", "5", "--where", "gender=Women",
+                  "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.output)
+    assert len(hits) == 5 and {h["gender"] for h in hits} == {"Women"}
+    assert query not in {h["id"] for h in hits}
+    r = run(app, ["similar", str(index), fashion_frame["path"].iloc[0], "-k", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)[0]["id"] == query  # the image finds itself first
+    r = run(app, ["similar", str(index), "--id", query])
+    assert r.exit_code == 0 and "rank" in r.output
+    r = run(app, ["similar", str(index), "--id", "no-such-id"])
+    assert r.exit_code == 2 and "no-such-id" in r.output
+    r = run(app, ["cluster", str(index), "-k", "4", "--html", str(page)])
+    assert r.exit_code == 0, r.output
+    text = page.read_text()
+    assert text.count("<h2>Cluster") == 4 and "data:image/jpeg;base64," in text
+    assert "http://" not in text and "https://" not in text
