@@ -320,6 +320,11 @@ from multitag.cli_catalog import register as _register_catalog  # noqa: E402
 _register_catalog(app)
 
 
+from multitag.cli_study import register as _register_study  # noqa: E402
+
+_register_study(app)
+
+
 def main() -> None:
     app()
 

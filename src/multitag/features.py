@@ -218,11 +218,11 @@ class Encoder(nn.Module):
         if isinstance(stage, int):
             return int(self.stage_names[stage].split(".")[1])
         name = str(stage)
-        if name.startswith("blocks.") and name[7:].isdigit() and int(name[7:]) < n - 1:
+        if name.startswith("blocks.") and name[7:].isdigit() and int(name[7:]) < n:
             return int(name[7:])
         raise ValueError(
             f"freeze point {name!r}: use 'all' or one of "
-            f"{', '.join(f'blocks.{i}' for i in range(n - 1))} (the last frozen block)"
+            f"{', '.join(f'blocks.{i}' for i in range(n))} (the last frozen block)"
         )
 
     def forward_until(self, images: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:

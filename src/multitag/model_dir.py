@@ -81,6 +81,8 @@ def save_tagger(tagger, directory: str | os.PathLike) -> Path:
         "precision": tagger.precision,
         "versions": _versions(),
     }
+    if hasattr(net, "sharing_config"):  # soft / cross-stitch models (multitag.multitask.sharing)
+        config["sharing"] = net.sharing_config()
     with atomic_path(directory / WEIGHTS) as tmp:
         save_model(net, str(tmp), metadata={"format": "multitag", "format_version": "1"})
     write_json(directory / CONFIG, config)
@@ -131,7 +133,16 @@ def load_tagger(directory: str | os.PathLike):
         input_dropout=0.0,
         trunk=h.get("trunk", 0),
     )
-    net = TaggerNet(encoder, heads, tasks)
+    if "sharing" in config:
+        from multitag.multitask.sharing import SharedTaggerNet, build_sharing
+
+        sh = config["sharing"]
+        sharing = build_sharing(
+            sh["kind"], encoder, sh["block"], heads, sh.get("groups"), sh.get("weight", 0.0)
+        )
+        net = SharedTaggerNet(encoder, sharing, tasks)
+    else:
+        net = TaggerNet(encoder, heads, tasks)
     missing, unexpected = load_model(net, str(directory / WEIGHTS), strict=True)
     params = {
         k: v for k, v in config.get("params", {}).items() if k in MultiTaskTagger().get_params()

@@ -240,6 +240,7 @@ class MultiTaskTagger:
             from multitag.finetune import fine_tune
 
             fine_tune(self, frame, targets, train_rows, val_rows)
+            feats.features = self.__dict__.pop("finetuned_features_", feats.features)
         self.split_ = {
             "train_ids": frame["id"].iloc[train_rows].tolist(),
             "val_ids": frame["id"].iloc[val_rows].tolist(),
