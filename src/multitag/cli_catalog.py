@@ -40,7 +40,7 @@ def build_cmd(
     Resumable after a kill; on an existing catalogue only new images are tagged and placed.
     """
     from multitag.catalog import build_catalog
-    from multitag.cli import _fail, console
+    from multitag.cli_common import _fail, console
 
     try:
         meta = build_catalog(
@@ -89,7 +89,7 @@ def serve_cmd(
     """Serve the catalogue API (docs at /docs) and the explorer page (at /)."""
     import uvicorn
 
-    from multitag.cli import _fail, console
+    from multitag.cli_common import _fail, console
     from multitag.serve.app import create_app
 
     if model is None:

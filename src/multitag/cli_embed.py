@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from multitag.cli import _fail, _load_frame, _split, console, out_console
+from multitag.cli_common import _fail, _load_frame, _split, console, out_console
 
 embed_app = typer.Typer(help="Train and evaluate image embeddings (metric learning).")
 index_app = typer.Typer(help="Build and extend FAISS vector indexes.")

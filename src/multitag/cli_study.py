@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Backbones x freeze points x sharing x loss balancing: table + HTML report."""
-        from multitag.cli import _fail, out_console
+        from multitag.cli_common import _fail, out_console
         from multitag.study import StudyConfig, run_study
 
         if not config.is_file():

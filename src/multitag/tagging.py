@@ -16,6 +16,18 @@ from multitag.io import write_table
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 
 
+def is_manifest(path: Path) -> bool:
+    """Whether ``path`` is a manifest file (by suffix) rather than an image or a folder."""
+    return path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES
+
+
+def load_input_manifest(path: Path, images: str | os.PathLike | None) -> pd.DataFrame:
+    """A manifest given as tagging input: all its columns, images found as for training
+    (a ``path`` column if there is one, else ``images/<id>.jpg``)."""
+    has_path = "path" in pd.read_csv(path, nrows=0).columns if path.suffix != ".parquet" else False
+    return load_manifest(path, images, path_col="path" if has_path else None)
+
+
 def resolve_inputs(
     inputs: Sequence[str | os.PathLike], images: str | os.PathLike | None = None
 ) -> pd.DataFrame:
@@ -28,12 +40,8 @@ def resolve_inputs(
     loose: list[str | os.PathLike] = []
     for item in inputs:
         p = Path(item)
-        if p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES:
-            has_path = (
-                "path" in pd.read_csv(p, nrows=0).columns if p.suffix != ".parquet" else False
-            )
-            m = load_manifest(p, images, path_col="path" if has_path else None)
-            frames.append(m[["id", "path"]])
+        if is_manifest(p):
+            frames.append(load_input_manifest(p, images)[["id", "path"]])
         elif p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS:
             raise ValueError(
                 f"{p}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))}) nor a manifest "

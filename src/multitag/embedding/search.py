@@ -10,21 +10,18 @@ import pandas as pd
 
 from multitag.embedding.index import VectorIndex
 from multitag.embedding.model import has_embedding, load_embedder
-from multitag.tagging import MANIFEST_SUFFIXES, resolve_inputs
+from multitag.tagging import resolve_inputs
 
 
 def _with_attributes(frame: pd.DataFrame, inputs, images) -> pd.DataFrame:
     """Add manifest label columns to ``frame`` (rows from manifests) for ``--where``."""
-    from multitag.data.manifest import load_manifest
+    from multitag.tagging import is_manifest, load_input_manifest
 
     extra = []
     for item in inputs:
         p = Path(item)
-        if p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES:
-            has_path = (
-                "path" in pd.read_csv(p, nrows=0).columns if p.suffix != ".parquet" else False
-            )
-            m = load_manifest(p, images, path_col="path" if has_path else None)
+        if is_manifest(p):
+            m = load_input_manifest(p, images)
             extra.append(m.drop(columns=["path"]).astype({"id": str}))
     if not extra:
         return frame

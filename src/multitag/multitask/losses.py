@@ -15,8 +15,8 @@ def class_weights(task: Task, target: np.ndarray, how: str = "sqrt") -> torch.Te
     """Per-class loss weights from training label counts.
 
     ``sqrt``: ``(n_max / n_c) ** 0.5`` normalised so the mean sample weight is 1 (gentle:
-    helps rare classes without wrecking the frequent ones); ``balanced``: ``n / (C * n_c)``; ``none``: no weights. For
-    multi-label tasks the weights are ``pos_weight`` values for BCE.
+    helps rare classes without wrecking the frequent ones); ``balanced``: ``n / (C * n_c)``;
+    ``none``: no weights. For multi-label tasks the weights are ``pos_weight`` values for BCE.
     """
     if how not in CLASS_WEIGHTINGS:
         raise ValueError(f"class weighting must be one of {CLASS_WEIGHTINGS}, not {how!r}")
