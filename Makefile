@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench lint browser clean
+.PHONY: install demo test test-fast bench bench-all lint browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,12 @@ test-fast: install
 
 bench: install
 	$(BIN)/python -m multitag.bench --out bench
+
+## every benchmark (index: ~5 min incl. 1M vectors; catalogue: ~5 min incl. a headless browser)
+bench-all: bench
+	$(BIN)/python -m multitag.bench_index --out bench
+	$(BIN)/python -m multitag.bench_catalog --out bench
+	$(BIN)/python -c "from pathlib import Path; from multitag.bench import write_benchmarks_md; write_benchmarks_md(Path('bench'))"
 
 lint: install
 	$(BIN)/ruff check src tests

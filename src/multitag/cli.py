@@ -125,7 +125,7 @@ def train_cmd(
     image_size: Annotated[
         int | None, typer.Option(help="Square input size (default: backbone's).")
     ] = None,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on val).")] = 40,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on val).")] = 25,
     head: Annotated[str, typer.Option(help="linear or mlp.")] = "mlp",
     multilabel: Annotated[
         str | None, typer.Option(help="Multi-label columns (comma-separated).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ DEMO_TASKS = [
 ]
 DEMO_IMAGE_SIZE = 160
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def run_demo(data_root: Path, out: Path, image_size: int | None = None) -> dict:

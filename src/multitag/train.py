@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from multitag import runtime
 from multitag.data.tasks import Task
 from multitag.multitask.losses import class_weights, task_loss
 from multitag.progress import bar
@@ -21,14 +22,15 @@ from multitag.progress import bar
 class TrainConfig:
     """Hyper-parameters of the head-training loop (also recorded in the model config)."""
 
-    epochs: int = 40
-    batch_size: int = 256
+    epochs: int = 25
+    batch_size: int = 512
     lr: float = 2e-3
     weight_decay: float = 1e-4
     patience: int = 6
     class_weight: str = "none"
     label_smoothing: float = 0.1
     seed: int = 0
+    precision: str = "fp32"  # heads are tiny: bf16 autocast did not pay off here
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
@@ -128,6 +130,8 @@ def fit_heads(
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1
     )
+    device = torch.device("cpu")
+    precision = runtime.resolve_precision(config.precision, device)
     history = History()
     best_state, best = None, -math.inf
     val_t = _targets_to_tensors(targets, val_rows) if len(val_rows) else None
@@ -139,7 +143,8 @@ def fit_heads(
             total, n = 0.0, 0
             for s in range(0, len(order), config.batch_size):
                 rows = order[s : s + config.batch_size]
-                out = heads(x_all[rows])
+                with runtime.autocast(precision, device):
+                    out = heads(x_all[rows])
                 loss = _batch_loss(
                     out, _targets_to_tensors(targets, rows), tasks, weights, config.label_smoothing
                 )
