@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a hub in tests
+# hermetic: a cold feature cache per test session, as on a fresh CI machine
+os.environ["MULTITAG_CACHE"] = tempfile.mkdtemp(prefix="multitag-test-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION = Path(os.environ.get("MULTITAG_FASHION", REPO.parent / "shared/datasets/fashion-products"))
