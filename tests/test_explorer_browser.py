@@ -8,18 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from multitag.bench_catalog import CHROMIUM, CHROMIUM_ARGS  # one place for the launch flags
 from tests.catalog_util import built_catalog, sample_rows
 from tests.conftest import requires_fashion
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 pytestmark = [
     pytest.mark.browser,
