@@ -104,7 +104,10 @@ def test_encoder_features_include_colour(encoder, tmp_path):
     blue = make_image(tmp_path / "blue.png", (64, 64), (20, 20, 220))
     res = run_encoder(encoder, [red, blue], progress=False, precision="fp32")
     assert res.features.shape == (2, encoder.out_dim) and not res.errors
-    hist = res.features[:, -(encoder.colour_bins**3) :]
+    colour = res.features[:, -encoder.colour_dim :]
+    hist, hsv = colour[:, : encoder.colour_bins**3], colour[:, encoder.colour_bins**3 :]
+    np.testing.assert_allclose((hsv**2).sum(1), 1.0, atol=1e-5)
+    assert hsv[0].argmax() != hsv[1].argmax()  # red and blue fall in different hue bins
     assert hist[0].argmax() != hist[1].argmax()
     np.testing.assert_allclose((hist**2).sum(1), 1.0, atol=1e-5)  # sqrt of a distribution
 

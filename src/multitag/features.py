@@ -27,7 +27,7 @@ from multitag import runtime
 from multitag.data.images import ImageDecodeError, image_to_array, load_image
 from multitag.progress import bar
 
-FEATURE_VERSION = 3  # bump when the meaning of cached features changes
+FEATURE_VERSION = 4  # bump when the meaning of cached features changes
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,27 @@ def iter_batches(
             yield pending.popleft().result()
 
 
+HSV_BINS = (16, 4, 4)
+
+
+def _hsv_index(x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel HSV bin index of a 0-255 float NCHW RGB batch."""
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    v = x.amax(1)
+    c = v - x.amin(1)
+    s = torch.where(v > 0, c / v.clamp_min(1e-6), torch.zeros_like(v))
+    safe = c.clamp_min(1e-6)
+    h = torch.where(
+        v == r, ((g - b) / safe) % 6, torch.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4)
+    )
+    h = torch.where(c > 0, h / 6.0, torch.zeros_like(h))  # [0, 1)
+    nh, ns, nv = HSV_BINS
+    hi = (h * nh).floor().clamp(0, nh - 1).long()
+    si = (s * ns).floor().clamp(0, ns - 1).long()
+    vi = (v / 256.0 * nv).floor().clamp(0, nv - 1).long()
+    return hi * ns * nv + si * nv + vi
+
+
 def _is_staged(model: nn.Module) -> bool:
     return all(hasattr(model, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")) and (
         type(model).__name__ == "EfficientNet"
@@ -155,9 +176,10 @@ class Encoder(nn.Module):
             self._take_blocks = ends
         pooled_dims = sum(info[i]["num_chs"] for i in self.stages)
         self.head_slice = (pooled_dims, pooled_dims + model.num_features)
-        self.out_dim = (
-            sum(info[i]["num_chs"] for i in self.stages) + model.num_features + colour_bins**3
+        self.colour_dim = (
+            colour_bins**3 + HSV_BINS[0] * HSV_BINS[1] * HSV_BINS[2] if colour_bins else 0
         )
+        self.out_dim = pooled_dims + model.num_features + self.colour_dim
         self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1) * 255)
 
@@ -167,7 +189,8 @@ class Encoder(nn.Module):
         return x.contiguous(memory_format=torch.channels_last)
 
     def colour_histogram(self, images: torch.Tensor) -> torch.Tensor:
-        """Joint RGB histogram (``bins``^3) of the foreground pixels, square-rooted.
+        """Foreground colour histograms, square-rooted: joint RGB (``bins``^3) and HSV
+        (hue 16 x saturation 4 x value 4; hue separates shades that RGB cells mix).
 
         Product photos sit on white: pixels whose darkest channel is >= 235 are background.
         CNN features pooled over the image blur colour; this keeps it exact and cheap.
@@ -177,10 +200,15 @@ class Encoder(nn.Module):
         fg = (x.amin(1) < 235).float().flatten(1)  # (N, HW)
         empty = fg.sum(1, keepdim=True) < 16
         fg = torch.where(empty, torch.ones_like(fg), fg)
+        total = fg.sum(1, keepdim=True)
+
+        def hist(idx: torch.Tensor, n: int) -> torch.Tensor:
+            h = torch.zeros(x.shape[0], n, device=x.device).scatter_add_(1, idx.flatten(1), fg)
+            return (h / total).sqrt()
+
         q = (x * (b / 256.0)).floor().clamp(0, b - 1).long()
-        idx = (q[:, 0] * b * b + q[:, 1] * b + q[:, 2]).flatten(1)
-        hist = torch.zeros(x.shape[0], b**3, device=x.device).scatter_add_(1, idx, fg)
-        return (hist / fg.sum(1, keepdim=True)).sqrt()
+        rgb = hist(q[:, 0] * b * b + q[:, 1] * b + q[:, 2], b**3)
+        return torch.cat([rgb, hist(_hsv_index(x), HSV_BINS[0] * HSV_BINS[1] * HSV_BINS[2])], 1)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.normalize(images)
@@ -267,7 +295,7 @@ class Encoder(nn.Module):
     ) -> torch.Tensor:
         """The feature vector of :meth:`forward` from prefix features (:meth:`forward_until`),
         the pooled upper taps and the pooled head: [stage pools..., head pool, colour]."""
-        n_colour = self.colour_bins**3 if self.colour_bins else 0
+        n_colour = self.colour_dim
         prefix = prefix.float()
         taps, colour = (
             prefix[:, : prefix.shape[1] - n_colour],

@@ -19,7 +19,7 @@ from safetensors.torch import load_model, save_model
 import multitag
 from multitag import backbones
 from multitag.data.tasks import Task
-from multitag.features import Encoder, Preprocessing
+from multitag.features import FEATURE_VERSION, Encoder, Preprocessing
 from multitag.io import atomic_path, write_json
 from multitag.multitask.heads import MultiTaskHeads
 
@@ -54,6 +54,7 @@ def save_tagger(tagger, directory: str | os.PathLike) -> Path:
             "stage_names": [enc.stage_names[i] for i in enc.stages],
             "with_imagenet": enc.with_imagenet,
             "colour_bins": enc.colour_bins,
+            "feature_version": FEATURE_VERSION,
             "feature_dim": enc.out_dim,
         },
         "preprocessing": {
@@ -113,6 +114,11 @@ def load_tagger(directory: str | os.PathLike):
     directory = Path(directory)
     config = read_config(directory)
     bb = config["backbone"]
+    if bb.get("feature_version", 3) != FEATURE_VERSION:
+        raise ValueError(
+            f"{directory} was saved with feature layout v{bb.get('feature_version', 3)}; this "
+            f"multitag computes v{FEATURE_VERSION}: retrain it with `multitag train`"
+        )
     model = backbones.create_model(bb["timm_name"], weights=None)
     prep = Preprocessing.from_dict(config["preprocessing"])
     encoder = Encoder(
