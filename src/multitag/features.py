@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from multitag import runtime
 from multitag.data.images import ImageDecodeError, image_to_array, load_image
+from multitag.engines import runner_for
 from multitag.progress import bar
 
 FEATURE_VERSION = 4  # bump when the meaning of cached features changes
@@ -347,12 +348,19 @@ def extract_prefix(
     """Frozen-prefix outputs of ``paths``: ``(activations fp16 NCHW, prefix features, errors)``.
 
     Cached like features (fp16 on disk, keyed by ``encoder_id`` + the stage + image content),
-    so training the upper stages never re-runs the frozen ones."""
+    so training the upper stages never re-runs the frozen ones. Always computed by PyTorch:
+    the upper stages train on them there."""
     prefix_encoder = PrefixEncoder(encoder, block)
+    kwargs["engine"] = "torch"
     if cache_dir is not None:
         if encoder_id is None:
             raise ValueError("extract_prefix: encoder_id is required with cache_dir")
-        encoder_id = {**encoder_id, "prefix_stage": f"blocks.{block}", "kind": "stage-activations"}
+        encoder_id = {
+            **encoder_id,
+            "engine": "torch",
+            "prefix_stage": f"blocks.{block}",
+            "kind": "stage-activations",
+        }
     res = extract_features(
         prefix_encoder, paths, cache_dir=cache_dir, encoder_id=encoder_id, **kwargs
     )
@@ -454,14 +462,14 @@ def run_encoder(
     batch_size: int = 64,
     workers: int | None = None,
     precision: str = "auto",
+    engine: str = "auto",
     device: torch.device | None = None,
     progress: bool = True,
     description: str = "features",
 ) -> FeatureResult:
-    """Encode ``paths`` (no cache). Bad files are reported in ``errors``, never raised."""
-    device = device or runtime.default_device()
-    precision = runtime.resolve_precision(precision, device)
-    encoder = encoder.eval().to(device, memory_format=torch.channels_last)
+    """Encode ``paths`` (no cache) with ``engine`` (see :mod:`multitag.engines`).
+    Bad files are reported in ``errors``, never raised."""
+    runner = runner_for(encoder, engine, precision, device)
     feats = np.zeros((len(paths), encoder.out_dim), dtype=np.float32)
     logits = None
     errors: dict[int, str] = {}
@@ -470,13 +478,12 @@ def run_encoder(
         for indices, images, errs in loader:
             errors.update(errs)
             if images is not None:
-                with runtime.autocast(precision, device):
-                    f, lg = encoder(images.to(device))
-                feats[indices.numpy()] = f.float().cpu().numpy()
+                f, lg = runner(images)
+                feats[indices.numpy()] = f.numpy()
                 if lg is not None:
                     if logits is None:
                         logits = np.zeros((len(paths), lg.shape[1]), dtype=np.float32)
-                    logits[indices.numpy()] = lg.float().cpu().numpy()
+                    logits[indices.numpy()] = lg.numpy()
             pbar.advance(len(indices) + len(errs))
     return FeatureResult(feats, errors, logits)
 

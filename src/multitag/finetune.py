@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from multitag import runtime
 from multitag.data.tasks import Task
+from multitag.engines import resolve_engine
 from multitag.io import atomic_path, write_json
 from multitag.multitask.balancing import Balancer, build_balancer
 from multitag.multitask.losses import task_loss
@@ -344,7 +345,7 @@ def fine_tune(tagger, frame, targets, train_rows, val_rows) -> History:
     Called by ``MultiTaskTagger.fit`` after the heads were warm-started on cached features.
     Trains the encoder's own upper blocks in place, so ``save``/``load`` need no change.
     Epochs: ``min(tagger.epochs, 5)`` (``tagger.finetune_epochs`` overrides)."""
-    from multitag.features import extract_prefix
+    from multitag.features import extract_prefix, run_encoder
     from multitag.multitask.sharing import HardSharing
 
     encoder = tagger.net_.encoder
@@ -393,6 +394,14 @@ def fine_tune(tagger, frame, targets, train_rows, val_rows) -> History:
             with runtime.autocast(precision, device):
                 f, _ = encoder.forward_from(block, a, p)
             tuned[s : s + 256] = f.float().numpy()
+    engine = resolve_engine(tagger.engine)
+    if engine != "torch":  # evaluate on the features tagging will compute
+        val_paths = frame["path"].iloc[val_rows].tolist()
+        res = run_encoder(
+            encoder, val_paths, engine=engine, precision=tagger.precision,
+            workers=tagger.workers, progress=tagger.progress, description="tuned val features",
+        )  # fmt: skip
+        tuned[val_rows] = res.features
     tuned[list(errors)] = 0.0
     tagger.finetuned_features_ = tuned
     return history

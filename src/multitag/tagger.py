@@ -20,6 +20,7 @@ from multitag import backbones, runtime
 from multitag.data.manifest import default_stratify, split_indices
 from multitag.data.tasks import Task, encode_all, infer_tasks
 from multitag.data.validate import ValidationReport, validate
+from multitag.engines import resolve_engine, runner_for
 from multitag.features import Encoder, Preprocessing, extract_features, iter_batches
 from multitag.multitask.heads import MultiTaskHeads, probabilities
 from multitag.train import History, TrainConfig, fit_heads
@@ -90,6 +91,7 @@ class MultiTaskTagger:
         seed: int = 0,
         cache_dir: str | os.PathLike | None = DEFAULT_CACHE / "features",
         precision: str = "auto",
+        engine: str = "auto",
         workers: int | None = None,
         progress: bool = True,
     ) -> None:
@@ -118,6 +120,7 @@ class MultiTaskTagger:
         self.seed = seed
         self.cache_dir = cache_dir
         self.precision = precision
+        self.engine = engine
         self.workers = workers
         self.progress = progress
 
@@ -155,6 +158,7 @@ class MultiTaskTagger:
             "stages": enc.stages,
             "colour_bins": enc.colour_bins,
             "precision": runtime.resolve_precision(self.precision, runtime.default_device()),
+            "engine": resolve_engine(self.engine),
         }
 
     def fit(
@@ -202,6 +206,7 @@ class MultiTaskTagger:
             cache_dir=self.cache_dir,
             encoder_id=self.encoder_id() if self.cache_dir else None,
             precision=self.precision,
+            engine=self.engine,
             workers=self.workers,
             progress=self.progress,
         )
@@ -275,8 +280,8 @@ class MultiTaskTagger:
         if use_cache and self.cache_dir and self.freeze == "all":
             return self._predict_from_cache(paths, return_features)
         device = runtime.default_device()
-        precision = runtime.resolve_precision(self.precision, device)
         net = self.net_.eval().to(device)
+        runner = runner_for(net.encoder, self.engine, self.precision, device)
         n = len(paths)
         proba = {t.name: np.zeros((n, t.n_classes), np.float32) for t in self.tasks_}
         imagenet = np.zeros((n, 1000), np.float32) if net.encoder.with_imagenet else None
@@ -290,8 +295,8 @@ class MultiTaskTagger:
                 errors.update(errs)
                 if images is not None:
                     rows = idx.numpy()
-                    with runtime.autocast(precision, device):
-                        probs, logits, feats = net(images.to(device))
+                    feats, _ = runner(images)
+                    probs, logits, _ = net.from_features(feats.to(device))
                     for name, p in probs.items():
                         proba[name][rows] = p.float().cpu().numpy()
                     if imagenet is not None and logits is not None:
@@ -312,6 +317,7 @@ class MultiTaskTagger:
             cache_dir=self.cache_dir,
             encoder_id=self.encoder_id(),
             precision=self.precision,
+            engine=self.engine,
             workers=self.workers,
             progress=self.progress,
         )

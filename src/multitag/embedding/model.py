@@ -22,6 +22,7 @@ from torch import nn
 
 from multitag import backbones, runtime
 from multitag.embedding import losses as loss_registry
+from multitag.engines import resolve_engine
 from multitag.features import Encoder, Preprocessing, extract_features, iter_batches, run_encoder
 from multitag.io import atomic_path, write_json
 from multitag.model_dir import CONFIG, FORMAT_VERSION, _versions, read_config
@@ -44,7 +45,9 @@ def same_key(frame: pd.DataFrame, same: Sequence[str]) -> pd.Series:
     return key.where((cols != "").all(axis=1), "")
 
 
-def make_encoder_id(encoder: Encoder, backbone: str, weights, precision: str) -> dict:
+def make_encoder_id(
+    encoder: Encoder, backbone: str, weights, precision: str, engine: str = "auto"
+) -> dict:
     """Cache identity of ``encoder``, built exactly as ``MultiTaskTagger.encoder_id``."""
     return {
         "backbone": backbones.resolve_name(backbone),
@@ -53,6 +56,7 @@ def make_encoder_id(encoder: Encoder, backbone: str, weights, precision: str) ->
         "stages": encoder.stages,
         "colour_bins": encoder.colour_bins,
         "precision": runtime.resolve_precision(precision, runtime.default_device()),
+        "engine": resolve_engine(engine),
     }
 
 
@@ -119,6 +123,7 @@ class Embedder:
         seed: int = 0,
         cache_dir: str | os.PathLike | None = None,
         precision: str = "auto",
+        engine: str = "auto",
         workers: int | None = None,
         progress: bool = True,
     ) -> None:
@@ -144,6 +149,7 @@ class Embedder:
         self.seed = seed
         self.cache_dir = cache_dir
         self.precision = precision
+        self.engine = engine
         self.workers = workers
         self.progress = progress
 
@@ -162,14 +168,16 @@ class Embedder:
         return Encoder(model, prep, self.stages, spec.has_classifier, self.colour_bins)
 
     def encoder_id(self) -> dict:
-        return make_encoder_id(self.encoder_, self.backbone, self.weights, self.precision)
+        return make_encoder_id(
+            self.encoder_, self.backbone, self.weights, self.precision, self.engine
+        )
 
     def features(self, paths: Sequence[str | os.PathLike]):
         """Backbone features of ``paths`` (cached unless the backbone was fine-tuned)."""
         if getattr(self, "finetuned_", False):
             return run_encoder(
-                self.encoder_, paths, precision=self.precision, workers=self.workers,
-                progress=self.progress,
+                self.encoder_, paths, precision=self.precision, engine=self.engine,
+                workers=self.workers, progress=self.progress,
             )  # fmt: skip
         return extract_features(
             self.encoder_,
@@ -177,6 +185,7 @@ class Embedder:
             cache_dir=self._cache(),
             encoder_id=self.encoder_id(),
             precision=self.precision,
+            engine=self.engine,
             workers=self.workers,
             progress=self.progress,
         )

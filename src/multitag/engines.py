@@ -1,0 +1,161 @@
+"""Inference engines for a frozen :class:`~multitag.features.Encoder`: uint8 images in,
+``(features, imagenet_logits)`` out, whichever runtime computes them.
+
+- ``torch``: the module itself under bf16 autocast + channels_last (see :mod:`runtime`);
+- ``openvino``: the same graph converted with ``openvino.convert_model`` and run by OpenVINO's
+  CPU plugin (bf16 where the CPU has it), one inference request per stream so every core is
+  busy. On the 2-core AVX-512 dev machine this is ~4x the PyTorch speed for Lite0 at 160 px
+  (``bench/core.md``); outputs differ from PyTorch's only by bf16 rounding.
+- ``auto`` (default): ``openvino`` on CPU when the package is installed, else ``torch``.
+  ``MULTITAG_ENGINE`` overrides ``auto`` for a whole process.
+
+Engines only run inference. Training (heads, fine-tuning, metric learning) stays in PyTorch;
+the feature cache keys include the engine, so cached features always match the engine that
+will compute features of new images at tagging time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+import weakref
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from multitag import runtime
+
+ENGINES = ("auto", "torch", "openvino")
+Runner = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def resolve_engine(engine: str = "auto", device: torch.device | None = None) -> str:
+    """``auto`` -> ``openvino`` (CPU, package installed) or ``torch``; checks explicit names."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    device = device or runtime.default_device()
+    if engine == "auto":
+        engine = os.environ.get("MULTITAG_ENGINE", "auto")
+        if engine not in ENGINES:
+            raise ValueError(
+                f"MULTITAG_ENGINE={engine!r} is not an engine; use one of {', '.join(ENGINES)}"
+            )
+    if engine == "auto":
+        return "openvino" if device.type == "cpu" and openvino_available() else "torch"
+    if engine == "openvino":
+        if not openvino_available():
+            raise ImportError(
+                "engine='openvino' needs the openvino package: pip install 'multitag[fast]' "
+                "(or choose engine='torch')"
+            )
+        if device.type != "cpu":
+            raise ValueError(f"engine='openvino' runs on the CPU; this device is {device}")
+    return engine
+
+
+class TorchRunner:
+    """The encoder module under the resolved precision (bf16 autocast or fp32)."""
+
+    def __init__(self, encoder: nn.Module, precision: str, device: torch.device) -> None:
+        # outside inference mode: converted weights must stay trainable tensors
+        with torch.inference_mode(False):
+            self.encoder = encoder.eval().to(device, memory_format=torch.channels_last)
+        self.precision, self.device = precision, device
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with runtime.autocast(self.precision, self.device):
+            feats, logits = self.encoder(images.to(self.device))
+        return feats.float().cpu(), None if logits is None else logits.float().cpu()
+
+
+class _FeaturesOnly(nn.Module):
+    """OpenVINO converts tensors, not ``None``: drop the absent logits output."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(images)[0]
+
+
+class OpenVINORunner:
+    """The encoder converted to OpenVINO; a batch is split across the plugin's streams."""
+
+    def __init__(self, encoder: nn.Module, precision: str, image_size: int) -> None:
+        import openvino as ov
+
+        encoder = encoder.eval()
+        self.with_logits = bool(getattr(encoder, "with_imagenet", True))
+        module = encoder if self.with_logits else _FeaturesOnly(encoder)
+        example = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # its torch.jit.trace use
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            graph = ov.convert_model(module, example_input=example)
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": "THROUGHPUT",
+        }
+        compiled = ov.Core().compile_model(graph, "CPU", config)
+        self.queue = ov.AsyncInferQueue(compiled)
+        self.results: dict[int, list[np.ndarray]] = {}
+        self.queue.set_callback(self._done)
+
+    def _done(self, request, chunk: int) -> None:
+        self.results[chunk] = [t.data.copy() for t in request.output_tensors]
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = np.ascontiguousarray(images.cpu().numpy())
+        chunks = np.array_split(np.arange(len(x)), min(len(self.queue), len(x)))
+        self.results = {}
+        for i, rows in enumerate(chunks):
+            self.queue.start_async({0: x[rows[0] : rows[-1] + 1]}, userdata=i)
+        self.queue.wait_all()
+        outs = [self.results[i] for i in range(len(chunks))]
+        feats = torch.from_numpy(np.concatenate([o[0] for o in outs]))
+        if not self.with_logits:
+            return feats, None
+        return feats, torch.from_numpy(np.concatenate([o[1] for o in outs]))
+
+
+# encoder -> (engine, precision, weight fingerprint, runner): convert once per process
+_RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(module: nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer is replaced or updated in place."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return tuple((t.data_ptr(), -1 if t.is_inference() else t._version) for t in tensors)
+
+
+def runner_for(
+    encoder: nn.Module,
+    engine: str = "auto",
+    precision: str = "auto",
+    device: torch.device | None = None,
+) -> Runner:
+    """A callable ``uint8 NCHW -> (features, logits or None)`` for ``encoder`` (CPU tensors).
+
+    OpenVINO conversions are memoised per encoder and redone when its weights change.
+    """
+    device = device or runtime.default_device()
+    engine = resolve_engine(engine, device)
+    precision = runtime.resolve_precision(precision, device)
+    if engine == "torch":
+        return TorchRunner(encoder, precision, device)
+    key = (engine, precision, _fingerprint(encoder))
+    cached = _RUNNERS.get(encoder)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    runner = OpenVINORunner(encoder, precision, encoder.preprocessing.image_size)
+    _RUNNERS[encoder] = (key, runner)
+    return runner

@@ -1,0 +1,71 @@
+"""Inference engines: OpenVINO and PyTorch compute the same encoder on real images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from multitag import engines
+from multitag.backbones import create_model
+from multitag.features import Encoder, Preprocessing, run_encoder
+
+from .conftest import requires_fashion
+
+needs_openvino = pytest.mark.skipif(not engines.openvino_available(), reason="openvino missing")
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Encoder:
+    model = create_model("tf_efficientnet_lite0")
+    return Encoder(model, Preprocessing.for_model(model, 96))
+
+
+def test_resolve_engine_names_the_options(monkeypatch):
+    with pytest.raises(ValueError, match="auto, torch, openvino"):
+        engines.resolve_engine("tensorrt")
+    monkeypatch.setenv("MULTITAG_ENGINE", "torch")
+    assert engines.resolve_engine("auto") == "torch"
+    monkeypatch.setenv("MULTITAG_ENGINE", "bogus")
+    with pytest.raises(ValueError, match="MULTITAG_ENGINE='bogus'"):
+        engines.resolve_engine("auto")
+
+
+def test_openvino_missing_gives_install_hint(monkeypatch):
+    monkeypatch.setattr(engines, "openvino_available", lambda: False)
+    monkeypatch.delenv("MULTITAG_ENGINE", raising=False)
+    assert engines.resolve_engine("auto", torch.device("cpu")) == "torch"
+    with pytest.raises(ImportError, match=r"multitag\[fast\]"):
+        engines.resolve_engine("openvino", torch.device("cpu"))
+
+
+@needs_openvino
+@requires_fashion
+def test_openvino_matches_torch_on_real_images(encoder, fashion_frame):
+    paths = fashion_frame["path"].tolist()[:48] + ["/nonexistent/x.jpg"]
+    ov = run_encoder(encoder, paths, engine="openvino", progress=False, batch_size=16)
+    pt = run_encoder(encoder, paths, engine="torch", precision="fp32", progress=False)
+    assert set(ov.errors) == set(pt.errors) == {48}
+    a, b = ov.features[:48], pt.features[:48]
+    rel = np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
+    assert rel.max() < 0.1, rel.max()  # bf16 rounding, not a different graph
+    top1 = ov.imagenet_logits[:48].argmax(1) == pt.imagenet_logits[:48].argmax(1)
+    assert top1.mean() >= 0.85
+    # deterministic and independent of how images are batched
+    again = run_encoder(encoder, paths[:48], engine="openvino", progress=False, batch_size=7)
+    np.testing.assert_array_equal(again.features, a)
+
+
+@needs_openvino
+def test_runner_is_reconverted_when_weights_change(encoder):
+    first = engines.runner_for(encoder, "openvino")
+    assert engines.runner_for(encoder, "openvino") is first
+    x = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
+    before = first(x)[0]
+    with torch.no_grad():
+        encoder.model.conv_head.weight.mul_(0.5)
+    second = engines.runner_for(encoder, "openvino")
+    assert second is not first
+    assert not torch.equal(second(x)[0], before)
+    with torch.no_grad():
+        encoder.model.conv_head.weight.mul_(2.0)
