@@ -16,11 +16,13 @@ will compute features of new images at tagging time.
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import os
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Iterable, Iterator
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -29,7 +31,18 @@ from torch import nn
 from multitag import runtime
 
 ENGINES = ("auto", "torch", "openvino")
-Runner = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+T = TypeVar("T")
+Out = tuple[torch.Tensor, torch.Tensor | None]  # (features, ImageNet logits or None), on CPU
+
+
+class Runner(Protocol):
+    """What every engine offers: one batch, or a pipelined stream of batches."""
+
+    def __call__(self, images: torch.Tensor) -> Out: ...
+
+    def stream(
+        self, batches: Iterable[tuple[T, torch.Tensor | None]]
+    ) -> Iterator[tuple[T, Out]]: ...
 
 
 def openvino_available() -> bool:
@@ -70,10 +83,15 @@ class TorchRunner:
         self.precision, self.device = precision, device
 
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(self, images: torch.Tensor) -> Out:
         with runtime.autocast(self.precision, self.device):
             feats, logits = self.encoder(images.to(self.device))
         return feats.float().cpu(), None if logits is None else logits.float().cpu()
+
+    def stream(self, batches: Iterable[tuple[T, torch.Tensor | None]]) -> Iterator[tuple[T, Out]]:
+        """``(meta, images)`` in -> ``(meta, outputs or None)`` out, in order."""
+        for meta, images in batches:
+            yield meta, None if images is None else self(images)
 
 
 class _FeaturesOnly(nn.Module):
@@ -110,21 +128,40 @@ class OpenVINORunner:
         self.results: dict[int, list[np.ndarray]] = {}
         self.queue.set_callback(self._done)
 
-    def _done(self, request, chunk: int) -> None:
-        self.results[chunk] = [t.data.copy() for t in request.output_tensors]
+    def _done(self, request, key: int) -> None:
+        self.results[key] = [t.data.copy() for t in request.output_tensors]
 
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _outputs(self, out: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        feats = torch.from_numpy(out[0])
+        return feats, torch.from_numpy(out[1]) if self.with_logits else None
+
+    def __call__(self, images: torch.Tensor) -> Out:
+        """One batch, split across the plugin's requests (all streams work on it)."""
         x = np.ascontiguousarray(images.cpu().numpy())
         chunks = np.array_split(np.arange(len(x)), min(len(self.queue), len(x)))
         self.results = {}
         for i, rows in enumerate(chunks):
             self.queue.start_async({0: x[rows[0] : rows[-1] + 1]}, userdata=i)
         self.queue.wait_all()
-        outs = [self.results[i] for i in range(len(chunks))]
-        feats = torch.from_numpy(np.concatenate([o[0] for o in outs]))
-        if not self.with_logits:
-            return feats, None
-        return feats, torch.from_numpy(np.concatenate([o[1] for o in outs]))
+        outs = [self.results.pop(i) for i in range(len(chunks))]
+        return self._outputs([np.concatenate(parts) for parts in zip(*outs)])
+
+    def stream(self, batches: Iterable[tuple[T, torch.Tensor | None]]) -> Iterator[tuple[T, Out]]:
+        """``(meta, images)`` in -> ``(meta, outputs or None)`` out, in order, with one whole
+        batch per request and several in flight: no stream waits for another between
+        batches (the decode thread fills the queue meanwhile)."""
+        self.results = {}
+        pending: collections.deque = collections.deque()
+        for key, (meta, images) in enumerate(batches):
+            if images is not None:  # blocks while every request is busy
+                self.queue.start_async({0: np.ascontiguousarray(images.numpy())}, userdata=key)
+            pending.append((key, meta, images is not None))
+            while pending and (not pending[0][2] or pending[0][0] in self.results):
+                k, m, has = pending.popleft()
+                yield m, self._outputs(self.results.pop(k)) if has else None
+        self.queue.wait_all()
+        for k, m, has in pending:
+            yield m, self._outputs(self.results.pop(k)) if has else None
 
 
 # encoder -> (engine, precision, weight fingerprint, runner): convert once per process

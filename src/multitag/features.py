@@ -475,10 +475,11 @@ def run_encoder(
     errors: dict[int, str] = {}
     loader = iter_batches(paths, encoder.preprocessing.image_size, batch_size, workers)
     with bar(description, len(paths), enabled=progress and len(paths) > batch_size) as pbar:
-        for indices, images, errs in loader:
+        batches = (((indices, errs), images) for indices, images, errs in loader)
+        for (indices, errs), out in runner.stream(batches):
             errors.update(errs)
-            if images is not None:
-                f, lg = runner(images)
+            if out is not None:
+                f, lg = out
                 feats[indices.numpy()] = f.numpy()
                 if lg is not None:
                     if logits is None:

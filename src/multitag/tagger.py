@@ -291,11 +291,13 @@ class MultiTaskTagger:
 
         size = net.encoder.preprocessing.image_size
         with bar("tagging", n, enabled=self.progress and n > batch_size) as pbar:
-            for idx, images, errs in iter_batches(paths, size, batch_size, self.workers):
+            loader = iter_batches(paths, size, batch_size, self.workers)
+            batches = (((idx, errs), images) for idx, images, errs in loader)
+            for (idx, errs), out in runner.stream(batches):
                 errors.update(errs)
-                if images is not None:
+                if out is not None:
                     rows = idx.numpy()
-                    feats, _ = runner(images)
+                    feats = out[0]
                     probs, logits, _ = net.from_features(feats.to(device))
                     for name, p in probs.items():
                         proba[name][rows] = p.float().cpu().numpy()
