@@ -30,8 +30,9 @@ test-fast: install
 bench: install
 	$(BIN)/python -m multitag.bench --out bench
 
-## every benchmark (index: ~5 min incl. 1M vectors; catalogue: ~5 min incl. a headless browser)
+## every benchmark (embeddings: ~7 min; index: ~5 min incl. 1M vectors; catalogue: ~5 min incl. a headless browser)
 bench-all: bench
+	$(BIN)/python -m multitag.bench_embed --out bench
 	$(BIN)/python -m multitag.bench_index --out bench
 	$(BIN)/python -m multitag.bench_catalog --out bench
 	$(BIN)/python -c "from pathlib import Path; from multitag.bench import write_benchmarks_md; write_benchmarks_md(Path('bench'))"

@@ -202,7 +202,7 @@ Whole `fit` including feature extraction/cache lookup: {r["fit_seconds_including
 
 def write_benchmarks_md(bench_dir: Path, path: Path = Path("BENCHMARKS.md")) -> None:
     """Concatenate every ``bench/*.md`` section into BENCHMARKS.md."""
-    order = ["core.md", "index.md", "catalog.md", "study.md"]
+    order = ["core.md", "embed.md", "index.md", "catalog.md", "study.md"]
     parts = sorted(
         bench_dir.glob("*.md"),
         key=lambda p: (order.index(p.name) if p.name in order else 99, p.name),
