@@ -281,7 +281,6 @@ class MultiTaskTagger:
             return self._predict_from_cache(paths, return_features)
         device = runtime.default_device()
         net = self.net_.eval().to(device)
-        runner = runner_for(net.encoder, self.engine, self.precision, device)
         n = len(paths)
         proba = {t.name: np.zeros((n, t.n_classes), np.float32) for t in self.tasks_}
         imagenet = np.zeros((n, 1000), np.float32) if net.encoder.with_imagenet else None
@@ -293,12 +292,11 @@ class MultiTaskTagger:
         with bar("tagging", n, enabled=self.progress and n > batch_size) as pbar:
             loader = iter_batches(paths, size, batch_size, self.workers)
             batches = (((idx, errs), images) for idx, images, errs in loader)
-            for (idx, errs), out in runner.stream(batches):
+            for (idx, errs), out in self._run_net(net, batches, device):
                 errors.update(errs)
                 if out is not None:
                     rows = idx.numpy()
-                    feats = out[0]
-                    probs, logits, _ = net.from_features(feats.to(device))
+                    probs, logits, feats = out
                     for name, p in probs.items():
                         proba[name][rows] = p.float().cpu().numpy()
                     if imagenet is not None and logits is not None:
@@ -310,6 +308,26 @@ class MultiTaskTagger:
         if return_features:
             out["features"] = features
         return out
+
+    def _run_net(self, net: nn.Module, batches, device: torch.device):
+        """``(meta, images)`` -> ``(meta, (probs, imagenet logits, features) or None)``.
+
+        Hard sharing runs the encoder on the inference engine and the heads in PyTorch;
+        soft / cross-stitch sharing (per-task columns) runs the whole net in PyTorch.
+        """
+        if hasattr(net, "from_features"):
+            runner = runner_for(net.encoder, self.engine, self.precision, device)
+            for meta, out in runner.stream(batches):
+                yield meta, None if out is None else net.from_features(out[0].to(device))
+            return
+        precision = runtime.resolve_precision(self.precision, device)
+        for meta, images in batches:
+            if images is None:
+                yield meta, None
+                continue
+            with runtime.autocast(precision, device):
+                out = net(images.to(device))
+            yield meta, out
 
     @torch.inference_mode()
     def _predict_from_cache(self, paths, return_features: bool) -> dict:
