@@ -248,6 +248,24 @@ def tag_cmd(
         console.print(f"[yellow]{n_bad} unreadable image(s) -> {rejects}[/yellow]")
 
 
+@app.command("export")
+def export_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
+    onnx: Annotated[Path, typer.Option("--onnx", help="Output .onnx file (+ a .json sidecar).")],
+) -> None:
+    """Export a tagger to ONNX: uint8 images in, per-task probabilities out."""
+    from multitag.export import export_onnx
+
+    tagger = _load_model(model_dir)
+    try:
+        path = export_onnx(tagger, onnx)
+    except (ValueError, RuntimeError) as err:
+        _fail(str(err))
+    console.print(
+        f"ONNX model -> {path} (inputs, outputs and classes in {path.with_suffix('.json')})"
+    )
+
+
 @app.command("backbones")
 def backbones_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
