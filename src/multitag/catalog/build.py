@@ -19,6 +19,7 @@ from multitag.catalog import layout as layout_mod
 from multitag.catalog import store
 from multitag.catalog import topics as topics_mod
 from multitag.io import atomic_path
+from multitag.progress import bar
 
 ChunkHook = Callable[[int, int, int], None]
 """``on_chunk(part_number, n_done, n_total)``, called after each chunk is committed."""
@@ -171,21 +172,23 @@ def build_catalog(
     done = store.done_ids(out)
     pending = frame[~frame["id"].isin(done)].reset_index(drop=True)
     tagger = MultiTaskTagger.load(model_dir)
-    tagger.progress = progress
+    tagger.progress = False  # one bar over all chunks below, not one per chunk
     labels = imagenet_labels()
     numbers = store.finished_parts(out)
     next_part = numbers[-1] + 1 if numbers else 0
     n_chunks = -(-len(pending) // chunk_size)
     tag_seconds = 0.0
-    for c in range(n_chunks):
-        chunk = pending.iloc[c * chunk_size : (c + 1) * chunk_size]
-        t0 = time.perf_counter()
-        rows, arrays, rejects = _tag_chunk(tagger, chunk, batch_size, labels)
-        tag_seconds += time.perf_counter() - t0
-        store.write_part(out, next_part, rows, arrays, rejects)
-        next_part += 1
-        if on_chunk is not None:
-            on_chunk(next_part - 1, min((c + 1) * chunk_size, len(pending)), len(pending))
+    with bar("catalogue: tagging", len(pending), enabled=progress and len(pending) > 0) as pbar:
+        for c in range(n_chunks):
+            chunk = pending.iloc[c * chunk_size : (c + 1) * chunk_size]
+            t0 = time.perf_counter()
+            rows, arrays, rejects = _tag_chunk(tagger, chunk, batch_size, labels)
+            tag_seconds += time.perf_counter() - t0
+            store.write_part(out, next_part, rows, arrays, rejects)
+            next_part += 1
+            pbar.advance(len(chunk))
+            if on_chunk is not None:
+                on_chunk(next_part - 1, min((c + 1) * chunk_size, len(pending)), len(pending))
 
     rows, arrays, rejects = store.read_parts(out)
     if rows.empty:
