@@ -29,7 +29,7 @@ def test_onnx_export_matches_pytorch(trained_tagger, fashion_frame, tmp_path):
     size = meta["input"]["shape"][2]
 
     paths = fashion_frame["path"].tolist()[:24]
-    (_, images, errs), = list(iter_batches(paths, size, batch_size=32, workers=0))
+    ((_, images, errs),) = list(iter_batches(paths, size, batch_size=32, workers=0))
     assert not errs
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = dict(zip(meta["outputs"], session.run(None, {"images": images.numpy()})))
