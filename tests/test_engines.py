@@ -69,3 +69,24 @@ def test_runner_is_reconverted_when_weights_change(encoder):
     assert not torch.equal(second(x)[0], before)
     with torch.no_grad():
         encoder.model.conv_head.weight.mul_(2.0)
+
+
+@needs_openvino
+def test_concurrent_callers_get_their_own_outputs(encoder):
+    """API threads share one runner: each must get exactly its own batch's features."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runner = engines.runner_for(encoder, "openvino")
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 256, (3 + i, 3, 96, 96), dtype=torch.uint8, generator=gen)
+               for i in range(8)]  # fmt: skip
+    expected = [runner(b)[0] for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda b: runner(b)[0], batches * 3))
+    for i, g in enumerate(got):
+        assert torch.equal(g, expected[i % len(batches)])
+    # a stream interleaved with single calls
+    streamed = runner.stream((i, b) for i, b in enumerate(batches))
+    for i, (meta, out) in enumerate(streamed):
+        assert meta == i and torch.equal(runner(batches[-1 - i])[0], expected[-1 - i])
+        assert torch.equal(out[0], expected[i])

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import collections
 import importlib.util
+import itertools
 import os
+import threading
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator
@@ -125,7 +127,11 @@ class OpenVINORunner:
         }
         compiled = ov.Core().compile_model(graph, "CPU", config)
         self.queue = ov.AsyncInferQueue(compiled)
+        # results by a key unique per submission, so concurrent callers (API threads) and
+        # a running stream never see each other's outputs; the lock serialises submissions
         self.results: dict[int, list[np.ndarray]] = {}
+        self._keys = itertools.count()
+        self._lock = threading.RLock()
         self.queue.set_callback(self._done)
 
     def _done(self, request, key: int) -> None:
@@ -139,27 +145,31 @@ class OpenVINORunner:
         """One batch, split across the plugin's requests (all streams work on it)."""
         x = np.ascontiguousarray(images.cpu().numpy())
         chunks = np.array_split(np.arange(len(x)), min(len(self.queue), len(x)))
-        self.results = {}
-        for i, rows in enumerate(chunks):
-            self.queue.start_async({0: x[rows[0] : rows[-1] + 1]}, userdata=i)
-        self.queue.wait_all()
-        outs = [self.results.pop(i) for i in range(len(chunks))]
+        with self._lock:
+            keys = [next(self._keys) for _ in chunks]
+            for key, rows in zip(keys, chunks):
+                self.queue.start_async({0: x[rows[0] : rows[-1] + 1]}, userdata=key)
+            self.queue.wait_all()
+        outs = [self.results.pop(k) for k in keys]
         return self._outputs([np.concatenate(parts) for parts in zip(*outs)])
 
     def stream(self, batches: Iterable[tuple[T, torch.Tensor | None]]) -> Iterator[tuple[T, Out]]:
         """``(meta, images)`` in -> ``(meta, outputs or None)`` out, in order, with one whole
         batch per request and several in flight: no stream waits for another between
         batches (the decode thread fills the queue meanwhile)."""
-        self.results = {}
         pending: collections.deque = collections.deque()
-        for key, (meta, images) in enumerate(batches):
+        for meta, images in batches:
+            key = next(self._keys)
             if images is not None:  # blocks while every request is busy
-                self.queue.start_async({0: np.ascontiguousarray(images.numpy())}, userdata=key)
+                x = np.ascontiguousarray(images.numpy())
+                with self._lock:
+                    self.queue.start_async({0: x}, userdata=key)
             pending.append((key, meta, images is not None))
             while pending and (not pending[0][2] or pending[0][0] in self.results):
                 k, m, has = pending.popleft()
                 yield m, self._outputs(self.results.pop(k)) if has else None
-        self.queue.wait_all()
+        with self._lock:
+            self.queue.wait_all()
         for k, m, has in pending:
             yield m, self._outputs(self.results.pop(k)) if has else None
 
