@@ -45,12 +45,12 @@ def load_embedding(model_dir: str | os.PathLike) -> tuple[Callable[[np.ndarray],
 
 
 def build_index(embeddings: np.ndarray):
-    """Exact inner-product (cosine on normalised rows) FAISS index."""
-    import faiss
+    """The FAISS index ``multitag index build`` makes (:class:`VectorIndex`, ``auto``: exact
+    up to its ``exact_max`` items, IVF beyond) -> ``(faiss index, description)``."""
+    from multitag.embedding.index import VectorIndex
 
-    index = faiss.IndexFlatIP(embeddings.shape[1])
-    index.add(np.ascontiguousarray(embeddings, np.float32))
-    return index
+    vi = VectorIndex("auto").build(np.ascontiguousarray(embeddings, np.float32))
+    return vi.index_, {k: v for k, v in vi.meta.items() if k != "build_seconds"}
 
 
 def save_index(index, path: Path) -> None:
@@ -217,6 +217,8 @@ def build_catalog(
             seed,
             umap_epochs,
         )
+    order = items["id"].map({v: i for i, v in enumerate(rows["id"])}).to_numpy()
+    index, index_meta = build_index(embeddings[order])
     meta = {
         "format_version": store.FORMAT_VERSION,
         "kind": "multitag-catalog",
@@ -236,7 +238,7 @@ def build_catalog(
             "method": "kmeans",
             "new_points": "nearest centroid",
         },
-        "index": {"type": "faiss.IndexFlatIP", "metric": "cosine"},
+        "index": index_meta,
         "chunk_size": chunk_size,
         "n_rejects": len(rejects),
         "created": old.meta.get("created") if built else time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -248,8 +250,7 @@ def build_catalog(
             "refit": bool(refit or not built),
         },
     }
-    order = items["id"].map({v: i for i, v in enumerate(rows["id"])}).to_numpy()
-    save_index(build_index(embeddings[order]), out / "index.faiss")
+    save_index(index, out / "index.faiss")
     store.write_table(rejects, out / "rejects.parquet")
     store.save_catalog(
         out,
