@@ -3,8 +3,9 @@
 
 - ``torch``: the module itself under bf16 autocast + channels_last (see :mod:`runtime`);
 - ``openvino``: the same graph converted with ``openvino.convert_model`` and run by OpenVINO's
-  CPU plugin (bf16 where the CPU has it), one inference request per stream so every core is
-  busy. On the 2-core AVX-512 dev machine this is ~4x the PyTorch speed for Lite0 at 160 px
+  CPU plugin (bf16 where the CPU has it); :meth:`OpenVINORunner.stream` keeps one whole batch
+  per inference request with several in flight, so every core stays busy. On the 2-core
+  AVX-512 dev machine the forward pass runs ~3.5x the PyTorch bf16 speed for Lite0 at 160 px
   (``bench/core.md``); outputs differ from PyTorch's only by bf16 rounding.
 - ``auto`` (default): ``openvino`` on CPU when the package is installed, else ``torch``.
   ``MULTITAG_ENGINE`` overrides ``auto`` for a whole process.
