@@ -90,3 +90,16 @@ def test_concurrent_callers_get_their_own_outputs(encoder):
     for i, (meta, out) in enumerate(streamed):
         assert meta == i and torch.equal(runner(batches[-1 - i])[0], expected[-1 - i])
         assert torch.equal(out[0], expected[i])
+
+
+@needs_openvino
+@requires_fashion
+def test_warm_up_converts_before_the_first_request(trained_tagger, fashion_frame, monkeypatch):
+    monkeypatch.delenv("MULTITAG_ENGINE", raising=False)
+    trained_tagger.warm_up()
+    runner = engines._RUNNERS[trained_tagger.net_.encoder][1]
+    assert isinstance(runner, engines.OpenVINORunner)
+    calls = []
+    monkeypatch.setattr(engines, "OpenVINORunner", lambda *a, **k: calls.append(a))
+    out = trained_tagger.predict_proba(fashion_frame["path"].tolist()[:3])
+    assert not calls and not out["errors"]  # served by the warmed-up runner

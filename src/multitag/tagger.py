@@ -25,7 +25,10 @@ from multitag.features import Encoder, Preprocessing, extract_features, iter_bat
 from multitag.multitask.heads import MultiTaskHeads, probabilities
 from multitag.train import History, TrainConfig, fit_heads
 
-DEFAULT_CACHE = Path(os.environ.get("MULTITAG_CACHE", Path.home() / ".cache" / "multitag"))
+
+def default_cache_dir() -> Path:
+    """``$MULTITAG_CACHE`` or ``~/.cache/multitag``, read when used (not at import time)."""
+    return Path(os.environ.get("MULTITAG_CACHE", Path.home() / ".cache" / "multitag"))
 
 
 class TaggerNet(nn.Module):
@@ -89,7 +92,7 @@ class MultiTaskTagger:
         label_smoothing: float = 0.1,
         patience: int = 6,
         seed: int = 0,
-        cache_dir: str | os.PathLike | None = DEFAULT_CACHE / "features",
+        cache_dir: str | os.PathLike | None = "default",
         precision: str = "auto",
         engine: str = "auto",
         workers: int | None = None,
@@ -148,6 +151,15 @@ class MultiTaskTagger:
             colour_bins=self.colour_bins,
         )
 
+    def feature_cache_dir(self) -> Path | None:
+        """Where cached features live: ``cache_dir``; ``"default"`` = ``$MULTITAG_CACHE``
+        (or ``~/.cache/multitag``) + ``/features``; ``None`` = no cache."""
+        if self.cache_dir is None:
+            return None
+        if str(self.cache_dir) == "default":
+            return default_cache_dir() / "features"
+        return Path(self.cache_dir)
+
     def encoder_id(self) -> dict:
         """What identifies cached features: backbone, weights, preprocessing, stages, precision."""
         enc = self.net_.encoder
@@ -203,8 +215,8 @@ class MultiTaskTagger:
         feats = extract_features(
             encoder,
             frame["path"].tolist(),
-            cache_dir=self.cache_dir,
-            encoder_id=self.encoder_id() if self.cache_dir else None,
+            cache_dir=self.feature_cache_dir(),
+            encoder_id=self.encoder_id() if self.feature_cache_dir() else None,
             precision=self.precision,
             engine=self.engine,
             workers=self.workers,
@@ -277,7 +289,7 @@ class MultiTaskTagger:
         backbones only): worth it when the same images were just used for training.
         """
         self._check_fitted()
-        if use_cache and self.cache_dir and self.freeze == "all":
+        if use_cache and self.feature_cache_dir() and self.freeze == "all":
             return self._predict_from_cache(paths, return_features)
         device = runtime.default_device()
         net = self.net_.eval().to(device)
@@ -309,6 +321,14 @@ class MultiTaskTagger:
             out["features"] = features
         return out
 
+    def warm_up(self) -> MultiTaskTagger:
+        """Prepare the inference engine now (OpenVINO converts the encoder in a few seconds),
+        so a service's first request does not pay for it."""
+        self._check_fitted()
+        if hasattr(self.net_, "from_features"):
+            runner_for(self.net_.encoder, self.engine, self.precision)
+        return self
+
     def _run_net(self, net: nn.Module, batches, device: torch.device):
         """``(meta, images)`` -> ``(meta, (probs, imagenet logits, features) or None)``.
 
@@ -334,7 +354,7 @@ class MultiTaskTagger:
         res = extract_features(
             self.net_.encoder,
             list(paths),
-            cache_dir=self.cache_dir,
+            cache_dir=self.feature_cache_dir(),
             encoder_id=self.encoder_id(),
             precision=self.precision,
             engine=self.engine,

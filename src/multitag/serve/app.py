@@ -75,6 +75,7 @@ class CatalogService:
             self.tagger = MultiTaskTagger.load(model_dir)
             self.tagger.progress = False
             self.tagger.workers = 0
+            self.tagger.warm_up()  # engine conversion at start-up, not in the first request
             self.embed, _ = load_embedding(model_dir)
 
     # ------------------------------------------------------------------ items
