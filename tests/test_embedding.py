@@ -152,10 +152,9 @@ def test_finetune_last_blocks(fashion_frame, cache_dir, tmp_path):
 
 
 def test_cli_end_to_end(fashion_frame, cache_dir, tmp_path, monkeypatch):
-    import multitag.tagger
     from multitag.cli import app
 
-    monkeypatch.setattr(multitag.tagger, "DEFAULT_CACHE", cache_dir.parent / "cli-cache")
+    monkeypatch.setenv("MULTITAG_CACHE", str(cache_dir.parent / "cli-cache"))
     csv = tmp_path / "styles.csv"
     fashion_frame.drop(columns=["path"]).to_csv(csv, index=False)
     images = str(FASHION / "images")

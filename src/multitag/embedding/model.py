@@ -157,9 +157,9 @@ class Embedder:
     def _cache(self):
         if self.cache_dir is not None:
             return self.cache_dir
-        from multitag.tagger import DEFAULT_CACHE
+        from multitag.tagger import default_cache_dir
 
-        return DEFAULT_CACHE / "features"
+        return default_cache_dir() / "features"
 
     def build_encoder(self) -> Encoder:
         spec = backbones.get_spec(self.backbone)
