@@ -194,3 +194,13 @@ def test_cli_end_to_end(fashion_frame, cache_dir, tmp_path, monkeypatch):
     text = page.read_text()
     assert text.count("<h2>Cluster") == 4 and "data:image/jpeg;base64," in text
     assert "http://" not in text and "https://" not in text
+
+
+def test_tagger_and_embedder_share_one_feature_cache(trained_tagger, cache_dir):
+    """Same backbone and preprocessing -> the same cache key: one extraction serves both."""
+    emb = Embedder(SAME, image_size=trained_tagger.image_size, cache_dir=cache_dir)
+    emb.encoder_ = emb.build_encoder()
+    assert emb.encoder_id() == trained_tagger.encoder_id()
+    other = Embedder(SAME, image_size=trained_tagger.image_size + 32, cache_dir=cache_dir)
+    other.encoder_ = other.build_encoder()
+    assert other.encoder_id() != trained_tagger.encoder_id()

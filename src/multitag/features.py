@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from multitag import runtime
 from multitag.data.images import ImageDecodeError, image_to_array, load_image
-from multitag.engines import runner_for
+from multitag.engines import resolve_engine, runner_for
 from multitag.progress import bar
 
 FEATURE_VERSION = 4  # bump when the meaning of cached features changes
@@ -378,6 +378,25 @@ def file_digest(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def encoder_cache_id(
+    encoder: Encoder, backbone: str, weights, precision: str, engine: str = "auto"
+) -> dict:
+    """What identifies cached features of ``encoder``: backbone, weights, preprocessing,
+    stages, colour bins, the resolved precision and engine. The tagger and the embedder both
+    key their caches with this, so one extraction serves both."""
+    from multitag import backbones
+
+    return {
+        "backbone": backbones.resolve_name(backbone),
+        "weights": str(weights),
+        "preprocessing": encoder.preprocessing.to_dict(),
+        "stages": encoder.stages,
+        "colour_bins": encoder.colour_bins,
+        "precision": runtime.resolve_precision(precision, runtime.default_device()),
+        "engine": resolve_engine(engine),
+    }
 
 
 class FeatureCache:

@@ -20,8 +20,14 @@ from multitag import backbones, runtime
 from multitag.data.manifest import default_stratify, split_indices
 from multitag.data.tasks import Task, encode_all, infer_tasks
 from multitag.data.validate import ValidationReport, validate
-from multitag.engines import resolve_engine, runner_for
-from multitag.features import Encoder, Preprocessing, extract_features, iter_batches
+from multitag.engines import runner_for
+from multitag.features import (
+    Encoder,
+    Preprocessing,
+    encoder_cache_id,
+    extract_features,
+    iter_batches,
+)
 from multitag.multitask.heads import MultiTaskHeads, probabilities
 from multitag.train import History, TrainConfig, fit_heads
 
@@ -161,17 +167,10 @@ class MultiTaskTagger:
         return Path(self.cache_dir)
 
     def encoder_id(self) -> dict:
-        """What identifies cached features: backbone, weights, preprocessing, stages, precision."""
-        enc = self.net_.encoder
-        return {
-            "backbone": backbones.resolve_name(self.backbone),
-            "weights": str(self.weights),
-            "preprocessing": enc.preprocessing.to_dict(),
-            "stages": enc.stages,
-            "colour_bins": enc.colour_bins,
-            "precision": runtime.resolve_precision(self.precision, runtime.default_device()),
-            "engine": resolve_engine(self.engine),
-        }
+        """What identifies cached features (:func:`~multitag.features.encoder_cache_id`)."""
+        return encoder_cache_id(
+            self.net_.encoder, self.backbone, self.weights, self.precision, self.engine
+        )
 
     def fit(
         self, frame: pd.DataFrame, *, validation: ValidationReport | None = None

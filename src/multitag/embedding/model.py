@@ -20,10 +20,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from multitag import backbones, runtime
+from multitag import backbones
 from multitag.embedding import losses as loss_registry
-from multitag.engines import resolve_engine
-from multitag.features import Encoder, Preprocessing, extract_features, iter_batches, run_encoder
+from multitag.features import (
+    Encoder,
+    Preprocessing,
+    encoder_cache_id,
+    extract_features,
+    iter_batches,
+    run_encoder,
+)
 from multitag.io import atomic_path, write_json
 from multitag.model_dir import CONFIG, FORMAT_VERSION, _versions, read_config
 from multitag.progress import bar
@@ -43,21 +49,6 @@ def same_key(frame: pd.DataFrame, same: Sequence[str]) -> pd.Series:
     cols = frame[list(same)].fillna("").astype(str).apply(lambda s: s.str.strip())
     key = cols.agg("|".join, axis=1)
     return key.where((cols != "").all(axis=1), "")
-
-
-def make_encoder_id(
-    encoder: Encoder, backbone: str, weights, precision: str, engine: str = "auto"
-) -> dict:
-    """Cache identity of ``encoder``, built exactly as ``MultiTaskTagger.encoder_id``."""
-    return {
-        "backbone": backbones.resolve_name(backbone),
-        "weights": str(weights),
-        "preprocessing": encoder.preprocessing.to_dict(),
-        "stages": encoder.stages,
-        "colour_bins": encoder.colour_bins,
-        "precision": runtime.resolve_precision(precision, runtime.default_device()),
-        "engine": resolve_engine(engine),
-    }
 
 
 class EmbeddingHead(nn.Module):
@@ -168,7 +159,7 @@ class Embedder:
         return Encoder(model, prep, self.stages, spec.has_classifier, self.colour_bins)
 
     def encoder_id(self) -> dict:
-        return make_encoder_id(
+        return encoder_cache_id(
             self.encoder_, self.backbone, self.weights, self.precision, self.engine
         )
 
