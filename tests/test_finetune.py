@@ -51,44 +51,18 @@ def test_resume_equals_straight_run(fashion_frame, tmp_path):
     def fresh():
         return HardSharing(copy.deepcopy(encoder), 5, copy.deepcopy(heads))
 
+    def run(model, folder, **kwargs):
+        return train_sharing(
+            model, stage, targets, tasks, rows, val, config,
+            checkpoint_dir=tmp_path / folder, progress=False, **kwargs,
+        )  # fmt: skip
+
     straight = fresh()
-    train_sharing(
-        straight,
-        stage,
-        targets,
-        tasks,
-        rows,
-        val,
-        config,
-        checkpoint_dir=tmp_path / "a",
-        progress=False,
-    )
-    killed = fresh()
-    h1 = train_sharing(
-        killed,
-        stage,
-        targets,
-        tasks,
-        rows,
-        val,
-        config,
-        checkpoint_dir=tmp_path / "b",
-        stop_after=1,
-        progress=False,
-    )
+    run(straight, "a")
+    h1 = run(fresh(), "b", stop_after=1)  # killed after one epoch
     assert len(h1.train_loss) == 1 and (tmp_path / "b" / "epoch-0.safetensors").is_file()
     resumed = fresh()  # a new process: only the checkpoint folder survives
-    h2 = train_sharing(
-        resumed,
-        stage,
-        targets,
-        tasks,
-        rows,
-        val,
-        config,
-        checkpoint_dir=tmp_path / "b",
-        progress=False,
-    )
+    h2 = run(resumed, "b")
     assert len(h2.train_loss) == 2
     a, b = straight.state_dict(), resumed.state_dict()
     changed = False
