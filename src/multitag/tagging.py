@@ -60,11 +60,18 @@ def resolve_inputs(
 
 
 def _top_k(proba: np.ndarray, classes: Sequence[str], k: int) -> list[list[dict]]:
+    """Per row, the ``k`` most probable ``{label, prob}`` (vectorised: the ImageNet tags pick
+    5 of 1,000 columns for every image)."""
     k = min(k, proba.shape[1])
-    order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+    if k < proba.shape[1]:
+        top = np.argpartition(-proba, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(top, np.argsort(-np.take_along_axis(proba, top, 1), 1), 1)
+    else:
+        order = np.argsort(-proba, axis=1, kind="stable")
+    probs = np.take_along_axis(proba, order, 1).astype(np.float64).round(6).tolist()
     return [
-        [{"label": classes[j], "prob": round(float(row[j]), 6)} for j in idx]
-        for row, idx in zip(proba, order)
+        [{"label": classes[j], "prob": p} for j, p in zip(idx, ps)]
+        for idx, ps in zip(order.tolist(), probs)
     ]
 
 

@@ -18,6 +18,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from multitag.data.resize import resize_to_square
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
@@ -118,12 +120,10 @@ def image_to_array(img: Image.Image, size: int) -> np.ndarray:
     The aspect ratio is not preserved, deliberately: centred product photos keep the whole
     product, and the same squash is applied at training and inference time.
     """
-    if size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
     if img.mode != "RGB":
         img = _to_rgb(img)
-    resized = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
-    return np.array(resized, dtype=np.uint8)  # a writable copy (np.asarray would be read-only)
+    # the batched resize the loader uses, so single images get exactly the same pixels
+    return resize_to_square([np.asarray(img)], size)[0].permute(1, 2, 0).numpy().copy()
 
 
 def iter_image_files(paths: Iterable[str | Path], recursive: bool = True) -> list[Path]:
