@@ -44,7 +44,9 @@ def embed_train(
     head: Annotated[str, typer.Option(help="linear or mlp.")] = "mlp",
     epochs: Annotated[int, typer.Option(help="Epochs on cached features.")] = 30,
     backbone: Annotated[str | None, typer.Option(help="Backbone (default lite0).")] = None,
-    image_size: Annotated[int, typer.Option(help="Square input size.")] = 160,
+    image_size: Annotated[
+        int | None, typer.Option(help="Square input size (default: the backbone's own).")
+    ] = None,
     finetune_blocks: Annotated[
         int, typer.Option(help="Also fine-tune the last N backbone blocks on images.")
     ] = 0,

@@ -28,7 +28,7 @@ DEMO_TASKS = [
     "usage",
     "pattern",
 ]
-DEMO_IMAGE_SIZE = 160
+DEMO_IMAGE_SIZE = 224
 
 console = Console(width=None if sys.stdout.isatty() else 120)
 

@@ -143,6 +143,7 @@ class MultiTaskTagger:
             class_weight=self.class_weight,
             label_smoothing=self.label_smoothing,
             seed=self.seed,
+            precision=self.precision,
         )
 
     def _build_encoder(self, weights) -> Encoder:

@@ -36,7 +36,6 @@ from multitag.progress import bar
 
 EMBED_CONFIG = "embedding.json"
 EMBED_WEIGHTS = "embedding.safetensors"
-DEFAULT_IMAGE_SIZE = 160
 
 
 def same_key(frame: pd.DataFrame, same: Sequence[str]) -> pd.Series:
@@ -100,7 +99,7 @@ class Embedder:
         miner: str | None = None,
         backbone: str = backbones.DEFAULT_BACKBONE,
         weights: str | None = "auto",
-        image_size: int | None = DEFAULT_IMAGE_SIZE,
+        image_size: int | None = None,
         stages: Sequence[int] | None = None,
         colour_bins: int = 6,
         epochs: int = 30,
