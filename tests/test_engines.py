@@ -103,3 +103,22 @@ def test_warm_up_converts_before_the_first_request(trained_tagger, fashion_frame
     monkeypatch.setattr(engines, "OpenVINORunner", lambda *a, **k: calls.append(a))
     out = trained_tagger.predict_proba(fashion_frame["path"].tolist()[:3])
     assert not calls and not out["errors"]  # served by the warmed-up runner
+
+
+@needs_openvino
+def test_stream_splits_large_batches_across_requests(encoder, monkeypatch):
+    """A batch bigger than ``request_batch`` is spread over several requests and put back
+    together in order, with the same outputs as one call; ``None`` batches pass through."""
+    runner = engines.runner_for(encoder, "openvino")
+    monkeypatch.setattr(runner, "request_batch", 2)
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, 256, (n, 3, 96, 96), dtype=torch.uint8, generator=gen)
+               for n in (5, 1, 4)]  # fmt: skip
+    stream = [("a", batches[0]), ("gap", None), ("b", batches[1]), ("c", batches[2])]
+    got = list(runner.stream(stream))
+    assert [m for m, _ in got] == ["a", "gap", "b", "c"]
+    assert got[1][1] is None
+    for (_, out), batch in zip([got[0], got[2], got[3]], batches):
+        want = runner(batch)
+        assert out[0].shape[0] == len(batch)
+        assert torch.equal(out[0], want[0]) and torch.equal(out[1], want[1])

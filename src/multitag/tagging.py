@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,6 +76,7 @@ def _top_k(proba: np.ndarray, classes: Sequence[str], k: int) -> list[list[dict]
     ]
 
 
+@functools.cache
 def imagenet_labels() -> list[str]:
     """Human-readable ImageNet-1k class names (shipped with timm, no network)."""
     from timm.data import ImageNetInfo
