@@ -93,6 +93,15 @@ def test_offline_hub_error_names_options(monkeypatch):
         backbones.get_spec("not_a_model_xyz")
 
 
+def colour_parts(encoder: Encoder, features: np.ndarray) -> dict[str, np.ndarray]:
+    """The named parts of the colour segment at the end of each feature vector."""
+    out, start = {}, features.shape[1] - encoder.colour_dim
+    for name, width in encoder.colour_parts().items():
+        out[name] = features[:, start : start + width]
+        start += width
+    return out
+
+
 @pytest.fixture(scope="module")
 def encoder():
     model = backbones.create_model("lite0")
@@ -104,12 +113,67 @@ def test_encoder_features_include_colour(encoder, tmp_path):
     blue = make_image(tmp_path / "blue.png", (64, 64), (20, 20, 220))
     res = run_encoder(encoder, [red, blue], progress=False, precision="fp32")
     assert res.features.shape == (2, encoder.out_dim) and not res.errors
-    colour = res.features[:, -encoder.colour_dim :]
-    hist, hsv = colour[:, : encoder.colour_bins**3], colour[:, encoder.colour_bins**3 :]
+    colour = colour_parts(encoder, res.features)
+    hist, hsv = colour["rgb_hist"], colour["hsv_hist"]
     np.testing.assert_allclose((hsv**2).sum(1), 1.0, atol=1e-5)
     assert hsv[0].argmax() != hsv[1].argmax()  # red and blue fall in different hue bins
     assert hist[0].argmax() != hist[1].argmax()
     np.testing.assert_allclose((hist**2).sum(1), 1.0, atol=1e-5)  # sqrt of a distribution
+
+
+def test_colour_layout_and_product_colour_ignore_the_model(encoder):
+    """A blue garment worn by a skin-toned 'model' on white: the product colour is blue and
+    the skin is counted apart; the layout says the garment is in the lower half."""
+    img = np.full((1, 64, 64, 3), 255, np.uint8)
+    img[0, 4:24, 20:44] = (224, 172, 140)  # skin-toned head
+    img[0, 28:60, 12:52] = (30, 60, 200)  # blue garment
+    x = torch.from_numpy(img).permute(0, 3, 1, 2)
+    flipped = x.flip(2)  # upside down: same colours, other places
+    with torch.no_grad():
+        parts = colour_parts(encoder, encoder(torch.cat([x, flipped]))[0].numpy())
+    lab = parts["product_lab"][0] * 100
+    assert lab[2] < -40 and abs(lab[1]) < 60  # CIELAB b* strongly blue
+    share = parts["skin_share"][0, 0]
+    assert 0.2 < share < 0.4  # 480 skin of 1760 foreground pixels
+    np.testing.assert_allclose(parts["rgb_hist"][0], parts["rgb_hist"][1], atol=1e-6)
+    cells = parts["layout"].reshape(2, 6, 4, 4)  # rows x cols x (share, L, a, b)
+    top, bottom = cells[0, :3, :, 0].mean(), cells[0, 3:, :, 0].mean()
+    assert bottom > top and cells[1, 3:, :, 0].mean() < cells[1, :3, :, 0].mean()
+
+
+def test_grid_stages_keep_where_things_are():
+    model = backbones.create_model("lite0")
+    plain = Encoder(model, Preprocessing.for_model(model, 64), grid_stages=[])
+    grid = Encoder(model, Preprocessing.for_model(model, 64))
+    assert grid.grid_stages == [2, 3]  # blocks.2 and blocks.4: stride 8 and 16
+    assert grid.out_dim - plain.out_dim == 6 * (40 + 112)
+    with pytest.raises(ValueError, match="grid_stages"):
+        Encoder(model, Preprocessing.for_model(model, 64), grid_stages="some")
+    x = torch.full((2, 3, 64, 64), 255, dtype=torch.uint8)
+    x[0, :, 4:28, 16:48] = 40  # dark object at the top
+    x[1, :, 36:60, 16:48] = 40  # the same object at the bottom
+    with torch.no_grad():
+        a, b = grid(x)[0]
+        pa, pb = plain(x)[0]
+    # pooled over the whole image the two are close; the grid cells tell them apart
+    global_gap = (pa - pb).norm() / pa.norm()
+    full_gap = (a - b).norm() / a.norm()
+    assert full_gap > 1.5 * global_gap
+
+
+@requires_fashion
+def test_skin_share_finds_models_in_real_photos(encoder, fashion_frame):
+    """Apparel is photographed on models, accessories are not: the skin share tells them
+    apart on real catalogue photos."""
+    worn = fashion_frame[fashion_frame["articleType"].isin(["Tshirts", "Kurtas", "Tops"])]
+    objects = fashion_frame[
+        fashion_frame["articleType"].isin(["Watches", "Handbags", "Casual Shoes"])
+    ]
+    paths = worn["path"].tolist()[:30] + objects["path"].tolist()[:30]
+    assert len(paths) == 60
+    res = run_encoder(encoder, paths, progress=False, precision="fp32")
+    skin = colour_parts(encoder, res.features)["skin_share"][:, 0]
+    assert np.median(skin[:30]) > 0.15 and np.median(skin[30:]) < 0.05  # seen: 0.34, 0.0
 
 
 def test_feature_cache_reuses_and_reports_bad_files(encoder, tmp_path):

@@ -29,7 +29,7 @@ from multitag.data.resize import resize_to_square
 from multitag.engines import resolve_engine, runner_for
 from multitag.progress import bar
 
-FEATURE_VERSION = 4  # bump when the meaning of cached features changes
+FEATURE_VERSION = 5  # bump when the meaning of cached features changes
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,70 @@ def iter_batches(
 
 
 HSV_BINS = (16, 4, 4)
+STAGE_GRID = (3, 2)  # rows x columns of the spatial pooling of mid-level stages
+COLOUR_GRID = (6, 4)  # rows x columns of the foreground colour layout
+PRODUCT_BINS = 28  # 12 hues x 2 saturations + 4 grey levels
+COLOUR_STATS_POOL = 4  # colour layout / product colour are computed on a 4x smaller image
+
+
+def default_grid_stages(feature_info: Sequence[dict]) -> list[int]:
+    """The stages at stride 8 and 16: the last maps that still say *where* something is
+    (upper body or feet, product or the model wearing it) before the network pools it away."""
+    return [i for i, s in enumerate(feature_info) if s.get("reduction") in (8, 16)]
+
+
+def pool_stage(x: torch.Tensor, grid: bool) -> list[torch.Tensor]:
+    """What one tapped stage map contributes to the feature vector: its global average pool,
+    then (``grid``) its ``STAGE_GRID`` average pool."""
+    x = x.float()
+    out = [x.mean((2, 3))]
+    if grid:
+        out.append(F.adaptive_avg_pool2d(x, STAGE_GRID).flatten(1))
+    return out
+
+
+def _srgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """0-255 float NCHW sRGB -> CIELAB (D65) / 100, so the three channels are of order 1."""
+    c = rgb / 255.0
+    c = torch.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    m = torch.tensor(
+        [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]],
+        dtype=c.dtype,
+        device=c.device,
+    ) / torch.tensor([[0.9505], [1.0], [1.089]], dtype=c.dtype, device=c.device)
+    xyz = torch.einsum("ij,njhw->nihw", m, c)
+    f = torch.where(xyz > 0.008856, xyz.clamp_min(1e-6) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    lab = torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
+    return lab / 100.0
+
+
+def _skin_mask(x: torch.Tensor) -> torch.Tensor:
+    """Pixels in the classic YCbCr skin range (models wearing the product), NHW bool."""
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    cr = 128 + 0.5 * r - 0.4187 * g - 0.0813 * b
+    cb = 128 - 0.1687 * r - 0.3313 * g + 0.5 * b
+    return (cr > 135) & (cr < 173) & (cb > 77) & (cb < 127) & (r > g) & (r > 95)
+
+
+def _product_bin(x: torch.Tensor) -> torch.Tensor:
+    """Per pixel of a 0-255 NCHW batch: 12 hues x 2 saturations for chromatic pixels,
+    4 grey levels (by value) for the rest -> bin index in [0, PRODUCT_BINS)."""
+    v = x.amax(1)
+    c = v - x.amin(1)
+    s = c / v.clamp_min(1e-6)
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    safe = c.clamp_min(1e-6)
+    h = (
+        torch.where(
+            v == r,
+            ((g - b) / safe) % 6,
+            torch.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4),
+        )
+        / 6.0
+    )
+    hue = (h * 12).floor().clamp(0, 11).long() * 2 + (s * 2).floor().clamp(0, 1).long()
+    grey = 24 + (v / 64.0).floor().clamp(0, 3).long()
+    return torch.where((s > 0.25) & (c > 25), hue, grey)
 
 
 def _hsv_index(x: torch.Tensor) -> torch.Tensor:
@@ -150,11 +214,13 @@ def _is_staged(model: nn.Module) -> bool:
 
 
 class Encoder(nn.Module):
-    """timm model -> concatenated global-average-pooled features of several stages.
+    """timm model -> one feature vector per image: pooled stages, head and colour.
 
-    ``stages``: indices into the model's ``feature_info`` to pool (``None`` = all); the final
-    head activation is always included. ``forward`` returns ``(features, imagenet_logits)``,
-    the logits being ``None`` when ``with_imagenet`` is false.
+    Layout: for each tapped stage its global-average pool (``stages``: indices into the
+    model's ``feature_info``, ``None`` = all) followed, for ``grid_stages``, by a
+    ``STAGE_GRID`` (3x2) average pool that keeps where things are; then the pooled head
+    activation; then the colour features (:meth:`colour_features`). ``forward`` returns
+    ``(features, imagenet_logits)``, the logits being ``None`` when ``with_imagenet`` is false.
     """
 
     def __init__(
@@ -164,6 +230,7 @@ class Encoder(nn.Module):
         stages: Sequence[int] | None = None,
         with_imagenet: bool = True,
         colour_bins: int = 6,
+        grid_stages: Sequence[int] | str = "auto",
     ) -> None:
         super().__init__()
         self.model = model
@@ -172,16 +239,24 @@ class Encoder(nn.Module):
         info = list(model.feature_info)
         self.stages = list(range(len(info))) if stages is None else sorted(stages)
         self.stage_names = [info[i]["module"] for i in range(len(info))]
+        if isinstance(grid_stages, str):
+            if grid_stages != "auto":
+                raise ValueError(
+                    f"grid_stages: 'auto' or a list of stage indices, not {grid_stages!r}"
+                )
+            grid_stages = default_grid_stages(info)
+        self.grid_stages = sorted(int(i) for i in grid_stages if int(i) in self.stages)
         self.with_imagenet = with_imagenet
         self.staged = _is_staged(model)
         if self.staged:
             ends = {int(info[i]["module"].split(".")[1]): i for i in self.stages}
             self._take_blocks = ends
-        pooled_dims = sum(info[i]["num_chs"] for i in self.stages)
-        self.head_slice = (pooled_dims, pooled_dims + model.num_features)
-        self.colour_dim = (
-            colour_bins**3 + HSV_BINS[0] * HSV_BINS[1] * HSV_BINS[2] if colour_bins else 0
+        cells = STAGE_GRID[0] * STAGE_GRID[1]
+        pooled_dims = sum(
+            info[i]["num_chs"] * (1 + (cells if i in self.grid_stages else 0)) for i in self.stages
         )
+        self.head_slice = (pooled_dims, pooled_dims + model.num_features)
+        self.colour_dim = sum(self.colour_parts().values())
         self.out_dim = pooled_dims + model.num_features + self.colour_dim
         self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1) * 255)
@@ -191,27 +266,68 @@ class Encoder(nn.Module):
         x = (images.float() - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last)
 
-    def colour_histogram(self, images: torch.Tensor) -> torch.Tensor:
-        """Foreground colour histograms, square-rooted: joint RGB (``bins``^3) and HSV
-        (hue 16 x saturation 4 x value 4; hue separates shades that RGB cells mix).
+    def _taps(self, x: torch.Tensor, stage: int) -> list[torch.Tensor]:
+        return pool_stage(x, stage in self.grid_stages)
+
+    def colour_parts(self) -> dict[str, int]:
+        """Name -> width of each part of :meth:`colour_features`, in order."""
+        if not self.colour_bins:
+            return {}
+        return {
+            "rgb_hist": self.colour_bins**3,
+            "hsv_hist": HSV_BINS[0] * HSV_BINS[1] * HSV_BINS[2],
+            "layout": 4 * COLOUR_GRID[0] * COLOUR_GRID[1],  # share, L, a, b per cell
+            "product_hist": PRODUCT_BINS,
+            "product_share": 1,
+            "product_lab": 3,
+            "skin_share": 1,
+        }
+
+    def colour_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Colour, which CNN features blur (``colour_bins=0`` turns it off):
+
+        - foreground histograms, square-rooted: joint RGB (``bins``^3) and HSV (hue 16 x
+          saturation 4 x value 4; hue separates shades that RGB cells mix);
+        - the colour layout: a ``COLOUR_GRID`` (6x4) of cells, each with its foreground share
+          and mean CIELAB colour (the heads learn where a product type sits in the photo);
+        - the product's own colour: a hue/grey histogram and mean CIELAB of the foreground
+          without skin-toned pixels (clothes are often worn by a model), their share, and
+          the skin share of the foreground.
 
         Product photos sit on white: pixels whose darkest channel is >= 235 are background.
-        CNN features pooled over the image blur colour; this keeps it exact and cheap.
         """
         b = self.colour_bins
         x = images.float()
+        n = x.shape[0]
         fg = (x.amin(1) < 235).float().flatten(1)  # (N, HW)
         empty = fg.sum(1, keepdim=True) < 16
         fg = torch.where(empty, torch.ones_like(fg), fg)
-        total = fg.sum(1, keepdim=True)
 
-        def hist(idx: torch.Tensor, n: int) -> torch.Tensor:
-            h = torch.zeros(x.shape[0], n, device=x.device).scatter_add_(1, idx.flatten(1), fg)
-            return (h / total).sqrt()
+        def hist(idx: torch.Tensor, bins: int, mask: torch.Tensor) -> torch.Tensor:
+            h = torch.zeros(n, bins, device=x.device).scatter_add_(1, idx.flatten(1), mask)
+            return (h / mask.sum(1, keepdim=True).clamp_min(1.0)).sqrt()
 
         q = (x * (b / 256.0)).floor().clamp(0, b - 1).long()
-        rgb = hist(q[:, 0] * b * b + q[:, 1] * b + q[:, 2], b**3)
-        return torch.cat([rgb, hist(_hsv_index(x), HSV_BINS[0] * HSV_BINS[1] * HSV_BINS[2])], 1)
+        rgb = hist(q[:, 0] * b * b + q[:, 1] * b + q[:, 2], b**3, fg)
+        hsv = hist(_hsv_index(x), HSV_BINS[0] * HSV_BINS[1] * HSV_BINS[2], fg)
+        # colour layout and product colour on a 4x smaller image (the photos are small anyway)
+        small = F.avg_pool2d(x, COLOUR_STATS_POOL) if x.shape[-1] >= 64 else x
+        lab = _srgb_to_lab(small)
+        fg_s = (small.amin(1) < 235).float().unsqueeze(1)
+        share = F.adaptive_avg_pool2d(fg_s, COLOUR_GRID)
+        cell_lab = F.adaptive_avg_pool2d(lab * fg_s, COLOUR_GRID) / share.clamp_min(1e-6)
+        layout = torch.cat([share, cell_lab], 1).permute(0, 2, 3, 1).flatten(1)  # cell-major
+        skin = _skin_mask(small).float().unsqueeze(1) * fg_s
+        product = (fg_s - skin).flatten(1)
+        count = product.sum(1, keepdim=True)
+        product_hist = hist(_product_bin(small), PRODUCT_BINS, product)
+        product_lab = (lab.flatten(2) * product[:, None]).sum(2) / count.clamp_min(1.0)
+        pixels = product.shape[1]
+        fg_count = fg_s.flatten(1).sum(1, keepdim=True)
+        skin_share = skin.flatten(1).sum(1, keepdim=True) / fg_count.clamp_min(1.0)
+        return torch.cat(
+            [rgb, hsv, layout, product_hist, count / pixels, product_lab, skin_share], 1
+        )
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.normalize(images)
@@ -222,15 +338,16 @@ class Encoder(nn.Module):
             for i, block in enumerate(m.blocks):
                 x = block(x)
                 if i in self._take_blocks:
-                    pooled.append(x.float().mean((2, 3)))
+                    pooled.extend(self._taps(x, self._take_blocks[i]))
             x = m.bn2(m.conv_head(x))
         else:
             x, inter = self.model.forward_intermediates(x, indices=self.stages)
-            pooled.extend(t.float().mean((2, 3)) for t in inter)
+            for stage, t in zip(self.stages, inter):
+                pooled.extend(self._taps(t, stage))
         final = x.float().mean((2, 3)) if x.ndim == 4 else x.float()
         pooled.append(final)
-        if self.colour_bins:  # layout: [stage pools..., head pool, colour histogram]
-            pooled.append(self.colour_histogram(images))
+        if self.colour_bins:  # layout: [stage pools..., head pool, colour features]
+            pooled.append(self.colour_features(images))
         logits = None
         if self.with_imagenet:
             logits = self.model.get_classifier()(final.to(x.dtype)).float()
@@ -268,9 +385,9 @@ class Encoder(nn.Module):
         for i in range(block + 1):
             x = m.blocks[i](x)
             if i in self._take_blocks:
-                pooled.append(x.float().mean((2, 3)))
+                pooled.extend(self._taps(x, self._take_blocks[i]))
         if self.colour_bins:
-            pooled.append(self.colour_histogram(images))
+            pooled.append(self.colour_features(images))
         prefix = torch.cat(pooled, 1) if pooled else x.new_zeros((x.shape[0], 0)).float()
         return x, prefix
 
@@ -285,7 +402,7 @@ class Encoder(nn.Module):
         for i in range(block + 1, len(m.blocks)):
             x = m.blocks[i](x)
             if i in self._take_blocks:
-                upper.append(x.float().mean((2, 3)))
+                upper.extend(self._taps(x, self._take_blocks[i]))
         x = m.bn2(m.conv_head(x))
         final = x.float().mean((2, 3))
         logits = None
@@ -386,8 +503,8 @@ def encoder_cache_id(
     encoder: Encoder, backbone: str, weights, precision: str, engine: str = "auto"
 ) -> dict:
     """What identifies cached features of ``encoder``: backbone, weights, preprocessing,
-    stages, colour bins, the resolved precision and engine. The tagger and the embedder both
-    key their caches with this, so one extraction serves both."""
+    stages, grid stages, colour bins, the resolved precision and engine. The tagger and the
+    embedder both key their caches with this, so one extraction serves both."""
     from multitag import backbones
 
     return {
@@ -396,6 +513,7 @@ def encoder_cache_id(
         "preprocessing": encoder.preprocessing.to_dict(),
         "stages": encoder.stages,
         "colour_bins": encoder.colour_bins,
+        "grid_stages": encoder.grid_stages,
         "precision": runtime.resolve_precision(precision, runtime.default_device()),
         "engine": resolve_engine(engine),
     }

@@ -54,6 +54,7 @@ def save_tagger(tagger, directory: str | os.PathLike) -> Path:
             "stage_names": [enc.stage_names[i] for i in enc.stages],
             "with_imagenet": enc.with_imagenet,
             "colour_bins": enc.colour_bins,
+            "grid_stages": enc.grid_stages,
             "feature_version": FEATURE_VERSION,
             "feature_dim": enc.out_dim,
         },
@@ -67,6 +68,7 @@ def save_tagger(tagger, directory: str | os.PathLike) -> Path:
             "trunk": tagger.trunk,
             "hidden": tagger.hidden,
             "dropout": tagger.dropout,
+            "input_dropout": tagger.input_dropout,
         },
         "tasks": [t.to_dict() for t in tagger.tasks_],
         "training": {
@@ -127,6 +129,7 @@ def load_tagger(directory: str | os.PathLike):
         bb["stages"],
         with_imagenet=bb["with_imagenet"],
         colour_bins=bb.get("colour_bins", 0),
+        grid_stages=bb.get("grid_stages", []),
     )
     tasks = [Task.from_dict(t) for t in config["tasks"]]
     h = config["heads"]

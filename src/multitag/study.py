@@ -349,6 +349,7 @@ def run_study(
                 "preprocessing": encoder.preprocessing.to_dict(),
                 "stages": encoder.stages,
                 "colour_bins": encoder.colour_bins,
+                "grid_stages": encoder.grid_stages,
                 "precision": runtime.resolve_precision(cfg.precision, torch.device("cpu")),
             }
             block = -1 if fz == "all" else encoder.block_index(fz)

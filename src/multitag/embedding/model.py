@@ -102,6 +102,7 @@ class Embedder:
         image_size: int | None = None,
         stages: Sequence[int] | None = None,
         colour_bins: int = 6,
+        grid_stages: Sequence[int] | str = "auto",
         epochs: int = 30,
         batch_size: int = 256,
         per_class: int = 4,
@@ -128,6 +129,7 @@ class Embedder:
         self.image_size = image_size
         self.stages = stages
         self.colour_bins = colour_bins
+        self.grid_stages = grid_stages
         self.epochs = epochs
         self.batch_size = batch_size
         self.per_class = per_class
@@ -155,7 +157,9 @@ class Embedder:
         spec = backbones.get_spec(self.backbone)
         model = backbones.create_model(spec.name, weights=self.weights)
         prep = Preprocessing.for_model(model, self.image_size)
-        return Encoder(model, prep, self.stages, spec.has_classifier, self.colour_bins)
+        return Encoder(
+            model, prep, self.stages, spec.has_classifier, self.colour_bins, self.grid_stages
+        )
 
     def encoder_id(self) -> dict:
         return encoder_cache_id(
@@ -372,6 +376,7 @@ class Embedder:
             "preprocessing": enc.preprocessing.to_dict(),
             "stages": enc.stages,
             "colour_bins": enc.colour_bins,
+            "grid_stages": enc.grid_stages,
             "image_size": enc.preprocessing.image_size,
             "with_imagenet": enc.with_imagenet,
             "finetuned": bool(self.finetuned_),
@@ -436,6 +441,7 @@ def _tagger_mismatch(tagger_cfg: dict, emb_cfg: dict) -> str | None:
         "preprocessing": (prep, Preprocessing.from_dict(emb_cfg["preprocessing"]).to_dict()),
         "stages": (list(bb["stages"]), list(emb_cfg["stages"])),
         "colour_bins": (bb.get("colour_bins", 0), emb_cfg["colour_bins"]),
+        "grid_stages": (bb.get("grid_stages", []), emb_cfg.get("grid_stages", [])),
     }
     for name, (a, b) in checks.items():
         if a != b:
@@ -456,6 +462,7 @@ def _embedder_model_config(emb: Embedder) -> dict:
             "stages": enc.stages,
             "with_imagenet": enc.with_imagenet,
             "colour_bins": enc.colour_bins,
+            "grid_stages": enc.grid_stages,
             "feature_dim": enc.out_dim,
             "finetuned": bool(emb.finetuned_),
         },
@@ -504,6 +511,7 @@ def load_embedder(model_dir: str | os.PathLike, *, allow_raw: bool = True) -> Em
             bb["stages"],
             with_imagenet=bb["with_imagenet"],
             colour_bins=bb.get("colour_bins", 0),
+            grid_stages=bb.get("grid_stages", []),
         )
         if finetuned:
             enc_state = {k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}
@@ -522,6 +530,7 @@ def load_embedder(model_dir: str | os.PathLike, *, allow_raw: bool = True) -> Em
         image_size=encoder.preprocessing.image_size,
         stages=encoder.stages,
         colour_bins=encoder.colour_bins,
+        grid_stages=encoder.grid_stages,
         finetune_blocks=cfg.get("finetune_blocks", 0),
         precision=precision,
         progress=False,

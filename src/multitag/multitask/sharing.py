@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from multitag.features import Encoder
+from multitag.features import Encoder, pool_stage
 from multitag.multitask.heads import MultiTaskHeads
 
 STRATEGIES = ("hard", "soft", "cross_stitch")
@@ -40,19 +40,21 @@ class UpperPart(nn.Module):
         ends = sorted(i for i in encoder._take_blocks if i > block)
         if not ends or ends[-1] != n - 1:
             ends.append(n - 1)
-        segments, taps, start = [], [], block + 1
+        segments, taps, grids, start = [], [], [], block + 1
         for end in ends:
             segments.append(nn.Sequential(*[m.blocks[i] for i in range(start, end + 1)]))
             taps.append(end in encoder._take_blocks and end > block)
+            grids.append(taps[-1] and encoder._take_blocks[end] in encoder.grid_stages)
             start = end + 1
         self.segments = nn.ModuleList(segments)
         self.taps = taps
+        self.grids = grids
         self.head = nn.Sequential(m.conv_head, m.bn2)
 
     def run_segment(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Segment ``i``; the last one includes the head conv. Returns (output, pooled taps)."""
         x = self.segments[i](x)
-        pooled = [x.float().mean((2, 3))] if self.taps[i] else []
+        pooled = pool_stage(x, self.grids[i]) if self.taps[i] else []
         if i == len(self.segments) - 1:
             x = self.head(x)
         return x, pooled
