@@ -168,29 +168,9 @@ def _skin_mask(x: torch.Tensor) -> torch.Tensor:
     return (cr > 135) & (cr < 173) & (cb > 77) & (cb < 127) & (r > g) & (r > 95)
 
 
-def _product_bin(x: torch.Tensor) -> torch.Tensor:
-    """Per pixel of a 0-255 NCHW batch: 12 hues x 2 saturations for chromatic pixels,
-    4 grey levels (by value) for the rest -> bin index in [0, PRODUCT_BINS)."""
-    v = x.amax(1)
-    c = v - x.amin(1)
-    s = c / v.clamp_min(1e-6)
-    r, g, b = x[:, 0], x[:, 1], x[:, 2]
-    safe = c.clamp_min(1e-6)
-    h = (
-        torch.where(
-            v == r,
-            ((g - b) / safe) % 6,
-            torch.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4),
-        )
-        / 6.0
-    )
-    hue = (h * 12).floor().clamp(0, 11).long() * 2 + (s * 2).floor().clamp(0, 1).long()
-    grey = 24 + (v / 64.0).floor().clamp(0, 3).long()
-    return torch.where((s > 0.25) & (c > 25), hue, grey)
-
-
-def _hsv_index(x: torch.Tensor) -> torch.Tensor:
-    """Per-pixel HSV bin index of a 0-255 float NCHW RGB batch."""
+def _hsv(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per pixel of a 0-255 float NCHW RGB batch: hue in [0, 1), saturation in [0, 1],
+    value (0-255) and chroma (max - min channel, 0-255)."""
     r, g, b = x[:, 0], x[:, 1], x[:, 2]
     v = x.amax(1)
     c = v - x.amin(1)
@@ -199,12 +179,27 @@ def _hsv_index(x: torch.Tensor) -> torch.Tensor:
     h = torch.where(
         v == r, ((g - b) / safe) % 6, torch.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4)
     )
-    h = torch.where(c > 0, h / 6.0, torch.zeros_like(h))  # [0, 1)
+    h = torch.where(c > 0, h / 6.0, torch.zeros_like(h))
+    return h, s, v, c
+
+
+def _hsv_index(x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel HSV bin index (``HSV_BINS``) of a 0-255 float NCHW RGB batch."""
+    h, s, v, _ = _hsv(x)
     nh, ns, nv = HSV_BINS
     hi = (h * nh).floor().clamp(0, nh - 1).long()
     si = (s * ns).floor().clamp(0, ns - 1).long()
     vi = (v / 256.0 * nv).floor().clamp(0, nv - 1).long()
     return hi * ns * nv + si * nv + vi
+
+
+def _product_bin(x: torch.Tensor) -> torch.Tensor:
+    """Per pixel of a 0-255 NCHW batch: 12 hues x 2 saturations for chromatic pixels,
+    4 grey levels (by value) for the rest -> bin index in [0, PRODUCT_BINS)."""
+    h, s, v, c = _hsv(x)
+    hue = (h * 12).floor().clamp(0, 11).long() * 2 + (s * 2).floor().clamp(0, 1).long()
+    grey = 24 + (v / 64.0).floor().clamp(0, 3).long()
+    return torch.where((s > 0.25) & (c > 25), hue, grey)
 
 
 def _is_staged(model: nn.Module) -> bool:
