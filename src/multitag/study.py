@@ -27,7 +27,13 @@ import yaml
 from multitag import backbones, runtime
 from multitag.data.manifest import default_stratify, load_manifest, split_indices
 from multitag.data.tasks import encode_all, infer_tasks
-from multitag.features import Encoder, Preprocessing, extract_prefix, iter_batches
+from multitag.features import (
+    Encoder,
+    Preprocessing,
+    encoder_cache_id,
+    extract_prefix,
+    iter_batches,
+)
 from multitag.finetune import FineTuneConfig, StageData, predict_logits, train_sharing
 from multitag.io import write_json, write_table
 from multitag.metrics import multiclass_metrics
@@ -343,15 +349,8 @@ def run_study(
                 continue
             encoder = _encoder(bb, cfg)
             paths = data.frame["path"].tolist()
-            encoder_id = {
-                "backbone": backbones.resolve_name(bb),
-                "weights": "auto",
-                "preprocessing": encoder.preprocessing.to_dict(),
-                "stages": encoder.stages,
-                "colour_bins": encoder.colour_bins,
-                "grid_stages": encoder.grid_stages,
-                "precision": runtime.resolve_precision(cfg.precision, torch.device("cpu")),
-            }
+            # prefix activations always come from PyTorch (extract_prefix)
+            encoder_id = encoder_cache_id(encoder, bb, "auto", cfg.precision, engine="torch")
             block = -1 if fz == "all" else encoder.block_index(fz)
             first = 4 if block < 0 else block  # 'all': any cached prefix will do
             acts, prefix, errors = extract_prefix(

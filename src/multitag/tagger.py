@@ -72,7 +72,8 @@ class MultiTaskTagger:
     such as ``"blocks.5"`` also fine-tunes every stage after it end to end.
     ``grid_stages`` (``"auto"``: the stride-8 and stride-16 stages) are also pooled on a 3x2
     grid, so heads know where things are in the photo; ``input_dropout`` drops features
-    before the shared trunk (measured: +0.006 baseColour weighted F1, no loss elsewhere).
+    before the shared trunk (measured with these features: baseColour weighted F1
+    0.671 -> 0.683, and the mean over the other tasks rose too).
     """
 
     def __init__(

@@ -77,12 +77,12 @@ def _top_k(proba: np.ndarray, classes: Sequence[str], k: int) -> list[list[dict]
 
 
 @functools.cache
-def imagenet_labels() -> list[str]:
+def imagenet_labels() -> tuple[str, ...]:
     """Human-readable ImageNet-1k class names (shipped with timm, no network)."""
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo()
-    return [info.index_to_description(i).split(",")[0] for i in range(1000)]
+    return tuple(info.index_to_description(i).split(",")[0] for i in range(1000))
 
 
 def tag_frame(

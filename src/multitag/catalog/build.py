@@ -64,7 +64,7 @@ def tag_columns(tasks) -> list[str]:
     return [f"{t.name}:{c}" for t in tasks for c in t.classes]
 
 
-def _tag_chunk(tagger, frame: pd.DataFrame, batch_size: int, labels: list[str]):
+def _tag_chunk(tagger, frame: pd.DataFrame, batch_size: int, labels: Sequence[str]):
     """Tag one chunk: rows (top tags per task), arrays (tag probabilities, features), rejects."""
     from multitag.tagging import _top_k
 
