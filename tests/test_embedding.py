@@ -128,27 +128,40 @@ def test_tagger_only_dir_indexes_raw_features(trained_tagger, fashion_frame, tmp
     assert hits["id"].iloc[0] == str(fashion_frame["id"].iloc[5]) and hits["score"].iloc[0] > 0.99
 
 
-def test_finetune_last_blocks(fashion_frame, cache_dir, tmp_path):
+def test_finetune_above_freeze_point(fashion_frame, cache_dir, tmp_path):
     frame = fashion_frame.groupby("articleType").head(8).reset_index(drop=True)  # 64 images
-    emb = Embedder(
-        SAME, image_size=SIZE, cache_dir=cache_dir, progress=False, epochs=2, batch_size=32,
-        finetune_blocks=1, finetune_steps=2, loss="triplet",
+    params = dict(
+        image_size=SIZE, cache_dir=cache_dir, progress=False, epochs=2, batch_size=32, seed=3
     )  # fmt: skip
+    frozen = Embedder(SAME, **params).fit(frame)
+    emb = Embedder(SAME, freeze="blocks.5", finetune_epochs=4, **params)
     emb.fit(frame)
-    ref = Embedder(SAME, image_size=SIZE).build_encoder()
-    last = str(len(emb.encoder_.model.blocks) - 1)
+    ref = Embedder(SAME, image_size=SIZE).build_encoder().state_dict()
     changed = [
         k for k, v in emb.encoder_.state_dict().items()
-        if not np.allclose(v.float().numpy(), ref.state_dict()[k].float().numpy())
+        if not np.allclose(v.float().numpy(), ref[k].float().numpy())
     ]  # fmt: skip
-    assert changed and all(k.startswith(f"model.blocks.{last}.") for k in changed)
-    assert emb.finetuned_ and len(emb.finetune_history_) == 2
+    assert any(k.startswith("model.blocks.6.") for k in changed)
+    assert all(k.startswith(("model.blocks.6.", "model.conv_head.", "model.bn2.")) for k in changed)
+    assert emb.finetuned_ and len(emb.finetune_history_) == 4
+    # the tuned stages run on the cached prefix give what a full forward gives
+    paths = frame["path"].tolist()
+    fast = emb.features(paths, prefix_cache=True).features
+    full = emb.features(paths).features
+    cos = (fast * full).sum(1) / np.linalg.norm(fast, axis=1) / np.linalg.norm(full, axis=1)
+    assert cos.min() > 0.99
+    # fine-tuning fits the training images better than the frozen backbone with the same head
+    labels = frame["articleType"] + "|" + frame["gender"]
+    before = retrieval_metrics(frozen.transform(paths), labels)["map@r"]
+    after = retrieval_metrics(emb.transform_features(fast), labels)["map@r"]
+    assert after > before
     emb.save(tmp_path / "ft")
     assert any(k.startswith("encoder.") for k in load_file(tmp_path / "ft/embedding.safetensors"))
-    paths = frame["path"].tolist()[:8]
     np.testing.assert_allclose(
-        load_embedder(tmp_path / "ft").transform(paths), emb.transform(paths), atol=1e-5
+        load_embedder(tmp_path / "ft").transform(paths[:8]), emb.transform(paths[:8]), atol=1e-5
     )
+    with pytest.raises(ValueError, match="blocks.99"):
+        Embedder(SAME, freeze="blocks.99", **params).fit(frame)
 
 
 def test_cli_end_to_end(fashion_frame, cache_dir, tmp_path, monkeypatch):

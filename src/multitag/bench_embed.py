@@ -49,7 +49,8 @@ def run(data_root: Path, out_dir: Path, configs: dict[str, dict]) -> dict:
     runs = {}
     for name, params in configs.items():
         emb = Embedder(SAME, image_size=DEMO_IMAGE_SIZE, progress=True, **params)
-        emb.encoder_ = probe.encoder_
+        if emb.freeze == "all":  # a fine-tuned embedder builds (and changes) its own encoder
+            emb.encoder_ = probe.encoder_
         start = time.perf_counter()
         emb.fit(frame, features=features.features, rows=train)
         seconds = time.perf_counter() - start
@@ -74,7 +75,8 @@ def markdown(r: dict) -> str:
         f"Same = {' + '.join(r['same'])}; trained on the train split, measured on "
         f"{first['split']['val']} val images (leave-one-out retrieval among them); kNN "
         f"(k={first['knn']['k']}) uses the train split as references. Image size "
-        f"{r['image_size']}, frozen Lite0 features.",
+        f"{r['image_size']}, Lite0; 'tuned above' rows also fine-tune the backbone stages "
+        "above that block with the metric loss (on the train split only).",
         "",
         "| vectors | " + " | ".join(METRICS) + " | kNN articleType acc. | train s |",
         "|---|" + "---:|" * (len(METRICS) + 2),

@@ -47,10 +47,14 @@ def embed_train(
     image_size: Annotated[
         int | None, typer.Option(help="Square input size (default: the backbone's own).")
     ] = None,
-    finetune_blocks: Annotated[
-        int, typer.Option(help="Also fine-tune the last N backbone blocks on images.")
-    ] = 0,
-    finetune_steps: Annotated[int | None, typer.Option(help="Cap fine-tuning steps.")] = None,
+    freeze: Annotated[
+        str,
+        typer.Option(
+            help="'all' = frozen backbone; a stage (e.g. blocks.5, see `multitag backbones`) "
+            "= also fine-tune the stages above it with the metric loss."
+        ),
+    ] = "all",
+    finetune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning.")] = 3,
     all_rows: Annotated[
         bool, typer.Option("--all-rows", help="Train on every row (default: train split).")
     ] = False,
@@ -73,8 +77,8 @@ def embed_train(
             backbone=backbone or backbones.DEFAULT_BACKBONE,
             image_size=image_size,
             epochs=epochs,
-            finetune_blocks=finetune_blocks,
-            finetune_steps=finetune_steps,
+            freeze=freeze,
+            finetune_epochs=finetune_epochs,
         )
         rows = None if all_rows else default_split(frame, cols)[0]
         emb.fit(frame, rows=rows)

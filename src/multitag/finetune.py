@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from multitag.multitask.losses import task_loss
 from multitag.multitask.sharing import Sharing
 from multitag.progress import bar
 from multitag.train import History, _targets_to_tensors, _val_score
+
+if TYPE_CHECKING:
+    from multitag.features import Encoder
 
 
 @dataclass
@@ -338,6 +342,34 @@ def train_sharing(
     return history
 
 
+@torch.no_grad()
+def tuned_features(
+    encoder: Encoder,
+    block: int,
+    data: StageData,
+    rows: Sequence[int] | np.ndarray,
+    *,
+    precision: str = "auto",
+    batch_size: int = 256,
+    progress: bool = False,
+) -> np.ndarray:
+    """Encoder features of ``rows`` computed from cached prefix outputs
+    (``encoder.forward_from``): equal to a full forward of the (tuned) encoder."""
+    device = torch.device("cpu")
+    precision = runtime.resolve_precision(precision, device)
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.zeros((len(rows), encoder.out_dim), np.float32)
+    encoder.eval()
+    with bar("tuned features", math.ceil(len(rows) / batch_size), progress) as pbar:
+        for s in range(0, len(rows), batch_size):
+            acts, prefix = data.batch(rows[s : s + batch_size])
+            with runtime.autocast(precision, device):
+                feats, _ = encoder.forward_from(block, acts, prefix)
+            out[s : s + batch_size] = feats.float().numpy()
+            pbar.advance()
+    return out
+
+
 # ------------------------------------------------------------------------ tagger wiring
 def fine_tune(tagger, frame, targets, train_rows, val_rows) -> History:
     """Fine-tune a :class:`MultiTaskTagger` above ``tagger.freeze`` with hard sharing.
@@ -383,17 +415,9 @@ def fine_tune(tagger, frame, targets, train_rows, val_rows) -> History:
     encoder.eval()
     tagger.finetune_history_ = history
     # the encoder changed: features for the validation report must come from the tuned one
-    stage = StageData(acts, prefix)
-    device = torch.device("cpu")
-    precision = runtime.resolve_precision(tagger.precision, device)
-    tuned = np.zeros((len(frame), encoder.out_dim), np.float32)
-    rows = np.arange(len(frame))
-    with torch.no_grad():
-        for s in range(0, len(rows), 256):
-            a, p = stage.batch(rows[s : s + 256])
-            with runtime.autocast(precision, device):
-                f, _ = encoder.forward_from(block, a, p)
-            tuned[s : s + 256] = f.float().numpy()
+    tuned = tuned_features(
+        encoder, block, StageData(acts, prefix), np.arange(len(frame)), precision=tagger.precision
+    )
     engine = resolve_engine(tagger.engine)
     if engine != "torch":  # evaluate on the features tagging will compute
         val_paths = frame["path"].iloc[val_rows].tolist()

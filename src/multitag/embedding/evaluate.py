@@ -78,18 +78,21 @@ def evaluate_embedding(
 
     Returns ``{"embedding": metrics, "backbone_features": metrics, "knn": {...}}``; kNN
     accuracy uses the train split as references and the val split as queries.
-    ``features``: the backbone ``FeatureResult`` of every row, if already computed.
+    ``features``: the raw (pretrained) backbone ``FeatureResult`` of every row, if already
+    computed. A fine-tuned embedder embeds with its tuned backbone (from the cached prefix).
     """
     frame = frame.reset_index(drop=True)
     same = list(same)
     train_rows, val_rows = default_split(frame, same)
-    res = features if features is not None else embedder.features(frame["path"].tolist())
-    ok = res.ok
+    paths = frame["path"].tolist()
+    res = features if features is not None else embedder.raw_features(paths)
+    tuned = embedder.features(paths, prefix_cache=True) if embedder.finetuned_ else res
+    ok = res.ok & tuned.ok
     key = same_key(frame, same).to_numpy()
     val = np.array([r for r in val_rows if ok[r] and key[r]], dtype=np.int64)
     train = np.array([r for r in train_rows if ok[r]], dtype=np.int64)
     spaces = {
-        "embedding": embedder.transform_features(res.features),
+        "embedding": embedder.transform_features(tuned.features),
         "backbone_features": l2_normalize(res.features),
     }
     out: dict = {}

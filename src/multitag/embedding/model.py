@@ -1,9 +1,10 @@
 """``Embedder``: backbone features -> a small learned layer -> L2-normalised embedding.
 
 The fast path trains the embedding layer on cached backbone features (shared with the
-tagger's cache); ``finetune_blocks=N`` then also unfreezes the last N blocks of the timm model
-and trains end to end on images. Saved next to a tagger when both share a frozen backbone,
-so one encoder pass gives tags and embedding (:func:`encode_model_dir`).
+tagger's cache); ``freeze="blocks.K"`` then also fine-tunes every stage above block K with the
+metric loss, on cached prefix activations like the tagger (:mod:`multitag.embedding.finetune`).
+Saved next to a tagger when both share a frozen backbone, so one encoder pass gives
+tags and embedding (:func:`encode_model_dir`).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from multitag import backbones
 from multitag.embedding import losses as loss_registry
 from multitag.features import (
     Encoder,
+    FeatureResult,
     Preprocessing,
     encoder_cache_id,
     extract_features,
-    iter_batches,
+    extract_prefix,
     run_encoder,
 )
+from multitag.finetune import StageData, tuned_features
 from multitag.io import atomic_path, write_json
 from multitag.model_dir import CONFIG, FORMAT_VERSION, _versions, read_config
 from multitag.progress import bar
@@ -84,8 +87,9 @@ class Embedder:
     """Backbone + embedding layer trained with a metric-learning loss.
 
     ``same``: label columns that define "alike" (rows agreeing on all are positives).
-    ``loss`` / ``miner``: names from :mod:`multitag.embedding.losses`. ``finetune_blocks``:
-    0 = frozen backbone (cached features); N = also train the last N timm blocks on images.
+    ``loss`` / ``miner``: names from :mod:`multitag.embedding.losses`. ``freeze``: ``"all"``
+    = frozen backbone (cached features); a stage such as ``"blocks.5"`` = after the head is
+    trained, fine-tune the stages above it (``finetune_epochs``, ``finetune_lr``) with it.
     """
 
     def __init__(
@@ -107,9 +111,8 @@ class Embedder:
         batch_size: int = 256,
         per_class: int = 4,
         lr: float = 1e-3,
-        finetune_blocks: int = 0,
-        finetune_epochs: int = 1,
-        finetune_steps: int | None = None,
+        freeze: str = "all",
+        finetune_epochs: int = 3,
         finetune_lr: float = 1e-4,
         seed: int = 0,
         cache_dir: str | os.PathLike | None = None,
@@ -134,9 +137,8 @@ class Embedder:
         self.batch_size = batch_size
         self.per_class = per_class
         self.lr = lr
-        self.finetune_blocks = finetune_blocks
+        self.freeze = freeze
         self.finetune_epochs = finetune_epochs
-        self.finetune_steps = finetune_steps
         self.finetune_lr = finetune_lr
         self.seed = seed
         self.cache_dir = cache_dir
@@ -166,9 +168,15 @@ class Embedder:
             self.encoder_, self.backbone, self.weights, self.precision, self.engine
         )
 
-    def features(self, paths: Sequence[str | os.PathLike]):
-        """Backbone features of ``paths`` (cached unless the backbone was fine-tuned)."""
+    def features(self, paths: Sequence[str | os.PathLike], *, prefix_cache: bool = False):
+        """Backbone features of ``paths`` (cached unless the backbone was fine-tuned).
+
+        ``prefix_cache``: for a fine-tuned embedder, run only the tuned stages on the cached
+        frozen-prefix outputs (fast for the images it was trained on; caches the prefix
+        activations of new images, which take far more disk than features)."""
         if getattr(self, "finetuned_", False):
+            if prefix_cache and self.freeze != "all":
+                return self._features_from_prefix(list(paths))
             return run_encoder(
                 self.encoder_, paths, precision=self.precision, engine=self.engine,
                 workers=self.workers, progress=self.progress,
@@ -183,6 +191,33 @@ class Embedder:
             workers=self.workers,
             progress=self.progress,
         )
+
+    def _features_from_prefix(self, paths: list) -> FeatureResult:
+        block = self.encoder_.block_index(self.freeze)
+        acts, prefix, errors = extract_prefix(
+            self.encoder_, paths, block, cache_dir=self._cache(), encoder_id=self.encoder_id(),
+            precision=self.precision, workers=self.workers, progress=self.progress,
+        )  # fmt: skip
+        feats = tuned_features(
+            self.encoder_, block, StageData(acts, prefix), np.arange(len(paths)),
+            precision=self.precision, progress=self.progress,
+        )  # fmt: skip
+        feats[list(errors)] = 0.0
+        return FeatureResult(feats, dict(errors))
+
+    def raw_features(self, paths: Sequence[str | os.PathLike]) -> FeatureResult:
+        """Features of the pretrained, untuned backbone (the baseline to compare with)."""
+        if not getattr(self, "finetuned_", False):
+            return self.features(paths)
+        probe = Embedder(
+            self.same_, backbone=self.backbone, weights=self.weights,
+            image_size=self.encoder_.preprocessing.image_size, stages=self.encoder_.stages,
+            colour_bins=self.encoder_.colour_bins, grid_stages=self.encoder_.grid_stages,
+            cache_dir=self.cache_dir, precision=self.precision, engine=self.engine,
+            workers=self.workers, progress=self.progress,
+        )  # fmt: skip
+        probe.encoder_ = probe.build_encoder()
+        return probe.features(paths)
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -223,9 +258,11 @@ class Embedder:
         self.head_ = EmbeddingHead(features.shape[1], self.dim, self.head, self.hidden)
         self.head_.fit_scaler(features[use])
         self.miner_ = loss_registry.check_names(self.loss, self.miner)
+        if self.freeze != "all":
+            self.encoder_.block_index(self.freeze)  # a bad stage fails before any training
         self.history_ = self._train_head(features[use], labels)
         self.finetuned_ = False
-        if self.finetune_blocks:
+        if self.freeze != "all":
             self._finetune(frame["path"].to_numpy()[use], labels)
         return self
 
@@ -287,45 +324,27 @@ class Embedder:
         return history
 
     def _finetune(self, paths: np.ndarray, labels: np.ndarray) -> None:
-        """Unfreeze the last ``finetune_blocks`` timm blocks and train end to end on images."""
+        """Fine-tune the stages above ``freeze`` and the head on cached prefix activations."""
+        from multitag.embedding.finetune import UpperEmbedding, train_upper_embedding
+
         enc = self.encoder_
-        blocks = getattr(enc.model, "blocks", None)
-        if blocks is None:
-            raise ValueError(f"{self.backbone}: fine-tuning needs a timm model with .blocks")
-        enc.requires_grad_(False)
-        train_params = [
-            p for blk in list(blocks)[-self.finetune_blocks :] for p in blk.parameters()
-        ]
-        for p in train_params:
-            p.requires_grad_(True)
-        self.head_.requires_grad_(True)
-        params = train_params + list(self.head_.parameters())
-        loss_fn, miner, opt = self._loss_and_optimizer(params, self.finetune_lr)
-        rng = np.random.default_rng(self.seed + 1)
-        enc.eval()  # batch-norm statistics stay frozen
-        self.head_.train()
-        step, history = 0, []
-        size = enc.preprocessing.image_size
-        for _ in range(self.finetune_epochs):
-            order = np.concatenate(self._batches(labels, rng))
-            bs = min(self.batch_size, 64)
-            for idx, images, _errs in iter_batches(paths[order], size, bs, self.workers):
-                if images is None or len(idx) < 2:
-                    continue
-                y = torch.as_tensor(labels[order][idx.numpy()], dtype=torch.long)
-                feats, _ = enc(images)
-                loss = loss_registry.compute_loss(loss_fn, miner, self.head_(feats), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                history.append(float(loss.detach()))
-                step += 1
-                if self.finetune_steps and step >= self.finetune_steps:
-                    break
-        enc.requires_grad_(False)
-        self.head_.requires_grad_(False).eval()
+        block = enc.block_index(self.freeze)
+        acts, prefix, errors = extract_prefix(
+            enc, list(paths), block, cache_dir=self._cache(), encoder_id=self.encoder_id(),
+            precision=self.precision, workers=self.workers, progress=self.progress,
+        )  # fmt: skip
+        keep = np.setdiff1d(np.arange(len(paths)), list(errors))
+        data = StageData(acts[keep], prefix[keep])
+        labels = labels[keep]
+        model = UpperEmbedding(enc, block, self.head_)
+        self.finetune_history_ = train_upper_embedding(
+            model, data, labels, lambda rng: self._batches(labels, rng),
+            loss=self.loss, miner=self.miner_, n_classes=self.n_classes_, dim=self.dim,
+            epochs=self.finetune_epochs, lr=self.finetune_lr, head_lr=self.lr * 0.1,
+            precision=self.precision, seed=self.seed, progress=self.progress,
+        )  # fmt: skip
+        enc.eval()
         self.finetuned_ = True
-        self.finetune_history_ = history
 
     # --------------------------------------------------------------- inference
     def _check_fitted(self) -> None:
@@ -380,7 +399,7 @@ class Embedder:
             "image_size": enc.preprocessing.image_size,
             "with_imagenet": enc.with_imagenet,
             "finetuned": bool(self.finetuned_),
-            "finetune_blocks": self.finetune_blocks,
+            "freeze": self.freeze,
             "training": {
                 "epochs": self.epochs,
                 "lr": self.lr,
@@ -531,7 +550,7 @@ def load_embedder(model_dir: str | os.PathLike, *, allow_raw: bool = True) -> Em
         stages=encoder.stages,
         colour_bins=encoder.colour_bins,
         grid_stages=encoder.grid_stages,
-        finetune_blocks=cfg.get("finetune_blocks", 0),
+        freeze=cfg.get("freeze", "all"),
         precision=precision,
         progress=False,
     )
