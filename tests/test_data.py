@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from multitag.data.derive import keyword_tags
 from multitag.data.manifest import load_manifest, read_folder_tree, split_indices
 from multitag.data.tasks import Task, encode_all, infer_tasks
 from multitag.data.validate import validate
-from tests.conftest import make_image
+from tests.conftest import make_image, requires_fashion
 
 
 def _frame(n=40):
@@ -125,3 +128,34 @@ def test_keyword_tags():
     cells = keyword_tags(["Men Navy Striped Shirt", "Printed Check Kurta", "Plain bag"])
     assert cells == ["striped", "checked|printed", ""]
     assert np.all([isinstance(c, str) for c in cells])
+
+
+@requires_fashion
+def test_validate_finds_identical_images_with_conflicting_labels(fashion_frame, tmp_path):
+    """Real photos: a re-saved copy is not identical pixels; an exact copy is, and its
+    conflicting colour label is reported by row, id and value, per task."""
+    import shutil
+
+    real = fashion_frame.head(20).reset_index(drop=True)
+    src = Path(real.loc[0, "path"])
+    shutil.copy(src, tmp_path / "copy_same.jpg")  # identical pixels, same labels
+    shutil.copy(src, tmp_path / "copy_conflict.jpg")  # identical pixels, another colour
+    Image.open(src).save(tmp_path / "resaved.jpg", quality=70)  # different pixels
+    extra = pd.DataFrame(
+        [real.loc[0]] * 3, columns=real.columns
+    ).assign(id=["c1", "c2", "c3"], path=[str(tmp_path / n) for n in
+         ("copy_same.jpg", "copy_conflict.jpg", "resaved.jpg")])  # fmt: skip
+    extra.loc[extra.index[1], "baseColour"] = "Fluorescent Green"
+    frame = pd.concat([real, extra], ignore_index=True)
+    report = validate(frame, ["articleType", "baseColour"], progress=False)
+    assert [0, 20, 21] in report.duplicate_images and all(
+        22 not in g for g in report.duplicate_images
+    )
+    assert "articleType" not in report.label_conflicts
+    (conflict,) = [c for c in report.label_conflicts["baseColour"] if 21 in c["rows"]]
+    assert conflict["ids"][1:] == ["c1", "c2"] and "Fluorescent Green" in conflict["labels"]
+    summary = report.conflict_summary()["baseColour"]
+    assert summary["conflicting"] >= 1 and 0 < summary["share"] <= 1
+    text = "\n".join(report.problems())
+    assert "id=c2: 'Fluorescent Green'" in text and "'baseColour'" in text
+    assert report.ok  # conflicts are reported, never fatal

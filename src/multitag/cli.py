@@ -77,7 +77,12 @@ def validate_cmd(
             )
         except ValueError as err:
             _fail(str(err))
-        report.tasks = validate(frame, task_objs, decode=False, progress=False).tasks
+        counted = validate(frame, task_objs, decode=False, progress=False).tasks
+        for name, info in counted.items():  # keep the duplicate-image counts of the first pass
+            info["duplicate_groups_labelled"] = report.tasks[name].get(
+                "duplicate_groups_labelled", 0
+            )
+        report.tasks = counted
     table = Table(title=f"{data}: {report.n_rows} rows")
     for col in ("task", "kind", "labelled", "missing", "classes", "top classes", "rare (folded)"):
         table.add_column(col)
@@ -99,8 +104,15 @@ def validate_cmd(
         console.print(f"[yellow]problem:[/yellow] {line}")
     console.print(
         f"missing files: {len(report.missing_files)}, unreadable: {len(report.unreadable)}, "
-        f"duplicate ids: {len(report.duplicate_ids)}, empty tasks: {len(report.empty_tasks)}"
+        f"duplicate ids: {len(report.duplicate_ids)}, empty tasks: {len(report.empty_tasks)}, "
+        f"identical-image groups: {len(report.duplicate_images)}"
     )
+    for name, c in report.conflict_summary().items():
+        if c["conflicting"]:
+            console.print(
+                f"{name}: {c['conflicting']} of {c['groups']} identical-image groups disagree "
+                f"({c['share']:.1%})"
+            )
     if json_out:
         write_json(json_out, report.to_dict())
     if not report.ok:

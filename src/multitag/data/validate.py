@@ -1,13 +1,16 @@
-"""Check a labelled image set before training: files, images, ids, tasks and class counts."""
+"""Check a labelled image set before training: files, images, ids, tasks and class counts,
+and pixel-identical images whose labels disagree (label noise a model cannot learn past)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from multitag.data.images import ImageDecodeError, load_image
@@ -25,6 +28,8 @@ class ValidationReport:
     duplicate_ids: list[str] = field(default_factory=list)
     empty_tasks: list[str] = field(default_factory=list)
     tasks: dict[str, dict] = field(default_factory=dict)
+    duplicate_images: list[list[int]] = field(default_factory=list)
+    label_conflicts: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
     def bad_rows(self) -> set[int]:
@@ -45,7 +50,22 @@ class ValidationReport:
             "duplicate_ids": self.duplicate_ids,
             "empty_tasks": self.empty_tasks,
             "tasks": self.tasks,
+            "duplicate_images": self.duplicate_images,
+            "label_conflicts": self.label_conflicts,
         }
+
+    def conflict_summary(self) -> dict[str, dict]:
+        """Per task: duplicate groups labelled in that task, how many disagree, and the share."""
+        out = {}
+        for task, info in self.tasks.items():
+            groups = info.get("duplicate_groups_labelled", 0)
+            bad = len(self.label_conflicts.get(task, []))
+            out[task] = {
+                "groups": groups,
+                "conflicting": bad,
+                "share": bad / groups if groups else 0.0,
+            }
+        return out
 
     def problems(self) -> list[str]:
         """One line per problem, each naming the row/file and what to do."""
@@ -67,15 +87,57 @@ class ValidationReport:
             f"task {t!r} has no labels (all blank): remove it from --tasks"
             for t in self.empty_tasks
         ]
+        for task, conflicts in self.label_conflicts.items():
+            for c in conflicts[:5]:
+                labels = ", ".join(f"id={i}: {v!r}" for i, v in zip(c["ids"], c["labels"]))
+                lines.append(
+                    f"rows {c['rows']} hold identical images but disagree on {task!r} ({labels}); "
+                    "check these labels (a model cannot satisfy both)"
+                )
+            if len(conflicts) > 5:
+                lines.append(
+                    f"... and {len(conflicts) - 5} more identical-image groups disagree on {task!r}"
+                )
         return lines
 
 
-def _check_image(path: str) -> str | None:
+def _check_image(path: str) -> tuple[str | None, str | None]:
+    """(reason it is unusable or None, digest of its decoded pixels or None)."""
     try:
-        load_image(path, target_size=64)
+        img = load_image(path, target_size=64)
     except ImageDecodeError as err:
-        return err.reason
-    return None
+        return err.reason, None
+    pixels = np.asarray(img)
+    digest = hashlib.blake2b(pixels.tobytes(), digest_size=16)
+    digest.update(str(pixels.shape).encode())
+    return None, digest.hexdigest()
+
+
+def _duplicate_groups(digests: dict[int, str]) -> list[list[int]]:
+    """Groups (sorted rows) of two or more rows whose images decode to identical pixels."""
+    by_digest: dict[str, list[int]] = {}
+    for row, digest in digests.items():
+        by_digest.setdefault(digest, []).append(row)
+    return sorted(sorted(rows) for rows in by_digest.values() if len(rows) > 1)
+
+
+def _label_conflicts(
+    frame: pd.DataFrame, name: str, groups: list[list[int]], ids: pd.Series
+) -> tuple[int, list[dict]]:
+    """(duplicate groups with >= 2 labelled rows in ``name``, the groups that disagree)."""
+    values = frame[name].astype(str).str.strip().to_numpy()
+    labelled, conflicts = 0, []
+    for rows in groups:
+        rows = [r for r in rows if values[r] != ""]
+        if len(rows) < 2:
+            continue
+        labelled += 1
+        if len({values[r] for r in rows}) > 1:
+            conflicts.append(
+                {"rows": rows, "ids": [str(ids.iloc[r]) for r in rows],
+                 "labels": [str(values[r]) for r in rows]}
+            )  # fmt: skip
+    return labelled, conflicts
 
 
 def validate(
@@ -87,7 +149,11 @@ def validate(
     workers: int = 4,
 ) -> ValidationReport:
     """Check files exist (and decode, if ``decode``), ids are unique, every task has labels,
-    and count classes (including the rare classes folded into ``other`` or dropped)."""
+    and count classes (including the rare classes folded into ``other`` or dropped).
+
+    With ``decode``, rows whose images decode to identical pixels are grouped
+    (``duplicate_images``) and, per task, the groups whose labels disagree are listed
+    (``label_conflicts``): their share bounds how consistent the labels of that task are."""
     report = ValidationReport(n_rows=len(frame))
     ids = frame["id"].astype(str)
     counts = Counter(ids)
@@ -104,12 +170,18 @@ def validate(
             bar("checking images", len(rows), enabled=enabled) as pbar,
             ThreadPoolExecutor(workers) as pool,
         ):
-            for row, reason in zip(rows, pool.map(_check_image, [paths[r] for r in rows])):
+            digests = {}
+            for row, (reason, digest) in zip(
+                rows, pool.map(_check_image, [paths[r] for r in rows])
+            ):
                 if reason:
                     report.unreadable.append(
                         {"row": row, "id": ids.iloc[row], "path": paths[row], "reason": reason}
                     )
+                else:
+                    digests[row] = digest
                 pbar.advance()
+        report.duplicate_images = _duplicate_groups(digests)
     for task in tasks:
         name = task if isinstance(task, str) else task.name
         if name not in frame.columns:
@@ -130,5 +202,11 @@ def validate(
             )
         else:
             info["class_counts"] = dict(Counter(filled).most_common())
+        if decode:
+            info["duplicate_groups_labelled"], conflicts = _label_conflicts(
+                frame, name, report.duplicate_images, ids
+            )
+            if conflicts:
+                report.label_conflicts[name] = conflicts
         report.tasks[name] = info
     return report
