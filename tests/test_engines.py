@@ -122,3 +122,32 @@ def test_stream_splits_large_batches_across_requests(encoder, monkeypatch):
         want = runner(batch)
         assert out[0].shape[0] == len(batch)
         assert torch.equal(out[0], want[0]) and torch.equal(out[1], want[1])
+
+
+@needs_openvino
+@requires_fashion
+def test_prefix_activations_from_openvino_match_torch(encoder, fashion_frame, tmp_path):
+    """The frozen prefix that fine-tuning trains on comes from the inference engine: the same
+    maps as PyTorch's (up to rounding), cached under a key of their own per engine."""
+    from multitag.features import encoder_cache_id, extract_prefix
+
+    paths = fashion_frame["path"].tolist()[:24]
+    key = encoder_cache_id(encoder, "tf_efficientnet_lite0", "package", "fp32")
+    out = {
+        engine: extract_prefix(
+            encoder,
+            paths,
+            4,
+            cache_dir=tmp_path,
+            encoder_id=key,
+            engine=engine,
+            precision="fp32",
+            progress=False,
+        )  # fmt: skip
+        for engine in ("openvino", "torch")
+    }
+    (ov_maps, ov_prefix, _), (pt_maps, pt_prefix, _) = out["openvino"], out["torch"]
+    assert ov_maps.shape == pt_maps.shape and ov_maps.shape[1:] == (112, 6, 6)
+    torch.testing.assert_close(ov_maps.float(), pt_maps.float(), atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(ov_prefix, pt_prefix, atol=1e-3, rtol=1e-3)
+    assert len(list(tmp_path.iterdir())) == 2  # one cache entry per engine

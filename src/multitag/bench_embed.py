@@ -111,6 +111,7 @@ def markdown(r: dict) -> str:
 CONFIGS = {
     "multi-similarity (default)": {},
     "ArcFace": {"loss": "arcface"},
+    "multi-similarity, tuned above blocks.5": {"freeze": "blocks.5"},
 }
 
 

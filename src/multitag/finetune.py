@@ -389,6 +389,7 @@ def fine_tune(tagger, frame, targets, train_rows, val_rows) -> History:
         cache_dir=tagger.feature_cache_dir(),
         encoder_id=tagger.encoder_id() if tagger.feature_cache_dir() else None,
         precision=tagger.precision,
+        engine=tagger.engine,
         workers=tagger.workers,
         progress=tagger.progress,
     )

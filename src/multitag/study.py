@@ -349,8 +349,7 @@ def run_study(
                 continue
             encoder = _encoder(bb, cfg)
             paths = data.frame["path"].tolist()
-            # prefix activations always come from PyTorch (extract_prefix)
-            encoder_id = encoder_cache_id(encoder, bb, "auto", cfg.precision, engine="torch")
+            encoder_id = encoder_cache_id(encoder, bb, "auto", cfg.precision)
             block = -1 if fz == "all" else encoder.block_index(fz)
             first = 4 if block < 0 else block  # 'all': any cached prefix will do
             acts, prefix, errors = extract_prefix(

@@ -196,7 +196,8 @@ class Embedder:
         block = self.encoder_.block_index(self.freeze)
         acts, prefix, errors = extract_prefix(
             self.encoder_, paths, block, cache_dir=self._cache(), encoder_id=self.encoder_id(),
-            precision=self.precision, workers=self.workers, progress=self.progress,
+            precision=self.precision, engine=self.engine, workers=self.workers,
+            progress=self.progress,
         )  # fmt: skip
         feats = tuned_features(
             self.encoder_, block, StageData(acts, prefix), np.arange(len(paths)),
@@ -331,7 +332,8 @@ class Embedder:
         block = enc.block_index(self.freeze)
         acts, prefix, errors = extract_prefix(
             enc, list(paths), block, cache_dir=self._cache(), encoder_id=self.encoder_id(),
-            precision=self.precision, workers=self.workers, progress=self.progress,
+            precision=self.precision, engine=self.engine, workers=self.workers,
+            progress=self.progress,
         )  # fmt: skip
         keep = np.setdiff1d(np.arange(len(paths)), list(errors))
         data = StageData(acts[keep], prefix[keep])
