@@ -10,6 +10,7 @@ again with the 46 colour names merged into 12 families. If most errors were near
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -38,6 +39,25 @@ FAMILIES = {
 FAMILY = {c: f for f, names in FAMILIES.items() for c in names}
 
 
+def name_colour_agreement(frame: pd.DataFrame) -> tuple[int, float]:
+    """Rows whose productDisplayName names exactly one colour, and the share of those where
+    that colour is the baseColour label (text vs label, no pixels involved)."""
+    names = sorted(set(frame["baseColour"]) - {""}, key=len, reverse=True)  # "Navy Blue" first
+    patterns = [(c, re.compile(rf"\b{re.escape(c.lower())}\b")) for c in names]
+
+    def named(text: str) -> str | None:
+        text, found = f" {text.lower()} ", []
+        for colour, pattern in patterns:
+            if pattern.search(text):
+                found.append(colour)
+                text = pattern.sub(" ", text)
+        return found[0] if len(found) == 1 else None
+
+    colour = frame["productDisplayName"].map(named)
+    has = colour.notna() & (frame["baseColour"] != "")
+    return int(has.sum()), float((colour[has] == frame["baseColour"][has]).mean())
+
+
 def main(model_dir: str, data_root: str) -> None:
     root = Path(data_root)
     frame = load_manifest(root / "styles.csv", root / "images")
@@ -64,6 +84,8 @@ def main(model_dir: str, data_root: str) -> None:
     pairs = pd.Series([f"{t} -> {p}" for t, p in zip(truth[wrong], pred[wrong])])
     print("most common errors (label -> prediction):")
     print(pairs.value_counts().head(12).to_string())
+    rows, share = name_colour_agreement(frame)
+    print(f"display name names one colour in {rows} rows; it is the label in {share:.1%}")
 
 
 if __name__ == "__main__":
