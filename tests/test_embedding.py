@@ -62,6 +62,21 @@ def test_every_loss_trains(fashion_frame, cache_dir, sample_features, loss, mine
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
 
+def test_coarse_column_pulls_same_type_together(fashion_frame, cache_dir, sample_features):
+    """Adding articleType as a coarse 'alike' groups items by type across colours."""
+    same = ["articleType", "baseColour"]
+    params = dict(image_size=SIZE, cache_dir=cache_dir, progress=False, epochs=8, seed=1)
+    plain = Embedder(same, **params).fit(fashion_frame, features=sample_features)
+    coarse = Embedder(same, coarse=["articleType"], coarse_weight=0.5, **params)
+    coarse.fit(fashion_frame, features=sample_features)
+    types = fashion_frame["articleType"]
+    before = retrieval_metrics(plain.transform_features(sample_features), types)["map@r"]
+    after = retrieval_metrics(coarse.transform_features(sample_features), types)["map@r"]
+    assert after > before + 0.02, (before, after)
+    with pytest.raises(ValueError, match=r"coarse: \['gender'\] not among"):
+        Embedder(same, coarse=["gender"], **params).fit(fashion_frame, features=sample_features)
+
+
 def test_unknown_names_are_refused(fashion_frame):
     with pytest.raises(ValueError, match="unknown loss 'nope'"):
         Embedder(SAME, loss="nope").fit(fashion_frame, features=np.zeros((len(fashion_frame), 4)))
@@ -175,9 +190,11 @@ def test_cli_end_to_end(fashion_frame, cache_dir, tmp_path, monkeypatch):
     model, index, metrics, page = (tmp_path / n for n in ("m", "idx", "m.json", "c.html"))
     r = run(app, ["embed", "train", "--data", str(csv), "--images", images, "--same",
                   "articleType,gender", "--out", str(model), "--loss", "triplet", "--miner",
-                  "hard", "--epochs", "4", "--image-size", str(SIZE)])  # fmt: skip
+                  "hard", "--epochs", "4", "--image-size", str(SIZE),
+                  "--coarse", "articleType"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert json.loads((model / "embedding.json").read_text())["miner"] == "hard"
+    saved = json.loads((model / "embedding.json").read_text())
+    assert saved["miner"] == "hard" and saved["training"]["coarse"] == ["articleType"]
     r = run(app, ["embed", "evaluate", str(model), "--data", str(csv), "--images", images,
                   "--same", "articleType,gender", "--json", str(metrics)])  # fmt: skip
     assert r.exit_code == 0, r.output

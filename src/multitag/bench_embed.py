@@ -110,7 +110,10 @@ def markdown(r: dict) -> str:
 
 CONFIGS = {
     "multi-similarity (default)": {},
+    "multi-similarity + articleType as coarse 'alike' (0.25)": {"coarse": ["articleType"]},
     "ArcFace": {"loss": "arcface"},
+}
+FINETUNE_CONFIGS = {  # --finetune: ~45 min more on 2 cores (prefix extraction + 3 epochs)
     "multi-similarity, tuned above blocks.5": {"freeze": "blocks.5"},
 }
 
@@ -121,8 +124,11 @@ def main() -> None:
         "--data-root", type=Path, default=Path("../shared/datasets/fashion-products")
     )
     parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument(
+        "--finetune", action="store_true", help="also fine-tune the backbone above blocks.5"
+    )
     args = parser.parse_args()
-    run(args.data_root, args.out, CONFIGS)
+    run(args.data_root, args.out, {**CONFIGS, **(FINETUNE_CONFIGS if args.finetune else {})})
     from multitag.bench import write_benchmarks_md
 
     write_benchmarks_md(args.out)

@@ -40,6 +40,13 @@ def embed_train(
     images: ImagesOpt = None,
     loss: Annotated[str | None, typer.Option(help="Metric-learning loss.")] = None,
     miner: Annotated[str | None, typer.Option(help="Miner (default: the loss's own).")] = None,
+    coarse: Annotated[
+        str | None,
+        typer.Option(
+            help="Some --same columns whose agreement alone also counts (e.g. articleType): "
+            "better neighbour votes on them."
+        ),
+    ] = None,
     dim: Annotated[int, typer.Option(help="Embedding size.")] = 256,
     head: Annotated[str, typer.Option(help="linear or mlp.")] = "mlp",
     epochs: Annotated[int, typer.Option(help="Epochs on cached features.")] = 30,
@@ -74,6 +81,7 @@ def embed_train(
             head=head,
             loss=loss or DEFAULT_LOSS,
             miner=miner,
+            coarse=_split(coarse) if coarse else None,
             backbone=backbone or backbones.DEFAULT_BACKBONE,
             image_size=image_size,
             epochs=epochs,

@@ -54,12 +54,25 @@ def same_key(frame: pd.DataFrame, same: Sequence[str]) -> pd.Series:
 
 
 class EmbeddingHead(nn.Module):
-    """Standardise features, then linear or MLP to ``dim``, then L2-normalise."""
+    """Standardise features, then linear or MLP to ``dim``, then L2-normalise.
 
-    def __init__(self, in_dim: int, dim: int = 128, kind: str = "linear", hidden: int = 512):
+    ``input_dropout``: dropout on the standardised features while training (as the tagger's
+    heads have), so the layer cannot lean on a few feature columns."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int = 128,
+        kind: str = "linear",
+        hidden: int = 512,
+        input_dropout: float = 0.0,
+    ):
         super().__init__()
         if kind not in ("linear", "mlp"):
             raise ValueError(f"head must be 'linear' or 'mlp', not {kind!r}")
+        if not 0 <= input_dropout < 1:
+            raise ValueError(f"input_dropout must be in [0, 1), not {input_dropout!r}")
+        self.input_dropout = nn.Dropout(input_dropout)
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("std", torch.ones(in_dim))
         if kind == "linear":
@@ -74,7 +87,8 @@ class EmbeddingHead(nn.Module):
         self.std.copy_(torch.as_tensor(features.std(0) + 1e-4, dtype=torch.float32))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.net((features.float() - self.mean) / self.std), dim=-1)
+        x = self.input_dropout((features.float() - self.mean) / self.std)
+        return F.normalize(self.net(x), dim=-1)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -87,7 +101,11 @@ class Embedder:
     """Backbone + embedding layer trained with a metric-learning loss.
 
     ``same``: label columns that define "alike" (rows agreeing on all are positives).
-    ``loss`` / ``miner``: names from :mod:`multitag.embedding.losses`. ``freeze``: ``"all"``
+    ``loss`` / ``miner``: names from :mod:`multitag.embedding.losses`. ``coarse``: some of the
+    ``same`` columns (e.g. ``["articleType"]``) whose agreement alone also counts: the same
+    loss, unmined, on those labels is added with weight ``coarse_weight``, so items that share
+    only the type still sit nearer than unrelated ones (neighbour votes on that column gain).
+    ``freeze``: ``"all"``
     = frozen backbone (cached features); a stage such as ``"blocks.5"`` = after the head is
     trained, fine-tune the stages above it (``finetune_epochs``, ``finetune_lr``) with it.
     """
@@ -99,8 +117,11 @@ class Embedder:
         dim: int = 256,
         head: str = "mlp",
         hidden: int = 512,
+        input_dropout: float = 0.2,
         loss: str = loss_registry.DEFAULT_LOSS,
         miner: str | None = None,
+        coarse: Sequence[str] | None = None,
+        coarse_weight: float = 0.25,
         backbone: str = backbones.DEFAULT_BACKBONE,
         weights: str | None = "auto",
         image_size: int | None = None,
@@ -125,8 +146,11 @@ class Embedder:
         self.dim = dim
         self.head = head
         self.hidden = hidden
+        self.input_dropout = input_dropout
         self.loss = loss
         self.miner = miner
+        self.coarse = coarse
+        self.coarse_weight = coarse_weight
         self.backbone = backbone
         self.weights = weights
         self.image_size = image_size
@@ -255,17 +279,35 @@ class Embedder:
             raise ValueError(f"need at least 2 labelled, readable rows in {same}; got {len(use)}")
         classes, labels = np.unique(key.to_numpy()[use], return_inverse=True)
         self.n_classes_ = len(classes)
+        coarse_labels = self._coarse_labels(classes, labels)
         torch.manual_seed(self.seed)
-        self.head_ = EmbeddingHead(features.shape[1], self.dim, self.head, self.hidden)
+        self.head_ = EmbeddingHead(
+            features.shape[1], self.dim, self.head, self.hidden, self.input_dropout
+        )
         self.head_.fit_scaler(features[use])
         self.miner_ = loss_registry.check_names(self.loss, self.miner)
         if self.freeze != "all":
             self.encoder_.block_index(self.freeze)  # a bad stage fails before any training
-        self.history_ = self._train_head(features[use], labels)
+        self.history_ = self._train_head(features[use], labels, coarse_labels)
         self.finetuned_ = False
         if self.freeze != "all":
             self._finetune(frame["path"].to_numpy()[use], labels)
         return self
+
+    def _coarse_labels(self, classes: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+        """Class index per row of the ``coarse`` columns (read off the ``same`` key)."""
+        if not self.coarse:
+            return None
+        coarse = [self.coarse] if isinstance(self.coarse, str) else list(self.coarse)
+        extra = [c for c in coarse if c not in self.same_]
+        if extra:
+            raise ValueError(
+                f"coarse: {extra} not among the 'same' columns {self.same_}; "
+                "coarse columns are a part of what defines 'alike'"
+            )
+        pos = [self.same_.index(c) for c in coarse]
+        names = ["|".join(str(k).split("|")[i] for i in pos) for k in classes]
+        return np.unique(names, return_inverse=True)[1][labels]
 
     def _batches(self, labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
         """Class-balanced batches: ``per_class`` rows of each sampled class."""
@@ -295,11 +337,18 @@ class Embedder:
             groups.append({"params": list(loss_fn.parameters()), "lr": lr * 10})
         return loss_fn, miner, torch.optim.AdamW(groups, weight_decay=1e-4)
 
-    def _train_head(self, features: np.ndarray, labels: np.ndarray) -> list[float]:
+    def _train_head(
+        self, features: np.ndarray, labels: np.ndarray, coarse: np.ndarray | None = None
+    ) -> list[float]:
         rng = np.random.default_rng(self.seed)
         x = torch.as_tensor(features, dtype=torch.float32)
         y = torch.as_tensor(labels, dtype=torch.long)
         loss_fn, miner, opt = self._loss_and_optimizer(list(self.head_.parameters()), self.lr)
+        if coarse is not None:
+            yc = torch.as_tensor(coarse, dtype=torch.long)
+            coarse_fn, _, _ = loss_registry.build(self.loss, "none", int(yc.max()) + 1, self.dim)
+            if loss_registry.LOSSES[self.loss].has_params:
+                opt.add_param_group({"params": list(coarse_fn.parameters()), "lr": self.lr * 10})
         steps = self.epochs * max(1, len(labels) // self.batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, [g["lr"] for g in opt.param_groups], total_steps=steps + 1, pct_start=0.1
@@ -310,7 +359,11 @@ class Embedder:
             for _ in range(self.epochs):
                 total, n = 0.0, 0
                 for b in self._batches(labels, rng):
-                    loss = loss_registry.compute_loss(loss_fn, miner, self.head_(x[b]), y[b])
+                    emb = self.head_(x[b])
+                    loss = loss_registry.compute_loss(loss_fn, miner, emb, y[b])
+                    if coarse is not None:
+                        coarse_loss = loss_registry.compute_loss(coarse_fn, None, emb, yc[b])
+                        loss = loss + self.coarse_weight * coarse_loss
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
@@ -407,6 +460,9 @@ class Embedder:
                 "lr": self.lr,
                 "batch_size": self.batch_size,
                 "per_class": self.per_class,
+                "input_dropout": self.input_dropout,
+                "coarse": list(self.coarse or []),
+                "coarse_weight": self.coarse_weight,
                 "seed": self.seed,
                 "loss_history": getattr(self, "history_", []),
             },  # fmt: skip
