@@ -20,7 +20,7 @@ from multitag import runtime
 from multitag.embedding import losses as loss_registry
 from multitag.features import Encoder
 from multitag.finetune import StageData, _lr_factor
-from multitag.multitask.sharing import UpperPart
+from multitag.multitask.sharing import UpperPart, keep_batchnorm_frozen
 from multitag.progress import bar
 
 
@@ -44,10 +44,7 @@ class UpperEmbedding(nn.Module):
     def train(self, mode: bool = True) -> UpperEmbedding:
         """Batch-norm layers keep their pretrained statistics (small CPU batches)."""
         super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
+        return keep_batchnorm_frozen(self)
 
 
 def train_upper_embedding(

@@ -72,6 +72,15 @@ def _head_logits(heads: MultiTaskHeads, features: torch.Tensor, names: Sequence[
     return {name: heads.heads[name](x) for name in names}
 
 
+def keep_batchnorm_frozen(module: nn.Module) -> nn.Module:
+    """Put every batch-norm layer of ``module`` back in eval mode (pretrained statistics);
+    call after ``module.train()``: CPU batches are too small to re-estimate them."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return module
+
+
 class Sharing(nn.Module):
     """Common interface; subclasses build ``columns`` (upper parts) and route tasks to them."""
 
@@ -106,10 +115,7 @@ class Sharing(nn.Module):
     def train(self, mode: bool = True) -> Sharing:
         """Batch-norm layers keep their pretrained statistics (small CPU batches)."""
         super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
+        return keep_batchnorm_frozen(self)
 
 
 class HardSharing(Sharing):
