@@ -77,12 +77,7 @@ def validate_cmd(
             )
         except ValueError as err:
             _fail(str(err))
-        counted = validate(frame, task_objs, decode=False, progress=False).tasks
-        for name, info in counted.items():  # keep the duplicate-image counts of the first pass
-            info["duplicate_groups_labelled"] = report.tasks[name].get(
-                "duplicate_groups_labelled", 0
-            )
-        report.tasks = counted
+        report.tasks = validate(frame, task_objs, decode=False, progress=False).tasks
     table = Table(title=f"{data}: {report.n_rows} rows")
     for col in ("task", "kind", "labelled", "missing", "classes", "top classes", "rare (folded)"):
         table.add_column(col)

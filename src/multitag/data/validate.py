@@ -30,6 +30,7 @@ class ValidationReport:
     tasks: dict[str, dict] = field(default_factory=dict)
     duplicate_images: list[list[int]] = field(default_factory=list)
     label_conflicts: dict[str, list[dict]] = field(default_factory=dict)
+    duplicate_groups_labelled: dict[str, int] = field(default_factory=dict)
 
     @property
     def bad_rows(self) -> set[int]:
@@ -52,13 +53,13 @@ class ValidationReport:
             "tasks": self.tasks,
             "duplicate_images": self.duplicate_images,
             "label_conflicts": self.label_conflicts,
+            "duplicate_groups_labelled": self.duplicate_groups_labelled,
         }
 
     def conflict_summary(self) -> dict[str, dict]:
         """Per task: duplicate groups labelled in that task, how many disagree, and the share."""
         out = {}
-        for task, info in self.tasks.items():
-            groups = info.get("duplicate_groups_labelled", 0)
+        for task, groups in self.duplicate_groups_labelled.items():
             bad = len(self.label_conflicts.get(task, []))
             out[task] = {
                 "groups": groups,
@@ -203,7 +204,7 @@ def validate(
         else:
             info["class_counts"] = dict(Counter(filled).most_common())
         if decode:
-            info["duplicate_groups_labelled"], conflicts = _label_conflicts(
+            report.duplicate_groups_labelled[name], conflicts = _label_conflicts(
                 frame, name, report.duplicate_images, ids
             )
             if conflicts:
