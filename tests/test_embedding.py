@@ -73,6 +73,14 @@ def test_coarse_column_pulls_same_type_together(fashion_frame, cache_dir, sample
     before = retrieval_metrics(plain.transform_features(sample_features), types)["map@r"]
     after = retrieval_metrics(coarse.transform_features(sample_features), types)["map@r"]
     assert after > before + 0.02, (before, after)
+    proxy = Embedder(same, coarse=["articleType"], coarse_weight=0.5, coarse_loss="proxy_anchor",
+                     **params).fit(fashion_frame, features=sample_features)  # fmt: skip
+    by_proxy = retrieval_metrics(proxy.transform_features(sample_features), types)["map@r"]
+    assert by_proxy > before + 0.02, (before, by_proxy)
+    with pytest.raises(ValueError, match="unknown loss 'nope'"):
+        Embedder(same, coarse=["articleType"], coarse_loss="nope", **params).fit(
+            fashion_frame, features=sample_features
+        )
     with pytest.raises(ValueError, match=r"coarse: \['gender'\] not among"):
         Embedder(same, coarse=["gender"], **params).fit(fashion_frame, features=sample_features)
 

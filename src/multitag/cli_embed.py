@@ -47,6 +47,10 @@ def embed_train(
             "better neighbour votes on them."
         ),
     ] = None,
+    coarse_loss: Annotated[
+        str | None,
+        typer.Option(help="Loss of the --coarse term (default: --loss), e.g. proxy_anchor."),
+    ] = None,
     dim: Annotated[int, typer.Option(help="Embedding size.")] = 256,
     head: Annotated[str, typer.Option(help="linear or mlp.")] = "mlp",
     epochs: Annotated[int, typer.Option(help="Epochs on cached features.")] = 30,
@@ -82,6 +86,7 @@ def embed_train(
             loss=loss or DEFAULT_LOSS,
             miner=miner,
             coarse=_split(coarse) if coarse else None,
+            coarse_loss=coarse_loss,
             backbone=backbone or backbones.DEFAULT_BACKBONE,
             image_size=image_size,
             epochs=epochs,

@@ -105,6 +105,8 @@ class Embedder:
     ``same`` columns (e.g. ``["articleType"]``) whose agreement alone also counts: the same
     loss, unmined, on those labels is added with weight ``coarse_weight``, so items that share
     only the type still sit nearer than unrelated ones (neighbour votes on that column gain).
+    ``coarse_loss``: another loss name for that term (default: ``loss``); a proxy loss such as
+    ``"proxy_anchor"`` gives each coarse class its own learned centre.
     ``freeze``: ``"all"``
     = frozen backbone (cached features); a stage such as ``"blocks.5"`` = after the head is
     trained, fine-tune the stages above it (``finetune_epochs``, ``finetune_lr``) with it.
@@ -122,6 +124,7 @@ class Embedder:
         miner: str | None = None,
         coarse: Sequence[str] | None = None,
         coarse_weight: float = 0.25,
+        coarse_loss: str | None = None,
         backbone: str = backbones.DEFAULT_BACKBONE,
         weights: str | None = "auto",
         image_size: int | None = None,
@@ -151,6 +154,7 @@ class Embedder:
         self.miner = miner
         self.coarse = coarse
         self.coarse_weight = coarse_weight
+        self.coarse_loss = coarse_loss
         self.backbone = backbone
         self.weights = weights
         self.image_size = image_size
@@ -286,6 +290,8 @@ class Embedder:
         )
         self.head_.fit_scaler(features[use])
         self.miner_ = loss_registry.check_names(self.loss, self.miner)
+        if self.coarse_loss is not None:
+            loss_registry.check_names(self.coarse_loss, "none")
         if self.freeze != "all":
             self.encoder_.block_index(self.freeze)  # a bad stage fails before any training
         self.history_ = self._train_head(features[use], labels, coarse_labels)
@@ -346,8 +352,9 @@ class Embedder:
         loss_fn, miner, opt = self._loss_and_optimizer(list(self.head_.parameters()), self.lr)
         if coarse is not None:
             yc = torch.as_tensor(coarse, dtype=torch.long)
-            coarse_fn, _, _ = loss_registry.build(self.loss, "none", int(yc.max()) + 1, self.dim)
-            if loss_registry.LOSSES[self.loss].has_params:
+            name = self.coarse_loss or self.loss
+            coarse_fn, _, _ = loss_registry.build(name, "none", int(yc.max()) + 1, self.dim)
+            if loss_registry.LOSSES[name].has_params:
                 opt.add_param_group({"params": list(coarse_fn.parameters()), "lr": self.lr * 10})
         steps = self.epochs * max(1, len(labels) // self.batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -463,6 +470,7 @@ class Embedder:
                 "input_dropout": self.input_dropout,
                 "coarse": list(self.coarse or []),
                 "coarse_weight": self.coarse_weight,
+                "coarse_loss": self.coarse_loss or self.loss,
                 "seed": self.seed,
                 "loss_history": getattr(self, "history_", []),
             },  # fmt: skip
