@@ -81,6 +81,10 @@ def test_coarse_column_pulls_same_type_together(fashion_frame, cache_dir, sample
         Embedder(same, coarse=["articleType"], coarse_loss="nope", **params).fit(
             fashion_frame, features=sample_features
         )
+    with pytest.raises(ValueError, match="needs coarse columns"):
+        Embedder(same, coarse_loss="proxy_anchor", **params).fit(
+            fashion_frame, features=sample_features
+        )
     with pytest.raises(ValueError, match=r"coarse: \['gender'\] not among"):
         Embedder(same, coarse=["gender"], **params).fit(fashion_frame, features=sample_features)
 

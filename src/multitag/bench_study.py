@@ -16,6 +16,7 @@ import argparse
 import time
 from pathlib import Path
 
+from multitag import runtime
 from multitag.bench import TASKS, write_benchmarks_md
 from multitag.data.manifest import load_manifest
 from multitag.demo import DEMO_IMAGE_SIZE
@@ -42,7 +43,7 @@ def _scores(metrics: dict) -> dict:
 
 
 def run_one(frame, freeze: str, epochs: int, image_size: int, model_dir: Path) -> dict:
-    """Fit, score and save one fine-tuned tagger; return its record."""
+    """Fit, score and save one tagger (frozen for ``freeze="all"``); return its record."""
     tagger = MultiTaskTagger(TASKS, image_size=image_size, freeze=freeze)
     tagger.finetune_epochs = epochs
     start = time.perf_counter()
@@ -74,7 +75,7 @@ def run(data_root: Path, out_dir: Path, freezes: list[str], epochs: int, image_s
         runs[freeze] = run_one(frame, freeze, epochs, image_size,
                                out_dir / f"bench-model-{freeze}")  # fmt: skip
         result = {"image_size": image_size, "n_images": len(frame), "runs": runs,
-                  "targets_weighted_f1": STUDY_TARGETS}  # fmt: skip
+                  "bf16": runtime.cpu_has_bf16(), "targets_weighted_f1": STUDY_TARGETS}  # fmt: skip
         write_json(out_dir / "study.json", result)  # after each run: a kill loses one run
         write_text(out_dir / "study.md", markdown(result))
     return result
@@ -91,7 +92,8 @@ def markdown(r: dict) -> str:
         "benchmark's tasks and 20 % val split (weighted F1 on it), all rows trained in this "
         "run. 'frozen' = heads on cached backbone features; 'tuned above' = the same warm "
         "start, then the stages after that block and the heads fine-tuned with hard sharing "
-        "on cached prefix activations (bf16). Every model has the same architecture, so "
+        f"on cached prefix activations ({'bf16' if r.get('bf16', True) else 'fp32'}). Every "
+        "model has the same architecture, so "
         "the same inference cost.",
         "",
         "| task | target | " + " | ".join(label[n] for n in names) + " |",

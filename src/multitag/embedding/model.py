@@ -291,6 +291,11 @@ class Embedder:
         self.head_.fit_scaler(features[use])
         self.miner_ = loss_registry.check_names(self.loss, self.miner)
         if self.coarse_loss is not None:
+            if not self.coarse:
+                raise ValueError(
+                    f"coarse_loss={self.coarse_loss!r} needs coarse columns (e.g. "
+                    "coarse=['articleType']); without them there is no coarse term to use it"
+                )
             loss_registry.check_names(self.coarse_loss, "none")
         if self.freeze != "all":
             self.encoder_.block_index(self.freeze)  # a bad stage fails before any training
