@@ -82,13 +82,14 @@ def test_tagger_fine_tunes_and_reloads(fashion_frame, tmp_path):
         TASKS,
         image_size=64,
         freeze="blocks.5",
+        finetune_epochs=3,
         epochs=2,
         min_count=2,
         cache_dir=tmp_path / "cache",
         progress=False,
     )
     tagger.fit(frame)
-    assert len(tagger.finetune_history_.train_loss) == 2
+    assert len(tagger.finetune_history_.train_loss) == 3  # finetune_epochs, not min(epochs, 5)
     pretrained = tagger._build_encoder("auto").model.state_dict()
     tuned = tagger.net_.encoder.model.state_dict()
     assert not torch.equal(
@@ -107,3 +108,17 @@ def test_tagger_fine_tunes_and_reloads(fashion_frame, tmp_path):
     for name in p1:
         np.testing.assert_array_equal(p1[name], p2[name])
     _ = iter_batches
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"finetune_epochs": 0}, "finetune_epochs must be >= 1"),
+        ({"finetune_lr": 0.0}, "finetune_lr"),
+    ],
+)
+def test_tagger_refuses_bad_fine_tuning_settings(fashion_frame, params, message):
+    from multitag import MultiTaskTagger
+
+    with pytest.raises(ValueError, match=message):
+        MultiTaskTagger(TASKS, freeze="blocks.5", progress=False, **params).fit(fashion_frame)

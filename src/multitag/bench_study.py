@@ -44,8 +44,7 @@ def _scores(metrics: dict) -> dict:
 
 def run_one(frame, freeze: str, epochs: int, image_size: int, model_dir: Path) -> dict:
     """Fit, score and save one tagger (frozen for ``freeze="all"``); return its record."""
-    tagger = MultiTaskTagger(TASKS, image_size=image_size, freeze=freeze)
-    tagger.finetune_epochs = epochs
+    tagger = MultiTaskTagger(TASKS, image_size=image_size, freeze=freeze, finetune_epochs=epochs)
     start = time.perf_counter()
     tagger.fit(frame)
     seconds = time.perf_counter() - start

@@ -133,6 +133,12 @@ def train_cmd(
         int | None, typer.Option(help="Square input size (default: backbone's).")
     ] = None,
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on val).")] = 25,
+    finetune_epochs: Annotated[
+        int | None, typer.Option(help="Fine-tuning epochs with --freeze (default min(epochs, 5)).")
+    ] = None,
+    finetune_lr: Annotated[
+        float, typer.Option(help="Backbone learning rate when fine-tuning.")
+    ] = 5e-4,
     head: Annotated[str, typer.Option(help="linear or mlp.")] = "mlp",
     multilabel: Annotated[
         str | None, typer.Option(help="Multi-label columns (comma-separated).")
@@ -161,6 +167,8 @@ def train_cmd(
         backbone=backbone,
         weights=weights,
         freeze=freeze,
+        finetune_epochs=finetune_epochs,
+        finetune_lr=finetune_lr,
         image_size=image_size,
         epochs=epochs,
         head=head,

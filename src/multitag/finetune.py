@@ -376,7 +376,7 @@ def fine_tune(tagger, frame, targets, train_rows, val_rows) -> History:
 
     Called by ``MultiTaskTagger.fit`` after the heads were warm-started on cached features.
     Trains the encoder's own upper blocks in place, so ``save``/``load`` need no change.
-    Epochs: ``min(tagger.epochs, 5)`` (``tagger.finetune_epochs`` overrides)."""
+    Epochs: ``tagger.finetune_epochs``, or ``min(tagger.epochs, 5)`` when it is None."""
     from multitag.features import extract_prefix, run_encoder
     from multitag.multitask.sharing import HardSharing
 
@@ -396,9 +396,10 @@ def fine_tune(tagger, frame, targets, train_rows, val_rows) -> History:
     train_rows = np.setdiff1d(train_rows, list(errors))
     val_rows = np.setdiff1d(val_rows, list(errors))
     model = HardSharing(encoder, block, tagger.net_.heads)
-    epochs = getattr(tagger, "finetune_epochs", None) or min(tagger.epochs, 5)
+    epochs = tagger.finetune_epochs or min(tagger.epochs, 5)
     config = FineTuneConfig(
         epochs=epochs,
+        lr=tagger.finetune_lr,
         precision=tagger.precision,
         seed=tagger.seed,
         label_smoothing=tagger.label_smoothing,

@@ -69,7 +69,8 @@ class MultiTaskTagger:
 
     Parameters are stored as given (scikit-learn convention); fitted state ends in ``_``.
     ``freeze="all"`` trains heads on cached backbone features (the fast path); a stage name
-    such as ``"blocks.5"`` also fine-tunes every stage after it end to end.
+    such as ``"blocks.5"`` also fine-tunes every stage after it end to end, for
+    ``finetune_epochs`` (default ``min(epochs, 5)``) at backbone learning rate ``finetune_lr``.
     ``grid_stages`` (``"auto"``: the stride-8 and stride-16 stages) are also pooled on a 3x2
     grid, so heads know where things are in the photo; ``input_dropout`` drops features
     before the shared trunk (measured with these features: baseColour weighted F1
@@ -87,6 +88,8 @@ class MultiTaskTagger:
         colour_bins: int = 6,
         grid_stages: Sequence[int] | str = "auto",
         freeze: str = "all",
+        finetune_epochs: int | None = None,
+        finetune_lr: float = 5e-4,
         head: str = "linear",
         trunk: int = 1024,
         hidden: int = 512,
@@ -118,6 +121,8 @@ class MultiTaskTagger:
         self.colour_bins = colour_bins
         self.grid_stages = grid_stages
         self.freeze = freeze
+        self.finetune_epochs = finetune_epochs
+        self.finetune_lr = finetune_lr
         self.head = head
         self.trunk = trunk
         self.hidden = hidden
@@ -193,6 +198,13 @@ class MultiTaskTagger:
         """
         if not self.tasks:
             raise ValueError("tasks: name at least one label column to learn, e.g. ['gender']")
+        if self.finetune_epochs is not None and self.finetune_epochs < 1:
+            raise ValueError(
+                f"finetune_epochs must be >= 1 (or None for min(epochs, 5)), "
+                f"not {self.finetune_epochs}"
+            )
+        if not self.finetune_lr > 0:
+            raise ValueError(f"finetune_lr must be > 0, not {self.finetune_lr}")
         for col in ("id", "path"):
             if col not in frame.columns:
                 raise ValueError(f"the frame needs an {col!r} column; use load_manifest()")
