@@ -62,7 +62,9 @@ def test_every_loss_trains(fashion_frame, cache_dir, sample_features, loss, mine
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
 
-def test_coarse_column_pulls_same_type_together(fashion_frame, cache_dir, sample_features):
+def test_coarse_column_pulls_same_type_together(
+    fashion_frame, cache_dir, sample_features, tmp_path
+):
     """Adding articleType as a coarse 'alike' groups items by type across colours."""
     same = ["articleType", "baseColour"]
     params = dict(image_size=SIZE, cache_dir=cache_dir, progress=False, epochs=8, seed=1)
@@ -77,6 +79,10 @@ def test_coarse_column_pulls_same_type_together(fashion_frame, cache_dir, sample
                      **params).fit(fashion_frame, features=sample_features)  # fmt: skip
     by_proxy = retrieval_metrics(proxy.transform_features(sample_features), types)["map@r"]
     assert by_proxy > before + 0.02, (before, by_proxy)
+    proxy.save(tmp_path / "proxy")  # a reloaded embedder keeps how it was trained
+    settings = ("coarse", "coarse_weight", "coarse_loss", "input_dropout", "epochs", "seed")
+    again = load_embedder(tmp_path / "proxy").get_params()
+    assert {k: again[k] for k in settings} == {k: proxy.get_params()[k] for k in settings}
     with pytest.raises(ValueError, match="unknown loss 'nope'"):
         Embedder(same, coarse=["articleType"], coarse_loss="nope", **params).fit(
             fashion_frame, features=sample_features

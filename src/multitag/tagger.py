@@ -29,6 +29,7 @@ from multitag.features import (
     iter_batches,
 )
 from multitag.multitask.heads import MultiTaskHeads, probabilities
+from multitag.params import ParamsMixin
 from multitag.train import History, TrainConfig, fit_heads
 
 
@@ -64,7 +65,7 @@ class TaggerNet(nn.Module):
         return probs, imagenet, features
 
 
-class MultiTaskTagger:
+class MultiTaskTagger(ParamsMixin):
     """One pretrained backbone, one head per task, trained together.
 
     Parameters are stored as given (scikit-learn convention); fitted state ends in ``_``.
@@ -424,13 +425,6 @@ class MultiTaskTagger:
         from multitag.model_dir import load_tagger
 
         return load_tagger(directory)
-
-    def get_params(self) -> dict:
-        """Constructor parameters (scikit-learn convention)."""
-        import inspect
-
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {n: getattr(self, n) for n in names}
 
     def train_config(self) -> dict:
         return asdict(self._train_config())

@@ -35,6 +35,7 @@ from multitag.features import (
 from multitag.finetune import StageData, tuned_features
 from multitag.io import atomic_path, write_json
 from multitag.model_dir import CONFIG, FORMAT_VERSION, _versions, read_config
+from multitag.params import ParamsMixin
 from multitag.progress import bar
 
 EMBED_CONFIG = "embedding.json"
@@ -97,7 +98,7 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
-class Embedder:
+class Embedder(ParamsMixin):
     """Backbone + embedding layer trained with a metric-learning loss.
 
     ``same``: label columns that define "alike" (rows agreeing on all are positives).
@@ -610,6 +611,7 @@ def load_embedder(model_dir: str | os.PathLike, *, allow_raw: bool = True) -> Em
     cfg = emb_cfg or {}
     emb = Embedder(
         cfg.get("same"),
+        **_training_params(cfg),
         dim=cfg.get("dim", encoder.out_dim),
         head=cfg.get("head", "linear"),
         hidden=cfg.get("hidden", 512),
@@ -637,6 +639,19 @@ def load_embedder(model_dir: str | os.PathLike, *, allow_raw: bool = True) -> Em
     emb.config_ = config
     emb.tagger_ = tagger if kind == "multitag-tagger" else None
     return emb
+
+
+def _training_params(cfg: dict) -> dict:
+    """The constructor's training settings from ``embedding.json`` (so a reloaded embedder
+    refits the way it was trained); keys an older file lacks keep their defaults."""
+    saved = cfg.get("training", {})
+    names = ("epochs", "lr", "batch_size", "per_class", "input_dropout", "coarse_weight", "seed")
+    params = {n: saved[n] for n in names if n in saved}
+    if saved.get("coarse"):
+        params["coarse"] = list(saved["coarse"])
+        if saved.get("coarse_loss") not in (None, cfg.get("loss")):  # saved as the loss used
+            params["coarse_loss"] = saved["coarse_loss"]
+    return params
 
 
 def encode_model_dir(
