@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from multitag.embedding import Embedder, encode_model_dir, load_embedder
 from multitag.embedding.evaluate import default_split, evaluate_embedding, retrieval_metrics
-from multitag.embedding.losses import LOSSES
+from multitag.embedding.losses import LOSSES, MetricObjective, build, compute_loss
 from tests.conftest import FASHION, requires_fashion
 
 pytestmark = [pytest.mark.slow, requires_fashion]
@@ -95,6 +97,24 @@ def test_coarse_column_pulls_same_type_together(
         Embedder(same, coarse=["gender"], **params).fit(fashion_frame, features=sample_features)
 
 
+def test_objective_adds_the_weighted_coarse_term(fashion_frame, sample_features):
+
+    emb = torch.nn.functional.normalize(torch.as_tensor(sample_features[:, :64]), dim=1)
+    fine = torch.as_tensor(pd.factorize(fashion_frame[SAME].astype(str).agg("/".join, axis=1))[0])
+    coarse = torch.as_tensor(pd.factorize(fashion_frame["articleType"])[0])
+    torch.manual_seed(0)
+    both = MetricObjective("multi_similarity", None, int(fine.max()) + 1, 64,
+                           coarse_loss="multi_similarity", n_coarse=int(coarse.max()) + 1,
+                           coarse_weight=0.5)  # fmt: skip
+    loss_fn, miner, _ = build("multi_similarity", None, 0, 64)
+    main = compute_loss(loss_fn, miner, emb, fine)
+    expected = main + 0.5 * compute_loss(loss_fn, None, emb, coarse)
+    torch.testing.assert_close(both(emb, fine, coarse), expected)
+    plain = MetricObjective("multi_similarity", None, int(fine.max()) + 1, 64)
+    torch.testing.assert_close(plain(emb, fine), main)
+    assert both(emb, fine, coarse) > plain(emb, fine)
+
+
 def test_unknown_names_are_refused(fashion_frame):
     with pytest.raises(ValueError, match="unknown loss 'nope'"):
         Embedder(SAME, loss="nope").fit(fashion_frame, features=np.zeros((len(fashion_frame), 4)))
@@ -167,8 +187,9 @@ def test_finetune_above_freeze_point(fashion_frame, cache_dir, tmp_path):
         image_size=SIZE, cache_dir=cache_dir, progress=False, epochs=2, batch_size=32, seed=3
     )  # fmt: skip
     frozen = Embedder(SAME, **params).fit(frame)
-    emb = Embedder(SAME, freeze="blocks.5", finetune_epochs=8, **params)  # 2 steps an epoch
-    emb.fit(frame)
+    emb = Embedder(SAME, freeze="blocks.5", finetune_epochs=8, coarse=["articleType"], **params)
+    emb.fit(frame)  # 2 steps an epoch; fine-tuning keeps the coarse term of the head's objective
+    assert emb.objective_.coarse_fn is not None
     ref = Embedder(SAME, image_size=SIZE).build_encoder().state_dict()
     changed = [
         k for k, v in emb.encoder_.state_dict().items()

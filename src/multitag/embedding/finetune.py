@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from multitag import runtime
-from multitag.embedding import losses as loss_registry
+from multitag.embedding.losses import MetricObjective
 from multitag.features import Encoder
 from multitag.finetune import StageData, _lr_factor
 from multitag.multitask.sharing import UpperPart, keep_batchnorm_frozen
@@ -52,11 +52,9 @@ def train_upper_embedding(
     data: StageData,
     labels: np.ndarray,
     batches: Callable[[np.random.Generator], list[np.ndarray]],
+    objective: MetricObjective,
     *,
-    loss: str,
-    miner: str,
-    n_classes: int,
-    dim: int,
+    coarse: np.ndarray | None = None,
     epochs: int,
     lr: float,
     head_lr: float,
@@ -64,21 +62,21 @@ def train_upper_embedding(
     seed: int = 0,
     progress: bool = True,
 ) -> list[float]:
-    """Train ``model`` with a metric loss; ``labels[i]`` is the class of ``data`` row ``i``.
+    """Train ``model`` on ``objective``; ``labels[i]`` (``coarse[i]``: its coarse class, when
+    the objective has a coarse term) is the class of ``data`` row ``i``.
 
     ``batches(rng)`` yields one epoch of class-balanced row batches. Returns the mean loss
     per epoch; the model ends in eval mode with its upper stages frozen again.
     """
     device = torch.device("cpu")
     precision = runtime.resolve_precision(precision, device)
-    loss_fn, miner_fn, _ = loss_registry.build(loss, miner, n_classes, dim)
     upper = list(model.upper.parameters())
     head = list(model.head.parameters())
     for p in upper + head:
         p.requires_grad_(True)
     groups = [{"params": upper, "lr": lr}, {"params": head, "lr": head_lr}]
-    if loss_registry.LOSSES[loss].has_params:
-        groups.append({"params": list(loss_fn.parameters()), "lr": head_lr * 10})
+    if any(True for _ in objective.parameters()):
+        groups.append({"params": list(objective.parameters()), "lr": head_lr * 10})
     base_lrs = [g["lr"] for g in groups]
     opt = torch.optim.AdamW(groups, weight_decay=1e-4)
     rng = np.random.default_rng(seed + 1)
@@ -86,6 +84,7 @@ def train_upper_embedding(
     total_steps = sum(len(p) for p in plan)
     warmup = max(1, int(0.1 * total_steps))
     y_all = torch.as_tensor(labels, dtype=torch.long)
+    yc_all = torch.as_tensor(coarse, dtype=torch.long) if coarse is not None else None
     model.to(memory_format=torch.channels_last)
     history: list[float] = []
     step = 0
@@ -102,7 +101,7 @@ def train_upper_embedding(
                 with runtime.autocast(precision, device):
                     feats = model.features(acts, prefix)
                 emb = model.head(feats.float())
-                value = loss_registry.compute_loss(loss_fn, miner_fn, emb, y_all[rows])
+                value = objective(emb, y_all[rows], yc_all[rows] if yc_all is not None else None)
                 opt.zero_grad(set_to_none=True)
                 value.backward()
                 opt.step()

@@ -128,3 +128,35 @@ def compute_loss(loss_fn: nn.Module, miner: nn.Module | None, emb, labels) -> to
     if miner is None:
         return loss_fn(emb, labels)
     return loss_fn(emb, labels, miner(emb, labels))
+
+
+class MetricObjective(nn.Module):
+    """What an embedder minimises on one batch: the named loss (mined) on the fine "same"
+    classes, plus, when ``coarse_loss`` is given, ``coarse_weight`` x that loss (unmined) on
+    the coarse classes. One object for the fast path and for fine-tuning, so both train the
+    same objective and fine-tuning continues from the proxies/class weights learned first.
+    """
+
+    def __init__(
+        self,
+        loss: str,
+        miner: str | None,
+        n_classes: int,
+        dim: int,
+        *,
+        coarse_loss: str | None = None,
+        n_coarse: int = 0,
+        coarse_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.loss_fn, self.miner_fn, self.miner_name = build(loss, miner, n_classes, dim)
+        self.coarse_fn = build(coarse_loss, "none", n_coarse, dim)[0] if coarse_loss else None
+        self.coarse_weight = coarse_weight
+
+    def forward(
+        self, emb: torch.Tensor, labels: torch.Tensor, coarse: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        value = compute_loss(self.loss_fn, self.miner_fn, emb, labels)
+        if self.coarse_fn is not None:
+            value = value + self.coarse_weight * compute_loss(self.coarse_fn, None, emb, coarse)
+        return value

@@ -303,7 +303,7 @@ class Embedder(ParamsMixin):
         self.history_ = self._train_head(features[use], labels, coarse_labels)
         self.finetuned_ = False
         if self.freeze != "all":
-            self._finetune(frame["path"].to_numpy()[use], labels)
+            self._finetune(frame["path"].to_numpy()[use], labels, coarse_labels)
         return self
 
     def _coarse_labels(self, classes: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
@@ -342,12 +342,13 @@ class Embedder(ParamsMixin):
             batches.append(np.array(cur))
         return batches
 
-    def _loss_and_optimizer(self, params: list, lr: float):
-        loss_fn, miner, _ = loss_registry.build(self.loss, self.miner_, self.n_classes_, self.dim)
-        groups = [{"params": params, "lr": lr}]
-        if loss_registry.LOSSES[self.loss].has_params:
-            groups.append({"params": list(loss_fn.parameters()), "lr": lr * 10})
-        return loss_fn, miner, torch.optim.AdamW(groups, weight_decay=1e-4)
+    def _objective(self, coarse: np.ndarray | None) -> loss_registry.MetricObjective:
+        return loss_registry.MetricObjective(
+            self.loss, self.miner_, self.n_classes_, self.dim,
+            coarse_loss=(self.coarse_loss or self.loss) if coarse is not None else None,
+            n_coarse=int(coarse.max()) + 1 if coarse is not None else 0,
+            coarse_weight=self.coarse_weight,
+        )  # fmt: skip
 
     def _train_head(
         self, features: np.ndarray, labels: np.ndarray, coarse: np.ndarray | None = None
@@ -355,13 +356,12 @@ class Embedder(ParamsMixin):
         rng = np.random.default_rng(self.seed)
         x = torch.as_tensor(features, dtype=torch.float32)
         y = torch.as_tensor(labels, dtype=torch.long)
-        loss_fn, miner, opt = self._loss_and_optimizer(list(self.head_.parameters()), self.lr)
-        if coarse is not None:
-            yc = torch.as_tensor(coarse, dtype=torch.long)
-            name = self.coarse_loss or self.loss
-            coarse_fn, _, _ = loss_registry.build(name, "none", int(yc.max()) + 1, self.dim)
-            if loss_registry.LOSSES[name].has_params:
-                opt.add_param_group({"params": list(coarse_fn.parameters()), "lr": self.lr * 10})
+        yc = torch.as_tensor(coarse, dtype=torch.long) if coarse is not None else None
+        self.objective_ = objective = self._objective(coarse)
+        groups = [{"params": list(self.head_.parameters()), "lr": self.lr}]
+        if any(True for _ in objective.parameters()):  # proxies / class weights learn faster
+            groups.append({"params": list(objective.parameters()), "lr": self.lr * 10})
+        opt = torch.optim.AdamW(groups, weight_decay=1e-4)
         steps = self.epochs * max(1, len(labels) // self.batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, [g["lr"] for g in opt.param_groups], total_steps=steps + 1, pct_start=0.1
@@ -372,11 +372,7 @@ class Embedder(ParamsMixin):
             for _ in range(self.epochs):
                 total, n = 0.0, 0
                 for b in self._batches(labels, rng):
-                    emb = self.head_(x[b])
-                    loss = loss_registry.compute_loss(loss_fn, miner, emb, y[b])
-                    if coarse is not None:
-                        coarse_loss = loss_registry.compute_loss(coarse_fn, None, emb, yc[b])
-                        loss = loss + self.coarse_weight * coarse_loss
+                    loss = objective(self.head_(x[b]), y[b], yc[b] if yc is not None else None)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
@@ -390,8 +386,11 @@ class Embedder(ParamsMixin):
         self.head_.eval()
         return history
 
-    def _finetune(self, paths: np.ndarray, labels: np.ndarray) -> None:
-        """Fine-tune the stages above ``freeze`` and the head on cached prefix activations."""
+    def _finetune(
+        self, paths: np.ndarray, labels: np.ndarray, coarse: np.ndarray | None = None
+    ) -> None:
+        """Fine-tune the stages above ``freeze`` and the head on cached prefix activations,
+        on the objective the head was trained with (coarse term included)."""
         from multitag.embedding.finetune import UpperEmbedding, train_upper_embedding
 
         enc = self.encoder_
@@ -406,8 +405,8 @@ class Embedder(ParamsMixin):
         labels = labels[keep]
         model = UpperEmbedding(enc, block, self.head_)
         self.finetune_history_ = train_upper_embedding(
-            model, data, labels, lambda rng: self._batches(labels, rng),
-            loss=self.loss, miner=self.miner_, n_classes=self.n_classes_, dim=self.dim,
+            model, data, labels, lambda rng: self._batches(labels, rng), self.objective_,
+            coarse=coarse[keep] if coarse is not None else None,
             epochs=self.finetune_epochs, lr=self.finetune_lr, head_lr=self.lr * 0.1,
             precision=self.precision, seed=self.seed, progress=self.progress,
         )  # fmt: skip
