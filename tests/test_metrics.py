@@ -75,6 +75,10 @@ def test_multiclass_hand_computed():
     assert m["macro_f1"] == pytest.approx(macro)
     assert m["weighted_f1"] == pytest.approx(macro)  # equal supports
     assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m["top_confusions"] == [  # two errors, one each; ties sorted by name
+        {"true": "a", "predicted": "b", "count": 1, "share_of_errors": 0.5},
+        {"true": "c", "predicted": "a", "count": 1, "share_of_errors": 0.5},
+    ]
     assert "note" not in m
 
 
@@ -287,6 +291,7 @@ def test_write_html(report, tmp_path):
     assert "30 most frequent true classes of 45" in text
     assert "40 classes with most support (of 45) are shown" in text
     assert "no labelled rows" in text
+    assert text.count("<h3>Most frequent errors</h3>") == 2  # the multiclass tasks with errors
     assert not re.search(r"https?://", text)
     assert "<script" not in text.lower() and "<link" not in text.lower()
     # names are escaped

@@ -83,6 +83,13 @@ def test_evaluate_on_manifest_skips_unreadable(trained_tagger, fashion_frame, tm
     assert report["n_images"] == 29 and report["rejects"][0]["path"] == str(bad)
     m = report["tasks"]["gender"]
     assert set(m) >= {"accuracy", "top3_accuracy", "macro_f1", "weighted_f1", "support"}
+    errors = round((1 - m["accuracy"]) * m["support"])  # the most frequent errors add up
+    counts = [c["count"] for c in m["top_confusions"]]
+    assert counts == sorted(counts, reverse=True) and sum(counts) <= errors
+    if errors:
+        top = m["top_confusions"][0]
+        i, j = (list(m["per_class"]).index(top[k]) for k in ("true", "predicted"))
+        assert m["confusion"][i][j] == top["count"] and top["true"] != top["predicted"]
 
 
 def test_cli_validate_train_evaluate_tag(fashion_frame, tmp_path, cache_dir):

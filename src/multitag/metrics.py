@@ -123,13 +123,38 @@ def _per_class_prf(
 # ----------------------------------------------------------------------------- metrics
 
 
+def top_confusions(
+    confusion: np.ndarray, classes: Sequence[str], n: int = 10
+) -> list[dict[str, Any]]:
+    """The ``n`` most frequent errors of a confusion matrix (rows true, columns predicted):
+    ``{"true", "predicted", "count", "share_of_errors"}``, most frequent first (ties by
+    name). Shows whether errors are a few near-synonym pairs or spread out."""
+    cm = np.asarray(confusion, dtype=np.int64).copy()
+    np.fill_diagonal(cm, 0)
+    total = int(cm.sum())
+    true_idx, pred_idx = np.nonzero(cm)
+    order = sorted(
+        zip(true_idx, pred_idx), key=lambda ij: (-cm[ij], classes[ij[0]], classes[ij[1]])
+    )
+    return [
+        {
+            "true": classes[i],
+            "predicted": classes[j],
+            "count": int(cm[i, j]),
+            "share_of_errors": cm[i, j] / total,
+        }  # fmt: skip
+        for i, j in order[:n]
+    ]
+
+
 def multiclass_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict:
     """Metrics for a single-label task.
 
     ``y_true`` holds class indices (``-1`` = missing, ignored); ``proba`` is ``(n, n_classes)``.
     F1 scores use every class (``labels=range(n_classes)``, ``zero_division=0``), so a class
     that is neither present nor predicted contributes 0 to ``macro_f1``. ``top3_accuracy`` uses
-    ``k = min(3, n_classes)``. ``confusion`` rows are true classes, columns predictions.
+    ``k = min(3, n_classes)``. ``confusion`` rows are true classes, columns predictions;
+    ``top_confusions``: its most frequent off-diagonal cells (:func:`top_confusions`).
     """
     y = _as_int_labels(y_true).ravel()
     p = _check_proba(proba, y.shape[0])
@@ -176,7 +201,8 @@ def multiclass_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[
                 c: {"precision": prec[i], "recall": rec[i], "f1": f1[i], "support": sup[i]}
                 for i, c in enumerate(names)
             },
-            "confusion": confusion_matrix(y, pred, labels=labels),
+            "confusion": (cm := confusion_matrix(y, pred, labels=labels)),
+            "top_confusions": top_confusions(cm, names),
         }
     )
 
@@ -512,6 +538,23 @@ def _task_section(idx: int, name: str, m: dict) -> str:
                     "not shown."
                 )
             parts.append(_figure(_plot_confusion(norm, rows, cols), f"{name} confusion", cap))
+        if m.get("top_confusions"):
+            parts.append("<h3>Most frequent errors</h3>")
+            parts.append(
+                _table(
+                    ["true", "predicted", "count", "share of errors"],
+                    [
+                        [
+                            html.escape(c["true"]),
+                            html.escape(c["predicted"]),
+                            str(c["count"]),
+                            f"{c['share_of_errors']:.1%}",
+                        ]
+                        for c in m["top_confusions"]
+                    ],  # fmt: skip
+                    num_from=2,
+                )
+            )
         names, trunc = _bar_rows(per_class, MAX_BAR_CLASSES)
         with_ap = kind == "multilabel"
         cap = "Per-class F1 and average precision" if with_ap else "Per-class F1"
