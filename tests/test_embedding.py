@@ -93,6 +93,10 @@ def test_coarse_column_pulls_same_type_together(
         Embedder(same, coarse_loss="proxy_anchor", **params).fit(
             fashion_frame, features=sample_features
         )
+    with pytest.raises(ValueError, match="coarse_weight must be > 0"):
+        Embedder(same, coarse=["articleType"], coarse_weight=-1, **params).fit(
+            fashion_frame, features=sample_features
+        )
     with pytest.raises(ValueError, match=r"coarse: \['gender'\] not among"):
         Embedder(same, coarse=["gender"], **params).fit(fashion_frame, features=sample_features)
 
@@ -230,10 +234,11 @@ def test_cli_end_to_end(fashion_frame, cache_dir, tmp_path, monkeypatch):
     r = run(app, ["embed", "train", "--data", str(csv), "--images", images, "--same",
                   "articleType,gender", "--out", str(model), "--loss", "triplet", "--miner",
                   "hard", "--epochs", "4", "--image-size", str(SIZE),
-                  "--coarse", "articleType"])  # fmt: skip
+                  "--coarse", "articleType", "--coarse-weight", "0.1"])  # fmt: skip
     assert r.exit_code == 0, r.output
     saved = json.loads((model / "embedding.json").read_text())
     assert saved["miner"] == "hard" and saved["training"]["coarse"] == ["articleType"]
+    assert saved["training"]["coarse_weight"] == 0.1
     r = run(app, ["embed", "evaluate", str(model), "--data", str(csv), "--images", images,
                   "--same", "articleType,gender", "--json", str(metrics)])  # fmt: skip
     assert r.exit_code == 0, r.output

@@ -51,6 +51,9 @@ def embed_train(
         str | None,
         typer.Option(help="Loss of the --coarse term (default: --loss), e.g. proxy_anchor."),
     ] = None,
+    coarse_weight: Annotated[
+        float, typer.Option(help="Weight of the --coarse term (proxy_anchor: ~0.05).")
+    ] = 0.25,
     dim: Annotated[int, typer.Option(help="Embedding size.")] = 256,
     head: Annotated[str, typer.Option(help="linear or mlp.")] = "mlp",
     epochs: Annotated[int, typer.Option(help="Epochs on cached features.")] = 30,
@@ -87,6 +90,7 @@ def embed_train(
             miner=miner,
             coarse=_split(coarse) if coarse else None,
             coarse_loss=coarse_loss,
+            coarse_weight=coarse_weight,
             backbone=backbone or backbones.DEFAULT_BACKBONE,
             image_size=image_size,
             epochs=epochs,

@@ -298,6 +298,11 @@ class Embedder(ParamsMixin):
                     "coarse=['articleType']); without them there is no coarse term to use it"
                 )
             loss_registry.check_names(self.coarse_loss, "none")
+        if self.coarse and not self.coarse_weight > 0:
+            raise ValueError(
+                f"coarse_weight must be > 0 when coarse columns are given, not "
+                f"{self.coarse_weight} (drop coarse to train without the coarse term)"
+            )
         if self.freeze != "all":
             self.encoder_.block_index(self.freeze)  # a bad stage fails before any training
         self.history_ = self._train_head(features[use], labels, coarse_labels)
