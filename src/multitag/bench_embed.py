@@ -118,10 +118,12 @@ def markdown(r: dict) -> str:
 CONFIGS = {
     "multi-similarity (default)": {},
     "multi-similarity + articleType as coarse 'alike' (0.25)": {"coarse": ["articleType"]},
-    "multi-similarity + articleType proxy-anchor coarse (0.05)": {
+    "multi-similarity + articleType proxy-anchor coarse (0.05), MLP 1024 -> 512-d": {
         "coarse": ["articleType"],
         "coarse_loss": "proxy_anchor",
         "coarse_weight": 0.05,
+        "hidden": 1024,
+        "dim": 512,
     },
     "ArcFace": {"loss": "arcface"},
 }
