@@ -234,11 +234,13 @@ def test_cli_end_to_end(fashion_frame, cache_dir, tmp_path, monkeypatch):
     r = run(app, ["embed", "train", "--data", str(csv), "--images", images, "--same",
                   "articleType,gender", "--out", str(model), "--loss", "triplet", "--miner",
                   "hard", "--epochs", "4", "--image-size", str(SIZE),
-                  "--coarse", "articleType", "--coarse-weight", "0.1"])  # fmt: skip
+                  "--coarse", "articleType", "--coarse-weight", "0.1", "--hidden", "128",
+                  "--dim", "64"])  # fmt: skip
     assert r.exit_code == 0, r.output
     saved = json.loads((model / "embedding.json").read_text())
     assert saved["miner"] == "hard" and saved["training"]["coarse"] == ["articleType"]
     assert saved["training"]["coarse_weight"] == 0.1
+    assert saved["hidden"] == 128 and saved["dim"] == 64
     r = run(app, ["embed", "evaluate", str(model), "--data", str(csv), "--images", images,
                   "--same", "articleType,gender", "--json", str(metrics)])  # fmt: skip
     assert r.exit_code == 0, r.output

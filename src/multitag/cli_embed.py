@@ -55,6 +55,7 @@ def embed_train(
         float, typer.Option(help="Weight of the --coarse term (proxy_anchor: ~0.05).")
     ] = 0.25,
     dim: Annotated[int, typer.Option(help="Embedding size.")] = 256,
+    hidden: Annotated[int, typer.Option(help="Hidden width of the mlp head.")] = 512,
     head: Annotated[str, typer.Option(help="linear or mlp.")] = "mlp",
     epochs: Annotated[int, typer.Option(help="Epochs on cached features.")] = 30,
     backbone: Annotated[str | None, typer.Option(help="Backbone (default lite0).")] = None,
@@ -86,6 +87,7 @@ def embed_train(
             cols,
             dim=dim,
             head=head,
+            hidden=hidden,
             loss=loss or DEFAULT_LOSS,
             miner=miner,
             coarse=_split(coarse) if coarse else None,
