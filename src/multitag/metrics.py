@@ -141,8 +141,8 @@ def top_confusions(
             "true": classes[i],
             "predicted": classes[j],
             "count": int(cm[i, j]),
-            "share_of_errors": cm[i, j] / total,
-        }  # fmt: skip
+            "share_of_errors": float(cm[i, j] / total),
+        }
         for i, j in order[:n]
     ]
 
@@ -551,7 +551,7 @@ def _task_section(idx: int, name: str, m: dict) -> str:
                             f"{c['share_of_errors']:.1%}",
                         ]
                         for c in m["top_confusions"]
-                    ],  # fmt: skip
+                    ],
                     num_from=2,
                 )
             )

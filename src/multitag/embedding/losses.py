@@ -149,7 +149,7 @@ class MetricObjective(nn.Module):
         coarse_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        self.loss_fn, self.miner_fn, self.miner_name = build(loss, miner, n_classes, dim)
+        self.loss_fn, self.miner_fn, _ = build(loss, miner, n_classes, dim)
         self.coarse_fn = build(coarse_loss, "none", n_coarse, dim)[0] if coarse_loss else None
         self.coarse_weight = coarse_weight
 
