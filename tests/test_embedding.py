@@ -102,7 +102,6 @@ def test_coarse_column_pulls_same_type_together(
 
 
 def test_objective_adds_the_weighted_coarse_term(fashion_frame, sample_features):
-
     emb = torch.nn.functional.normalize(torch.as_tensor(sample_features[:, :64]), dim=1)
     fine = torch.as_tensor(pd.factorize(fashion_frame[SAME].astype(str).agg("/".join, axis=1))[0])
     coarse = torch.as_tensor(pd.factorize(fashion_frame["articleType"])[0])

@@ -83,13 +83,18 @@ def test_evaluate_on_manifest_skips_unreadable(trained_tagger, fashion_frame, tm
     assert report["n_images"] == 29 and report["rejects"][0]["path"] == str(bad)
     m = report["tasks"]["gender"]
     assert set(m) >= {"accuracy", "top3_accuracy", "macro_f1", "weighted_f1", "support"}
-    errors = round((1 - m["accuracy"]) * m["support"])  # the most frequent errors add up
-    counts = [c["count"] for c in m["top_confusions"]]
-    assert counts == sorted(counts, reverse=True) and sum(counts) <= errors
-    if errors:
-        top = m["top_confusions"][0]
-        i, j = (list(m["per_class"]).index(top[k]) for k in ("true", "predicted"))
-        assert m["confusion"][i][j] == top["count"] and top["true"] != top["predicted"]
+    # the most frequent errors are the largest off-diagonal cells of the confusion matrix
+    colour = report["tasks"]["baseColour"]  # 30 real photos: a small model gets some wrong
+    cm = np.array(colour["confusion"])
+    np.fill_diagonal(cm, 0)
+    assert cm.sum() > 0
+    counts = [c["count"] for c in colour["top_confusions"]]
+    assert len(counts) == min(10, int((cm > 0).sum()))  # up to 10 cells, none left out
+    assert counts == sorted(np.ravel(cm), reverse=True)[: len(counts)]
+    names = list(colour["per_class"])
+    for c in colour["top_confusions"]:
+        assert cm[names.index(c["true"]), names.index(c["predicted"])] == c["count"]
+        assert c["share_of_errors"] == pytest.approx(c["count"] / cm.sum())
 
 
 def test_cli_validate_train_evaluate_tag(fashion_frame, tmp_path, cache_dir):
