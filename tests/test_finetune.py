@@ -84,12 +84,15 @@ def test_tagger_fine_tunes_and_reloads(fashion_frame, tmp_path):
         freeze="blocks.5",
         finetune_epochs=3,
         epochs=2,
+        ensemble=2,  # the second set of heads is fitted on the fine-tuned features
         min_count=2,
         cache_dir=tmp_path / "cache",
         progress=False,
     )
     tagger.fit(frame)
     assert len(tagger.finetune_history_.train_loss) == 3  # finetune_epochs, not min(epochs, 5)
+    first, second = tagger.net_.heads.members
+    assert not torch.allclose(first.mean, second.mean)  # scaled on frozen vs tuned features
     pretrained = tagger._build_encoder("auto").model.state_dict()
     tuned = tagger.net_.encoder.model.state_dict()
     assert not torch.equal(

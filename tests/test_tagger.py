@@ -124,12 +124,15 @@ def test_cli_validate_train_evaluate_tag(fashion_frame, tmp_path, cache_dir):
             "96",
             "--epochs",
             "5",
+            "--ensemble",
+            "2",
             "--cache-dir",
             str(cache_dir),
         ],
     )
     assert r.exit_code == 0, r.output
     assert (model / "report.html").is_file() and (model / "metrics.json").is_file()
+    assert json.loads((model / "config.json").read_text())["heads"]["ensemble"] == 2
     r = runner.invoke(
         app,
         [

@@ -5,9 +5,11 @@ Same data, split, tasks and image size as the core benchmark. The frozen tagger 
 in the same run (``freeze="all"``: heads on cached features), so every row comes from one
 machine and one feature cache. Each fine-tuned run is ``MultiTaskTagger(freeze=STAGE)``:
 heads warm-started on the cached features, then the stages above ``STAGE`` and the heads
-trained with hard sharing on cached prefix activations.
+trained with hard sharing on cached prefix activations. With ``--ensemble N`` every model
+also fits N-1 more sets of heads (other seeds) on its final features; both the single model
+(the first set) and the ensemble are scored, so the gain is measured on the same backbone.
 
-    python -m multitag.bench_study --out bench/ --freeze blocks.5 blocks.4 --epochs 4
+    python -m multitag.bench_study --out bench/ --freeze blocks.5 blocks.4 --epochs 4 --ensemble 3
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import argparse
 import time
 from pathlib import Path
 
+import torch
+
 from multitag import runtime
 from multitag.bench import TASKS, write_benchmarks_md
 from multitag.data.manifest import load_manifest
 from multitag.demo import DEMO_IMAGE_SIZE
+from multitag.engines import runner_for
 from multitag.evaluate import evaluate_split
 from multitag.io import write_json, write_text
 from multitag.tagger import MultiTaskTagger
@@ -42,16 +47,58 @@ def _scores(metrics: dict) -> dict:
     }
 
 
-def run_one(frame, freeze: str, epochs: int, image_size: int, model_dir: Path) -> dict:
-    """Fit, score and save one tagger (frozen for ``freeze="all"``); return its record."""
-    tagger = MultiTaskTagger(TASKS, image_size=image_size, freeze=freeze, finetune_epochs=epochs)
+def _ms_per_image(fn, n: int, repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best / n
+
+
+def inference_cost(tagger: MultiTaskTagger, n: int = 1024) -> dict:
+    """Milliseconds per image of the encoder (inference engine, batch 64) and of the heads
+    alone on its features: the first set and all sets (same run, best of 5)."""
+    net = tagger.net_.eval()
+    runner = runner_for(net.encoder, tagger.engine, tagger.precision)
+    size = net.encoder.preprocessing.image_size
+    images = torch.randint(0, 256, (64, 3, size, size), dtype=torch.uint8)
+    features = torch.as_tensor(tagger.val_features_[:n])
+    heads = net.heads
+    first = heads.members[0] if hasattr(heads, "members") else heads
+    with torch.inference_mode():
+        runner(images)  # warm-up / engine conversion
+        return {
+            "encoder": _ms_per_image(lambda: runner(images), 64),
+            "heads": _ms_per_image(lambda: first(features), len(features)),
+            "all_heads": _ms_per_image(lambda: heads(features), len(features)),
+        }
+
+
+def run_one(
+    frame, freeze: str, epochs: int, image_size: int, model_dir: Path, ensemble: int = 1
+) -> dict:
+    """Fit, score and save one tagger (frozen for ``freeze="all"``); return its record.
+    ``tasks``: the single model's scores; ``ensemble_tasks``: with all ``ensemble`` head sets."""
+    tagger = MultiTaskTagger(
+        TASKS, image_size=image_size, freeze=freeze, finetune_epochs=epochs, ensemble=ensemble
+    )
     start = time.perf_counter()
     tagger.fit(frame)
     seconds = time.perf_counter() - start
-    metrics = evaluate_split(tagger)
-    tagger.save(model_dir)
-    record = {"freeze": freeze, "fit_seconds": seconds, "tasks": _scores(metrics),
+    record = {"freeze": freeze, "fit_seconds": seconds, "ensemble": ensemble,
               "head_seconds": tagger.history_.seconds, "model_dir": str(model_dir)}  # fmt: skip
+    if ensemble > 1:
+        record["ensemble_tasks"] = _scores(evaluate_split(tagger))
+        record["member_head_seconds"] = [h.seconds for h in tagger.member_histories_]
+        heads = tagger.net_.heads
+        tagger.net_.heads = heads.members[0]  # the single model: the first set of heads
+        record["tasks"] = _scores(evaluate_split(tagger))
+        tagger.net_.heads = heads
+    else:
+        record["tasks"] = _scores(evaluate_split(tagger))
+    tagger.save(model_dir)
+    record["inference_ms_per_image"] = inference_cost(tagger)
     if freeze != "all":
         hist = tagger.finetune_history_
         block = tagger.net_.encoder.block_index(freeze)
@@ -67,12 +114,19 @@ def run_one(frame, freeze: str, epochs: int, image_size: int, model_dir: Path) -
     return record
 
 
-def run(data_root: Path, out_dir: Path, freezes: list[str], epochs: int, image_size: int) -> dict:
+def run(
+    data_root: Path,
+    out_dir: Path,
+    freezes: list[str],
+    epochs: int,
+    image_size: int,
+    ensemble: int = 1,
+) -> dict:
     frame = load_manifest(data_root / "styles.csv", data_root / "images")
     runs: dict[str, dict] = {}
     for freeze in ["all", *freezes]:
         runs[freeze] = run_one(frame, freeze, epochs, image_size,
-                               out_dir / f"bench-model-{freeze}")  # fmt: skip
+                               out_dir / f"bench-model-{freeze}", ensemble)  # fmt: skip
         result = {"image_size": image_size, "n_images": len(frame), "runs": runs,
                   "bf16": runtime.cpu_has_bf16(), "targets_weighted_f1": STUDY_TARGETS}  # fmt: skip
         write_json(out_dir / "study.json", result)  # after each run: a kill loses one run
@@ -81,9 +135,15 @@ def run(data_root: Path, out_dir: Path, freezes: list[str], epochs: int, image_s
 
 
 def markdown(r: dict) -> str:
-    runs = r["runs"]
+    runs: dict[str, dict] = {}
+    label: dict[str, str] = {}
+    for n, x in r["runs"].items():  # one column per model, then per ensemble
+        runs[n], label[n] = x, "frozen" if n == "all" else f"tuned above `{n}`"
+        if "ensemble_tasks" in x:
+            key = f"{n}+ensemble"
+            runs[key] = {**x, "tasks": x["ensemble_tasks"]}
+            label[key] = f"{label[n]}, {x['ensemble']} head sets"
     names = list(runs)
-    label = {n: "frozen" if n == "all" else f"tuned above `{n}`" for n in names}
     lines = [
         "## Study targets at full size (`python -m multitag.bench_study`)",
         "",
@@ -91,9 +151,8 @@ def markdown(r: dict) -> str:
         "benchmark's tasks and 20 % val split (weighted F1 on it), all rows trained in this "
         "run. 'frozen' = heads on cached backbone features; 'tuned above' = the same warm "
         "start, then the stages after that block and the heads fine-tuned with hard sharing "
-        f"on cached prefix activations ({'bf16' if r.get('bf16', True) else 'fp32'}). Every "
-        "model has the same architecture, so "
-        "the same inference cost.",
+        f"on cached prefix activations ({'bf16' if r.get('bf16', True) else 'fp32'}). The "
+        "single models have the same architecture, so the same inference cost.",
         "",
         "| task | target | " + " | ".join(label[n] for n in names) + " |",
         "|---|---:|" + "---:|" * len(names),
@@ -119,9 +178,22 @@ def markdown(r: dict) -> str:
         "| fit seconds | | " + " | ".join(f"{runs[n]['fit_seconds']:.0f}" for n in names) + " |"
     )
     lines += ["", "Bold: target met. Fit seconds include feature/prefix extraction (cached "
-              "features are reused where the cache has them).", ""]  # fmt: skip
-    for n in names[1:]:
-        x = runs[n]
+              "features are reused where the cache has them) and every head set. 'N head sets': "
+              "the same model with N-1 more sets of heads fitted from other seeds on its final "
+              "features, probabilities averaged (`MultiTaskTagger(ensemble=N)`); the column "
+              "before it is its first set alone.", ""]  # fmt: skip
+    cost = r["runs"]["all"].get("inference_ms_per_image")
+    if cost and r["runs"]["all"].get("ensemble", 1) > 1:
+        extra = (cost["all_heads"] - cost["heads"]) / (cost["encoder"] + cost["heads"])
+        lines.append(
+            f"Inference cost (frozen model, ms per image): encoder {cost['encoder']:.2f}, one "
+            f"set of heads {cost['heads']:.3f}, all {r['runs']['all']['ensemble']} sets "
+            f"{cost['all_heads']:.3f}: the extra head sets add {extra:.1%} to a tagged image."
+        )
+        lines.append("")
+    for n, x in r["runs"].items():
+        if n == "all":
+            continue
         scores = ", ".join(f"{s:.4f}" for s in x["finetune_val_score"])
         lines.append(
             f"- `{n}`: {x['tuned_backbone_params']:,} backbone parameters tuned, fine-tuning "
@@ -140,8 +212,9 @@ def main() -> None:
     parser.add_argument("--freeze", nargs="+", default=["blocks.5", "blocks.4"])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE)
+    parser.add_argument("--ensemble", type=int, default=3, help="head sets per model (1: off)")
     args = parser.parse_args()
-    run(args.data_root, args.out, args.freeze, args.epochs, args.image_size)
+    run(args.data_root, args.out, args.freeze, args.epochs, args.image_size, args.ensemble)
     write_benchmarks_md(args.out)
     print((args.out / "study.md").read_text())
 

@@ -140,6 +140,9 @@ def train_cmd(
         float, typer.Option(help="Backbone learning rate when fine-tuning.")
     ] = 5e-4,
     head: Annotated[str, typer.Option(help="linear or mlp.")] = "mlp",
+    ensemble: Annotated[
+        int, typer.Option(help="Head sets fitted from seeds seed, seed+1, ...; averaged.")
+    ] = 1,
     multilabel: Annotated[
         str | None, typer.Option(help="Multi-label columns (comma-separated).")
     ] = None,
@@ -172,6 +175,7 @@ def train_cmd(
         image_size=image_size,
         epochs=epochs,
         head=head,
+        ensemble=ensemble,
         multilabel=_split(multilabel),
         delimiter=delimiter,
         min_count=min_count,

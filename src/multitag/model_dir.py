@@ -21,7 +21,7 @@ from multitag import backbones
 from multitag.data.tasks import Task
 from multitag.features import FEATURE_VERSION, Encoder, Preprocessing
 from multitag.io import atomic_path, write_json
-from multitag.multitask.heads import MultiTaskHeads
+from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -69,6 +69,7 @@ def save_tagger(tagger, directory: str | os.PathLike) -> Path:
             "hidden": tagger.hidden,
             "dropout": tagger.dropout,
             "input_dropout": tagger.input_dropout,
+            "ensemble": getattr(tagger, "ensemble", 1),
         },
         "tasks": [t.to_dict() for t in tagger.tasks_],
         "training": {
@@ -133,15 +134,20 @@ def load_tagger(directory: str | os.PathLike):
     )
     tasks = [Task.from_dict(t) for t in config["tasks"]]
     h = config["heads"]
-    heads = MultiTaskHeads(
-        encoder.out_dim,
-        tasks,
-        h["type"],
-        h["hidden"],
-        h["dropout"],
-        input_dropout=0.0,
-        trunk=h.get("trunk", 0),
-    )
+
+    def new_heads() -> MultiTaskHeads:
+        return MultiTaskHeads(
+            encoder.out_dim,
+            tasks,
+            h["type"],
+            h["hidden"],
+            h["dropout"],
+            input_dropout=0.0,
+            trunk=h.get("trunk", 0),
+        )
+
+    n = int(h.get("ensemble", 1))
+    heads = HeadEnsemble([new_heads() for _ in range(n)], tasks) if n > 1 else new_heads()
     if "sharing" in config:
         from multitag.multitask.sharing import SharedTaggerNet, build_sharing
 

@@ -28,7 +28,7 @@ from multitag.features import (
     extract_features,
     iter_batches,
 )
-from multitag.multitask.heads import MultiTaskHeads, probabilities
+from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads, probabilities
 from multitag.params import ParamsMixin
 from multitag.train import History, TrainConfig, fit_heads
 
@@ -75,7 +75,10 @@ class MultiTaskTagger(ParamsMixin):
     ``grid_stages`` (``"auto"``: the stride-8 and stride-16 stages) are also pooled on a 3x2
     grid, so heads know where things are in the photo; ``input_dropout`` drops features
     before the shared trunk (measured with these features: baseColour weighted F1
-    0.671 -> 0.683, and the mean over the other tasks rose too).
+    0.671 -> 0.683, and the mean over the other tasks rose too). ``ensemble=n`` fits n sets
+    of heads from seeds ``seed, seed+1, ...`` on the same (frozen or fine-tuned) features and
+    averages their probabilities (:class:`~multitag.multitask.heads.HeadEnsemble`): n times
+    the head-training time, a few per cent more inference time per member.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class MultiTaskTagger(ParamsMixin):
         hidden: int = 512,
         dropout: float = 0.2,
         input_dropout: float = 0.2,
+        ensemble: int = 1,
         multilabel: Mapping[str, str] | Sequence[str] | None = None,
         delimiter: str = "|",
         min_count: int = 5,
@@ -129,6 +133,7 @@ class MultiTaskTagger(ParamsMixin):
         self.hidden = hidden
         self.dropout = dropout
         self.input_dropout = input_dropout
+        self.ensemble = ensemble
         self.multilabel = multilabel
         self.delimiter = delimiter
         self.min_count = min_count
@@ -206,6 +211,11 @@ class MultiTaskTagger(ParamsMixin):
             )
         if not self.finetune_lr > 0:
             raise ValueError(f"finetune_lr must be > 0, not {self.finetune_lr}")
+        n = self.ensemble
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(
+                f"ensemble: the number of head sets to average, an int >= 1, not {self.ensemble!r}"
+            )
         for col in ("id", "path"):
             if col not in frame.columns:
                 raise ValueError(f"the frame needs an {col!r} column; use load_manifest()")
@@ -224,15 +234,7 @@ class MultiTaskTagger(ParamsMixin):
             rare=self.rare,
         )
         encoder = self._build_encoder(self.weights)
-        heads = MultiTaskHeads(
-            encoder.out_dim,
-            self.tasks_,
-            self.head,
-            self.hidden,
-            self.dropout,
-            input_dropout=self.input_dropout,
-            trunk=self.trunk,
-        )
+        heads = self._new_heads(encoder.out_dim)
         self.net_ = TaggerNet(encoder, heads, self.tasks_)
         feats = extract_features(
             encoder,
@@ -280,6 +282,8 @@ class MultiTaskTagger(ParamsMixin):
 
             fine_tune(self, frame, targets, train_rows, val_rows)
             feats.features = self.__dict__.pop("finetuned_features_", feats.features)
+        if self.ensemble > 1:  # more members on the final (frozen or tuned) features
+            self._fit_members(heads, feats.features, targets, train_rows, val_rows)
         self.split_ = {
             "train_ids": frame["id"].iloc[train_rows].tolist(),
             "val_ids": frame["id"].iloc[val_rows].tolist(),
@@ -288,6 +292,35 @@ class MultiTaskTagger(ParamsMixin):
         self.val_paths_ = frame["path"].iloc[val_rows].tolist()
         self.val_targets_ = {k: v[val_rows] for k, v in targets.items()}
         return self
+
+    def _new_heads(self, in_dim: int) -> MultiTaskHeads:
+        return MultiTaskHeads(
+            in_dim,
+            self.tasks_,
+            self.head,
+            self.hidden,
+            self.dropout,
+            input_dropout=self.input_dropout,
+            trunk=self.trunk,
+        )
+
+    def _fit_members(self, first, features, targets, train_rows, val_rows) -> None:
+        """Fit members 2..n from seeds ``seed+1, ...``; the heads become their ensemble."""
+        members, histories = [first], [self.history_]
+        for i in range(1, self.ensemble):
+            member = self._new_heads(features.shape[1])
+            member.fit_scaler(features[train_rows])
+            config = self._train_config()
+            config.seed = self.seed + i
+            histories.append(
+                fit_heads(
+                    member, features, targets, self.tasks_, train_rows, val_rows, config,
+                    progress=self.progress,
+                )
+            )  # fmt: skip
+            members.append(member)
+        self.net_.heads = HeadEnsemble(members, self.tasks_)
+        self.member_histories_ = histories
 
     # --------------------------------------------------------------- inference
     def _check_fitted(self) -> None:
