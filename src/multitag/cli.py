@@ -139,7 +139,9 @@ def train_cmd(
     finetune_lr: Annotated[
         float, typer.Option(help="Backbone learning rate when fine-tuning.")
     ] = 5e-4,
-    head: Annotated[str, typer.Option(help="linear or mlp.")] = "mlp",
+    head: Annotated[
+        str, typer.Option(help="linear (on the shared trunk) or mlp (a hidden layer per task).")
+    ] = "linear",
     ensemble: Annotated[
         int, typer.Option(help="Head sets fitted from seeds seed, seed+1, ...; averaged.")
     ] = 1,
