@@ -98,3 +98,15 @@ def test_ensemble_save_reload_and_onnx(ensemble_tagger, frame, tmp_path):
 def test_bad_ensemble_size_is_refused(fashion_frame, bad):
     with pytest.raises(ValueError, match="ensemble: the number of head sets"):
         MultiTaskTagger(["gender"], ensemble=bad, progress=False).fit(fashion_frame)
+
+
+def test_same_seed_gives_the_same_model_whatever_used_the_rng_before(frame, cache_dir):
+    settings = dict(multilabel=["pattern"], image_size=96, epochs=3, ensemble=2, min_count=3,
+                    cache_dir=cache_dir, progress=False)  # fmt: skip
+    first = MultiTaskTagger(TASKS, **settings).fit(frame)
+    torch.rand(1000)  # other code drew from the global RNG in between
+    second = MultiTaskTagger(TASKS, **settings).fit(frame)
+    a = first.predict_proba_features(first.val_features_)
+    b = second.predict_proba_features(second.val_features_)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
