@@ -1,0 +1,38 @@
+"""The main job (`multitag demo`) end to end on a real sample: validate, train, evaluate,
+tag with the reloaded model, build the catalogue."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from multitag.data.manifest import read_table
+from multitag.demo import run_demo
+
+from .conftest import FASHION, requires_fashion
+
+pytestmark = [pytest.mark.slow, requires_fashion]
+
+
+def test_demo_runs_end_to_end_on_a_sample(fashion_frame, tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    styles = read_table(FASHION / "styles.csv")
+    keep = styles["id"].isin(fashion_frame["id"].astype(str))
+    styles[keep].to_csv(root / "styles.csv", index=False)
+    (root / "images").symlink_to(FASHION / "images")
+    paths = run_demo(root, tmp_path / "out", image_size=64)
+
+    config = json.loads((paths["model"] / "config.json").read_text())
+    assert config["heads"]["ensemble"] == 3
+    assert "pattern" in [t["name"] for t in config["tasks"] if t["kind"] == "multilabel"]
+    metrics = json.loads(paths["metrics"].read_text())
+    assert metrics["tasks"]["masterCategory"]["accuracy"] > 0.8
+    val_ids = read_table(tmp_path / "out" / "val.csv")["id"]
+    tags = pd.read_parquet(paths["tags"])
+    assert len(tags) == len(val_ids) > 20 and set(tags["id"].astype(str)) == set(val_ids)
+    assert paths["report"].is_file()
+    catalog = json.loads((paths["catalog"] / "catalog.json").read_text())
+    assert catalog["complete"] and catalog["n_items"] == len(fashion_frame)
