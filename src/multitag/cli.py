@@ -132,6 +132,14 @@ def train_cmd(
     image_size: Annotated[
         int | None, typer.Option(help="Square input size (default: backbone's).")
     ] = None,
+    framing: Annotated[
+        str,
+        typer.Option(
+            help="'auto': crop every photo to its product and centre it on the catalogue's "
+            "canvas (measured on the training images), so photos framed differently tag "
+            "alike; 'none': squash-resize only."
+        ),
+    ] = "none",
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on val).")] = 25,
     finetune_epochs: Annotated[
         int | None, typer.Option(help="Fine-tuning epochs with --freeze (default min(epochs, 5)).")
@@ -175,6 +183,7 @@ def train_cmd(
         finetune_epochs=finetune_epochs,
         finetune_lr=finetune_lr,
         image_size=image_size,
+        framing=framing,
         epochs=epochs,
         head=head,
         ensemble=ensemble,

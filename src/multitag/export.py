@@ -59,6 +59,7 @@ def export_onnx(tagger, path: str | Path, *, opset: int = 18) -> Path:
         )
     module = _ExportedTagger(net.float().eval()).eval()
     size = net.encoder.preprocessing.image_size
+    framing = net.encoder.preprocessing.framing
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
     names = output_names(tagger)
     with atomic_path(path) as tmp, warnings.catch_warnings():
@@ -85,6 +86,12 @@ def export_onnx(tagger, path: str | Path, *, opset: int = 18) -> Path:
                 "shape": ["batch", 3, size, size],
                 "layout": "RGB, NCHW, 0-255; resize the whole image to size x size (bicubic, "
                 "no crop); normalisation happens inside the graph",
+                "framing": None
+                if framing is None
+                else {
+                    **framing.to_dict(),
+                    "apply": "first: multitag.data.framing.reframe(image, Framing(**these))",
+                },
             },
             "outputs": names,
             "tasks": [

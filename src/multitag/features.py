@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from multitag import runtime
+from multitag.data.framing import Framing, reframe
 from multitag.data.images import ImageDecodeError, load_image
 from multitag.data.resize import resize_to_square
 from multitag.engines import resolve_engine, runner_for
@@ -34,36 +35,53 @@ FEATURE_VERSION = 5  # bump when the meaning of cached features changes
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How an image becomes a tensor: square resize (no crop), then mean/std normalisation."""
+    """How an image becomes a tensor: optional product framing
+    (:func:`~multitag.data.framing.reframe`), square resize (no crop), mean/std normalisation."""
 
     image_size: int = 224
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    framing: Framing | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = {"image_size": self.image_size, "mean": self.mean, "std": self.std}
+        if self.framing is not None:  # absent = squash only: older configs and caches match
+            d["framing"] = self.framing.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]))
+        framing = Framing.from_dict(d["framing"]) if d.get("framing") else None
+        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]), framing)
 
     @classmethod
-    def for_model(cls, model: nn.Module, image_size: int | None = None) -> Preprocessing:
+    def for_model(
+        cls, model: nn.Module, image_size: int | None = None, framing: Framing | None = None
+    ) -> Preprocessing:
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         size = image_size or int(cfg.get("input_size", (3, 224, 224))[-1])
         if size < 32 or size > 1024:
             raise ValueError(f"image_size must be between 32 and 1024, not {size}")
-        return cls(size, tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3)))
+        mean, std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3))
+        return cls(size, mean, std, framing)
 
 
 class ImageDataset(Dataset):
     """Decode ``paths`` to uint8 HxWx3 arrays at their own size (:func:`_collate` resizes a
-    batch at once); a bad file yields an error string, never raises."""
+    batch at once), reframed when ``framing`` is given; a bad file yields an error string,
+    never raises."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], image_size: int, max_pixels=None):
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        image_size: int,
+        max_pixels=None,
+        framing: Framing | None = None,
+    ):
         self.paths = [str(p) for p in paths]
         self.image_size = image_size
         self.max_pixels = max_pixels
+        self.framing = framing
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -75,7 +93,8 @@ class ImageDataset(Dataset):
             img = load_image(path, target_size=self.image_size, **kwargs)
         except ImageDecodeError as err:
             return index, None, err.reason
-        return index, np.asarray(img), ""
+        array = np.asarray(img)
+        return index, array if self.framing is None else reframe(array, self.framing), ""
 
 
 def _collate(items, image_size: int):
@@ -93,14 +112,16 @@ def iter_batches(
     workers: int | None = None,
     prefetch: int = 3,
     max_pixels: int | None = None,
+    framing: Framing | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, list[tuple[int, str]]]]:
-    """Batches of ``(indices, uint8 images, [(index, reason), ...])``, decoded ahead.
+    """Batches of ``(indices, uint8 images, [(index, reason), ...])``, decoded (and reframed
+    when ``framing`` is given) ahead.
 
     Decoding runs in a thread pool (Pillow releases the GIL while decoding and resizing), so
     it overlaps the forward pass without the start-up and copy costs of worker processes;
     at most ``prefetch`` batches wait in memory.
     """
-    dataset = ImageDataset(paths, image_size, max_pixels)
+    dataset = ImageDataset(paths, image_size, max_pixels, framing)
     starts = range(0, len(dataset), batch_size)
 
     def decode(start: int):
@@ -611,7 +632,8 @@ def run_encoder(
     feats = np.zeros((len(paths), encoder.out_dim), dtype=np.float32)
     logits = None
     errors: dict[int, str] = {}
-    loader = iter_batches(paths, encoder.preprocessing.image_size, batch_size, workers)
+    prep = encoder.preprocessing
+    loader = iter_batches(paths, prep.image_size, batch_size, workers, framing=prep.framing)
     with bar(description, len(paths), enabled=progress and len(paths) > batch_size) as pbar:
         batches = (((indices, errs), images) for indices, images, errs in loader)
         for (indices, errs), out in runner.stream(batches):

@@ -60,7 +60,9 @@ def save_tagger(tagger, directory: str | os.PathLike) -> Path:
         },
         "preprocessing": {
             **enc.preprocessing.to_dict(),
-            "resize": "squash, bicubic",
+            "resize": "squash, bicubic"
+            if enc.preprocessing.framing is None
+            else "reframe (multitag.data.framing.reframe), then squash, bicubic",
             "input": "uint8 RGB NCHW",
         },
         "heads": {

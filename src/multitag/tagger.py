@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from multitag import backbones, runtime
+from multitag.data.framing import Framing, measure_framing
+from multitag.data.images import ImageDecodeError, load_image
 from multitag.data.manifest import default_stratify, split_indices
 from multitag.data.tasks import Task, encode_all, infer_tasks
 from multitag.data.validate import ValidationReport, validate
@@ -36,6 +38,15 @@ from multitag.train import History, TrainConfig, fit_heads
 def default_cache_dir() -> Path:
     """``$MULTITAG_CACHE`` or ``~/.cache/multitag``, read when used (not at import time)."""
     return Path(os.environ.get("MULTITAG_CACHE", Path.home() / ".cache" / "multitag"))
+
+
+def _decoded(paths) -> Iterator[np.ndarray]:
+    """RGB arrays of the images in ``paths`` that decode (the others are skipped)."""
+    for path in paths:
+        try:
+            yield np.asarray(load_image(path))
+        except ImageDecodeError:
+            continue
 
 
 class TaggerNet(nn.Module):
@@ -72,6 +83,9 @@ class MultiTaskTagger(ParamsMixin):
     ``freeze="all"`` trains heads on cached backbone features (the fast path); a stage name
     such as ``"blocks.5"`` also fine-tunes every stage after it end to end, for
     ``finetune_epochs`` (default ``min(epochs, 5)``) at backbone learning rate ``finetune_lr``.
+    ``framing="auto"`` crops every photo (training and inference) to its product and centres
+    it on the catalogue's canvas (:mod:`multitag.data.framing`), so photos from other sources
+    framed differently are tagged like catalogue photos; ``"none"`` squash-resizes only.
     ``grid_stages`` (``"auto"``: the stride-8 and stride-16 stages) are also pooled on a 3x2
     grid, so heads know where things are in the photo; ``input_dropout`` drops features
     before the shared trunk (measured with these features: baseColour weighted F1
@@ -88,6 +102,7 @@ class MultiTaskTagger(ParamsMixin):
         backbone: str = backbones.DEFAULT_BACKBONE,
         weights: str | None = "auto",
         image_size: int | None = None,
+        framing: str | Mapping | Framing = "none",
         stages: Sequence[int] | None = None,
         colour_bins: int = 6,
         grid_stages: Sequence[int] | str = "auto",
@@ -122,6 +137,7 @@ class MultiTaskTagger(ParamsMixin):
         self.backbone = backbone
         self.weights = weights
         self.image_size = image_size
+        self.framing = framing
         self.stages = stages
         self.colour_bins = colour_bins
         self.grid_stages = grid_stages
@@ -165,10 +181,28 @@ class MultiTaskTagger(ParamsMixin):
             precision=self.precision,
         )
 
-    def _build_encoder(self, weights) -> Encoder:
+    def _resolve_framing(self, paths: Sequence[str]) -> Framing | None:
+        """``framing`` as a :class:`Framing` (``"auto"``: measured on up to 500 training
+        images) or ``None`` (``"none"``: squash-resize only)."""
+        f = self.framing
+        if isinstance(f, Framing):
+            return f
+        if isinstance(f, Mapping):
+            return Framing(**f)
+        if f == "none":
+            return None
+        if f != "auto":
+            raise ValueError(
+                f"framing must be 'none', 'auto', a Framing or a dict of its fields, not {f!r}"
+            )
+        rng = np.random.default_rng(self.seed)
+        sample = rng.choice(len(paths), min(500, len(paths)), replace=False)
+        return measure_framing(_decoded(paths[i] for i in sorted(sample)))
+
+    def _build_encoder(self, weights, framing: Framing | None = None) -> Encoder:
         spec = backbones.get_spec(self.backbone)
         model = backbones.create_model(spec.name, weights=weights)
-        prep = Preprocessing.for_model(model, self.image_size)
+        prep = Preprocessing.for_model(model, self.image_size, framing)
         return Encoder(
             model,
             prep,
@@ -233,7 +267,7 @@ class MultiTaskTagger(ParamsMixin):
             min_count=self.min_count,
             rare=self.rare,
         )
-        encoder = self._build_encoder(self.weights)
+        encoder = self._build_encoder(self.weights, self._resolve_framing(frame["path"].tolist()))
         heads = self._new_heads(encoder.out_dim, self.seed)
         self.net_ = TaggerNet(encoder, heads, self.tasks_)
         feats = extract_features(
@@ -358,9 +392,11 @@ class MultiTaskTagger(ParamsMixin):
         errors: dict[int, str] = {}
         from multitag.progress import bar
 
-        size = net.encoder.preprocessing.image_size
+        prep = net.encoder.preprocessing
         with bar("tagging", n, enabled=self.progress and n > batch_size) as pbar:
-            loader = iter_batches(paths, size, batch_size, self.workers)
+            loader = iter_batches(
+                paths, prep.image_size, batch_size, self.workers, framing=prep.framing
+            )
             batches = (((idx, errs), images) for idx, images, errs in loader)
             for (idx, errs), out in self._run_net(net, batches, device):
                 errors.update(errs)

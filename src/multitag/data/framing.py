@@ -1,0 +1,100 @@
+"""Product framing: crop a photo to its product and centre it on the catalogue's canvas.
+
+Photos from another source frame the product differently from the training catalogue
+(a square or landscape canvas, a tight crop, wide margins). The square resize then changes
+the product's shape and size on the network's input, and the tags suffer (docs/study.md,
+"Photos framed differently"). :func:`reframe` removes that difference: it finds the product
+(pixels that differ from the background colour, the median of the border pixels), crops to
+its bounding box and pads it with the background colour onto a canvas of the catalogue's
+aspect ratio in which the product spans ``fill`` of the limiting side. Applied to training
+and inference images alike (``MultiTaskTagger(framing=...)``), every image reaches the
+network framed the same way, whatever its source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+__all__ = ["Framing", "background_colour", "measure_framing", "product_box", "reframe"]
+
+
+@dataclass(frozen=True)
+class Framing:
+    """The canvas every image is put on: ``aspect`` = width / height, ``fill`` = share of the
+    limiting side the product spans, ``threshold`` = summed ``|RGB - background|`` above which
+    a pixel belongs to the product (JPEG noise on a white background stays below 30)."""
+
+    aspect: float = 0.75
+    fill: float = 0.87
+    threshold: int = 30
+
+    def __post_init__(self) -> None:
+        if not 0.2 <= self.aspect <= 5:
+            raise ValueError(
+                f"framing aspect (width / height) must be in [0.2, 5], not {self.aspect}"
+            )
+        if not 0.3 <= self.fill <= 1:
+            raise ValueError(f"framing fill must be in [0.3, 1], not {self.fill}")
+        if not 1 <= self.threshold <= 765:
+            raise ValueError(f"framing threshold must be in [1, 765], not {self.threshold}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Framing:
+        return cls(float(d["aspect"]), float(d["fill"]), int(d["threshold"]))
+
+
+def background_colour(image: np.ndarray) -> np.ndarray:
+    """Median RGB of the border pixels of an ``HxWx3`` uint8 array."""
+    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    return np.median(border, axis=0).astype(np.uint8)
+
+
+def product_box(image: np.ndarray, threshold: int = 30) -> tuple[int, int, int, int] | None:
+    """``(top, bottom, left, right)`` (exclusive ends) of the pixels that differ from the
+    background colour by more than ``threshold``; ``None`` when there are none."""
+    diff = np.abs(image.astype(np.int16) - background_colour(image).astype(np.int16)).sum(-1)
+    mask = diff > threshold
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if len(rows) == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def reframe(image: np.ndarray, framing: Framing) -> np.ndarray:
+    """Crop ``image`` (``HxWx3`` uint8) to its product and centre it, padded with the
+    background colour, on a canvas of ``framing.aspect`` where it spans ``framing.fill`` of
+    the limiting side. An image without a product (uniform) is only padded to the aspect."""
+    box = product_box(image, framing.threshold)
+    crop = image if box is None else image[box[0] : box[1], box[2] : box[3]]
+    fill = 1.0 if box is None else framing.fill
+    h, w = crop.shape[:2]
+    height = max(h / fill, w / fill / framing.aspect)
+    out_h = max(h, round(height))
+    out_w = max(w, round(height * framing.aspect))
+    canvas = np.empty((out_h, out_w, 3), np.uint8)
+    canvas[:] = background_colour(image)
+    top, left = (out_h - h) // 2, (out_w - w) // 2
+    canvas[top : top + h, left : left + w] = crop
+    return canvas
+
+
+def measure_framing(images: Iterable[np.ndarray], threshold: int = 30) -> Framing:
+    """The catalogue's own framing: median aspect ratio and median share of the limiting side
+    its products span (rounded to 0.01, so a few more images do not change it)."""
+    aspects, fills = [], []
+    for image in images:
+        h, w = image.shape[:2]
+        aspects.append(w / h)
+        box = product_box(image, threshold)
+        if box is not None:
+            fills.append(max((box[1] - box[0]) / h, (box[3] - box[2]) / w))
+    if not aspects:
+        raise ValueError("measure_framing needs at least one image")
+    fill = float(np.median(fills)) if fills else 1.0
+    return Framing(round(float(np.median(aspects)), 2), round(max(fill, 0.3), 2), threshold)
