@@ -27,6 +27,7 @@ def test_demo_runs_end_to_end_on_a_sample(fashion_frame, tmp_path):
 
     config = json.loads((paths["model"] / "config.json").read_text())
     assert config["heads"]["ensemble"] == 3
+    assert config["preprocessing"]["framing"]["aspect"] == 0.75  # measured on the catalogue
     assert "pattern" in [t["name"] for t in config["tasks"] if t["kind"] == "multilabel"]
     metrics = json.loads(paths["metrics"].read_text())
     assert metrics["tasks"]["masterCategory"]["accuracy"] > 0.8
