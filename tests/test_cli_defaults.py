@@ -34,3 +34,18 @@ def test_cli_defaults_match_the_library(command, estimator):
     # None on the CLI defers to the library constant (resolved in the command's body)
     differ = {n: (cli[n], library[n]) for n in shared if cli[n] not in (None, library[n])}
     assert not differ, f"CLI default != library default: {differ}"
+
+
+def test_benchmarks_md_is_written_beside_its_bench_folder(tmp_path, monkeypatch):
+    """A benchmark run with --out elsewhere must not overwrite the repo's BENCHMARKS.md."""
+    from multitag.bench import write_benchmarks_md
+
+    bench = tmp_path / "elsewhere" / "bench"
+    bench.mkdir(parents=True)
+    (bench / "study.md").write_text("## Study\n")
+    (bench / "core.md").write_text("## Core\n")
+    monkeypatch.chdir(tmp_path)
+    write_benchmarks_md(bench)
+    text = (bench.parent / "BENCHMARKS.md").read_text()
+    assert text.index("## Core") < text.index("## Study")
+    assert not (tmp_path / "BENCHMARKS.md").exists()
