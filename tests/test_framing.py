@@ -94,6 +94,8 @@ def test_bad_framing_option_is_refused(fashion_frame):
 
     with pytest.raises(ValueError, match="framing must be 'none', 'auto'"):
         MultiTaskTagger(["gender"], framing="tight", progress=False).fit(fashion_frame)
+    with pytest.raises(ValueError, match="unknown fields"):
+        MultiTaskTagger(["gender"], framing={"ratio": 1}, progress=False).fit(fashion_frame)
 
 
 @requires_fashion

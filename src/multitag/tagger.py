@@ -188,6 +188,11 @@ class MultiTaskTagger(ParamsMixin):
         if isinstance(f, Framing):
             return f
         if isinstance(f, Mapping):
+            unknown = set(f) - set(Framing.__dataclass_fields__)
+            if unknown:
+                raise ValueError(
+                    f"framing: unknown fields {sorted(unknown)}; use aspect, fill, threshold"
+                )
             return Framing(**f)
         if f == "none":
             return None
