@@ -20,16 +20,12 @@ from PIL import Image
 from sklearn.metrics import f1_score
 
 from multitag import MultiTaskTagger
-from multitag.data.framing import background_colour, product_box
+from multitag.data.framing import background_colour, place_on_canvas, product_box
 from multitag.data.manifest import default_stratify, load_manifest, split_indices
 
 
 def _canvas(a: np.ndarray, width: int, height: int) -> np.ndarray:
-    out = np.empty((max(height, a.shape[0]), max(width, a.shape[1]), 3), np.uint8)
-    out[:] = background_colour(a)
-    top, left = (out.shape[0] - a.shape[0]) // 2, (out.shape[1] - a.shape[1]) // 2
-    out[top : top + a.shape[0], left : left + a.shape[1]] = a
-    return out
+    return place_on_canvas(a, width, height, background_colour(a))
 
 
 def _tight(a: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from multitag.data.framing import (
     Framing,
     background_colour,
     measure_framing,
+    place_on_canvas,
     product_box,
     reframe,
 )
@@ -20,11 +21,7 @@ from tests.conftest import requires_fashion
 
 
 def _canvas(a: np.ndarray, width: int, height: int, colour=(255, 255, 255)) -> np.ndarray:
-    out = np.empty((height, width, 3), np.uint8)
-    out[:] = colour
-    top, left = (height - a.shape[0]) // 2, (width - a.shape[1]) // 2
-    out[top : top + a.shape[0], left : left + a.shape[1]] = a
-    return out
+    return place_on_canvas(a, width, height, colour)
 
 
 def _photos(fashion_frame, n: int = 12) -> list[np.ndarray]:

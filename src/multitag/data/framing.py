@@ -18,7 +18,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Framing", "background_colour", "measure_framing", "product_box", "reframe"]
+__all__ = [
+    "Framing",
+    "background_colour",
+    "measure_framing",
+    "place_on_canvas",
+    "product_box",
+    "reframe",
+]
 
 
 @dataclass(frozen=True)
@@ -77,10 +84,17 @@ def reframe(image: np.ndarray, framing: Framing) -> np.ndarray:
     height = max(h / fill, w / fill / framing.aspect)
     out_h = max(h, round(height))
     out_w = max(w, round(height * framing.aspect))
-    canvas = np.empty((out_h, out_w, 3), np.uint8)
-    canvas[:] = background_colour(image)
-    top, left = (out_h - h) // 2, (out_w - w) // 2
-    canvas[top : top + h, left : left + w] = crop
+    return place_on_canvas(crop, out_w, out_h, background_colour(image))
+
+
+def place_on_canvas(image: np.ndarray, width: int, height: int, colour) -> np.ndarray:
+    """``image`` centred on a ``width x height`` canvas (at least the image's size) of
+    ``colour``."""
+    h, w = image.shape[:2]
+    canvas = np.empty((max(height, h), max(width, w), 3), np.uint8)
+    canvas[:] = colour
+    top, left = (canvas.shape[0] - h) // 2, (canvas.shape[1] - w) // 2
+    canvas[top : top + h, left : left + w] = image
     return canvas
 
 
