@@ -129,3 +129,56 @@ def test_tagger_with_framing_tags_any_canvas_alike(fashion_frame, tmp_path, cach
     )
     proba = squash.predict_proba(paths)["proba"]["articleType"]
     assert np.abs(proba[0::2] - proba[1::2]).max() > 1e-3
+
+
+@requires_fashion
+def test_embedder_beside_a_framed_tagger_uses_its_framing(fashion_frame, tmp_path, monkeypatch):
+    """`embed train --out DIR` next to a framed tagger takes the tagger's framing and input
+    size (no options), so one encoder pass serves both; the saved embedder reloads with that
+    framing and embeds a photo and the same photo on a square canvas alike."""
+    from typer.testing import CliRunner
+
+    from multitag import MultiTaskTagger
+    from multitag.cli import app
+    from multitag.embedding import Embedder, load_embedder
+    from multitag.embedding.model import encode_model_dir
+    from tests.conftest import FASHION
+
+    monkeypatch.setenv("MULTITAG_CACHE", str(tmp_path / "cache"))
+    tagger = MultiTaskTagger(
+        ["articleType"], framing="auto", image_size=64, epochs=2, progress=False, min_count=3
+    ).fit(fashion_frame)
+    model_dir = tagger.save(tmp_path / "model")
+    csv = tmp_path / "styles.csv"
+    fashion_frame.drop(columns=["path"]).to_csv(csv, index=False)
+    r = CliRunner().invoke(app, [
+        "embed", "train", "--data", str(csv), "--images", str(FASHION / "images"),
+        "--same", "articleType", "--out", str(model_dir), "--epochs", "2", "--dim", "32",
+    ])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    emb = load_embedder(model_dir)
+    assert emb.encoder_.preprocessing == tagger.net_.encoder.preprocessing
+    assert emb.framing == tagger.net_.encoder.preprocessing.framing
+
+    paths = []
+    for i, photo in enumerate(_photos(fashion_frame, 4)):
+        for name, image in (("orig", photo), ("square", _canvas(photo, 80, 80))):
+            paths.append(tmp_path / f"{i}-{name}.png")
+            Image.fromarray(image).save(paths[-1])
+    out = encode_model_dir(model_dir, paths)
+    assert out["proba"] is not None and not out["raw"]
+    vectors = out["embeddings"]
+    np.testing.assert_allclose(vectors[0::2], vectors[1::2], atol=1e-4)
+
+    # a squash-only embedder cannot be saved beside it: the error says why
+    plain = Embedder(["articleType"], image_size=64, epochs=1, dim=32, progress=False)
+    plain.fit(fashion_frame)
+    with pytest.raises(ValueError, match="preprocessing differs"):
+        plain.save(model_dir)
+    # and framing="auto" on the same images and seed measures the tagger's framing
+    auto = Embedder(["articleType"], image_size=64, framing="auto", progress=False)
+    assert auto.build_encoder(fashion_frame["path"].tolist()).preprocessing == (
+        tagger.net_.encoder.preprocessing
+    )
+    with pytest.raises(ValueError, match="needs images to measure"):
+        auto.build_encoder()

@@ -70,6 +70,14 @@ def embed_train(
         ),
     ] = "all",
     finetune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning.")] = 3,
+    framing: Annotated[
+        str | None,
+        typer.Option(
+            help="'auto' (crop each photo to its product, centre it on the catalogue's "
+            "canvas), 'none' (squash-resize only); default: the framing of the tagger in "
+            "--out, else none."
+        ),
+    ] = None,
     all_rows: Annotated[
         bool, typer.Option("--all-rows", help="Train on every row (default: train split).")
     ] = False,
@@ -82,6 +90,11 @@ def embed_train(
 
     frame = _load_frame(data, images, "id", None, ".jpg")
     cols = _same(same)
+    beside = _tagger_preprocessing(out)
+    if beside is not None:  # one encoder pass for tags and embedding: use the tagger's input
+        image_size = image_size or beside.image_size
+        if framing is None and beside.framing is not None:
+            framing = beside.framing
     try:
         emb = Embedder(
             cols,
@@ -95,6 +108,7 @@ def embed_train(
             coarse_weight=coarse_weight,
             backbone=backbone or backbones.DEFAULT_BACKBONE,
             image_size=image_size,
+            framing=framing or "none",
             epochs=epochs,
             freeze=freeze,
             finetune_epochs=finetune_epochs,
@@ -105,6 +119,20 @@ def embed_train(
     except ValueError as err:
         _fail(str(err))
     console.print(f"embedder ({emb.loss}, miner {emb.miner_}, {emb.dim}-d) saved to {out}")
+
+
+def _tagger_preprocessing(directory: Path):
+    """The :class:`~multitag.features.Preprocessing` of the tagger saved in ``directory``,
+    or ``None`` when it holds none."""
+    from multitag.features import Preprocessing
+    from multitag.model_dir import CONFIG, read_config
+
+    if not (directory / CONFIG).is_file():
+        return None
+    config = read_config(directory)
+    if config.get("kind", "multitag-tagger") != "multitag-tagger":
+        return None
+    return Preprocessing.from_dict(config["preprocessing"])
 
 
 @embed_app.command("evaluate")

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from multitag import backbones, runtime
-from multitag.data.framing import Framing, measure_framing
-from multitag.data.images import ImageDecodeError, load_image
+from multitag.data.framing import Framing, resolve_framing
 from multitag.data.manifest import default_stratify, split_indices
 from multitag.data.tasks import Task, encode_all, infer_tasks
 from multitag.data.validate import ValidationReport, validate
@@ -38,15 +37,6 @@ from multitag.train import History, TrainConfig, fit_heads
 def default_cache_dir() -> Path:
     """``$MULTITAG_CACHE`` or ``~/.cache/multitag``, read when used (not at import time)."""
     return Path(os.environ.get("MULTITAG_CACHE", Path.home() / ".cache" / "multitag"))
-
-
-def _decoded(paths) -> Iterator[np.ndarray]:
-    """RGB arrays of the images in ``paths`` that decode (the others are skipped)."""
-    for path in paths:
-        try:
-            yield np.asarray(load_image(path))
-        except ImageDecodeError:
-            continue
 
 
 class TaggerNet(nn.Module):
@@ -181,29 +171,6 @@ class MultiTaskTagger(ParamsMixin):
             precision=self.precision,
         )
 
-    def _resolve_framing(self, paths: Sequence[str]) -> Framing | None:
-        """``framing`` as a :class:`Framing` (``"auto"``: measured on up to 500 training
-        images) or ``None`` (``"none"``: squash-resize only)."""
-        f = self.framing
-        if isinstance(f, Framing):
-            return f
-        if isinstance(f, Mapping):
-            unknown = set(f) - set(Framing.__dataclass_fields__)
-            if unknown:
-                raise ValueError(
-                    f"framing: unknown fields {sorted(unknown)}; use aspect, fill, threshold"
-                )
-            return Framing(**f)
-        if f == "none":
-            return None
-        if f != "auto":
-            raise ValueError(
-                f"framing must be 'none', 'auto', a Framing or a dict of its fields, not {f!r}"
-            )
-        rng = np.random.default_rng(self.seed)
-        sample = rng.choice(len(paths), min(500, len(paths)), replace=False)
-        return measure_framing(_decoded(paths[i] for i in sorted(sample)))
-
     def _build_encoder(self, weights, framing: Framing | None = None) -> Encoder:
         spec = backbones.get_spec(self.backbone)
         model = backbones.create_model(spec.name, weights=weights)
@@ -272,7 +239,8 @@ class MultiTaskTagger(ParamsMixin):
             min_count=self.min_count,
             rare=self.rare,
         )
-        encoder = self._build_encoder(self.weights, self._resolve_framing(frame["path"].tolist()))
+        framing = resolve_framing(self.framing, frame["path"].tolist(), self.seed)
+        encoder = self._build_encoder(self.weights, framing)
         heads = self._new_heads(encoder.out_dim, self.seed)
         self.net_ = TaggerNet(encoder, heads, self.tasks_)
         feats = extract_features(

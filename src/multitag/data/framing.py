@@ -13,10 +13,12 @@ network framed the same way, whatever its source.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from multitag.data.images import ImageDecodeError, load_image
 
 __all__ = [
     "Framing",
@@ -25,7 +27,11 @@ __all__ = [
     "place_on_canvas",
     "product_box",
     "reframe",
+    "resolve_framing",
 ]
+
+#: How many images ``framing="auto"`` measures (a seeded sample of the training images).
+AUTO_SAMPLE = 500
 
 
 @dataclass(frozen=True)
@@ -62,11 +68,16 @@ def background_colour(image: np.ndarray) -> np.ndarray:
     return np.median(border, axis=0).astype(np.uint8)
 
 
-def product_box(image: np.ndarray, threshold: int = 30) -> tuple[int, int, int, int] | None:
+def product_box(
+    image: np.ndarray, threshold: int = 30, background: np.ndarray | None = None
+) -> tuple[int, int, int, int] | None:
     """``(top, bottom, left, right)`` (exclusive ends) of the pixels that differ from the
-    background colour by more than ``threshold``; ``None`` when there are none."""
-    diff = np.abs(image.astype(np.int16) - background_colour(image).astype(np.int16)).sum(-1)
-    mask = diff > threshold
+    ``background`` colour (default: :func:`background_colour`) by more than ``threshold``;
+    ``None`` when there are none."""
+    if background is None:
+        background = background_colour(image)
+    diff = np.abs(image.astype(np.int16) - np.asarray(background, np.int16))
+    mask = (diff[..., 0] + diff[..., 1] + diff[..., 2]) > threshold  # 4x faster than sum(-1)
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if len(rows) == 0:
         return None
@@ -77,14 +88,15 @@ def reframe(image: np.ndarray, framing: Framing) -> np.ndarray:
     """Crop ``image`` (``HxWx3`` uint8) to its product and centre it, padded with the
     background colour, on a canvas of ``framing.aspect`` where it spans ``framing.fill`` of
     the limiting side. An image without a product (uniform) is only padded to the aspect."""
-    box = product_box(image, framing.threshold)
+    background = background_colour(image)
+    box = product_box(image, framing.threshold, background)
     crop = image if box is None else image[box[0] : box[1], box[2] : box[3]]
     fill = 1.0 if box is None else framing.fill
     h, w = crop.shape[:2]
     height = max(h / fill, w / fill / framing.aspect)
     out_h = max(h, round(height))
     out_w = max(w, round(height * framing.aspect))
-    return place_on_canvas(crop, out_w, out_h, background_colour(image))
+    return place_on_canvas(crop, out_w, out_h, background)
 
 
 def place_on_canvas(image: np.ndarray, width: int, height: int, colour) -> np.ndarray:
@@ -112,3 +124,42 @@ def measure_framing(images: Iterable[np.ndarray], threshold: int = 30) -> Framin
         raise ValueError("measure_framing needs at least one image")
     fill = float(np.median(fills)) if fills else 1.0
     return Framing(round(float(np.median(aspects)), 2), round(max(fill, 0.3), 2), threshold)
+
+
+def _decoded(paths: Iterable) -> Iterator[np.ndarray]:
+    """RGB arrays of the images in ``paths`` that decode (the others are skipped)."""
+    for path in paths:
+        try:
+            yield np.asarray(load_image(path))
+        except ImageDecodeError:
+            continue
+
+
+def resolve_framing(
+    spec: str | Mapping | Framing | None, paths: Sequence, seed: int = 0
+) -> Framing | None:
+    """A model's ``framing`` setting as a :class:`Framing`, or ``None`` (squash-resize only).
+
+    ``"auto"`` measures the framing (:func:`measure_framing`) on a seeded sample of up to
+    :data:`AUTO_SAMPLE` of ``paths``, so the same images and seed give the same framing;
+    ``"none"`` / ``None`` means no framing; a dict gives the :class:`Framing` fields."""
+    if isinstance(spec, Framing):
+        return spec
+    if isinstance(spec, Mapping):
+        unknown = set(spec) - set(Framing.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"framing: unknown fields {sorted(unknown)}; use aspect, fill, threshold"
+            )
+        return Framing(**spec)
+    if spec is None or spec == "none":
+        return None
+    if spec != "auto":
+        raise ValueError(
+            f"framing must be 'none', 'auto', a Framing or a dict of its fields, not {spec!r}"
+        )
+    if not len(paths):
+        raise ValueError("framing='auto' needs images to measure; got none")
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(len(paths), min(AUTO_SAMPLE, len(paths)), replace=False)
+    return measure_framing(_decoded(paths[i] for i in sorted(sample)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from multitag import backbones
+from multitag.data.framing import Framing, resolve_framing
 from multitag.embedding import losses as loss_registry
 from multitag.features import (
     Encoder,
@@ -112,7 +113,9 @@ class Embedder(ParamsMixin):
     the best kNN votes on the coarse column; larger proxy weights cost Recall@1 on ``same``.
     ``freeze``: ``"all"`` = frozen backbone (cached features); a stage such as ``"blocks.5"`` =
     after the head is trained, fine-tune the stages above it (``finetune_epochs``,
-    ``finetune_lr``) on the same objective.
+    ``finetune_lr``) on the same objective. ``framing``: as the tagger's (``"none"``,
+    ``"auto"`` = measured on the training images, a :class:`~multitag.data.framing.Framing`
+    or a dict of its fields); an embedder saved beside a tagger must use the tagger's.
     """
 
     def __init__(
@@ -131,6 +134,7 @@ class Embedder(ParamsMixin):
         backbone: str = backbones.DEFAULT_BACKBONE,
         weights: str | None = "auto",
         image_size: int | None = None,
+        framing: str | Mapping | Framing = "none",
         stages: Sequence[int] | None = None,
         colour_bins: int = 6,
         grid_stages: Sequence[int] | str = "auto",
@@ -161,6 +165,7 @@ class Embedder(ParamsMixin):
         self.backbone = backbone
         self.weights = weights
         self.image_size = image_size
+        self.framing = framing
         self.stages = stages
         self.colour_bins = colour_bins
         self.grid_stages = grid_stages
@@ -186,10 +191,13 @@ class Embedder(ParamsMixin):
 
         return default_cache_dir() / "features"
 
-    def build_encoder(self) -> Encoder:
+    def build_encoder(self, paths: Sequence[str | os.PathLike] = ()) -> Encoder:
+        """The encoder these settings describe (``paths``: the images ``framing="auto"`` is
+        measured on)."""
         spec = backbones.get_spec(self.backbone)
         model = backbones.create_model(spec.name, weights=self.weights)
-        prep = Preprocessing.for_model(model, self.image_size)
+        framing = resolve_framing(self.framing, list(paths), self.seed)
+        prep = Preprocessing.for_model(model, self.image_size, framing)
         return Encoder(
             model, prep, self.stages, spec.has_classifier, self.colour_bins, self.grid_stages
         )
@@ -243,7 +251,8 @@ class Embedder(ParamsMixin):
             return self.features(paths)
         probe = Embedder(
             self.same_, backbone=self.backbone, weights=self.weights,
-            image_size=self.encoder_.preprocessing.image_size, stages=self.encoder_.stages,
+            image_size=self.encoder_.preprocessing.image_size,
+            framing=self.encoder_.preprocessing.framing or "none", stages=self.encoder_.stages,
             colour_bins=self.encoder_.colour_bins, grid_stages=self.encoder_.grid_stages,
             cache_dir=self.cache_dir, precision=self.precision, engine=self.engine,
             workers=self.workers, progress=self.progress,
@@ -272,7 +281,7 @@ class Embedder(ParamsMixin):
         frame = frame.reset_index(drop=True)
         key = same_key(frame, same)
         if not hasattr(self, "encoder_"):
-            self.encoder_ = self.build_encoder()
+            self.encoder_ = self.build_encoder(frame["path"].tolist())
         if features is None:
             res = self.features(frame["path"].tolist())
             features, bad = res.features, set(res.errors)
@@ -626,6 +635,7 @@ def load_embedder(model_dir: str | os.PathLike, *, allow_raw: bool = True) -> Em
         backbone=bb["name"],
         weights=weights,
         image_size=encoder.preprocessing.image_size,
+        framing=encoder.preprocessing.framing or "none",
         stages=encoder.stages,
         colour_bins=encoder.colour_bins,
         grid_stages=encoder.grid_stages,
