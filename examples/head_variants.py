@@ -57,7 +57,8 @@ def main() -> None:
     args = parser.parse_args()
     frame = load_manifest(args.data_root / "styles.csv", args.data_root / "images")
     frame = frame.reset_index(drop=True)
-    tagger = MultiTaskTagger(TASKS, image_size=224, epochs=1)  # builds the encoder + tasks
+    # squash-resize, as the docs/study.md numbers were measured
+    tagger = MultiTaskTagger(TASKS, image_size=224, epochs=1, framing="none")
     tagger.fit(frame)
     tasks, paths = tagger.tasks_, frame["path"].tolist()
     plain = extract_features(

@@ -25,7 +25,7 @@ SAME = ["articleType", "gender"]
 @pytest.fixture(scope="module")
 def sample_features(fashion_frame, cache_dir):
     emb = Embedder(SAME, image_size=SIZE, cache_dir=cache_dir, progress=False)
-    emb.encoder_ = emb.build_encoder()
+    emb.encoder_ = emb.build_encoder(fashion_frame["path"].tolist())
     res = emb.features(fashion_frame["path"].tolist())
     assert not res.errors
     return res.features
@@ -185,22 +185,23 @@ def test_tagger_only_dir_indexes_raw_features(trained_tagger, fashion_frame, tmp
 
 
 def test_finetune_above_freeze_point(fashion_frame, cache_dir, tmp_path):
-    frame = fashion_frame.groupby("articleType").head(8).reset_index(drop=True)  # 64 images
+    # 128 images: 4 balanced steps an epoch; with 64 (2 steps) one seed in six made it worse
+    frame = fashion_frame.groupby("articleType").head(16).reset_index(drop=True)
     params = dict(
         image_size=SIZE, cache_dir=cache_dir, progress=False, epochs=2, batch_size=32, seed=3
     )  # fmt: skip
     frozen = Embedder(SAME, **params).fit(frame)
-    emb = Embedder(SAME, freeze="blocks.5", finetune_epochs=8, coarse=["articleType"], **params)
-    emb.fit(frame)  # 2 steps an epoch; fine-tuning keeps the coarse term of the head's objective
+    emb = Embedder(SAME, freeze="blocks.5", finetune_epochs=6, coarse=["articleType"], **params)
+    emb.fit(frame)  # fine-tuning keeps the coarse term of the head's objective
     assert emb.objective_.coarse_fn is not None
-    ref = Embedder(SAME, image_size=SIZE).build_encoder().state_dict()
+    ref = Embedder(SAME, image_size=SIZE, framing="none").build_encoder().state_dict()
     changed = [
         k for k, v in emb.encoder_.state_dict().items()
         if not np.allclose(v.float().numpy(), ref[k].float().numpy())
     ]  # fmt: skip
     assert any(k.startswith("model.blocks.6.") for k in changed)
     assert all(k.startswith(("model.blocks.6.", "model.conv_head.", "model.bn2.")) for k in changed)
-    assert emb.finetuned_ and len(emb.finetune_history_) == 8
+    assert emb.finetuned_ and len(emb.finetune_history_) == 6
     # the tuned stages run on the cached prefix give what a full forward gives
     paths = frame["path"].tolist()
     fast = emb.features(paths, prefix_cache=True).features
@@ -211,7 +212,7 @@ def test_finetune_above_freeze_point(fashion_frame, cache_dir, tmp_path):
     labels = frame["articleType"] + "|" + frame["gender"]
     before = retrieval_metrics(frozen.transform(paths), labels)["map@r"]
     after = retrieval_metrics(emb.transform_features(fast), labels)["map@r"]
-    assert after > before
+    assert after > before + 0.03  # measured +0.09..+0.13 over seeds 3-5, framed or squashed
     emb.save(tmp_path / "ft")
     assert any(k.startswith("encoder.") for k in load_file(tmp_path / "ft/embedding.safetensors"))
     np.testing.assert_allclose(
@@ -271,11 +272,16 @@ def test_cli_end_to_end(fashion_frame, cache_dir, tmp_path, monkeypatch):
     assert "http://" not in text and "https://" not in text
 
 
-def test_tagger_and_embedder_share_one_feature_cache(trained_tagger, cache_dir):
-    """Same backbone and preprocessing -> the same cache key: one extraction serves both."""
+def test_tagger_and_embedder_share_one_feature_cache(trained_tagger, fashion_frame, cache_dir):
+    """Same backbone and preprocessing (framing="auto" on the same images and seed measures
+    the same framing) -> the same cache key: one extraction serves both."""
+    paths = fashion_frame["path"].tolist()
     emb = Embedder(SAME, image_size=trained_tagger.image_size, cache_dir=cache_dir)
-    emb.encoder_ = emb.build_encoder()
+    emb.encoder_ = emb.build_encoder(paths)
     assert emb.encoder_id() == trained_tagger.encoder_id()
     other = Embedder(SAME, image_size=trained_tagger.image_size + 32, cache_dir=cache_dir)
-    other.encoder_ = other.build_encoder()
+    other.encoder_ = other.build_encoder(paths)
     assert other.encoder_id() != trained_tagger.encoder_id()
+    squash = Embedder(SAME, image_size=trained_tagger.image_size, framing="none")
+    squash.encoder_ = squash.build_encoder()
+    assert squash.encoder_id() != trained_tagger.encoder_id()

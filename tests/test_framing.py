@@ -104,8 +104,8 @@ def test_tagger_with_framing_tags_any_canvas_alike(fashion_frame, tmp_path, cach
 
     tasks = ["gender", "articleType"]
     common = dict(image_size=64, epochs=3, cache_dir=cache_dir, progress=False, min_count=3)
-    framed = MultiTaskTagger(tasks, framing="auto", **common).fit(fashion_frame)
-    squash = MultiTaskTagger(tasks, **common).fit(fashion_frame)
+    framed = MultiTaskTagger(tasks, **common).fit(fashion_frame)  # framing="auto": the default
+    squash = MultiTaskTagger(tasks, framing="none", **common).fit(fashion_frame)
     measured = framed.net_.encoder.preprocessing.framing
     assert measured is not None and measured.aspect == 0.75
     assert squash.net_.encoder.preprocessing.framing is None
@@ -146,9 +146,11 @@ def test_embedder_beside_a_framed_tagger_uses_its_framing(fashion_frame, tmp_pat
 
     monkeypatch.setenv("MULTITAG_CACHE", str(tmp_path / "cache"))
     tagger = MultiTaskTagger(
-        ["articleType"], framing="auto", image_size=64, epochs=2, progress=False, min_count=3
-    ).fit(fashion_frame)
+        ["articleType"], framing={"fill": 0.8}, image_size=64, epochs=2, progress=False,
+        min_count=3,
+    ).fit(fashion_frame)  # fmt: skip
     model_dir = tagger.save(tmp_path / "model")
+    assert MultiTaskTagger.load(model_dir).framing == Framing(fill=0.8)  # refits framed alike
     csv = tmp_path / "styles.csv"
     fashion_frame.drop(columns=["path"]).to_csv(csv, index=False)
     r = CliRunner().invoke(app, [
@@ -170,15 +172,13 @@ def test_embedder_beside_a_framed_tagger_uses_its_framing(fashion_frame, tmp_pat
     vectors = out["embeddings"]
     np.testing.assert_allclose(vectors[0::2], vectors[1::2], atol=1e-4)
 
-    # a squash-only embedder cannot be saved beside it: the error says why
-    plain = Embedder(["articleType"], image_size=64, epochs=1, dim=32, progress=False)
-    plain.fit(fashion_frame)
-    with pytest.raises(ValueError, match="preprocessing differs"):
-        plain.save(model_dir)
-    # and framing="auto" on the same images and seed measures the tagger's framing
-    auto = Embedder(["articleType"], image_size=64, framing="auto", progress=False)
-    assert auto.build_encoder(fashion_frame["path"].tolist()).preprocessing == (
-        tagger.net_.encoder.preprocessing
-    )
+    # measured here, fill would differ: the CLI took the tagger's framing, not its own
+    auto = Embedder(["articleType"], image_size=64, progress=False)  # framing="auto": default
+    measured = auto.build_encoder(fashion_frame["path"].tolist()).preprocessing.framing
+    assert measured.aspect == 0.75 and measured.fill != 0.8
     with pytest.raises(ValueError, match="needs images to measure"):
         auto.build_encoder()
+    # a squash-only embedder cannot be saved beside it: the error says why
+    plain = Embedder(["articleType"], image_size=64, framing="none", epochs=1, progress=False)
+    with pytest.raises(ValueError, match="preprocessing differs"):
+        plain.fit(fashion_frame).save(model_dir)

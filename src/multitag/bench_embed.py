@@ -43,12 +43,13 @@ def _tagger_accuracy(model_dir: Path, frame, rows: np.ndarray, column: str) -> f
 def run(data_root: Path, out_dir: Path, configs: dict[str, dict]) -> dict:
     frame = load_manifest(data_root / "styles.csv", data_root / "images")
     train, val = default_split(frame, SAME)
-    probe = Embedder(SAME, image_size=DEMO_IMAGE_SIZE, progress=False)
+    # squash-resize (framing="none"), as the runs in bench/embed.md were measured
+    probe = Embedder(SAME, image_size=DEMO_IMAGE_SIZE, framing="none", progress=False)
     probe.encoder_ = probe.build_encoder()
     features = probe.features(frame["path"].tolist())
     runs = {}
     for name, params in configs.items():
-        emb = Embedder(SAME, image_size=DEMO_IMAGE_SIZE, progress=True, **params)
+        emb = Embedder(SAME, image_size=DEMO_IMAGE_SIZE, framing="none", progress=True, **params)
         if emb.freeze == "all":  # a fine-tuned embedder builds (and changes) its own encoder
             emb.encoder_ = probe.encoder_
         start = time.perf_counter()

@@ -80,9 +80,10 @@ def run_one(
 ) -> dict:
     """Fit, score and save one tagger (frozen for ``freeze="all"``); return its record.
     ``tasks``: the single model's scores; ``ensemble_tasks``: with all ``ensemble`` head sets."""
-    tagger = MultiTaskTagger(
-        TASKS, image_size=image_size, freeze=freeze, finetune_epochs=epochs, ensemble=ensemble
-    )
+    tagger = MultiTaskTagger(  # squash-resize, as bench/study.md and docs/study.md measured
+        TASKS, image_size=image_size, freeze=freeze, finetune_epochs=epochs, ensemble=ensemble,
+        framing="none",
+    )  # fmt: skip
     start = time.perf_counter()
     tagger.fit(frame)
     seconds = time.perf_counter() - start

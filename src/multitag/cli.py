@@ -139,7 +139,7 @@ def train_cmd(
             "canvas (measured on the training images), so photos framed differently tag "
             "alike; 'none': squash-resize only."
         ),
-    ] = "none",
+    ] = "auto",
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on val).")] = 25,
     finetune_epochs: Annotated[
         int | None, typer.Option(help="Fine-tuning epochs with --freeze (default min(epochs, 5)).")

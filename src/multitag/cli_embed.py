@@ -75,7 +75,7 @@ def embed_train(
         typer.Option(
             help="'auto' (crop each photo to its product, centre it on the catalogue's "
             "canvas), 'none' (squash-resize only); default: the framing of the tagger in "
-            "--out, else none."
+            "--out, else auto."
         ),
     ] = None,
     all_rows: Annotated[
@@ -93,8 +93,8 @@ def embed_train(
     beside = _tagger_preprocessing(out)
     if beside is not None:  # one encoder pass for tags and embedding: use the tagger's input
         image_size = image_size or beside.image_size
-        if framing is None and beside.framing is not None:
-            framing = beside.framing
+        if framing is None:
+            framing = beside.framing or "none"
     try:
         emb = Embedder(
             cols,
@@ -108,7 +108,7 @@ def embed_train(
             coarse_weight=coarse_weight,
             backbone=backbone or backbones.DEFAULT_BACKBONE,
             image_size=image_size,
-            framing=framing or "none",
+            framing=framing or "auto",
             epochs=epochs,
             freeze=freeze,
             finetune_epochs=finetune_epochs,

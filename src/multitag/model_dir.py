@@ -165,6 +165,9 @@ def load_tagger(directory: str | os.PathLike):
         k: v for k, v in config.get("params", {}).items() if k in MultiTaskTagger().get_params()
     }
     params.update(backbone=bb["name"], weights=bb["weights"])
+    # a Framing / dict setting is not a JSON scalar; its measured value is in preprocessing
+    # (None before framing existed: squash-resize only)
+    params.setdefault("framing", encoder.preprocessing.framing or "none")
     tagger = MultiTaskTagger(**params)
     tagger.tasks_ = tasks
     tagger.net_ = net.eval()

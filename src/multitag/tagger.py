@@ -73,9 +73,12 @@ class MultiTaskTagger(ParamsMixin):
     ``freeze="all"`` trains heads on cached backbone features (the fast path); a stage name
     such as ``"blocks.5"`` also fine-tunes every stage after it end to end, for
     ``finetune_epochs`` (default ``min(epochs, 5)``) at backbone learning rate ``finetune_lr``.
-    ``framing="auto"`` crops every photo (training and inference) to its product and centres
-    it on the catalogue's canvas (:mod:`multitag.data.framing`), so photos from other sources
-    framed differently are tagged like catalogue photos; ``"none"`` squash-resizes only.
+    ``framing="auto"`` (default) crops every photo (training and inference) to its product and
+    centres it on the catalogue's canvas, measured on 500 training photos
+    (:mod:`multitag.data.framing`), so photos from other sources framed differently are tagged
+    like catalogue photos (docs/study.md: 0.885 mean weighted F1 on square, landscape, tight
+    and wide-margin copies, against 0.77-0.85 squash-resized, for -0.0014 on the catalogue);
+    ``"none"`` squash-resizes only.
     ``grid_stages`` (``"auto"``: the stride-8 and stride-16 stages) are also pooled on a 3x2
     grid, so heads know where things are in the photo; ``input_dropout`` drops features
     before the shared trunk (measured with these features: baseColour weighted F1
@@ -92,7 +95,7 @@ class MultiTaskTagger(ParamsMixin):
         backbone: str = backbones.DEFAULT_BACKBONE,
         weights: str | None = "auto",
         image_size: int | None = None,
-        framing: str | Mapping | Framing = "none",
+        framing: str | Mapping | Framing = "auto",
         stages: Sequence[int] | None = None,
         colour_bins: int = 6,
         grid_stages: Sequence[int] | str = "auto",

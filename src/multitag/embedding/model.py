@@ -134,7 +134,7 @@ class Embedder(ParamsMixin):
         backbone: str = backbones.DEFAULT_BACKBONE,
         weights: str | None = "auto",
         image_size: int | None = None,
-        framing: str | Mapping | Framing = "none",
+        framing: str | Mapping | Framing = "auto",
         stages: Sequence[int] | None = None,
         colour_bins: int = 6,
         grid_stages: Sequence[int] | str = "auto",
