@@ -87,10 +87,11 @@ def embed_train(
     from multitag.embedding import Embedder
     from multitag.embedding.evaluate import default_split
     from multitag.embedding.losses import DEFAULT_LOSS
+    from multitag.model_dir import tagger_preprocessing
 
     frame = _load_frame(data, images, "id", None, ".jpg")
     cols = _same(same)
-    beside = _tagger_preprocessing(out)
+    beside = tagger_preprocessing(out)
     if beside is not None:  # one encoder pass for tags and embedding: use the tagger's input
         image_size = image_size or beside.image_size
         if framing is None:
@@ -119,20 +120,6 @@ def embed_train(
     except ValueError as err:
         _fail(str(err))
     console.print(f"embedder ({emb.loss}, miner {emb.miner_}, {emb.dim}-d) saved to {out}")
-
-
-def _tagger_preprocessing(directory: Path):
-    """The :class:`~multitag.features.Preprocessing` of the tagger saved in ``directory``,
-    or ``None`` when it holds none."""
-    from multitag.features import Preprocessing
-    from multitag.model_dir import CONFIG, read_config
-
-    if not (directory / CONFIG).is_file():
-        return None
-    config = read_config(directory)
-    if config.get("kind", "multitag-tagger") != "multitag-tagger":
-        return None
-    return Preprocessing.from_dict(config["preprocessing"])
 
 
 @embed_app.command("evaluate")

@@ -112,6 +112,17 @@ def read_config(directory: str | os.PathLike) -> dict:
     return config
 
 
+def tagger_preprocessing(directory: str | os.PathLike) -> Preprocessing | None:
+    """The input preprocessing (size, normalisation, framing) of the tagger saved in
+    ``directory``; ``None`` when it holds none (no model yet, or an embedder only)."""
+    if not (Path(directory) / CONFIG).is_file():
+        return None
+    config = read_config(directory)
+    if config.get("kind", "multitag-tagger") != "multitag-tagger":
+        return None
+    return Preprocessing.from_dict(config["preprocessing"])
+
+
 def load_tagger(directory: str | os.PathLike):
     """Rebuild a :class:`~multitag.tagger.MultiTaskTagger` from a model directory."""
     from multitag.tagger import MultiTaskTagger, TaggerNet
