@@ -1,0 +1,73 @@
+"""Frozen backbones alone and their probability average, scored on the bench split
+(docs/study.md, "Targets from the issue: the gap").
+
+    python examples/backbone_ensemble.py ../shared/datasets/fashion-products \
+        [--backbones tf_efficientnet_lite0 tf_efficientnet_lite2] [--head-sets 3] [--out F.json]
+
+Each backbone runs frozen at its native input size (Lite0 224 px, Lite1 240, Lite2 260;
+features cached, so a second run only trains heads) with the tagger's 20 % validation split
+(seed 0: the same rows for every backbone) and squash-resize, as the study's full-size
+tables were measured. Prints weighted F1 per task for every backbone alone, for the average
+of their probabilities, and the targets of issue 3; ``--out`` also writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from multitag.bench import TASKS
+from multitag.bench_study import STUDY_TARGETS
+from multitag.data.manifest import load_manifest
+from multitag.evaluate import report_from_arrays
+from multitag.tagger import MultiTaskTagger
+
+
+def weighted_f1(tagger: MultiTaskTagger, proba: dict[str, np.ndarray]) -> dict[str, float]:
+    report = report_from_arrays(tagger.tasks_, tagger.val_targets_, proba)
+    return {t: round(float(m["weighted_f1"]), 4) for t, m in report["tasks"].items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("data_root", type=Path)
+    parser.add_argument(
+        "--backbones", nargs="+", default=["tf_efficientnet_lite0", "tf_efficientnet_lite2"]
+    )
+    parser.add_argument("--head-sets", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    frame = load_manifest(args.data_root / "styles.csv", args.data_root / "images")
+    rows: dict[str, dict[str, float]] = {}
+    probas, first = [], None
+    for name in args.backbones:
+        tagger = MultiTaskTagger(TASKS, backbone=name, framing="none", ensemble=args.head_sets)
+        tagger.fit(frame)
+        if first is None:
+            first = tagger
+        elif tagger.split_["val_ids"] != first.split_["val_ids"]:
+            raise RuntimeError(f"{name}: a different validation split; cannot average")
+        proba = tagger.predict_proba_features(tagger.val_features_)
+        probas.append(proba)
+        size = tagger.net_.encoder.preprocessing.image_size
+        rows[f"{name} ({size} px)"] = weighted_f1(tagger, proba)
+        print(name, rows[f"{name} ({size} px)"], flush=True)
+    mean = {t: np.mean([p[t] for p in probas], axis=0) for t in probas[0]}
+    rows["average of probabilities"] = weighted_f1(first, mean)
+    rows["target (issue 3)"] = STUDY_TARGETS
+    names = list(rows)
+    print("| task | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for t in TASKS:
+        print(f"| {t} | " + " | ".join(f"{rows[n][t]:.4f}" for n in names) + " |")
+    means = [np.mean([rows[n][t] for t in TASKS]) for n in names[:-1]]
+    print("| mean | " + " | ".join(f"{m:.4f}" for m in means) + " | |")
+    if args.out:
+        args.out.write_text(json.dumps({"head_sets": args.head_sets, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
