@@ -1,19 +1,24 @@
-"""Frozen backbones alone and their probability average, scored on the bench split
-(docs/study.md, "Targets from the issue: the gap").
+"""Taggers alone and averaged, scored on the bench split (docs/study.md, "Targets from the
+issue: the gap").
 
     python examples/backbone_ensemble.py ../shared/datasets/fashion-products \
-        [--backbones tf_efficientnet_lite0 tf_efficientnet_lite2] [--head-sets 3] [--out F.json]
+        [--backbones tf_efficientnet_lite0 tf_efficientnet_lite2] [--head-sets 3] \
+        [--models bench/bench-model-blocks.4 ...] [--out F.json]
 
-Each backbone runs frozen at its native input size (Lite0 224 px, Lite1 240, Lite2 260;
-features cached, so a second run only trains heads) with the tagger's 20 % validation split
-(seed 0: the same rows for every backbone) and squash-resize, as the study's full-size
-tables were measured. Prints weighted F1 per task for every backbone alone, for the average
-of their probabilities, and the targets of issue 3; ``--out`` also writes them as JSON.
+Each of ``--backbones`` is trained here, frozen at its native input size (Lite0 224 px, Lite1
+240, Lite2 260; features cached, so a second run only trains heads) with the tagger's 20 %
+validation split (seed 0: the same rows for every backbone) and squash-resize, as the
+study's full-size tables were measured. Each of ``--models`` is a saved tagger trained on
+the same split (e.g. ``python -m multitag.bench_study``'s fine-tuned ``bench-model-blocks.4``)
+and is run on the val photos. Prints weighted F1 per task for every model alone, for the
+average of the probabilities of every combination of two or more, and the targets of
+issue 3; ``--out`` also writes them as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -35,14 +40,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("data_root", type=Path)
     parser.add_argument(
-        "--backbones", nargs="+", default=["tf_efficientnet_lite0", "tf_efficientnet_lite2"]
+        "--backbones", nargs="*", default=["tf_efficientnet_lite0", "tf_efficientnet_lite2"]
     )
     parser.add_argument("--head-sets", type=int, default=3)
+    parser.add_argument("--models", nargs="*", type=Path, default=[])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if not args.backbones:
+        parser.error("name at least one of --backbones: it defines the val split")
     frame = load_manifest(args.data_root / "styles.csv", args.data_root / "images")
     rows: dict[str, dict[str, float]] = {}
-    probas, first = [], None
+    probas: dict[str, dict[str, np.ndarray]] = {}
+    first = None
     for name in args.backbones:
         tagger = MultiTaskTagger(TASKS, backbone=name, framing="none", ensemble=args.head_sets)
         tagger.fit(frame)
@@ -50,13 +59,30 @@ def main() -> None:
             first = tagger
         elif tagger.split_["val_ids"] != first.split_["val_ids"]:
             raise RuntimeError(f"{name}: a different validation split; cannot average")
-        proba = tagger.predict_proba_features(tagger.val_features_)
-        probas.append(proba)
         size = tagger.net_.encoder.preprocessing.image_size
-        rows[f"{name} ({size} px)"] = weighted_f1(tagger, proba)
-        print(name, rows[f"{name} ({size} px)"], flush=True)
-    mean = {t: np.mean([p[t] for p in probas], axis=0) for t in probas[0]}
-    rows["average of probabilities"] = weighted_f1(first, mean)
+        key = f"{name} ({size} px, frozen)"
+        probas[key] = tagger.predict_proba_features(tagger.val_features_)
+        rows[key] = weighted_f1(tagger, probas[key])
+        print(key, rows[key], flush=True)
+    for directory in args.models:
+        model = MultiTaskTagger.load(directory)
+        if [t.to_dict() for t in model.tasks_] != [t.to_dict() for t in first.tasks_]:
+            raise RuntimeError(f"{directory}: other tasks or classes; cannot average")
+        out = model.predict_proba(first.val_paths_)
+        if out["errors"]:
+            raise RuntimeError(f"{directory}: unreadable val photos {out['errors']}")
+        freeze = model.config_["training"]["freeze"]
+        key = f"{directory.name} ({'frozen' if freeze == 'all' else f'tuned above {freeze}'})"
+        probas[key] = out["proba"]
+        rows[key] = weighted_f1(first, probas[key])
+        print(key, rows[key], flush=True)
+    members = list(probas)
+    for k in range(2, len(members) + 1):
+        for combo in itertools.combinations(members, k):
+            mean = {t: np.mean([probas[m][t] for m in combo], axis=0) for t in probas[combo[0]]}
+            key = "average: " + " + ".join(combo)
+            rows[key] = weighted_f1(first, mean)
+            print(key, rows[key], flush=True)
     rows["target (issue 3)"] = STUDY_TARGETS
     names = list(rows)
     print("| task | " + " | ".join(names) + " |")

@@ -7,5 +7,6 @@ _torchvision_compat.patch()
 __version__ = "0.1.0"
 
 from multitag.tagger import MultiTaskTagger  # noqa: E402
+from multitag.tagger_ensemble import TaggerEnsemble  # noqa: E402
 
-__all__ = ["MultiTaskTagger", "__version__"]
+__all__ = ["MultiTaskTagger", "TaggerEnsemble", "__version__"]

@@ -241,10 +241,10 @@ def evaluate_cmd(
 
 
 def _load_model(model_dir: Path):
-    from multitag import MultiTaskTagger
+    from multitag.model_dir import load_any_tagger
 
     try:
-        return MultiTaskTagger.load(model_dir)
+        return load_any_tagger(model_dir)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
 
@@ -294,6 +294,33 @@ def export_cmd(
     console.print(
         f"ONNX model -> {path} (inputs, outputs and classes in {path.with_suffix('.json')})"
     )
+
+
+@app.command("combine")
+def combine_cmd(
+    out: Annotated[Path, typer.Argument(help="Ensemble directory to write.")],
+    model_dirs: Annotated[
+        list[Path], typer.Argument(help="Two or more saved taggers with the same tasks.")
+    ],
+    weight: Annotated[
+        list[float] | None,
+        typer.Option("--weight", help="One per model, in order (default: equal)."),
+    ] = None,
+) -> None:
+    """Average saved taggers (e.g. two backbones) into one model that `tag` and `evaluate`
+    take: it runs every member's encoder, so it costs the sum of their inference."""
+    from multitag.tagger_ensemble import TaggerEnsemble
+
+    if len(model_dirs) < 2:
+        _fail("combine needs two or more model directories")
+    if out.resolve() in {d.resolve() for d in model_dirs}:
+        _fail(f"{out} is one of the members: write the ensemble to a new folder")
+    try:
+        ensemble = TaggerEnsemble.from_dirs(model_dirs, weight or None)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    ensemble.save(out)
+    console.print(f"ensemble of {len(model_dirs)} taggers -> {out}  ({ensemble!r})")
 
 
 @app.command("backbones")

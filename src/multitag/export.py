@@ -49,6 +49,11 @@ def export_onnx(tagger, path: str | Path, *, opset: int = 18) -> Path:
     path = Path(path)
     if path.suffix != ".onnx":
         raise ValueError(f"{path}: the ONNX file name must end in .onnx")
+    if hasattr(tagger, "members"):
+        raise ValueError(
+            "a TaggerEnsemble exports member by member: export each of its member-i "
+            "directories and average their probabilities"
+        )
     if not hasattr(tagger, "net_"):
         raise RuntimeError("this tagger is not fitted: call fit() or load() first")
     net = tagger.net_

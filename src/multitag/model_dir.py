@@ -129,6 +129,11 @@ def load_tagger(directory: str | os.PathLike):
 
     directory = Path(directory)
     config = read_config(directory)
+    if config.get("kind") == "multitag-ensemble":
+        raise ValueError(
+            f"{directory} is an ensemble of taggers: load it with "
+            "multitag.model_dir.load_any_tagger or TaggerEnsemble.load"
+        )
     bb = config["backbone"]
     if bb.get("feature_version", 3) != FEATURE_VERSION:
         raise ValueError(
@@ -184,3 +189,13 @@ def load_tagger(directory: str | os.PathLike):
     tagger.net_ = net.eval()
     tagger.config_ = config
     return tagger
+
+
+def load_any_tagger(directory: str | os.PathLike):
+    """The tagger saved in ``directory``: a :class:`~multitag.tagger.MultiTaskTagger`, or a
+    :class:`~multitag.tagger_ensemble.TaggerEnsemble` for an ensemble directory."""
+    if read_config(directory).get("kind") == "multitag-ensemble":
+        from multitag.tagger_ensemble import TaggerEnsemble
+
+        return TaggerEnsemble.load(directory)
+    return load_tagger(directory)

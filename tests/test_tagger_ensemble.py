@@ -1,0 +1,135 @@
+"""Ensembles of taggers (two backbones) on real images: averaged probabilities, save/reload,
+`multitag combine` + `tag` / `evaluate`, clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from multitag import MultiTaskTagger, TaggerEnsemble
+from multitag.cli import app
+from multitag.evaluate import evaluate_frame
+from multitag.export import export_onnx
+from multitag.io import read_table_any
+from multitag.model_dir import load_any_tagger, load_tagger
+from tests.conftest import FASHION, requires_fashion
+
+pytestmark = [requires_fashion, pytest.mark.slow]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def second_tagger(trained_tagger, fashion_frame, cache_dir):
+    """Another backbone (MobileNetV2, no ImageNet head) on the same rows and tasks."""
+    tagger = MultiTaskTagger(
+        [t.name for t in trained_tagger.tasks_],
+        backbone="mobilenetv2_100",
+        image_size=96,
+        epochs=15,
+        cache_dir=cache_dir,
+        progress=False,
+        min_count=3,
+    )
+    return tagger.fit(fashion_frame)
+
+
+@pytest.fixture(scope="module")
+def saved_members(trained_tagger, second_tagger, tmp_path_factory):
+    root = tmp_path_factory.mktemp("members")
+    return trained_tagger.save(root / "lite0"), second_tagger.save(root / "mnv2")
+
+
+def test_probabilities_are_the_weighted_mean_of_the_members(
+    trained_tagger, second_tagger, fashion_frame
+):
+    paths = fashion_frame.path.tolist()[:32]
+    a = trained_tagger.predict_proba(paths)
+    b = second_tagger.predict_proba(paths)
+    ens = TaggerEnsemble([trained_tagger, second_tagger], weights=[3, 1])
+    out = ens.predict_proba(paths)
+    for t in ens.tasks_:
+        expected = 0.75 * a["proba"][t.name] + 0.25 * b["proba"][t.name]
+        np.testing.assert_allclose(out["proba"][t.name], expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out["proba"][t.name].sum(1), 1, rtol=1e-4)
+        # the members disagree somewhere, so the average is not a copy of either
+        assert not np.allclose(a["proba"][t.name], b["proba"][t.name])
+    np.testing.assert_array_equal(out["imagenet"], a["imagenet"])  # Lite0's ImageNet head
+    only_second = TaggerEnsemble([trained_tagger, second_tagger], weights=[0, 1])
+    np.testing.assert_allclose(
+        only_second.predict_proba(paths)["proba"]["gender"], b["proba"]["gender"], atol=1e-6
+    )
+    labels = ens.predict(paths[:8])
+    assert list(labels.columns) == ["id", "path", *[t.name for t in ens.tasks_]]
+    assert set(labels["gender"]) <= set(ens.tasks_[0].classes)
+
+
+def test_save_reload_identical(saved_members, fashion_frame, tmp_path):
+    ens = TaggerEnsemble.from_dirs(saved_members)
+    ens.save(tmp_path / "ens")
+    cfg = json.loads((tmp_path / "ens/config.json").read_text())
+    assert cfg["kind"] == "multitag-ensemble" and cfg["members"] == ["member-0", "member-1"]
+    reloaded = load_any_tagger(tmp_path / "ens")
+    assert isinstance(reloaded, TaggerEnsemble) and reloaded.weights == [0.5, 0.5]
+    assert [m.backbone for m in reloaded.members] == ["tf_efficientnet_lite0", "mobilenetv2_100"]
+    paths = fashion_frame.path.tolist()[:24]
+    a, b = ens.predict_proba(paths), reloaded.predict_proba(paths)
+    for name in a["proba"]:
+        np.testing.assert_array_equal(a["proba"][name], b["proba"][name])
+    assert isinstance(load_any_tagger(saved_members[0]), MultiTaskTagger)
+    with pytest.raises(ValueError, match="is an ensemble of taggers: load it with"):
+        load_tagger(tmp_path / "ens")
+
+
+def test_cli_combine_then_tag_and_evaluate(saved_members, fashion_frame, tmp_path):
+    out = tmp_path / "ens"
+    r = runner.invoke(app, ["combine", str(out), *map(str, saved_members)])
+    assert r.exit_code == 0, r.output
+    assert "ensemble of 2 taggers" in r.output
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in fashion_frame.path[:6]:
+        shutil.copy(p, folder)
+    (folder / "broken.jpg").write_bytes(Path(fashion_frame.path[0]).read_bytes()[:300])
+    tags_file = tmp_path / "tags.parquet"
+    r = runner.invoke(app, ["tag", str(out), str(folder), "--out", str(tags_file)])
+    assert r.exit_code == 0, r.output
+    tags = read_table_any(tags_file)
+    assert len(tags) == 6 and "articleType_top" in tags.columns
+    rejects = pd.read_csv(tags_file.with_name("tags.rejects.csv"))
+    assert list(rejects.id) == ["broken"]
+    manifest = tmp_path / "styles.csv"
+    fashion_frame.head(40).drop(columns=["path"]).to_csv(manifest, index=False)
+    r = runner.invoke(
+        app,
+        ["evaluate", str(out), "--data", str(manifest), "--images", str(FASHION / "images"),
+         "--json", str(tmp_path / "m.json")],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["n_images"] == 40 and report["tasks"]["masterCategory"]["accuracy"] > 0.8
+
+
+def test_clear_errors(trained_tagger, second_tagger, fashion_frame, cache_dir, saved_members):
+    other = MultiTaskTagger(
+        ["gender", "season"], image_size=96, epochs=2, cache_dir=cache_dir, progress=False
+    ).fit(fashion_frame)
+    with pytest.raises(ValueError, match=r"member 1 tags \['gender', 'season'\]"):
+        TaggerEnsemble([trained_tagger, other])
+    with pytest.raises(ValueError, match="one non-negative number per member"):
+        TaggerEnsemble([trained_tagger, second_tagger], weights=[1])
+    with pytest.raises(ValueError, match="member 1 is not fitted"):
+        TaggerEnsemble([trained_tagger, MultiTaskTagger()])
+    ens = TaggerEnsemble([trained_tagger, second_tagger])
+    with pytest.raises(ValueError, match="no single feature space"):
+        ens.predict_proba(fashion_frame.path.tolist()[:2], return_features=True)
+    with pytest.raises(ValueError, match="exports member by member"):
+        export_onnx(ens, Path("x.onnx"))
+    r = runner.invoke(app, ["combine", str(saved_members[0]), *map(str, saved_members)])
+    assert r.exit_code != 0 and "is one of the members" in r.output
+    assert evaluate_frame(ens, fashion_frame.head(20))["n_images"] == 20
