@@ -26,6 +26,8 @@ from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads
 FORMAT_VERSION = 1
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+#: ``config.json`` kind of a :class:`~multitag.tagger_ensemble.TaggerEnsemble` directory
+ENSEMBLE_KIND = "multitag-ensemble"
 
 
 def _versions() -> dict:
@@ -129,10 +131,11 @@ def load_tagger(directory: str | os.PathLike):
 
     directory = Path(directory)
     config = read_config(directory)
-    if config.get("kind") == "multitag-ensemble":
+    if config.get("kind") == ENSEMBLE_KIND:
         raise ValueError(
-            f"{directory} is an ensemble of taggers: load it with "
-            "multitag.model_dir.load_any_tagger or TaggerEnsemble.load"
+            f"{directory} is an ensemble of taggers (`multitag combine`): only `tag` and "
+            "`evaluate` take it; for a catalogue, the explorer or ONNX export pass one of its "
+            "member-i directories (in Python: TaggerEnsemble.load)"
         )
     bb = config["backbone"]
     if bb.get("feature_version", 3) != FEATURE_VERSION:
@@ -194,7 +197,7 @@ def load_tagger(directory: str | os.PathLike):
 def load_any_tagger(directory: str | os.PathLike):
     """The tagger saved in ``directory``: a :class:`~multitag.tagger.MultiTaskTagger`, or a
     :class:`~multitag.tagger_ensemble.TaggerEnsemble` for an ensemble directory."""
-    if read_config(directory).get("kind") == "multitag-ensemble":
+    if read_config(directory).get("kind") == ENSEMBLE_KIND:
         from multitag.tagger_ensemble import TaggerEnsemble
 
         return TaggerEnsemble.load(directory)

@@ -24,8 +24,7 @@ import pandas as pd
 
 from multitag.data.tasks import Task
 from multitag.io import write_json
-
-KIND = "multitag-ensemble"
+from multitag.model_dir import CONFIG, ENSEMBLE_KIND, FORMAT_VERSION, _versions
 
 
 def _same_tasks(reference: Sequence[Task], other: Sequence[Task], member: int) -> None:
@@ -135,8 +134,6 @@ class TaggerEnsemble:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and every member's model directory (``member-0``, ...)."""
-        from multitag.model_dir import CONFIG, FORMAT_VERSION, _versions
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         names = []
@@ -148,7 +145,7 @@ class TaggerEnsemble:
             names.append(target.name)
         config = {
             "format_version": FORMAT_VERSION,
-            "kind": KIND,
+            "kind": ENSEMBLE_KIND,
             "members": names,
             "weights": self.weights,
             "tasks": [t.to_dict() for t in self.tasks_],
@@ -164,7 +161,7 @@ class TaggerEnsemble:
 
         directory = Path(directory)
         config = read_config(directory)
-        if config.get("kind") != KIND:
+        if config.get("kind") != ENSEMBLE_KIND:
             raise ValueError(f"{directory} holds a {config.get('kind')!r}, not an ensemble")
         return cls([load_tagger(directory / n) for n in config["members"]], config["weights"])
 
