@@ -76,13 +76,19 @@ def inference_cost(tagger: MultiTaskTagger, n: int = 1024) -> dict:
 
 
 def run_one(
-    frame, freeze: str, epochs: int, image_size: int, model_dir: Path, ensemble: int = 1
+    frame,
+    freeze: str,
+    epochs: int,
+    image_size: int,
+    model_dir: Path,
+    ensemble: int = 1,
+    backbone: str = "tf_efficientnet_lite0",
 ) -> dict:
     """Fit, score and save one tagger (frozen for ``freeze="all"``); return its record.
     ``tasks``: the single model's scores; ``ensemble_tasks``: with all ``ensemble`` head sets."""
     tagger = MultiTaskTagger(  # squash-resize, as bench/study.md and docs/study.md measured
-        TASKS, image_size=image_size, freeze=freeze, finetune_epochs=epochs, ensemble=ensemble,
-        framing="none",
+        TASKS, backbone=backbone, image_size=image_size, freeze=freeze, finetune_epochs=epochs,
+        ensemble=ensemble, framing="none",
     )  # fmt: skip
     start = time.perf_counter()
     tagger.fit(frame)
@@ -122,13 +128,14 @@ def run(
     epochs: int,
     image_size: int,
     ensemble: int = 1,
+    backbone: str = "tf_efficientnet_lite0",
 ) -> dict:
     frame = load_manifest(data_root / "styles.csv", data_root / "images")
     runs: dict[str, dict] = {}
     for freeze in ["all", *freezes]:
         runs[freeze] = run_one(frame, freeze, epochs, image_size,
-                               out_dir / f"bench-model-{freeze}", ensemble)  # fmt: skip
-        result = {"image_size": image_size, "n_images": len(frame), "runs": runs,
+                               out_dir / f"bench-model-{freeze}", ensemble, backbone)  # fmt: skip
+        result = {"backbone": backbone, "image_size": image_size, "n_images": len(frame), "runs": runs,
                   "bf16": runtime.cpu_has_bf16(), "targets_weighted_f1": STUDY_TARGETS}  # fmt: skip
         write_json(out_dir / "study.json", result)  # after each run: a kill loses one run
         write_text(out_dir / "study.md", markdown(result))
@@ -148,7 +155,8 @@ def markdown(r: dict) -> str:
     lines = [
         "## Study targets at full size (`python -m multitag.bench_study`)",
         "",
-        f"All {r['n_images']} fashion-products images, {r['image_size']} px, Lite0, the core "
+        f"All {r['n_images']} fashion-products images, {r['image_size']} px, "
+        f"`{r.get('backbone', 'tf_efficientnet_lite0')}`, the core "
         "benchmark's tasks and 20 % val split (weighted F1 on it), all rows trained in this "
         "run. 'frozen' = heads on cached backbone features; 'tuned above' = the same warm "
         "start, then the stages after that block and the heads fine-tuned with hard sharing "
@@ -212,10 +220,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--freeze", nargs="+", default=["blocks.5", "blocks.4"])
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE)
     parser.add_argument("--ensemble", type=int, default=3, help="head sets per model (1: off)")
     args = parser.parse_args()
-    run(args.data_root, args.out, args.freeze, args.epochs, args.image_size, args.ensemble)
+    run(args.data_root, args.out, args.freeze, args.epochs, args.image_size, args.ensemble,
+        args.backbone)  # fmt: skip
     write_benchmarks_md(args.out)
     print((args.out / "study.md").read_text())
 
