@@ -131,5 +131,7 @@ def test_clear_errors(trained_tagger, second_tagger, fashion_frame, cache_dir, s
     with pytest.raises(ValueError, match="exports member by member"):
         export_onnx(ens, Path("x.onnx"))
     r = runner.invoke(app, ["combine", str(saved_members[0]), *map(str, saved_members)])
-    assert r.exit_code != 0 and "is one of the members" in r.output
+    assert r.exit_code != 0 and "holds a saved tagger" in r.output
+    assert (saved_members[0] / "model.safetensors").is_file()  # the member is untouched
+    assert not (saved_members[0] / "member-0").exists()
     assert evaluate_frame(ens, fashion_frame.head(20))["n_images"] == 20

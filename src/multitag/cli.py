@@ -313,13 +313,11 @@ def combine_cmd(
 
     if len(model_dirs) < 2:
         _fail("combine needs two or more model directories")
-    if out.resolve() in {d.resolve() for d in model_dirs}:
-        _fail(f"{out} is one of the members: write the ensemble to a new folder")
     try:
         ensemble = TaggerEnsemble.from_dirs(model_dirs, weight or None)
+        ensemble.save(out)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    ensemble.save(out)
     console.print(f"ensemble of {len(model_dirs)} taggers -> {out}  ({ensemble!r})")
 
 

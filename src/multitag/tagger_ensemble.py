@@ -24,7 +24,7 @@ import pandas as pd
 
 from multitag.data.tasks import Task
 from multitag.io import write_json
-from multitag.model_dir import CONFIG, ENSEMBLE_KIND, FORMAT_VERSION, _versions
+from multitag.model_dir import CONFIG, ENSEMBLE_KIND, FORMAT_VERSION, _versions, read_config
 
 
 def _same_tasks(reference: Sequence[Task], other: Sequence[Task], member: int) -> None:
@@ -135,6 +135,11 @@ class TaggerEnsemble:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` and every member's model directory (``member-0``, ...)."""
         directory = Path(directory)
+        if (directory / CONFIG).is_file() and read_config(directory).get("kind") != ENSEMBLE_KIND:
+            raise ValueError(
+                f"{directory} holds a saved tagger (perhaps a member): save the ensemble to a "
+                "new folder"
+            )
         directory.mkdir(parents=True, exist_ok=True)
         names = []
         for i, m in enumerate(self.members):
@@ -157,7 +162,7 @@ class TaggerEnsemble:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> TaggerEnsemble:
         """Rebuild a saved ensemble (every member reloads exactly)."""
-        from multitag.model_dir import load_tagger, read_config
+        from multitag.model_dir import load_tagger
 
         directory = Path(directory)
         config = read_config(directory)
