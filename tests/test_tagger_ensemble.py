@@ -27,15 +27,8 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def second_tagger(trained_tagger, fashion_frame, cache_dir):
     """Another backbone (MobileNetV2, no ImageNet head) on the same rows and tasks."""
-    tagger = MultiTaskTagger(
-        [t.name for t in trained_tagger.tasks_],
-        backbone="mobilenetv2_100",
-        image_size=96,
-        epochs=15,
-        cache_dir=cache_dir,
-        progress=False,
-        min_count=3,
-    )
+    params = {**trained_tagger.get_params(), "backbone": "mobilenetv2_100"}
+    tagger = MultiTaskTagger(**params)
     return tagger.fit(fashion_frame)
 
 
