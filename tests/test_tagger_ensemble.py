@@ -25,7 +25,7 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def second_tagger(trained_tagger, fashion_frame, cache_dir):
+def second_tagger(trained_tagger, fashion_frame):
     """Another backbone (MobileNetV2, no ImageNet head) on the same rows and tasks."""
     params = {**trained_tagger.get_params(), "backbone": "mobilenetv2_100"}
     tagger = MultiTaskTagger(**params)

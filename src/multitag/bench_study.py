@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from multitag import runtime
+from multitag.backbones import DEFAULT_BACKBONE
 from multitag.bench import TASKS, write_benchmarks_md
 from multitag.data.manifest import load_manifest
 from multitag.demo import DEMO_IMAGE_SIZE
@@ -82,7 +83,7 @@ def run_one(
     image_size: int,
     model_dir: Path,
     ensemble: int = 1,
-    backbone: str = "tf_efficientnet_lite0",
+    backbone: str = DEFAULT_BACKBONE,
 ) -> dict:
     """Fit, score and save one tagger (frozen for ``freeze="all"``); return its record.
     ``tasks``: the single model's scores; ``ensemble_tasks``: with all ``ensemble`` head sets."""
@@ -128,7 +129,7 @@ def run(
     epochs: int,
     image_size: int,
     ensemble: int = 1,
-    backbone: str = "tf_efficientnet_lite0",
+    backbone: str = DEFAULT_BACKBONE,
 ) -> dict:
     frame = load_manifest(data_root / "styles.csv", data_root / "images")
     runs: dict[str, dict] = {}
@@ -156,7 +157,7 @@ def markdown(r: dict) -> str:
         "## Study targets at full size (`python -m multitag.bench_study`)",
         "",
         f"All {r['n_images']} fashion-products images, {r['image_size']} px, "
-        f"`{r.get('backbone', 'tf_efficientnet_lite0')}`, the core "
+        f"`{r.get('backbone', DEFAULT_BACKBONE)}`, the core "
         "benchmark's tasks and 20 % val split (weighted F1 on it), all rows trained in this "
         "run. 'frozen' = heads on cached backbone features; 'tuned above' = the same warm "
         "start, then the stages after that block and the heads fine-tuned with hard sharing "
@@ -220,7 +221,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench"))
     parser.add_argument("--freeze", nargs="+", default=["blocks.5", "blocks.4"])
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--backbone", default="tf_efficientnet_lite0")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE)
     parser.add_argument("--ensemble", type=int, default=3, help="head sets per model (1: off)")
     args = parser.parse_args()
