@@ -77,6 +77,10 @@ def test_save_reload_identical(saved_members, fashion_frame, tmp_path):
     assert isinstance(load_any_tagger(saved_members[0]), MultiTaskTagger)
     with pytest.raises(ValueError, match="is an ensemble of taggers.*pass one of its member-i"):
         load_tagger(tmp_path / "ens")
+    # saving a smaller ensemble over it leaves no stale member folder behind
+    TaggerEnsemble([reloaded.members[1]]).save(tmp_path / "ens")
+    assert sorted(p.name for p in (tmp_path / "ens").glob("member-*")) == ["member-0"]
+    assert load_any_tagger(tmp_path / "ens").members[0].backbone == "mobilenetv2_100"
 
 
 def test_cli_combine_then_tag_and_evaluate(saved_members, fashion_frame, tmp_path):

@@ -133,7 +133,8 @@ class TaggerEnsemble:
         return top1_frame(self, paths)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and every member's model directory (``member-0``, ...)."""
+        """Write ``config.json`` and every member's model directory (``member-0``, ...); member
+        directories left by an earlier ensemble saved there with more members are removed."""
         directory = Path(directory)
         if (directory / CONFIG).is_file() and read_config(directory).get("kind") != ENSEMBLE_KIND:
             raise ValueError(
@@ -148,6 +149,9 @@ class TaggerEnsemble:
                 shutil.rmtree(target)
             m.save(target)
             names.append(target.name)
+        for stale in directory.glob("member-*"):  # from an earlier ensemble with more members
+            if stale.is_dir() and stale.name not in names:
+                shutil.rmtree(stale)
         config = {
             "format_version": FORMAT_VERSION,
             "kind": ENSEMBLE_KIND,
