@@ -150,7 +150,7 @@ class TaggerEnsemble:
             m.save(target)
             names.append(target.name)
         for stale in directory.glob("member-*"):  # from an earlier ensemble with more members
-            if stale.is_dir() and stale.name not in names:
+            if stale.is_dir() and stale.name[7:].isdigit() and stale.name not in names:
                 shutil.rmtree(stale)
         config = {
             "format_version": FORMAT_VERSION,
