@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from multitag import runtime
+from multitag import engine_cache, runtime
 
 ENGINES = ("auto", "torch", "openvino")
 T = TypeVar("T")
@@ -108,22 +108,28 @@ class _FeaturesOnly(nn.Module):
         return self.encoder(images)[0]
 
 
+def convert(encoder: nn.Module, image_size: int, with_logits: bool):
+    """``encoder`` (in eval mode) traced to an ``openvino.Model`` on uint8 NCHW input."""
+    import openvino as ov
+
+    module = encoder if with_logits else _FeaturesOnly(encoder)
+    example = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # its torch.jit.trace use
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return ov.convert_model(module, example_input=example)
+
+
 class OpenVINORunner:
-    """The encoder converted to OpenVINO; a batch is split across the plugin's streams."""
+    """A converted encoder (:func:`convert`) compiled for the CPU plugin; a batch is split
+    across the plugin's streams."""
 
     request_batch = 32  # most images per inference request in :meth:`stream`
 
-    def __init__(self, encoder: nn.Module, precision: str, image_size: int) -> None:
+    def __init__(self, graph, precision: str, with_logits: bool) -> None:
         import openvino as ov
 
-        encoder = encoder.eval()
-        self.with_logits = bool(getattr(encoder, "with_imagenet", True))
-        module = encoder if self.with_logits else _FeaturesOnly(encoder)
-        example = torch.zeros(2, 3, image_size, image_size, dtype=torch.uint8)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # its torch.jit.trace use
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            graph = ov.convert_model(module, example_input=example)
+        self.with_logits = with_logits
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "PERFORMANCE_HINT": "THROUGHPUT",
@@ -194,8 +200,13 @@ class OpenVINORunner:
             yield pop()
 
 
-# encoder -> (engine, precision, weight fingerprint, runner): convert once per process
+# encoder -> (engine, precision, weight fingerprint, runner): the fast path for one object
 _RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# (content key, precision) -> runner, most recent last: equal encoders (a reloaded model, the
+# API's and the CLI's copies of one tagger) share one compiled model; a few are kept
+_BY_CONTENT: collections.OrderedDict = collections.OrderedDict()
+_BY_CONTENT_KEEP = 4
+_CONVERT_LOCK = threading.Lock()  # concurrent first requests convert once
 
 
 def _fingerprint(module: nn.Module) -> tuple:
@@ -212,7 +223,9 @@ def runner_for(
 ) -> Runner:
     """A callable ``uint8 NCHW -> (features, logits or None)`` for ``encoder`` (CPU tensors).
 
-    OpenVINO conversions are memoised per encoder and redone when its weights change.
+    OpenVINO runners are memoised per encoder object (redone when its weights change), shared
+    between encoders that compute the same function, and their conversions are cached on disk
+    across processes (:mod:`multitag.engine_cache`): a reloaded model skips the ~6-9 s trace.
     """
     device = device or runtime.default_device()
     engine = resolve_engine(engine, device)
@@ -223,6 +236,29 @@ def runner_for(
     cached = _RUNNERS.get(encoder)
     if cached is not None and cached[0] == key:
         return cached[1]
-    runner = OpenVINORunner(encoder, precision, encoder.preprocessing.image_size)
+    with _CONVERT_LOCK:
+        runner = _openvino_runner(encoder.eval(), precision)
     _RUNNERS[encoder] = (key, runner)
+    return runner
+
+
+def _openvino_runner(encoder: nn.Module, precision: str) -> OpenVINORunner:
+    with_logits = bool(getattr(encoder, "with_imagenet", True))
+    size = encoder.preprocessing.image_size
+    content = engine_cache.content_key(encoder, size, with_logits)
+    if content is not None and (content, precision) in _BY_CONTENT:
+        _BY_CONTENT.move_to_end((content, precision))
+        return _BY_CONTENT[content, precision]
+    on_disk = content is not None and engine_cache.enabled()
+    graph = engine_cache.load(content) if on_disk else None
+    if graph is None:
+        graph = convert(encoder, size, with_logits)
+        if on_disk:  # and read it back: the compiled model is then the same bit for bit
+            engine_cache.save(content, graph)  # as later processes', whose outputs match
+            graph = engine_cache.load(content) or graph
+    runner = OpenVINORunner(graph, precision, with_logits)
+    if content is not None:
+        _BY_CONTENT[content, precision] = runner
+        while len(_BY_CONTENT) > _BY_CONTENT_KEEP:
+            _BY_CONTENT.popitem(last=False)
     return runner

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -19,6 +20,12 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_cache_dir() -> Path:
+    """``$MULTITAG_CACHE`` or ``~/.cache/multitag``, read when used (not at import time): the
+    root of the feature cache (``features/``) and of converted OpenVINO models (``openvino/``)."""
+    return Path(os.environ.get("MULTITAG_CACHE", Path.home() / ".cache" / "multitag"))
 
 
 def default_device() -> torch.device:

@@ -31,12 +31,8 @@ from multitag.features import (
 )
 from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads, probabilities
 from multitag.params import ParamsMixin
+from multitag.runtime import default_cache_dir
 from multitag.train import History, TrainConfig, fit_heads
-
-
-def default_cache_dir() -> Path:
-    """``$MULTITAG_CACHE`` or ``~/.cache/multitag``, read when used (not at import time)."""
-    return Path(os.environ.get("MULTITAG_CACHE", Path.home() / ".cache" / "multitag"))
 
 
 class TaggerNet(nn.Module):

@@ -187,7 +187,7 @@ class Embedder(ParamsMixin):
     def _cache(self):
         if self.cache_dir is not None:
             return self.cache_dir
-        from multitag.tagger import default_cache_dir
+        from multitag.runtime import default_cache_dir
 
         return default_cache_dir() / "features"
 
