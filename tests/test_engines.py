@@ -228,3 +228,42 @@ def test_engine_cache_survives_damage_and_can_be_turned_off(monkeypatch, tmp_pat
 
     monkeypatch.setenv("MULTITAG_OPENVINO_CACHE", "0")
     assert not engine_cache.enabled()
+
+
+@needs_openvino
+@requires_fashion
+def test_a_new_process_reuses_the_conversion_and_matches_bit_for_bit(
+    trained_tagger, fashion_frame, tmp_path, monkeypatch
+):
+    """What a CLI run or an API worker does: load a saved model in a fresh process. It must
+    read this process's converted IR from the disk cache instead of tracing again, and tag
+    exactly as this process does."""
+    import subprocess
+    import sys
+
+    from multitag.bench import _start_up_seconds
+
+    monkeypatch.delenv("MULTITAG_ENGINE", raising=False)
+    monkeypatch.setenv("MULTITAG_CACHE", str(tmp_path / "cache"))  # inherited by the child
+    monkeypatch.setattr(engines, "_BY_CONTENT", type(engines._BY_CONTENT)())
+    monkeypatch.setattr(engines, "_RUNNERS", type(engines._RUNNERS)())  # convert here, now
+    paths = fashion_frame["path"].tolist()[:5]
+    trained_tagger.save(tmp_path / "model")
+    here = trained_tagger.predict_proba(paths)["proba"]
+    code = f"""
+import numpy as np
+import multitag.engines as engines
+from multitag.tagger import MultiTaskTagger
+
+def no_trace(*a, **k):
+    raise SystemExit("converted again in the new process")
+
+engines.convert = no_trace
+out = MultiTaskTagger.load({str(tmp_path / "model")!r}).predict_proba({paths!r})["proba"]
+np.savez({str(tmp_path / "there.npz")!r}, **out)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+    there = np.load(tmp_path / "there.npz")
+    for task, p in here.items():
+        np.testing.assert_array_equal(there[task], p)
+    assert _start_up_seconds(tmp_path / "model", conversion_cache=True) > 0  # bench helper
