@@ -226,8 +226,26 @@ def test_engine_cache_survives_damage_and_can_be_turned_off(monkeypatch, tmp_pat
     left = sorted(p.name for p in (tmp_path / "openvino").iterdir())
     assert left == [f"m{i:02d}" for i in range(3, engine_cache.KEEP + 3)]
 
-    monkeypatch.setenv("MULTITAG_OPENVINO_CACHE", "0")
+    monkeypatch.setenv("MULTITAG_OPENVINO_CACHE", "0")  # off: converted, but nothing written
     assert not engine_cache.enabled()
+    before = set((tmp_path / "openvino").iterdir())
+    runner = engines.runner_for(_TinyEncoder(), "openvino", "fp32")
+    assert runner(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))[0].shape == (2, 4)
+    assert set((tmp_path / "openvino").iterdir()) == before
+
+
+class _TinyEncoder(torch.nn.Module):
+    """An encoder that converts in well under a second (for cache plumbing tests)."""
+
+    preprocessing = Preprocessing(image_size=32)
+    with_imagenet = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, images: torch.Tensor):
+        return self.conv(images.float()).mean((2, 3)), None
 
 
 @needs_openvino
