@@ -49,3 +49,27 @@ def test_benchmarks_md_is_written_beside_its_bench_folder(tmp_path, monkeypatch)
     text = (bench.parent / "BENCHMARKS.md").read_text()
     assert text.index("## Core") < text.index("## Study")
     assert not (tmp_path / "BENCHMARKS.md").exists()
+
+
+def test_a_cpu_without_bf16_gets_its_own_core_section(tmp_path):
+    """A run on a slower CPU must not replace the reference numbers the targets refer to."""
+    import json
+    from pathlib import Path
+
+    from multitag.bench import core_markdown, core_stem, write_benchmarks_md
+
+    reference = json.loads((Path(__file__).parents[1] / "bench" / "core.json").read_text())
+    other = {**reference, "machine": {**reference["machine"], "bf16": False}}
+    assert (core_stem(True), core_stem(False)) == ("core", "core-no-bf16")
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    for r in (reference, other):
+        md = core_markdown(r, {"tasks": r["val_metrics"]})
+        (bench / f"{core_stem(r['machine']['bf16'])}.md").write_text(md)
+    (bench / "embed.md").write_text("## Embeddings\n")
+    write_benchmarks_md(bench)
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    first, second = text.index("## Core tagger ("), text.index("## Core tagger on a CPU without")
+    assert first < second < text.index("## Embeddings")
+    assert "(bf16 autocast, channels_last)" in text[first:second]
+    assert "(fp32, channels_last)" in text[second:]
