@@ -22,6 +22,7 @@ from multitag.data.tasks import Task
 from multitag.features import FEATURE_VERSION, Encoder, Preprocessing
 from multitag.io import atomic_path, write_json
 from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads
+from multitag.multitask.prior_shift import PriorShiftedHeads
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -74,6 +75,7 @@ def save_tagger(tagger, directory: str | os.PathLike) -> Path:
             "dropout": tagger.dropout,
             "input_dropout": tagger.input_dropout,
             "ensemble": getattr(tagger, "ensemble", 1),
+            "prior_shift": getattr(tagger, "prior_shift_", {}),
         },
         "tasks": [t.to_dict() for t in tagger.tasks_],
         "training": {
@@ -169,6 +171,10 @@ def load_tagger(directory: str | os.PathLike):
 
     n = int(h.get("ensemble", 1))
     heads = HeadEnsemble([new_heads() for _ in range(n)], tasks) if n > 1 else new_heads()
+    shifted = {name: s for name, s in h.get("prior_shift", {}).items() if s["tau"]}
+    if shifted:  # the biases themselves are buffers in the weights file
+        sizes = {t.name: t.n_classes for t in tasks}
+        heads = PriorShiftedHeads(heads, {name: torch.zeros(sizes[name]) for name in shifted})
     if "sharing" in config:
         from multitag.multitask.sharing import SharedTaggerNet, build_sharing
 
@@ -190,6 +196,7 @@ def load_tagger(directory: str | os.PathLike):
     tagger = MultiTaskTagger(**params)
     tagger.tasks_ = tasks
     tagger.net_ = net.eval()
+    tagger.prior_shift_ = h.get("prior_shift", {})
     tagger.config_ = config
     return tagger
 

@@ -104,6 +104,7 @@ class MultiTaskTagger(ParamsMixin):
         dropout: float = 0.2,
         input_dropout: float = 0.2,
         ensemble: int = 1,
+        prior_shift: str = "none",
         multilabel: Mapping[str, str] | Sequence[str] | None = None,
         delimiter: str = "|",
         min_count: int = 5,
@@ -139,6 +140,7 @@ class MultiTaskTagger(ParamsMixin):
         self.dropout = dropout
         self.input_dropout = input_dropout
         self.ensemble = ensemble
+        self.prior_shift = prior_shift
         self.multilabel = multilabel
         self.delimiter = delimiter
         self.min_count = min_count
@@ -221,6 +223,11 @@ class MultiTaskTagger(ParamsMixin):
             raise ValueError(
                 f"ensemble: the number of head sets to average, an int >= 1, not {self.ensemble!r}"
             )
+        if self.prior_shift not in ("none", "auto"):
+            raise ValueError(
+                f"prior_shift must be 'none' or 'auto' (choose a per-task shift towards "
+                f"frequent classes on the val split), not {self.prior_shift!r}"
+            )
         for col in ("id", "path"):
             if col not in frame.columns:
                 raise ValueError(f"the frame needs an {col!r} column; use load_manifest()")
@@ -291,6 +298,9 @@ class MultiTaskTagger(ParamsMixin):
         self.member_histories_ = [self.history_]
         if self.ensemble > 1:  # more members on the final (frozen or tuned) features
             self._fit_members(heads, feats.features, targets, train_rows, val_rows)
+        self.prior_shift_ = {}
+        if self.prior_shift == "auto" and len(val_rows):
+            self._fit_prior_shift(feats.features, targets, train_rows, val_rows)
         self.split_ = {
             "train_ids": frame["id"].iloc[train_rows].tolist(),
             "val_ids": frame["id"].iloc[val_rows].tolist(),
@@ -330,6 +340,23 @@ class MultiTaskTagger(ParamsMixin):
             )  # fmt: skip
             members.append(member)
         self.net_.heads = HeadEnsemble(members, self.tasks_)
+
+    def _fit_prior_shift(self, features, targets, train_rows, val_rows) -> None:
+        """Choose each multi-class task's prior shift on the val rows (see ``prior_shift``)."""
+        from multitag.multitask.prior_shift import PriorShiftedHeads, choose_tau, log_prior
+
+        proba = self.predict_proba_features(features[val_rows])
+        bias = {}
+        for t in self.tasks_:
+            if t.kind != "multiclass":
+                continue
+            prior = log_prior(targets[t.name][train_rows], t.n_classes)
+            tau, gain = choose_tau(proba[t.name], targets[t.name][val_rows], prior, seed=self.seed)
+            self.prior_shift_[t.name] = {"tau": tau, "cross_fitted_gain": round(gain, 5)}
+            if tau:
+                bias[t.name] = -tau * prior
+        if bias:
+            self.net_.heads = PriorShiftedHeads(self.net_.heads, bias)
 
     # --------------------------------------------------------------- inference
     def _check_fitted(self) -> None:
