@@ -1,6 +1,7 @@
 """Do the heads gain from a k-nearest-neighbour vote?  Scored on the bench split (docs/study.md).
 
     python examples/knn_blend.py ../shared/datasets/fashion-products [--embedding]
+        [--folds 5 --repeats 3]
 
 Reuses the cached Lite0 224-px features of the core benchmark and its 20 % validation split.
 It fits the default heads once, then for each validation photo finds the ``k`` most similar
@@ -14,7 +15,8 @@ training photos (cosine) in one of these spaces:
 The neighbours vote with weights ``exp((s - 1) / T)`` (``s``: cosine similarity) and the
 prediction is ``(1 - a) * heads + a * votes``. Space, ``k``, ``T`` and ``a`` are chosen per
 task on one half of the validation rows and applied to the other half, and the other way
-round (2-fold cross-fitting), so the blended score is not tuned on the rows it is scored on.
+round (2-fold cross-fitting; ``--folds``/``--repeats`` for more folds and fold draws, to see
+how stable the gain is), so the blended score is not tuned on the rows it is scored on.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import copy
 import itertools
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -72,12 +75,13 @@ def votes(sims, idx, labels: np.ndarray, n_classes: int, k: int, temperature: fl
     return np.divide(out, total, out=np.full_like(out, 1.0 / n_classes), where=total > 0)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("data_root", type=Path)
-    parser.add_argument("--embedding", action="store_true", help="also search the embedding")
-    args = parser.parse_args()
-    frame = load_manifest(args.data_root / "styles.csv", args.data_root / "images")
+def bench_heads(data_root: Path) -> SimpleNamespace:
+    """Default heads fitted on the cached Lite0 224-px bench features, and their val output.
+
+    Returns ``frame``, ``tagger``, ``tasks``, ``feats``, ``targets``, ``train``, ``val`` and
+    ``head_p`` (per task, softmax probabilities of the val rows).
+    """
+    frame = load_manifest(data_root / "styles.csv", data_root / "images")
     frame = frame.reset_index(drop=True)
     tagger = MultiTaskTagger(TASKS, image_size=224, epochs=1, framing="none")
     tagger.fit(frame)  # builds (or reuses) the feature cache
@@ -95,8 +99,34 @@ def main() -> None:
     with torch.no_grad():
         out = heads.eval()(torch.as_tensor(feats[val]))
         head_p = {k: v.softmax(-1).numpy() for k, v in out.items()}
+    return SimpleNamespace(
+        frame=frame, tagger=tagger, tasks=tasks, feats=feats, targets=targets,
+        train=train, val=val, head_p=head_p,
+    )  # fmt: skip
 
-    start, stop = tagger.net_.encoder.head_slice
+
+def fold_ids(n: int, folds: int, seed: int) -> np.ndarray:
+    """A random fold number in ``range(folds)`` for each of ``n`` rows (near-equal sizes)."""
+    return np.random.default_rng(seed).permutation(n) % folds
+
+
+def weighted_f1(y: np.ndarray, p: np.ndarray, rows: np.ndarray) -> float:
+    """Weighted F1 of ``p.argmax(1)`` on the labelled rows among ``rows`` (a mask)."""
+    keep = rows & (y >= 0)
+    return f1_score(y[keep], p[keep].argmax(1), average="weighted")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("data_root", type=Path)
+    parser.add_argument("--embedding", action="store_true", help="also search the embedding")
+    parser.add_argument("--folds", type=int, default=2, help="cross-fitting folds")
+    parser.add_argument("--repeats", type=int, default=1, help="fold draws (seeds 0, 1, ...)")
+    args = parser.parse_args()
+    b = bench_heads(args.data_root)
+    tasks, feats, targets, train, val = b.tasks, b.feats, b.targets, b.train, b.val
+
+    start, stop = b.tagger.net_.encoder.head_slice
     spaces = {"head": unit_rows(feats[:, start:stop], train), "all": unit_rows(feats, train)}
     if args.embedding:
         from multitag.embedding import Embedder
@@ -106,39 +136,35 @@ def main() -> None:
             coarse_loss="proxy_anchor", coarse_weight=0.05, hidden=1024, dim=512,
             image_size=224, framing="none",
         )  # fmt: skip
-        emb.encoder_ = tagger.net_.encoder
-        emb.fit(frame, features=feats, rows=train)
+        emb.encoder_ = b.tagger.net_.encoder
+        emb.fit(b.frame, features=feats, rows=train)
         spaces["embed"] = emb.transform_features(feats).astype(np.float32)
     found = {name: neighbours(space, val, train, max(KS)) for name, space in spaces.items()}
 
-    rng = np.random.default_rng(0)
-    half = rng.permutation(len(val)) < len(val) // 2  # True: fold A, False: fold B
-    print(f"{len(train)} train / {len(val)} val rows; folds of {half.sum()} and {(~half).sum()}")
+    print(f"{len(train)} train / {len(val)} val rows; {args.folds} folds x {args.repeats} draws")
+    every = np.ones(len(val), bool)
     for t in tasks:
-        y = targets[t.name][val]
-        labelled = y >= 0
-
-        def f1(p, rows, y=y, labelled=labelled):
-            keep = rows & labelled
-            return f1_score(y[keep], p[keep].argmax(1), average="weighted")
-
-        n_classes = head_p[t.name].shape[1]
+        y, head_p = targets[t.name][val], b.head_p[t.name]
         candidates = {}
         for space, k, temp in itertools.product(found, KS, TEMPERATURES):
             sims, idx = found[space]
-            v = votes(sims, idx, targets[t.name], n_classes, k, temp)
+            v = votes(sims, idx, targets[t.name], head_p.shape[1], k, temp)
             for a in ALPHAS:
-                candidates[space, k, temp, a] = (1 - a) * head_p[t.name] + a * v
-        blended = np.zeros_like(head_p[t.name])
-        picks = []
-        for fit_rows in (half, ~half):  # choose on one fold, apply to the other
-            best = max(candidates, key=lambda c: f1(candidates[c], fit_rows))
-            blended[~fit_rows] = candidates[best][~fit_rows]
-            picks.append(best)
-        every = np.ones(len(val), bool)
+                candidates[space, k, temp, a] = (1 - a) * head_p + a * v
+        gains, picks = [], []
+        for seed in range(args.repeats):
+            fold = fold_ids(len(val), args.folds, seed)
+            blended = np.zeros_like(head_p)
+            for f in range(args.folds):  # choose on the other folds, apply to this one
+                fit_rows = fold != f
+                best = max(candidates, key=lambda c: weighted_f1(y, candidates[c], fit_rows))
+                blended[~fit_rows] = candidates[best][~fit_rows]
+                picks.append(best)
+            gains.append(weighted_f1(y, blended, every) - weighted_f1(y, head_p, every))
         print(
-            f"{t.name:15s} heads {f1(head_p[t.name], every):.4f}  "
-            f"cross-fitted blend {f1(blended, every):.4f}  picks (space, k, T, a) {picks}",
+            f"{t.name:15s} heads {weighted_f1(y, head_p, every):.4f}  cross-fitted gain "
+            f"{np.mean(gains):+.4f} (min {min(gains):+.4f}, max {max(gains):+.4f})  "
+            f"picks (space, k, T, a) {picks}",
             flush=True,
         )
 
