@@ -134,3 +134,48 @@ def test_clear_errors(trained_tagger, second_tagger, fashion_frame, cache_dir, s
     assert (saved_members[0] / "model.safetensors").is_file()  # the member is untouched
     assert not (saved_members[0] / "member-0").exists()
     assert evaluate_frame(ens, fashion_frame.head(20))["n_images"] == 20
+
+
+def test_cli_combine_with_a_prior_shift_on_held_out_photos(saved_members, fashion_frame, tmp_path):
+    from multitag.data.manifest import load_manifest
+    from multitag.multitask.prior_shift import TAUS
+
+    full = load_manifest(FASHION / "styles.csv", FASHION / "images")
+    held_out = full[~full["id"].isin(fashion_frame["id"])]
+    held_out = held_out[held_out["articleType"].isin(set(fashion_frame["articleType"]))]
+    manifest = tmp_path / "held_out.csv"
+    held_out.sort_values("id").groupby("articleType").head(25).drop(columns=["path"]).to_csv(
+        manifest, index=False
+    )
+    out = tmp_path / "ens"
+    r = runner.invoke(
+        app,
+        ["combine", str(out), *map(str, saved_members), "--prior-shift-data", str(manifest),
+         "--images", str(FASHION / "images")],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "prior shift articleType: tau" in r.output
+    ens = load_any_tagger(out)
+    tasks = [t.name for t in ens.tasks_ if t.kind == "multiclass"]
+    assert list(ens.prior_shift_) == tasks
+    for name, shift in ens.prior_shift_.items():
+        assert shift["tau"] in TAUS and (shift["tau"] == 0 or shift["cross_fitted_gain"] > 0)
+        n_classes = next(t.n_classes for t in ens.tasks_ if t.name == name)
+        assert len(shift["bias"]) == (n_classes if shift["tau"] else 0)
+
+    # a kept shift multiplies the averaged probabilities by exp(bias) and renormalises
+    paths = fashion_frame.path.tolist()[:16]
+    plain = TaggerEnsemble(ens.members).predict_proba(paths)["proba"]["articleType"]
+    bias = np.linspace(-1, 1, plain.shape[1])
+    ens.prior_shift_ = {"articleType": {"tau": -0.5, "cross_fitted_gain": 0.01, "bias": bias}}
+    expected = plain * np.exp(bias)
+    expected /= expected.sum(1, keepdims=True)
+    got = ens.predict_proba(paths)["proba"]["articleType"]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    ens.prior_shift_["articleType"]["bias"] = bias.tolist()
+    ens.save(tmp_path / "forced")
+    again = load_any_tagger(tmp_path / "forced").predict_proba(paths)["proba"]["articleType"]
+    np.testing.assert_array_equal(again, got)
+
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['articleType'\]"):
+        ens.fit_prior_shift(held_out.drop(columns=["articleType"]))
