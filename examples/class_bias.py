@@ -2,21 +2,21 @@
 
     python examples/class_bias.py ../shared/datasets/fashion-products [--folds 2 --repeats 3]
 
-Weighted F1 rewards getting the frequent classes right, and a head trained with cross-entropy
-(and label smoothing) need not put its decision boundaries where that score is highest, for
-instance between near-synonyms such as Casual / Sports Shoes. This fits the default heads on
+A head trained with cross-entropy (and label smoothing) on an imbalanced catalogue learns the
+class prior: in a close call the frequent class wins. Weighted F1 need not be highest there,
+for instance between near-synonyms such as Casual / Sports Shoes. This fits the default heads on
 the cached Lite0 224-px features (bench split, as ``knn_blend.py``) and then predicts
 ``argmax(log p + b)`` with one bias per class, chosen in two ways:
 
 - ``prior``: ``b = -tau * log(training prior)``, one number per task (logit adjustment,
-  Menon et al. 2021; ``tau < 0`` favours frequent classes);
+  Menon et al. 2021; ``tau > 0`` favours rare classes, ``tau < 0`` frequent ones);
 - ``per-class``: coordinate ascent on every class's bias (offsets in [-1.5, 1.5], two
   passes, most frequent class first), maximising weighted F1.
 
 Both are chosen on some validation folds and scored on the held-out fold (cross-fitting,
 repeated over fold draws), so the reported gain is not measured on the rows it was tuned on.
 For ``prior`` it also prints the ``tau`` chosen on all validation rows and the macro F1
-before and after that shift (rare classes can lose what frequent ones gain).
+before and after that shift.
 """
 
 from __future__ import annotations

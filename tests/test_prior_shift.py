@@ -25,6 +25,17 @@ def _ambiguous_heads(n: int = 600, seed: int = 0):
     return np.stack([1 - p1, p1], 1), y
 
 
+def test_a_shift_towards_rare_classes_is_chosen_where_they_lose_close_calls():
+    """The usual case of a cross-entropy head: a rare class loses the rows it nearly wins."""
+    rng = np.random.default_rng(2)
+    y = (rng.random(600) < 0.2).astype(int)  # class 1 is rare
+    p1 = np.where(y == 1, 0.45, 0.1)  # its rows lean to class 1, not enough to win
+    p1[(y == 1) & (rng.random(600) < 0.3)] = 0.8
+    proba = np.stack([1 - p1, p1], 1)
+    tau, gain = choose_tau(proba, y, log_prior(y, 2))
+    assert tau > 0 and gain > 0.05
+
+
 def test_a_shift_towards_the_frequent_class_is_chosen_where_it_helps():
     proba, y = _ambiguous_heads()
     prior = log_prior(y, 2)

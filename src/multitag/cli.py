@@ -156,8 +156,9 @@ def train_cmd(
     prior_shift: Annotated[
         str,
         typer.Option(
-            help="'auto': shift each multi-class task's decisions towards frequent classes "
-            "where that raises weighted F1 on val rows it was not chosen on; 'none': off."
+            help="'auto': shift each multi-class task's decisions between frequent and rare "
+            "classes where that raises weighted F1 on val rows it was not chosen on; "
+            "'none': off."
         ),
     ] = "none",
     multilabel: Annotated[
@@ -324,8 +325,8 @@ def combine_cmd(
         typer.Option(
             "--prior-shift-data",
             help="Labelled manifest of photos no member trained on (e.g. their val split): "
-            "choose a shift towards frequent classes per task where it raises weighted F1 "
-            "out of fold.",
+            "choose a shift between frequent and rare classes per task where it raises "
+            "weighted F1 out of fold.",
         ),
     ] = None,
     images: ImagesOpt = None,

@@ -226,7 +226,7 @@ class MultiTaskTagger(ParamsMixin):
         if self.prior_shift not in ("none", "auto"):
             raise ValueError(
                 f"prior_shift must be 'none' or 'auto' (choose a per-task shift towards "
-                f"frequent classes on the val split), not {self.prior_shift!r}"
+                f"frequent or rare classes on the val split), not {self.prior_shift!r}"
             )
         for col in ("id", "path"):
             if col not in frame.columns:
