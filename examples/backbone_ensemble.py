@@ -31,7 +31,7 @@ from multitag.bench_study import STUDY_TARGETS
 from multitag.data.manifest import load_manifest
 from multitag.data.tasks import encode_all
 from multitag.evaluate import report_from_arrays
-from multitag.multitask.prior_shift import choose_tau, log_prior
+from multitag.multitask.prior_shift import choose_shifts
 from multitag.tagger import MultiTaskTagger
 
 
@@ -42,13 +42,9 @@ def weighted_f1(tagger: MultiTaskTagger, proba: dict[str, np.ndarray]) -> dict[s
 
 def with_prior_shift(tagger, proba, train_labels, scores) -> dict[str, float]:
     """``scores`` plus the cross-fitted gain of a prior shift, per multi-class task."""
-    out = dict(scores)
-    for t in tagger.tasks_:
-        if t.kind == "multiclass":
-            prior = log_prior(train_labels[t.name], t.n_classes)
-            _, gain = choose_tau(proba[t.name], tagger.val_targets_[t.name], prior)
-            out[t.name] = round(scores[t.name] + gain, 4)
-    return out
+    shifts = choose_shifts(tagger.tasks_, proba, tagger.val_targets_, train_labels)
+    gains = {name: s["cross_fitted_gain"] for name, s in shifts.items()}
+    return {name: round(score + gains.get(name, 0.0), 4) for name, score in scores.items()}
 
 
 def main() -> None:

@@ -343,18 +343,19 @@ class MultiTaskTagger(ParamsMixin):
 
     def _fit_prior_shift(self, features, targets, train_rows, val_rows) -> None:
         """Choose each multi-class task's prior shift on the val rows (see ``prior_shift``)."""
-        from multitag.multitask.prior_shift import PriorShiftedHeads, choose_tau, log_prior
+        from multitag.multitask.prior_shift import PriorShiftedHeads, choose_shifts
 
-        proba = self.predict_proba_features(features[val_rows])
-        bias = {}
-        for t in self.tasks_:
-            if t.kind != "multiclass":
-                continue
-            prior = log_prior(targets[t.name][train_rows], t.n_classes)
-            tau, gain = choose_tau(proba[t.name], targets[t.name][val_rows], prior, seed=self.seed)
-            self.prior_shift_[t.name] = {"tau": tau, "cross_fitted_gain": round(gain, 5)}
-            if tau:
-                bias[t.name] = -tau * prior
+        shifts = choose_shifts(
+            self.tasks_,
+            self.predict_proba_features(features[val_rows]),
+            {k: v[val_rows] for k, v in targets.items()},
+            {k: v[train_rows] for k, v in targets.items()},
+            seed=self.seed,
+        )
+        self.prior_shift_ = {
+            n: {k: s[k] for k in ("tau", "cross_fitted_gain")} for n, s in shifts.items()
+        }
+        bias = {name: s["bias"] for name, s in shifts.items() if s["tau"]}
         if bias:
             self.net_.heads = PriorShiftedHeads(self.net_.heads, bias)
 

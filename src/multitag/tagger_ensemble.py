@@ -140,7 +140,7 @@ class TaggerEnsemble:
         cross-fitted weighted-F1 gain on these rows is positive; the prior is their class mix.
         """
         from multitag.data.tasks import encode_all
-        from multitag.multitask.prior_shift import choose_tau, log_prior
+        from multitag.multitask.prior_shift import choose_shifts
 
         missing = [c for c in ["path", *(t.name for t in self.tasks_)] if c not in frame.columns]
         if missing:
@@ -150,16 +150,12 @@ class TaggerEnsemble:
         usable = np.ones(len(frame), bool)
         usable[list(out["errors"])] = False
         targets = encode_all(frame.reset_index(drop=True), self.tasks_)
-        shift = {}
-        for t in self.tasks_:
-            if t.kind != "multiclass":
-                continue
-            y, p = targets[t.name][usable], out["proba"][t.name][usable]
-            prior = log_prior(y, t.n_classes)
-            tau, gain = choose_tau(p, y, prior)
-            bias = (-tau * prior).tolist() if tau else []
-            shift[t.name] = {"tau": tau, "cross_fitted_gain": round(gain, 5), "bias": bias}
-        self.prior_shift_ = shift
+        labels = {k: v[usable] for k, v in targets.items()}
+        proba = {k: v[usable] for k, v in out["proba"].items()}
+        shifts = choose_shifts(self.tasks_, proba, labels, labels)
+        for s in shifts.values():  # JSON-ready: saved in config.json
+            s["bias"] = [] if s["bias"] is None else s["bias"].tolist()
+        self.prior_shift_ = shifts
         return self
 
     def predict(self, paths: Sequence[str | os.PathLike]) -> pd.DataFrame:

@@ -18,12 +18,14 @@ macro F1 from 0.685 to 0.733), baseColour and usage +0.0013, season -0.0034 (so 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from sklearn.metrics import f1_score
 from torch import nn
+
+from multitag.data.tasks import Task
 
 TAUS = tuple(float(t) for t in np.round(np.arange(-1.0, 1.01, 0.1), 2))
 
@@ -73,6 +75,34 @@ def choose_tau(
     if gain <= 0:
         return 0.0, gain
     return _best_tau(log_p, labels, prior, every), gain
+
+
+def choose_shifts(
+    tasks: Sequence[Task],
+    proba: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+    prior_labels: Mapping[str, np.ndarray],
+    *,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """:func:`choose_tau` for every multi-class task: ``{task: {"tau", "cross_fitted_gain",
+    "bias"}}``, ``bias`` being ``-tau * log prior`` (an array; ``None`` where ``tau`` is 0).
+
+    ``proba`` and ``labels`` are the held-out rows the choice is made on; ``prior_labels``
+    are the labels the prior is counted on (the training rows, or the held-out ones).
+    """
+    out = {}
+    for t in tasks:
+        if t.kind != "multiclass":
+            continue
+        prior = log_prior(prior_labels[t.name], t.n_classes)
+        tau, gain = choose_tau(proba[t.name], labels[t.name], prior, seed=seed)
+        out[t.name] = {
+            "tau": tau,
+            "cross_fitted_gain": round(gain, 5),
+            "bias": -tau * prior if tau else None,
+        }
+    return out
 
 
 class PriorShiftedHeads(nn.Module):
