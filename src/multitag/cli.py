@@ -114,6 +114,14 @@ def validate_cmd(
         raise typer.Exit(1)
 
 
+def _print_prior_shift(shifts: dict[str, dict]) -> None:
+    for name, shift in shifts.items():
+        console.print(
+            f"prior shift {name}: tau {shift['tau']:+.1f} "
+            f"(cross-fitted weighted F1 gain {shift['cross_fitted_gain']:+.4f})"
+        )
+
+
 @app.command("train")
 def train_cmd(
     data: DataOpt,
@@ -219,11 +227,7 @@ def train_cmd(
     from multitag.metrics import format_table
 
     console.print(format_table(report))
-    for name, shift in tagger.prior_shift_.items():
-        console.print(
-            f"prior shift {name}: tau {shift['tau']:+.1f} "
-            f"(cross-fitted weighted F1 gain {shift['cross_fitted_gain']:+.4f})"
-        )
+    _print_prior_shift(tagger.prior_shift_)
     console.print(f"model: {out}  (report: {out / 'report.html'})")
 
 
@@ -348,11 +352,7 @@ def combine_cmd(
         ensemble.save(out)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    for name, shift in ensemble.prior_shift_.items():
-        console.print(
-            f"prior shift {name}: tau {shift['tau']:+.1f} "
-            f"(cross-fitted weighted F1 gain {shift['cross_fitted_gain']:+.4f})"
-        )
+    _print_prior_shift(ensemble.prior_shift_)
     console.print(f"ensemble of {len(model_dirs)} taggers -> {out}  ({ensemble!r})")
 
 

@@ -112,6 +112,15 @@ class TaggerEnsemble:
                 "a TaggerEnsemble has no single feature space: embed or build a catalogue "
                 "with one of its members (TaggerEnsemble.members[i] / its member-i directory)"
             )
+        out = self._average(paths, batch_size, use_cache)
+        for name, shift in self.prior_shift_.items():
+            if shift["tau"]:
+                shifted = out["proba"][name] * np.exp(np.asarray(shift["bias"], np.float32))
+                out["proba"][name] = shifted / shifted.sum(1, keepdims=True).clip(1e-30)
+        return out
+
+    def _average(self, paths, batch_size: int = 64, use_cache: bool = False) -> dict:
+        """The members' weighted mean, before any prior shift; unreadable rows zero."""
         proba = {t.name: np.zeros((len(paths), t.n_classes), np.float32) for t in self.tasks_}
         imagenet, errors = None, {}
         for member, weight in zip(self.members, self.weights):
@@ -121,10 +130,6 @@ class TaggerEnsemble:
                 proba[name] += weight * p
             if imagenet is None:
                 imagenet = out["imagenet"]
-        for name, shift in self.prior_shift_.items():
-            if shift["tau"]:
-                shifted = proba[name] * np.exp(np.asarray(shift["bias"], np.float32))
-                proba[name] = shifted / shifted.sum(1, keepdims=True).clip(1e-30)
         rows = sorted(errors)
         for arr in [*proba.values(), imagenet]:
             if arr is not None and rows:
@@ -145,8 +150,7 @@ class TaggerEnsemble:
         missing = [c for c in ["path", *(t.name for t in self.tasks_)] if c not in frame.columns]
         if missing:
             raise ValueError(f"the frame for the prior shift lacks column(s) {missing}")
-        self.prior_shift_ = {}  # choose on the plain average
-        out = self.predict_proba(frame["path"].tolist())
+        out = self._average(frame["path"].tolist())  # the plain average; no state changed yet
         usable = np.ones(len(frame), bool)
         usable[list(out["errors"])] = False
         targets = encode_all(frame.reset_index(drop=True), self.tasks_)
