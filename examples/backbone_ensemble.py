@@ -8,7 +8,9 @@ issue: the gap").
 Each of ``--backbones`` is trained here, frozen at its native input size (Lite0 224 px, Lite1
 240, Lite2 260; features cached, so a second run only trains heads) with the tagger's 20 %
 validation split (seed 0: the same rows for every backbone) and squash-resize, as the
-study's full-size tables were measured. Each of ``--models`` is a saved tagger trained on
+study's full-size tables were measured; ``NAME:auto`` frames the photos first (the product's
+framing, docs/study.md "Photos framed differently"), so one backbone can be a member twice
+with two views of each photo. Each of ``--models`` is a saved tagger trained on
 the same split (e.g. ``python -m multitag.bench_study``'s fine-tuned ``bench-model-blocks.4``)
 and is run on the val photos. Prints weighted F1 per task for every model alone, for the
 average of the probabilities of every combination of two or more, and the targets of
@@ -64,15 +66,17 @@ def main() -> None:
     rows: dict[str, dict[str, float]] = {}
     probas: dict[str, dict[str, np.ndarray]] = {}
     first = None
-    for name in args.backbones:
-        tagger = MultiTaskTagger(TASKS, backbone=name, framing="none", ensemble=args.head_sets)
+    for spec in args.backbones:
+        name, _, framing = spec.partition(":")
+        framing = framing or "none"
+        tagger = MultiTaskTagger(TASKS, backbone=name, framing=framing, ensemble=args.head_sets)
         tagger.fit(frame)
         if first is None:
             first = tagger
         elif tagger.split_["val_ids"] != first.split_["val_ids"]:
             raise RuntimeError(f"{name}: a different validation split; cannot average")
         size = tagger.net_.encoder.preprocessing.image_size
-        key = f"{name} ({size} px, frozen)"
+        key = f"{name} ({size} px, frozen{', framing ' + framing if framing != 'none' else ''})"
         probas[key] = tagger.predict_proba_features(tagger.val_features_)
         rows[key] = weighted_f1(tagger, probas[key])
         print(key, rows[key], flush=True)
