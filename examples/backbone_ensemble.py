@@ -66,9 +66,12 @@ def main() -> None:
     rows: dict[str, dict[str, float]] = {}
     probas: dict[str, dict[str, np.ndarray]] = {}
     first = None
-    for spec in args.backbones:
-        name, _, framing = spec.partition(":")
-        framing = framing or "none"
+    specs = [(name, framing or "none") for name, _, framing in
+             (spec.partition(":") for spec in args.backbones)]  # fmt: skip
+    bad = [f"{n}:{f}" for n, f in specs if f not in ("none", "auto")]
+    if bad:  # before any member trains, not minutes into the run
+        parser.error(f"{bad}: a member is NAME or NAME:auto (framed photos)")
+    for name, framing in specs:
         tagger = MultiTaskTagger(TASKS, backbone=name, framing=framing, ensemble=args.head_sets)
         tagger.fit(frame)
         if first is None:
@@ -76,7 +79,8 @@ def main() -> None:
         elif tagger.split_["val_ids"] != first.split_["val_ids"]:
             raise RuntimeError(f"{name}: a different validation split; cannot average")
         size = tagger.net_.encoder.preprocessing.image_size
-        key = f"{name} ({size} px, frozen{', framing ' + framing if framing != 'none' else ''})"
+        view = ", framing auto" if framing == "auto" else ""
+        key = f"{name} ({size} px, frozen{view})"
         probas[key] = tagger.predict_proba_features(tagger.val_features_)
         rows[key] = weighted_f1(tagger, probas[key])
         print(key, rows[key], flush=True)
