@@ -188,3 +188,60 @@ def test_cli_combine_with_a_prior_shift_on_held_out_photos(saved_members, fashio
     assert choices(refit) == choices(load_any_tagger(out).prior_shift_)
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['articleType'\]"):
         ens.fit_prior_shift(held_out.drop(columns=["articleType"]))
+
+
+def test_prior_shift_and_evaluate_leave_out_photos_a_member_trained_on(
+    trained_tagger, saved_members, fashion_frame, tmp_path
+):
+    """Every saved tagger records its split (split.csv), so `combine --prior-shift-data` and
+    `evaluate --held-out` given the training manifest use its validation rows only."""
+    split = trained_tagger.split_
+    assert load_tagger(saved_members[0]).split_ == split
+    n_train, n_val = len(split["train_ids"]), len(split["val_ids"])
+    assert n_train and n_val
+    manifest = tmp_path / "train_manifest.csv"
+    fashion_frame.drop(columns=["path"]).to_csv(manifest, index=False)
+    images = ["--images", str(FASHION / "images")]
+    out = tmp_path / "ens"
+    r = runner.invoke(
+        app, ["combine", str(out), *map(str, saved_members), "--prior-shift-data", str(manifest),
+              *images],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert f"prior shift fitted on: {n_val} row(s) no model trained on ({n_train} row" in r.output
+    assert load_any_tagger(out).members[1].split_ == split  # members keep their split
+
+    def evaluate(*extra):
+        args = ["evaluate", str(out), "--data", str(manifest), *images, *extra]
+        return runner.invoke(app, [*args, "--json", str(tmp_path / "m.json")])
+
+    r = evaluate()
+    assert r.exit_code == 0 and f"{n_train} of {len(fashion_frame)} row(s) were in" in r.output
+    assert json.loads((tmp_path / "m.json").read_text())["n_images"] == len(fashion_frame)
+    r = evaluate("--held-out")
+    assert r.exit_code == 0 and f"scoring: {n_val} row(s) no model trained on" in r.output
+    assert json.loads((tmp_path / "m.json").read_text())["n_images"] == n_val
+
+    # only photos the members trained on: nothing honest to fit on, said before any work
+    seen_only = tmp_path / "seen.csv"
+    fashion_frame[fashion_frame["id"].isin(split["train_ids"])].drop(columns=["path"]).to_csv(
+        seen_only, index=False
+    )
+    r = runner.invoke(
+        app, ["combine", str(tmp_path / "e2"), *map(str, saved_members), "--prior-shift-data",
+              str(seen_only), *images],
+    )  # fmt: skip
+    assert r.exit_code != 0 and "every row of the prior-shift data" in r.output
+    assert not (tmp_path / "e2").exists()
+
+    # a member saved before split.csv existed: nothing can be left out, and the output says so
+    old = tmp_path / "old"
+    shutil.copytree(saved_members[1], old)
+    (old / "split.csv").unlink()
+    assert not hasattr(load_tagger(old), "split_")
+    ens = TaggerEnsemble.from_dirs([saved_members[0], old])
+    ens.fit_prior_shift(fashion_frame)
+    assert ens.prior_shift_rows_.n_seen == 0 and len(ens.prior_shift_rows_.frame) == len(
+        fashion_frame
+    )
+    assert "does not record its training split" in ens.prior_shift_rows_.summary("fitted on")

@@ -238,12 +238,21 @@ def evaluate_cmd(
     json_out: Annotated[Path, typer.Option("--json", help="Metrics JSON to write.")],
     images: ImagesOpt = None,
     html: Annotated[Path | None, typer.Option("--html", help="HTML report with plots.")] = None,
+    held_out: Annotated[
+        bool,
+        typer.Option(
+            "--held-out",
+            help="Score only the rows the model (every member) did not train on, e.g. the "
+            "validation rows of the manifest it was trained from.",
+        ),
+    ] = False,
     id_col: IdColOpt = "id",
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
 ) -> None:
     """Per-task accuracy, top-3, macro/weighted F1 (+ mAP for multi-label) on a labelled set."""
     from multitag.evaluate import evaluate_frame, write_reports
+    from multitag.held_out import held_out_rows, seen_rows
     from multitag.metrics import format_table
 
     tagger = _load_model(model_dir)
@@ -251,6 +260,18 @@ def evaluate_cmd(
     missing = [t.name for t in tagger.tasks_ if t.name not in frame.columns]
     if missing:
         _fail(f"{data} lacks the model's task column(s) {missing}")
+    if held_out:
+        try:
+            rows = held_out_rows(tagger, frame, str(data))
+        except ValueError as err:
+            _fail(str(err))
+        frame = rows.frame
+        console.print(rows.summary("scoring"))
+    elif n_seen := len(seen_rows(tagger, frame)):
+        console.print(
+            f"[yellow]{n_seen} of {len(frame)} row(s) were in the model's training split: "
+            "their scores are optimistic; --held-out scores only the others[/yellow]"
+        )
     report = evaluate_frame(tagger, frame)
     write_reports(report, json_out, html, title=f"{model_dir.name} on {data.name}")
     console.print(format_table(report))
@@ -349,6 +370,7 @@ def combine_cmd(
         if prior_shift_data is not None:
             frame = _load_frame(prior_shift_data, images, id_col, path_col, ext)
             ensemble.fit_prior_shift(frame)
+            console.print(ensemble.prior_shift_rows_.summary("prior shift fitted on"))
         ensemble.save(out)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))

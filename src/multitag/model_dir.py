@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
 import safetensors
 import timm
 import torch
@@ -27,6 +28,9 @@ from multitag.multitask.prior_shift import PriorShiftedHeads
 FORMAT_VERSION = 1
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+#: ``id,split`` of every training and validation row, so later steps can tell which photos a
+#: model has seen (:mod:`multitag.held_out`)
+SPLIT = "split.csv"
 #: ``config.json`` kind of a :class:`~multitag.tagger_ensemble.TaggerEnsemble` directory
 ENSEMBLE_KIND = "multitag-ensemble"
 
@@ -95,8 +99,29 @@ def save_tagger(tagger, directory: str | os.PathLike) -> Path:
         config["sharing"] = net.sharing_config()
     with atomic_path(directory / WEIGHTS) as tmp:
         save_model(net, str(tmp), metadata={"format": "multitag", "format_version": "1"})
+    if getattr(tagger, "split_", None):
+        _write_split(tagger.split_, directory / SPLIT)
+    else:  # not one left by an earlier model saved here
+        (directory / SPLIT).unlink(missing_ok=True)
     write_json(directory / CONFIG, config)
     return directory
+
+
+def _write_split(split: dict, path: Path) -> None:
+    rows = [(i, "train") for i in split["train_ids"]] + [(i, "val") for i in split["val_ids"]]
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows, columns=["id", "split"]).to_csv(tmp, index=False)
+
+
+def _read_split(path: Path) -> dict | None:
+    """``{"train_ids", "val_ids"}`` from ``split.csv``; ``None`` for a model saved without."""
+    if not path.is_file():
+        return None
+    rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return {
+        "train_ids": rows["id"][rows["split"] == "train"].tolist(),
+        "val_ids": rows["id"][rows["split"] == "val"].tolist(),
+    }
 
 
 def read_config(directory: str | os.PathLike) -> dict:
@@ -198,6 +223,9 @@ def load_tagger(directory: str | os.PathLike):
     tagger.net_ = net.eval()
     tagger.prior_shift_ = h.get("prior_shift", {})
     tagger.config_ = config
+    split = _read_split(directory / SPLIT)
+    if split is not None:
+        tagger.split_ = split
     return tagger
 
 

@@ -139,17 +139,22 @@ class TaggerEnsemble:
     def fit_prior_shift(self, frame: pd.DataFrame) -> TaggerEnsemble:
         """Choose each multi-class task's prior shift for the averaged probabilities.
 
-        ``frame`` (``path`` + the task columns, e.g. from ``load_manifest``) must hold
-        labelled photos that no member trained on, such as the members' validation split.
-        As ``MultiTaskTagger(prior_shift="auto")``: ``tau`` is kept only where a 2-fold
-        cross-fitted weighted-F1 gain on these rows is positive; the prior is their class mix.
+        ``frame`` (``id``, ``path`` + the task columns, e.g. from ``load_manifest``) holds
+        labelled photos; rows a member trained on (its ``split.csv``) are left out, so the
+        manifest the members were trained from leaves their validation rows
+        (``prior_shift_rows_`` says how many). As ``MultiTaskTagger(prior_shift="auto")``:
+        ``tau`` is kept only where a 2-fold cross-fitted weighted-F1 gain on these rows is
+        positive; the prior is their class mix.
         """
         from multitag.data.tasks import encode_all
+        from multitag.held_out import held_out_rows
         from multitag.multitask.prior_shift import choose_shifts
 
         missing = [c for c in ["path", *(t.name for t in self.tasks_)] if c not in frame.columns]
         if missing:
             raise ValueError(f"the frame for the prior shift lacks column(s) {missing}")
+        rows = held_out_rows(self, frame, "the prior-shift data")
+        frame = rows.frame
         out = self._average(frame["path"].tolist())  # the plain average; no state changed yet
         usable = np.ones(len(frame), bool)
         usable[list(out["errors"])] = False
@@ -160,6 +165,7 @@ class TaggerEnsemble:
         for s in shifts.values():  # JSON-ready: saved in config.json
             s["bias"] = [] if s["bias"] is None else s["bias"].tolist()
         self.prior_shift_ = shifts
+        self.prior_shift_rows_ = rows
         return self
 
     def predict(self, paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
