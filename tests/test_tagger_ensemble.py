@@ -90,6 +90,9 @@ def test_cli_combine_then_tag_and_evaluate(saved_members, fashion_frame, tmp_pat
     r = runner.invoke(app, ["combine", str(out), *map(str, saved_members)])
     assert r.exit_code == 0, r.output
     assert "ensemble of 2 taggers" in r.output
+    # the members are named (not swallowed as console markup), framed ones said so
+    said = " ".join(r.output.split())
+    assert "TaggerEnsemble([tf_efficientnet_lite0 framed, mobilenetv2_100 framed]" in said
     folder = tmp_path / "photos"
     folder.mkdir()
     for p in fashion_frame.path[:6]:

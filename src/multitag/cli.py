@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -375,7 +376,7 @@ def combine_cmd(
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     _print_prior_shift(ensemble.prior_shift_)
-    console.print(f"ensemble of {len(model_dirs)} taggers -> {out}  ({ensemble!r})")
+    console.print(f"ensemble of {len(model_dirs)} taggers -> {out}  ({escape(repr(ensemble))})")
 
 
 @app.command("backbones")

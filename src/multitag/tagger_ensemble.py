@@ -229,5 +229,8 @@ class TaggerEnsemble:
         return cls([load_tagger(d) for d in directories], weights)
 
     def __repr__(self) -> str:
-        names = ", ".join(m.backbone for m in self.members)
+        names = ", ".join(
+            m.backbone + (" framed" if m.net_.encoder.preprocessing.framing else "")
+            for m in self.members
+        )
         return f"TaggerEnsemble([{names}], weights={[round(w, 3) for w in self.weights]})"

@@ -1,0 +1,115 @@
+"""Saved taggers alone and averaged, scored on a test set none of them saw (docs/study.md,
+"The product path on a held-out test set").
+
+    python examples/held_out_ensemble.py MODEL_DIR MODEL_DIR [...] --train train.csv \
+        --test test.csv --images IMAGES [--out F.json]
+
+The taggers (``multitag train --data train.csv``, same seed, so the same validation split)
+are run on their validation rows of ``train.csv`` and on every row of ``test.csv``, from the
+feature cache where it holds them. For each member and every combination of two or more,
+the probabilities are averaged and a prior shift is chosen on the validation rows by
+``multitag combine --prior-shift-data``'s rule (cross-fitted, prior from those rows); the test
+rows score it. The validation score is what one would pick a combination on; the test score
+says whether the pick holds on photos nobody chose anything on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from multitag.bench_study import STUDY_TARGETS
+from multitag.data.manifest import load_manifest
+from multitag.data.tasks import encode_all
+from multitag.evaluate import report_from_arrays
+from multitag.held_out import held_out_rows
+from multitag.model_dir import load_tagger
+from multitag.multitask.prior_shift import choose_shifts
+
+
+def scores(tasks, targets, proba) -> dict[str, float]:
+    report = report_from_arrays(tasks, targets, proba)
+    return {t: round(float(m["weighted_f1"]), 4) for t, m in report["tasks"].items()}
+
+
+def shifted(proba: dict, shifts: dict) -> dict:
+    out = dict(proba)
+    for name, s in shifts.items():
+        if s["tau"]:
+            p = proba[name] * np.exp(s["bias"])
+            out[name] = p / p.sum(1, keepdims=True).clip(1e-30)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--train", type=Path, required=True, help="the members' manifest")
+    parser.add_argument("--test", type=Path, required=True, help="photos no member saw")
+    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    members = {d.name: load_tagger(d) for d in args.models}
+    first = next(iter(members.values()))
+    for name, m in members.items():
+        if m.split_ != first.split_:
+            parser.error(f"{name}: another training/validation split than {args.models[0]}")
+        if [t.to_dict() for t in m.tasks_] != [t.to_dict() for t in first.tasks_]:
+            parser.error(f"{name}: other tasks or classes than {args.models[0]}")
+    tasks = first.tasks_
+    val = held_out_rows(first, load_manifest(args.train, args.images), str(args.train)).frame
+    test = load_manifest(args.test, args.images)
+    if held_out_rows(first, test, str(args.test)).n_seen:
+        parser.error(f"{args.test}: holds photos the members trained on")
+    targets = {"val": encode_all(val, tasks), "test": encode_all(test, tasks)}
+    proba: dict[str, dict[str, dict]] = {"val": {}, "test": {}}
+    for name, m in members.items():
+        for split, frame in (("val", val), ("test", test)):
+            out = m.predict_proba(frame["path"].tolist(), use_cache=True)
+            if out["errors"]:
+                raise RuntimeError(f"{name}: unreadable {split} photos {out['errors']}")
+            proba[split][name] = out["proba"]
+    rows = {}
+    for k in range(1, len(members) + 1):
+        for combo in itertools.combinations(members, k):
+            avg = {
+                s: {t.name: np.mean([proba[s][m][t.name] for m in combo], 0) for t in tasks}
+                for s in ("val", "test")
+            }
+            shifts = choose_shifts(tasks, avg["val"], targets["val"], targets["val"])
+            gains = {n: s["cross_fitted_gain"] for n, s in shifts.items()}
+            plain_val = scores(tasks, targets["val"], avg["val"])
+            row = {
+                "val": plain_val,
+                "val, shift (cross-fitted)": {
+                    t: round(v + gains.get(t, 0.0), 4) for t, v in plain_val.items()
+                },
+                "test": scores(tasks, targets["test"], avg["test"]),
+                "test, shift": scores(tasks, targets["test"], shifted(avg["test"], shifts)),
+                "tau": {n: s["tau"] for n, s in shifts.items()},
+            }
+            key = " + ".join(combo)
+            rows[key] = row
+            means = {c: round(float(np.mean(list(row[c].values()))), 4) for c in list(row)[:4]}
+            print(key, row["val, shift (cross-fitted)"]["articleType"],
+                  row["test, shift"]["articleType"], means, flush=True)  # fmt: skip
+    print("| members | articleType val, shift | test | test, shift | baseColour test, shift "
+          "| mean test, shift | targets met, test |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for key, row in rows.items():
+        met = sum(row["test, shift"][t] >= v for t, v in STUDY_TARGETS.items())
+        mean = np.mean(list(row["test, shift"].values()))
+        print(f"| {key} | {row['val, shift (cross-fitted)']['articleType']:.4f} | "
+              f"{row['test']['articleType']:.4f} | {row['test, shift']['articleType']:.4f} | "
+              f"{row['test, shift']['baseColour']:.4f} | {mean:.4f} | {met} of 7 |")  # fmt: skip
+    if args.out:
+        summary = {"n_val": len(val), "n_test": len(test), "targets": STUDY_TARGETS, "rows": rows}
+        args.out.write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
