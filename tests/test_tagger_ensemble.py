@@ -16,9 +16,10 @@ from multitag import MultiTaskTagger, TaggerEnsemble
 from multitag.cli import app
 from multitag.evaluate import evaluate_frame
 from multitag.export import export_onnx
+from multitag.held_out import held_out_rows, training_keys
 from multitag.io import read_table_any
 from multitag.model_dir import load_any_tagger, load_tagger
-from tests.conftest import FASHION, requires_fashion
+from tests.conftest import FASHION, make_image, requires_fashion
 
 pytestmark = [requires_fashion, pytest.mark.slow]
 runner = CliRunner()
@@ -200,8 +201,12 @@ def test_prior_shift_and_evaluate_leave_out_photos_a_member_trained_on(
     `evaluate --held-out` given the training manifest use its validation rows only."""
     split = trained_tagger.split_
     assert load_tagger(saved_members[0]).split_ == split
-    n_train, n_val = len(split["train_ids"]), len(split["val_ids"])
-    assert n_train and n_val
+    assert len(split["train_digests"]) == len(split["train_ids"])
+    # photos are matched by content: a val photo byte-identical to a training one is seen
+    train_photos = set(split["train_digests"])
+    n_val = sum(d not in train_photos for d in split["val_digests"])
+    n_train = len(fashion_frame) - n_val
+    assert n_train >= len(split["train_ids"]) and n_val
     manifest = tmp_path / "train_manifest.csv"
     fashion_frame.drop(columns=["path"]).to_csv(manifest, index=False)
     images = ["--images", str(FASHION / "images")]
@@ -213,6 +218,16 @@ def test_prior_shift_and_evaluate_leave_out_photos_a_member_trained_on(
     assert r.exit_code == 0, r.output
     assert f"prior shift fitted on: {n_val} row(s) no model trained on ({n_train} row" in r.output
     assert load_any_tagger(out).members[1].split_ == split  # members keep their split
+
+    # a copy of a training photo under a new id is seen; another catalogue's photo whose id
+    # collides with a training id is not
+    photo = tmp_path / "copy.jpg"
+    first_train = fashion_frame.set_index("id").loc[split["train_ids"][0]]
+    shutil.copy(first_train["path"], photo)
+    other = make_image(tmp_path / "other.jpg", size=(60, 80), colour=(10, 200, 40))
+    probe = pd.DataFrame({"id": ["copy", split["train_ids"][1]], "path": [str(photo), str(other)]})
+    rows = held_out_rows(trained_tagger, probe)
+    assert rows.n_seen == 1 and rows.frame["path"].tolist() == [str(other)]
 
     def evaluate(*extra):
         args = ["evaluate", str(out), "--data", str(manifest), *images, *extra]
@@ -236,6 +251,14 @@ def test_prior_shift_and_evaluate_leave_out_photos_a_member_trained_on(
     )  # fmt: skip
     assert r.exit_code != 0 and "every row of the prior-shift data" in r.output
     assert not (tmp_path / "e2").exists()
+
+    # a split.csv without digests (saved by an earlier version): matched by id instead
+    by_id = tmp_path / "by_id"
+    shutil.copytree(saved_members[0], by_id)
+    old_split = pd.read_csv(by_id / "split.csv", dtype=str).drop(columns=["digest"])
+    old_split.to_csv(by_id / "split.csv", index=False)
+    assert training_keys(load_tagger(by_id)) == ("id", set(split["train_ids"]))
+    assert held_out_rows(load_tagger(by_id), probe).frame["id"].tolist() == ["copy"]
 
     # a member saved before split.csv existed: nothing can be left out, and the output says so
     old = tmp_path / "old"

@@ -108,20 +108,29 @@ def save_tagger(tagger, directory: str | os.PathLike) -> Path:
 
 
 def _write_split(split: dict, path: Path) -> None:
-    rows = [(i, "train") for i in split["train_ids"]] + [(i, "val") for i in split["val_ids"]]
+    parts = []
+    for name in ("train", "val"):
+        ids = split[f"{name}_ids"]
+        digests = split.get(f"{name}_digests") or [""] * len(ids)
+        parts.append(pd.DataFrame({"id": ids, "split": name, "digest": digests}))
     with atomic_path(path) as tmp:
-        pd.DataFrame(rows, columns=["id", "split"]).to_csv(tmp, index=False)
+        pd.concat(parts).to_csv(tmp, index=False)
 
 
 def _read_split(path: Path) -> dict | None:
-    """``{"train_ids", "val_ids"}`` from ``split.csv``; ``None`` for a model saved without."""
+    """``{"train_ids", "val_ids", "train_digests", "val_digests"}`` from ``split.csv``
+    (digests empty for a split saved without them); ``None`` for a model saved without."""
     if not path.is_file():
         return None
     rows = pd.read_csv(path, dtype=str, keep_default_na=False)
-    return {
-        "train_ids": rows["id"][rows["split"] == "train"].tolist(),
-        "val_ids": rows["id"][rows["split"] == "val"].tolist(),
-    }
+    if "digest" not in rows.columns:
+        rows["digest"] = ""
+    out = {}
+    for name in ("train", "val"):
+        part = rows[rows["split"] == name]
+        out[f"{name}_ids"] = part["id"].tolist()
+        out[f"{name}_digests"] = part["digest"].tolist() if part["digest"].all() else []
+    return out
 
 
 def read_config(directory: str | os.PathLike) -> dict:

@@ -29,6 +29,7 @@ from multitag.features import (
     extract_features,
     iter_batches,
 )
+from multitag.held_out import photo_digests
 from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads, probabilities
 from multitag.params import ParamsMixin
 from multitag.runtime import default_cache_dir
@@ -301,9 +302,11 @@ class MultiTaskTagger(ParamsMixin):
         self.prior_shift_ = {}
         if self.prior_shift == "auto" and len(val_rows):
             self._fit_prior_shift(feats.features, targets, train_rows, val_rows)
-        self.split_ = {
+        self.split_ = {  # saved as split.csv: which photos this model has seen
             "train_ids": frame["id"].iloc[train_rows].tolist(),
             "val_ids": frame["id"].iloc[val_rows].tolist(),
+            "train_digests": photo_digests(frame["path"].iloc[train_rows]),
+            "val_digests": photo_digests(frame["path"].iloc[val_rows]),
         }
         self.val_features_ = feats.features[val_rows]
         self.val_paths_ = frame["path"].iloc[val_rows].tolist()
