@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from multitag.data.manifest import default_stratify, load_manifest, split_indices
+from multitag.data.manifest import load_manifest
+from multitag.held_out import held_out_rows
 from multitag.tagger import MultiTaskTagger
 
 FAMILIES = {
@@ -63,10 +64,7 @@ def main(model_dir: str, data_root: str) -> None:
     frame = load_manifest(root / "styles.csv", root / "images")
     tagger = MultiTaskTagger.load(model_dir)
     tagger.progress = False
-    _, val_rows = split_indices(
-        frame, default_stratify(tagger.tasks_), tagger.val_fraction, tagger.seed
-    )
-    val = frame.iloc[val_rows]
+    val = held_out_rows(tagger, frame, "styles.csv").frame  # its validation photos
     val = val[val["baseColour"] != ""]
     out = tagger.predict_proba(val["path"].tolist(), use_cache=True)
     task = next(t for t in tagger.tasks_ if t.name == "baseColour")

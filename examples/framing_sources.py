@@ -21,7 +21,8 @@ from sklearn.metrics import f1_score
 
 from multitag import MultiTaskTagger
 from multitag.data.framing import background_colour, place_on_canvas, product_box
-from multitag.data.manifest import default_stratify, load_manifest, split_indices
+from multitag.data.manifest import load_manifest
+from multitag.held_out import held_out_rows
 
 
 def _canvas(a: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -45,9 +46,9 @@ SOURCES = {  # name -> photo (H x W x 3, the catalogue's 80 x 60) -> the same pr
 def evaluate(model_dir: Path, data_root: Path, n: int, seed: int = 0) -> dict:
     tagger = MultiTaskTagger.load(model_dir)
     frame = load_manifest(data_root / "styles.csv", data_root / "images")
-    _, val = split_indices(frame, default_stratify(tagger.tasks_), tagger.val_fraction, tagger.seed)
-    rows = np.random.default_rng(seed).choice(val, min(n, len(val)), replace=False)
-    sample = frame.iloc[np.sort(rows)].reset_index(drop=True)
+    val = held_out_rows(tagger, frame, "styles.csv").frame  # its validation photos
+    rows = np.random.default_rng(seed).choice(len(val), min(n, len(val)), replace=False)
+    sample = val.iloc[np.sort(rows)].reset_index(drop=True)
     photos = [np.asarray(Image.open(p).convert("RGB")) for p in sample["path"]]
     result: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:

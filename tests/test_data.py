@@ -86,6 +86,38 @@ def test_split_is_stratified_reproducible_and_order_independent():
     assert set(va3) != set(va)
 
 
+@requires_fashion
+def test_split_keeps_copies_of_a_photo_on_one_side(fashion_frame, tmp_path):
+    """The catalogue holds byte-identical photos under several ids; grouped by content
+    digest, every copy lands on the side of its smallest id, and stratification holds."""
+    import shutil
+
+    from multitag.held_out import photo_digests
+
+    base = fashion_frame.iloc[:120]
+    copies = []
+    for i, row in enumerate(base.iloc[:40].itertuples()):
+        copy = tmp_path / f"copy{i}.jpg"
+        shutil.copy(row.path, copy)
+        copies.append({**row._asdict(), "id": f"z{i:03d}", "path": str(copy)})
+    frame = pd.concat([base, pd.DataFrame(copies)[base.columns]], ignore_index=True)
+    (task,) = infer_tasks(frame, ["articleType"], min_count=1)
+    digests = photo_digests(frame["path"])
+    side = lambda val: pd.Series(np.isin(np.arange(len(frame)), val))  # noqa: E731
+    _, plain = split_indices(frame, task, 0.3, seed=4)
+    straddle = side(plain).groupby(digests).nunique().gt(1).sum()
+    assert straddle > 0  # by id alone, copies fall on both sides
+    tr, va = split_indices(frame, task, 0.3, seed=4, groups=digests)
+    assert set(tr) | set(va) == set(range(len(frame))) and not set(tr) & set(va)
+    is_val = side(va)
+    assert is_val.groupby(digests).nunique().max() == 1
+    for i in range(40):  # each copy follows the original (its smaller id)
+        assert is_val[i] == is_val[120 + i]
+    assert 0.2 < is_val.mean() < 0.4
+    with pytest.raises(ValueError, match="groups has 3 entries for 160 rows"):
+        split_indices(frame, task, 0.3, groups=["a", "b", "c"])
+
+
 def test_manifest_paths_and_errors(tmp_path):
     (tmp_path / "img").mkdir()
     make_image(tmp_path / "img" / "1.jpg")

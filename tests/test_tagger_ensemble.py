@@ -202,6 +202,7 @@ def test_prior_shift_and_evaluate_leave_out_photos_a_member_trained_on(
     split = trained_tagger.split_
     assert load_tagger(saved_members[0]).split_ == split
     assert len(split["train_digests"]) == len(split["train_ids"])
+    assert not set(split["train_digests"]) & set(split["val_digests"])  # copies stay together
     # photos are matched by content: a val photo byte-identical to a training one is seen
     train_photos = set(split["train_digests"])
     n_val = sum(d not in train_photos for d in split["val_digests"])

@@ -273,8 +273,9 @@ class MultiTaskTagger(ParamsMixin):
                 )
         self.validation_ = report
         targets = encode_all(frame, self.tasks_)
-        train_rows, val_rows = split_indices(
-            frame, default_stratify(self.tasks_), self.val_fraction, self.seed
+        digests = np.asarray(photo_digests(frame["path"]), dtype=object)
+        train_rows, val_rows = split_indices(  # copies of a photo (same digest) stay together
+            frame, default_stratify(self.tasks_), self.val_fraction, self.seed, groups=digests
         )
         train_rows = np.setdiff1d(train_rows, bad)
         val_rows = np.setdiff1d(val_rows, bad)
@@ -305,8 +306,8 @@ class MultiTaskTagger(ParamsMixin):
         self.split_ = {  # saved as split.csv: which photos this model has seen
             "train_ids": frame["id"].iloc[train_rows].tolist(),
             "val_ids": frame["id"].iloc[val_rows].tolist(),
-            "train_digests": photo_digests(frame["path"].iloc[train_rows]),
-            "val_digests": photo_digests(frame["path"].iloc[val_rows]),
+            "train_digests": digests[train_rows].tolist(),
+            "val_digests": digests[val_rows].tolist(),
         }
         self.val_features_ = feats.features[val_rows]
         self.val_paths_ = frame["path"].iloc[val_rows].tolist()

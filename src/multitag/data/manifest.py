@@ -95,33 +95,52 @@ def split_indices(
     stratify: Task | None,
     val_fraction: float = 0.2,
     seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reproducible stratified train/val split (row indices).
 
     Within each class of ``stratify`` (missing labels form their own group) rows are ordered
     by id and shuffled with ``seed``, so the split does not depend on the manifest's row
-    order. A class with a single row goes to train.
+    order. A class with a single row goes to train. Rows with the same ``groups`` key (e.g.
+    the photo's content digest, :func:`multitag.held_out.photo_digests`; ``""`` for none)
+    then all go to the side of the group's smallest id, so no photo is on both sides.
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), not {val_fraction}")
     n = len(frame)
     if stratify is None:
-        groups = np.zeros(n, dtype=np.int64)
+        strata = np.zeros(n, dtype=np.int64)
     else:
         enc = stratify.encode(frame[stratify.name].astype(str))
-        groups = enc if enc.ndim == 1 else enc.argmax(1) * (enc.max(1) > 0) - (enc.max(1) <= 0)
+        strata = enc if enc.ndim == 1 else enc.argmax(1) * (enc.max(1) > 0) - (enc.max(1) <= 0)
     ids = frame["id"].astype(str).to_numpy()
     rng = np.random.default_rng(seed)
     val: list[int] = []
-    for g in np.unique(groups):
-        rows = np.flatnonzero(groups == g)
+    for g in np.unique(strata):
+        rows = np.flatnonzero(strata == g)
         rows = rows[np.argsort(ids[rows], kind="stable")]
         rows = rows[rng.permutation(len(rows))]
         n_val = int(round(val_fraction * len(rows))) if len(rows) > 1 else 0
         val.extend(rows[:n_val].tolist())
     is_val = np.zeros(n, dtype=bool)
     is_val[val] = True
+    if groups is not None:
+        if len(groups) != n:
+            raise ValueError(f"groups has {len(groups)} entries for {n} rows")
+        is_val = _keep_groups_together(is_val, ids, groups)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def _keep_groups_together(is_val: np.ndarray, ids: np.ndarray, groups) -> np.ndarray:
+    """``is_val`` with every group of rows (same non-empty key) moved to the side of its row
+    with the smallest id."""
+    keys = pd.Series(np.asarray(groups, dtype=str))
+    rows = pd.DataFrame({"key": keys, "id": ids, "val": is_val})
+    rows = rows[rows["key"] != ""]
+    first = rows.sort_values(["id"], kind="stable").drop_duplicates("key").set_index("key")
+    out = is_val.copy()
+    out[rows.index] = first["val"].reindex(rows["key"]).to_numpy()
+    return out
 
 
 def default_stratify(tasks: Sequence[Task]) -> Task | None:
