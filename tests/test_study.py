@@ -65,3 +65,13 @@ def test_two_run_study(tmp_path):
     result = CliRunner().invoke(app, ["study", str(config), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert [p.stat().st_mtime_ns for p in runs] == stamps
+    assert json.loads((out / "data.json").read_text())["group_copies"] is True
+    # a new run on another split (here: another seed) is refused before it trains
+    config.write_text(
+        config.read_text().replace("freeze: [all, blocks.5]", "freeze: [all, blocks.5, blocks.6]")
+        + "seed: 3\n"
+    )
+    result = CliRunner().invoke(app, ["study", str(config), "--out", str(out)])
+    assert result.exit_code != 0
+    assert "2 finished run(s) were scored on another val/test split" in result.output
+    assert not (out / "runs" / "tf_efficientnet_lite0__blocks.6__hard__equal.json").exists()

@@ -13,9 +13,11 @@ stages with :func:`multitag.finetune.train_sharing`. ``freeze: all`` = heads onl
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from multitag.features import (
     iter_batches,
 )
 from multitag.finetune import FineTuneConfig, StageData, predict_logits, train_sharing
+from multitag.held_out import photo_digests
 from multitag.io import write_json, write_table
 from multitag.metrics import multiclass_metrics
 from multitag.multitask.balancing import build_balancer
@@ -72,6 +75,7 @@ class StudyConfig:
     min_count: int = 5
     budget_minutes: float | None = None
     seed: int = 0
+    group_copies: bool = True  # copies of a photo (same content digest) on one side of a split
     cache_dir: str | None = None
     precision: str = "auto"
     threads: int | None = None  # torch threads; 1 is faster on a busy 2-core machine
@@ -149,10 +153,25 @@ def load_data(cfg: StudyConfig) -> StudyData:
     frame = frame.sort_values("id").reset_index(drop=True)
     tasks = infer_tasks(frame, cfg.tasks, min_count=cfg.min_count)
     strat = default_stratify(tasks)
-    rest, test = split_indices(frame, strat, cfg.test_fraction, cfg.seed)
+    copies = np.asarray(photo_digests(frame["path"])) if cfg.group_copies else None
+    rest, test = split_indices(frame, strat, cfg.test_fraction, cfg.seed, groups=copies)
     sub = frame.iloc[rest].reset_index(drop=True)
-    tr, va = split_indices(sub, strat, cfg.val_fraction / (1 - cfg.test_fraction), cfg.seed)
+    tr, va = split_indices(
+        sub,
+        strat,
+        cfg.val_fraction / (1 - cfg.test_fraction),
+        cfg.seed,
+        groups=None if copies is None else copies[rest],
+    )
     return StudyData(frame, tasks, encode_all(frame, tasks), rest[tr], rest[va], test)
+
+
+def split_fingerprint(data: StudyData) -> str:
+    """A digest of which ids are in the val and test splits: finished runs of a study
+    directory are only comparable with new ones on the same split."""
+    ids = data.frame["id"].astype(str).to_numpy()
+    text = ",".join(sorted(ids[data.val])) + "|" + ",".join(sorted(ids[data.test]))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def _encoder(backbone: str, cfg: StudyConfig) -> Encoder:
@@ -327,6 +346,8 @@ def run_study(
     started = time.perf_counter()
     data = load_data(cfg) if todo else None
     if data is not None:
+        split = split_fingerprint(data)
+        _check_same_split(out, split, finished=len(runs) - len(todo))
         write_json(
             out / "data.json",
             {
@@ -336,6 +357,8 @@ def run_study(
                 "test": len(data.test),
                 "tasks": [{"name": t.name, "classes": len(t.classes)} for t in data.tasks],
                 "image_size": cfg.image_size,
+                "group_copies": cfg.group_copies,
+                "split": split,
             },
         )
     groups: dict[tuple, list[dict]] = {}
@@ -388,6 +411,27 @@ def run_study(
     write_json(out / "study.json", {"data": data_info, "runs": results, "skipped": skipped})
     write_report(results, data_info, out, skipped)
     return table
+
+
+def _check_same_split(out: Path, split: str, finished: int) -> None:
+    info = out / "data.json"
+    if not finished or not info.is_file():
+        return
+    before = json.loads(info.read_text()).get("split")
+    if before is None:
+        warnings.warn(
+            f"{out}: its {finished} finished run(s) do not record their split (an older "
+            "multitag; before group_copies, set group_copies: false to split as it did), so "
+            "whether new runs share it cannot be checked",
+            stacklevel=3,
+        )
+    elif before != split:
+        raise ValueError(
+            f"{out}: its {finished} finished run(s) were scored on another val/test split "
+            f"({before}, now {split}: the data, subset, seed, fractions or group_copies "
+            "changed), so new runs would not be comparable; use a new --out directory, or "
+            "restore the config they were run with"
+        )
 
 
 @torch.no_grad()
