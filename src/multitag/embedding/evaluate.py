@@ -13,13 +13,15 @@ from multitag.data.manifest import default_stratify, split_indices
 from multitag.data.tasks import infer_tasks
 from multitag.embedding.knn import knn_accuracy
 from multitag.embedding.model import Embedder, l2_normalize, same_key
+from multitag.held_out import photo_digests
 
 
 def default_split(frame: pd.DataFrame, same: Sequence[str], seed: int = 0):
     """``(train_rows, val_rows)``: the tagger's split, stratified on the ``same`` column with
-    the most classes (``split_indices(frame, default_stratify(tasks), 0.2, seed)``)."""
+    the most classes, copies of a photo (same content digest) on one side."""
     tasks = infer_tasks(frame, list(same))
-    return split_indices(frame, default_stratify(tasks), 0.2, seed)
+    copies = photo_digests(frame["path"]) if "path" in frame.columns else None
+    return split_indices(frame, default_stratify(tasks), 0.2, seed, groups=copies)
 
 
 def retrieval_metrics(
