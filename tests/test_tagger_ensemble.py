@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from multitag import MultiTaskTagger, TaggerEnsemble
+from multitag import MultiTaskTagger, TaggerEnsemble, engines
 from multitag.cli import app
 from multitag.evaluate import evaluate_frame
 from multitag.export import export_onnx
@@ -61,6 +63,26 @@ def test_probabilities_are_the_weighted_mean_of_the_members(
     labels = ens.predict(paths[:8])
     assert list(labels.columns) == ["id", "path", *[t.name for t in ens.tasks_]]
     assert set(labels["gender"]) <= set(ens.tasks_[0].classes)
+
+
+@pytest.mark.skipif(not engines.openvino_available(), reason="openvino missing")
+def test_release_engines_frees_each_member_after_its_pass(
+    trained_tagger, second_tagger, fashion_frame
+):
+    """Batch jobs (the CLI) free each member's compiled engine after its pass: the same
+    probabilities, and the engine is really collected (its callback made a cycle once)."""
+    paths = fashion_frame.path.tolist()[:24]
+    ens = TaggerEnsemble([trained_tagger, second_tagger])
+    kept = ens.predict_proba(paths)
+    runners = [weakref.ref(engines._RUNNERS[m.net_.encoder][1]) for m in ens.members]
+    ens.release_engines = True
+    released = ens.predict_proba(paths)
+    for name, p in kept["proba"].items():
+        np.testing.assert_array_equal(p, released["proba"][name])
+    gc.collect()
+    assert all(m.net_.encoder not in engines._RUNNERS for m in ens.members)
+    assert all(r() is None for r in runners)  # nothing else holds them: memory is back
+    assert not engines.release_runner(trained_tagger.net_.encoder)  # nothing left to free
 
 
 def test_save_reload_identical(saved_members, fashion_frame, tmp_path):

@@ -284,9 +284,12 @@ def _load_model(model_dir: Path):
     from multitag.model_dir import load_any_tagger
 
     try:
-        return load_any_tagger(model_dir)
+        model = load_any_tagger(model_dir)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
+    if hasattr(model, "release_engines"):  # an ensemble: one member's engine in memory at once
+        model.release_engines = True
+    return model
 
 
 @app.command("tag")
@@ -368,6 +371,7 @@ def combine_cmd(
         _fail("combine needs two or more model directories")
     try:
         ensemble = TaggerEnsemble.from_dirs(model_dirs, weight or None)
+        ensemble.release_engines = True
         if prior_shift_data is not None:
             frame = _load_frame(prior_shift_data, images, id_col, path_col, ext)
             ensemble.fit_prior_shift(frame)

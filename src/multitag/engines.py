@@ -138,13 +138,18 @@ class OpenVINORunner:
         self.queue = ov.AsyncInferQueue(compiled)
         # results by a key unique per submission, so concurrent callers (API threads) and
         # a running stream never see each other's outputs; the lock serialises submissions
-        self.results: dict[int, list[np.ndarray]] = {}
+        results: dict[int, list[np.ndarray]] = {}
+        self.results = results
         self._keys = itertools.count()
         self._lock = threading.RLock()
-        self.queue.set_callback(self._done)
 
-    def _done(self, request, key: int) -> None:
-        self.results[key] = [t.data.copy() for t in request.output_tensors]
+        def done(request, key: int) -> None:
+            results[key] = [t.data.copy() for t in request.output_tensors]
+
+        # the callback holds the results, not self: a bound method would make a cycle
+        # through the C++ queue that Python's collector cannot see, so a dropped runner
+        # (release_runner, changed weights) would keep its compiled model and buffers
+        self.queue.set_callback(done)
 
     def _outputs(self, out: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
         feats = torch.from_numpy(out[0])
@@ -240,6 +245,18 @@ def runner_for(
         runner = _openvino_runner(encoder.eval(), precision)
     _RUNNERS[encoder] = (key, runner)
     return runner
+
+
+def release_runner(encoder: nn.Module) -> bool:
+    """Forget the compiled engine of ``encoder``, so its memory is freed once nothing else
+    holds it; the next :func:`runner_for` rebuilds it (from the on-disk conversion cache).
+    ``False`` when there was none (e.g. the torch engine, which keeps nothing)."""
+    cached = _RUNNERS.pop(encoder, None)
+    if cached is None:
+        return False
+    for key in [k for k, runner in _BY_CONTENT.items() if runner is cached[1]]:
+        del _BY_CONTENT[key]
+    return True
 
 
 def _openvino_runner(encoder: nn.Module, precision: str) -> OpenVINORunner:

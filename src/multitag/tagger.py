@@ -21,7 +21,7 @@ from multitag.data.framing import Framing, resolve_framing
 from multitag.data.manifest import default_stratify, split_indices
 from multitag.data.tasks import Task, encode_all, infer_tasks
 from multitag.data.validate import ValidationReport, validate
-from multitag.engines import runner_for
+from multitag.engines import release_runner, runner_for
 from multitag.features import (
     Encoder,
     Preprocessing,
@@ -425,6 +425,14 @@ class MultiTaskTagger(ParamsMixin):
         self._check_fitted()
         if hasattr(self.net_, "from_features"):
             runner_for(self.net_.encoder, self.engine, self.precision)
+        return self
+
+    def release_engine(self) -> MultiTaskTagger:
+        """Free the inference engine (OpenVINO's compiled encoder, most of a loaded model's
+        memory); the next prediction rebuilds it in a second or two from the conversion
+        cache. For batch jobs that run several models one after another."""
+        if hasattr(self, "net_"):
+            release_runner(self.net_.encoder)
         return self
 
     def _run_net(self, net: nn.Module, batches, device: torch.device):

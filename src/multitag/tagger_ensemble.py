@@ -14,6 +14,7 @@ the explorer and ONNX export need one tagger: use a member).
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 from collections.abc import Sequence
@@ -67,6 +68,11 @@ class TaggerEnsemble:
         self.members = members
         self.weights = [w / sum(weights) for w in weights]
         self.prior_shift_: dict[str, dict] = {}  # task -> tau, cross_fitted_gain, bias
+        # True: free each member's inference engine after its pass over the photos, so peak
+        # memory is the largest member's, not their sum, and every call rebuilds the engines
+        # (a second or two each). For one-shot batch jobs: the CLI's tag / evaluate / combine
+        # set it; a service keeps the default and stays warm.
+        self.release_engines = False
 
     @property
     def tasks_(self) -> list[Task]:
@@ -125,6 +131,9 @@ class TaggerEnsemble:
         imagenet, errors = None, {}
         for member, weight in zip(self.members, self.weights):
             out = member.predict_proba(paths, batch_size=batch_size, use_cache=use_cache)
+            if self.release_engines:
+                member.release_engine()
+                gc.collect()
             errors.update(out["errors"])
             for name, p in out["proba"].items():
                 proba[name] += weight * p
