@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
 import subprocess
 import sys
@@ -85,7 +87,8 @@ def run(models: list[Path], data_root: Path, n: int, out_dir: Path) -> dict:
         'inference engine; "release" (`TaggerEnsemble.release_engines`, the CLI\'s batch '
         "commands) frees each after its pass. Largest probability difference between the "
         f"modes: {result['max_abs_proba_diff']:.1e}; peak ratio release / keep: "
-        f"{result['peak_ratio_release_to_keep']}.\n\n"
+        f"{result['peak_ratio_release_to_keep']}. Machine: {platform.machine()}, "
+        f"{os.cpu_count()} threads, {time.strftime('%Y-%m-%d')}.\n\n"
         "| mode | peak RSS (GB) | seconds |\n|---|---:|---:|\n" + "\n".join(rows) + "\n"
     )
     return result
