@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import gc
 import json
 import shutil
@@ -67,10 +68,13 @@ def test_probabilities_are_the_weighted_mean_of_the_members(
 
 @pytest.mark.skipif(not engines.openvino_available(), reason="openvino missing")
 def test_release_engines_frees_each_member_after_its_pass(
-    trained_tagger, second_tagger, fashion_frame
+    trained_tagger, second_tagger, fashion_frame, monkeypatch
 ):
     """Batch jobs (the CLI) free each member's compiled engine after its pass: the same
     probabilities, and the engine is really collected (its callback made a cycle once)."""
+    # engines of their own: other tests' live copies of these models would share them
+    monkeypatch.setattr(engines, "_RUNNERS", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(engines, "_BY_CONTENT", collections.OrderedDict())
     paths = fashion_frame.path.tolist()[:24]
     ens = TaggerEnsemble([trained_tagger, second_tagger])
     kept = ens.predict_proba(paths)
