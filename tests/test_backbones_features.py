@@ -11,6 +11,7 @@ import torch
 
 from multitag import backbones
 from multitag.features import Encoder, FeatureCache, Preprocessing, extract_features, run_encoder
+from multitag.held_out import photo_digests
 from tests.conftest import FASHION, make_image, requires_fashion
 
 
@@ -191,6 +192,7 @@ def test_feature_cache_reuses_and_reports_bad_files(encoder, tmp_path):
         precision="fp32",
     )
     assert list(first.errors) == [5] and "bad.jpg" not in first.errors[5]
+    assert first.digests == photo_digests([*paths, bad])  # the split reuses them, no re-read
     assert len(FeatureCache(cache_dir, ident)) == 5
     calls = []
     orig = encoder.forward
@@ -207,6 +209,7 @@ def test_feature_cache_reuses_and_reports_bad_files(encoder, tmp_path):
     finally:
         del encoder.forward
     assert calls == []  # everything came from the cache
+    assert again.digests == first.digests[:5][::-1]
     np.testing.assert_allclose(again.features[::-1], first.features[:5], atol=2e-3, rtol=2e-3)
     other = FeatureCache(cache_dir, {"test": 2})
     assert len(other) == 0  # another encoder identity never reuses these features

@@ -600,11 +600,14 @@ class FeatureCache:
 
 @dataclass
 class FeatureResult:
-    """Features for every input path; rows of failed images are zero and listed in ``errors``."""
+    """Features for every input path; rows of failed images are zero and listed in ``errors``.
+    ``digests`` holds each file's content digest (``""`` where unreadable) when the cache
+    computed them, so callers need not read every photo a second time."""
 
     features: np.ndarray
     errors: dict[int, str]
     imagenet_logits: np.ndarray | None = None
+    digests: list[str] | None = None
 
     @property
     def ok(self) -> np.ndarray:
@@ -701,7 +704,7 @@ def extract_features(
         got = cache.get([keys[i] for i in present])
         feats = np.zeros((len(paths), got.shape[1]), dtype=np.float32)
         feats[present] = got
-    return FeatureResult(feats, errors)
+    return FeatureResult(feats, errors, digests=[k or "" for k in keys])
 
 
 def pool_features(x: torch.Tensor) -> torch.Tensor:

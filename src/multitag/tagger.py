@@ -273,7 +273,7 @@ class MultiTaskTagger(ParamsMixin):
                 )
         self.validation_ = report
         targets = encode_all(frame, self.tasks_)
-        digests = np.asarray(photo_digests(frame["path"]), dtype=object)
+        digests = np.asarray(feats.digests or photo_digests(frame["path"]), dtype=object)
         train_rows, val_rows = split_indices(  # copies of a photo (same digest) stay together
             frame, default_stratify(self.tasks_), self.val_fraction, self.seed, groups=digests
         )
