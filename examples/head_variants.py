@@ -31,7 +31,8 @@ from multitag.bench import TASKS
 from multitag.data.manifest import default_stratify, load_manifest, split_indices
 from multitag.data.tasks import encode_all
 from multitag.engines import runner_for
-from multitag.features import extract_features, iter_batches
+from multitag.extraction import extract_features
+from multitag.features import iter_batches
 from multitag.progress import bar
 from multitag.tagger import MultiTaskTagger
 from multitag.train import fit_heads

@@ -34,7 +34,7 @@ from sklearn.metrics import f1_score
 from multitag.bench import TASKS
 from multitag.data.manifest import default_stratify, load_manifest, split_indices
 from multitag.data.tasks import encode_all
-from multitag.features import extract_features
+from multitag.extraction import extract_features
 from multitag.progress import bar
 from multitag.tagger import MultiTaskTagger
 from multitag.train import fit_heads

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from multitag import backbones
-from multitag.features import Encoder, FeatureCache, Preprocessing, extract_features, run_encoder
+from multitag.extraction import FeatureCache, extract_features, run_encoder
+from multitag.features import Encoder, Preprocessing
 from multitag.held_out import photo_digests
 from tests.conftest import FASHION, make_image, requires_fashion
 

@@ -10,7 +10,8 @@ import torch
 
 from multitag import engines
 from multitag.backbones import create_model
-from multitag.features import Encoder, Preprocessing, run_encoder
+from multitag.extraction import run_encoder
+from multitag.features import Encoder, Preprocessing
 
 from .conftest import requires_fashion
 
@@ -131,7 +132,7 @@ def test_stream_splits_large_batches_across_requests(encoder, monkeypatch):
 def test_prefix_activations_from_openvino_match_torch(encoder, fashion_frame, tmp_path):
     """The frozen prefix that fine-tuning trains on comes from the inference engine: the same
     maps as PyTorch's (up to rounding), cached under a key of their own per engine."""
-    from multitag.features import encoder_cache_id, extract_prefix
+    from multitag.extraction import encoder_cache_id, extract_prefix
 
     paths = fashion_frame["path"].tolist()[:24]
     key = encoder_cache_id(encoder, "tf_efficientnet_lite0", "package", "fp32")

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from multitag.data.tasks import encode_all, infer_tasks
-from multitag.features import extract_prefix, iter_batches
+from multitag.extraction import extract_prefix
+from multitag.features import iter_batches
 from multitag.finetune import FineTuneConfig, StageData, augment_images, train_sharing
 from multitag.multitask.heads import MultiTaskHeads
 from multitag.multitask.sharing import HardSharing

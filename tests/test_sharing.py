@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from multitag.data.tasks import encode_all, infer_tasks
-from multitag.features import extract_prefix
+from multitag.extraction import extract_prefix
 from multitag.finetune import FineTuneConfig, StageData, _losses, predict_logits, train_sharing
 from multitag.multitask.balancing import build_balancer
 from multitag.multitask.heads import MultiTaskHeads

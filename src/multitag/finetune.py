@@ -1,7 +1,7 @@
 """Fine-tuning above a freeze point, practical on a 2-core CPU.
 
 The frozen prefix runs once per image (cached stage activations, see
-:func:`multitag.features.extract_prefix`); each step trains only the upper stages and heads,
+:func:`multitag.extraction.extract_prefix`); each step trains only the upper stages and heads,
 under bf16 autocast and channels_last. AdamW, cosine schedule with linear warm-up, early
 stopping on the validation score, an atomic checkpoint after every epoch (safetensors +
 JSON), and resume after a kill: a resumed run ends with the same weights as a straight one
@@ -377,7 +377,7 @@ def fine_tune(tagger, frame, targets, train_rows, val_rows) -> History:
     Called by ``MultiTaskTagger.fit`` after the heads were warm-started on cached features.
     Trains the encoder's own upper blocks in place, so ``save``/``load`` need no change.
     Epochs: ``tagger.finetune_epochs``, or ``min(tagger.epochs, 5)`` when it is None."""
-    from multitag.features import extract_prefix, run_encoder
+    from multitag.extraction import extract_prefix, run_encoder
     from multitag.multitask.sharing import HardSharing
 
     encoder = tagger.net_.encoder

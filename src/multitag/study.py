@@ -29,13 +29,8 @@ import yaml
 from multitag import backbones, runtime
 from multitag.data.manifest import default_stratify, load_manifest, split_indices
 from multitag.data.tasks import encode_all, infer_tasks
-from multitag.features import (
-    Encoder,
-    Preprocessing,
-    encoder_cache_id,
-    extract_prefix,
-    iter_batches,
-)
+from multitag.extraction import encoder_cache_id, extract_prefix
+from multitag.features import Encoder, Preprocessing, iter_batches
 from multitag.finetune import FineTuneConfig, StageData, predict_logits, train_sharing
 from multitag.held_out import photo_digests
 from multitag.io import write_json, write_table

@@ -22,13 +22,8 @@ from multitag.data.manifest import default_stratify, split_indices
 from multitag.data.tasks import Task, encode_all, infer_tasks
 from multitag.data.validate import ValidationReport, validate
 from multitag.engines import release_runner, runner_for
-from multitag.features import (
-    Encoder,
-    Preprocessing,
-    encoder_cache_id,
-    extract_features,
-    iter_batches,
-)
+from multitag.extraction import encoder_cache_id, extract_features
+from multitag.features import Encoder, Preprocessing, iter_batches
 from multitag.held_out import photo_digests
 from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads, probabilities
 from multitag.params import ParamsMixin
@@ -196,7 +191,7 @@ class MultiTaskTagger(ParamsMixin):
         return Path(self.cache_dir)
 
     def encoder_id(self) -> dict:
-        """What identifies cached features (:func:`~multitag.features.encoder_cache_id`)."""
+        """What identifies cached features (:func:`~multitag.extraction.encoder_cache_id`)."""
         return encoder_cache_id(
             self.net_.encoder, self.backbone, self.weights, self.precision, self.engine
         )

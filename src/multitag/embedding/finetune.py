@@ -1,7 +1,7 @@
 """Fine-tuning an embedder above a freeze point, on cached prefix activations.
 
 The same recipe as the tagger's (:mod:`multitag.finetune`): the frozen prefix runs once per
-image (:func:`~multitag.features.extract_prefix`, cached on disk), each step trains only the
+image (:func:`~multitag.extraction.extract_prefix`, cached on disk), each step trains only the
 upper stages (:class:`~multitag.multitask.sharing.UpperPart`, batch norm frozen) and the
 embedding layer, under bf16 autocast and channels_last, AdamW with a cosine schedule after a
 linear warm-up, flip augmentation of the activation maps. Batches are class-balanced like the

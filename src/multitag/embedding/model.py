@@ -24,15 +24,14 @@ from torch import nn
 from multitag import backbones
 from multitag.data.framing import Framing, resolve_framing
 from multitag.embedding import losses as loss_registry
-from multitag.features import (
-    Encoder,
+from multitag.extraction import (
     FeatureResult,
-    Preprocessing,
     encoder_cache_id,
     extract_features,
     extract_prefix,
     run_encoder,
 )
+from multitag.features import Encoder, Preprocessing
 from multitag.finetune import StageData, tuned_features
 from multitag.io import atomic_path, write_json
 from multitag.model_dir import CONFIG, FORMAT_VERSION, _versions, read_config
