@@ -145,9 +145,9 @@ def run(
     tagger.engine = "auto"
     start_up = {}
     if engine == "openvino":
-        # One untimed reloaded start-up first, so "cached" is a cache hit on every host: on a
-        # fresh machine the parent's engine may have been built before the disk cache held it
-        # (a 2026-12-04 run measured 5.2 s "cached" against 5.3 s converting that way).
+        # One untimed reloaded start-up first, so that "cached" times a cache hit on every
+        # host: a 2026-12-04 run on a fresh host, without it, timed 5.2 s "cached" against
+        # 5.3 s converting (that process converted and wrote the cache entry itself).
         _start_up_seconds(model_dir, conversion_cache=True)
         start_up = {
             "convert_seconds": _start_up_seconds(model_dir, conversion_cache=False),
