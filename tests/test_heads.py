@@ -21,3 +21,16 @@ def test_dropout_matches_nn_dropout_statistics():
     assert torch.equal(Dropout(0.0).train()(x), x)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         Dropout(1.0)
+
+
+def test_one_cycle_survives_a_one_step_warm_up():
+    """10 steps in all (10 epochs of one batch) made OneCycleLR divide by zero."""
+    from multitag.train import one_cycle
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([param], lr=1e-2)
+    sched = one_cycle(opt, 1e-2, 10)
+    for _ in range(10):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] < 1e-3

@@ -55,6 +55,18 @@ class History:
         return self.__dict__.copy()
 
 
+def one_cycle(
+    opt: torch.optim.Optimizer, max_lr: float | list[float], total_steps: int
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """One-cycle schedule, 10 % warm-up. OneCycleLR divides by ``pct_start * total_steps - 1``,
+    so a warm-up of exactly one step (10 steps in all, e.g. 10 epochs of one batch) would
+    divide by zero: that case warms up for 1.5 steps instead."""
+    pct_start = 0.1 if total_steps != 10 else 0.15
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start
+    )
+
+
 def _targets_to_tensors(targets: Mapping[str, np.ndarray], rows: np.ndarray) -> dict:
     return {
         k: torch.as_tensor(v[rows], dtype=torch.long if v.ndim == 1 else torch.float32)
@@ -127,9 +139,7 @@ def fit_heads(
         heads.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
     )
     steps_per_epoch = max(1, math.ceil(len(train_rows) / config.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1
-    )
+    sched = one_cycle(opt, config.lr, config.epochs * steps_per_epoch)
     device = torch.device("cpu")
     precision = runtime.resolve_precision(config.precision, device)
     history = History()

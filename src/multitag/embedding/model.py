@@ -37,6 +37,7 @@ from multitag.io import atomic_path, write_json
 from multitag.model_dir import CONFIG, FORMAT_VERSION, _versions, read_config
 from multitag.params import ParamsMixin
 from multitag.progress import bar
+from multitag.train import one_cycle
 
 EMBED_CONFIG = "embedding.json"
 EMBED_WEIGHTS = "embedding.safetensors"
@@ -378,9 +379,7 @@ class Embedder(ParamsMixin):
             groups.append({"params": list(objective.parameters()), "lr": self.lr * 10})
         opt = torch.optim.AdamW(groups, weight_decay=1e-4)
         steps = self.epochs * max(1, len(labels) // self.batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, [g["lr"] for g in opt.param_groups], total_steps=steps + 1, pct_start=0.1
-        )
+        sched = one_cycle(opt, [g["lr"] for g in opt.param_groups], steps + 1)
         history = []
         self.head_.train()
         with bar("embedding", self.epochs, enabled=self.progress) as pbar:
