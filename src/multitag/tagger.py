@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +22,27 @@ from multitag.data.manifest import default_stratify, split_indices
 from multitag.data.tasks import Task, encode_all, infer_tasks
 from multitag.data.validate import ValidationReport, validate
 from multitag.engines import release_runner, runner_for
-from multitag.extraction import encoder_cache_id, extract_features
+from multitag.extraction import FeatureResult, encoder_cache_id, extract_features
 from multitag.features import Encoder, Preprocessing, iter_batches
 from multitag.held_out import photo_digests
 from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads, probabilities
 from multitag.params import ParamsMixin
 from multitag.runtime import default_cache_dir
 from multitag.train import History, TrainConfig, fit_heads
+
+
+@dataclass
+class FitData:
+    """What training starts from (:meth:`MultiTaskTagger._prepare_fit`): the frame (index
+    reset), features of every row, encoded targets, photo digests and the row split (rows
+    whose image is missing or unreadable are in neither)."""
+
+    frame: pd.DataFrame
+    features: FeatureResult
+    targets: dict[str, np.ndarray]
+    digests: np.ndarray
+    train_rows: np.ndarray
+    val_rows: np.ndarray
 
 
 class TaggerNet(nn.Module):
@@ -205,77 +219,9 @@ class MultiTaskTagger(ParamsMixin):
         unreadable are skipped and reported in ``validation_``; duplicate ids or an empty
         task stop training with a message naming them.
         """
-        if not self.tasks:
-            raise ValueError("tasks: name at least one label column to learn, e.g. ['gender']")
-        if self.finetune_epochs is not None and self.finetune_epochs < 1:
-            raise ValueError(
-                f"finetune_epochs must be >= 1 (or None for min(epochs, 5)), "
-                f"not {self.finetune_epochs}"
-            )
-        if not self.finetune_lr > 0:
-            raise ValueError(f"finetune_lr must be > 0, not {self.finetune_lr}")
-        n = self.ensemble
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(
-                f"ensemble: the number of head sets to average, an int >= 1, not {self.ensemble!r}"
-            )
-        if self.prior_shift not in ("none", "auto"):
-            raise ValueError(
-                f"prior_shift must be 'none' or 'auto' (choose a per-task shift towards "
-                f"frequent or rare classes on the val split), not {self.prior_shift!r}"
-            )
-        for col in ("id", "path"):
-            if col not in frame.columns:
-                raise ValueError(f"the frame needs an {col!r} column; use load_manifest()")
-        frame = frame.reset_index(drop=True)
-        report = validation or validate(
-            frame, list(self.tasks), decode=False, progress=self.progress
-        )
-        if not report.ok:
-            raise ValueError("cannot train:\n  " + "\n  ".join(report.problems()))
-        self.tasks_ = infer_tasks(
-            frame,
-            list(self.tasks),
-            multilabel=self.multilabel,
-            delimiter=self.delimiter,
-            min_count=self.min_count,
-            rare=self.rare,
-        )
-        framing = resolve_framing(self.framing, frame["path"].tolist(), self.seed)
-        encoder = self._build_encoder(self.weights, framing)
-        heads = self._new_heads(encoder.out_dim, self.seed)
-        self.net_ = TaggerNet(encoder, heads, self.tasks_)
-        feats = extract_features(
-            encoder,
-            frame["path"].tolist(),
-            cache_dir=self.feature_cache_dir(),
-            encoder_id=self.encoder_id() if self.feature_cache_dir() else None,
-            precision=self.precision,
-            engine=self.engine,
-            workers=self.workers,
-            progress=self.progress,
-        )
-        bad = sorted(report.bad_rows | set(feats.errors))
-        for row, reason in feats.errors.items():
-            if row not in report.bad_rows:
-                report.unreadable.append(
-                    {
-                        "row": row,
-                        "id": frame["id"][row],
-                        "path": frame["path"][row],
-                        "reason": reason,
-                    }
-                )
-        self.validation_ = report
-        targets = encode_all(frame, self.tasks_)
-        digests = np.asarray(feats.digests or photo_digests(frame["path"]), dtype=object)
-        train_rows, val_rows = split_indices(  # copies of a photo (same digest) stay together
-            frame, default_stratify(self.tasks_), self.val_fraction, self.seed, groups=digests
-        )
-        train_rows = np.setdiff1d(train_rows, bad)
-        val_rows = np.setdiff1d(val_rows, bad)
-        if len(train_rows) == 0:
-            raise ValueError("no usable training rows: every image is missing or unreadable")
+        data = self._prepare_fit(frame, validation)
+        frame, feats, targets = data.frame, data.features, data.targets
+        train_rows, val_rows, heads = data.train_rows, data.val_rows, self.net_.heads
         heads.fit_scaler(feats.features[train_rows])
         self.history_ = fit_heads(
             heads,
@@ -301,13 +247,94 @@ class MultiTaskTagger(ParamsMixin):
         self.split_ = {  # saved as split.csv: which photos this model has seen
             "train_ids": frame["id"].iloc[train_rows].tolist(),
             "val_ids": frame["id"].iloc[val_rows].tolist(),
-            "train_digests": digests[train_rows].tolist(),
-            "val_digests": digests[val_rows].tolist(),
+            "train_digests": data.digests[train_rows].tolist(),
+            "val_digests": data.digests[val_rows].tolist(),
         }
         self.val_features_ = feats.features[val_rows]
         self.val_paths_ = frame["path"].iloc[val_rows].tolist()
         self.val_targets_ = {k: v[val_rows] for k, v in targets.items()}
         return self
+
+    def _check_params(self) -> None:
+        if not self.tasks:
+            raise ValueError("tasks: name at least one label column to learn, e.g. ['gender']")
+        if self.finetune_epochs is not None and self.finetune_epochs < 1:
+            raise ValueError(
+                f"finetune_epochs must be >= 1 (or None for min(epochs, 5)), "
+                f"not {self.finetune_epochs}"
+            )
+        if not self.finetune_lr > 0:
+            raise ValueError(f"finetune_lr must be > 0, not {self.finetune_lr}")
+        n = self.ensemble
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(
+                f"ensemble: the number of head sets to average, an int >= 1, not {self.ensemble!r}"
+            )
+        if self.prior_shift not in ("none", "auto"):
+            raise ValueError(
+                f"prior_shift must be 'none' or 'auto' (choose a per-task shift towards "
+                f"frequent or rare classes on the val split), not {self.prior_shift!r}"
+            )
+
+    def _prepare_fit(
+        self, frame: pd.DataFrame, validation: ValidationReport | None = None
+    ) -> FitData:
+        """Everything ``fit`` does before training: check the parameters and the frame,
+        infer the tasks, build the encoder and untrained heads (``net_``), extract (or read
+        cached) features and split the rows, copies of a photo on one side. Sets
+        ``tasks_``, ``net_`` and ``validation_``."""
+        self._check_params()
+        for col in ("id", "path"):
+            if col not in frame.columns:
+                raise ValueError(f"the frame needs an {col!r} column; use load_manifest()")
+        frame = frame.reset_index(drop=True)
+        report = validation or validate(
+            frame, list(self.tasks), decode=False, progress=self.progress
+        )
+        if not report.ok:
+            raise ValueError("cannot train:\n  " + "\n  ".join(report.problems()))
+        self.tasks_ = infer_tasks(
+            frame,
+            list(self.tasks),
+            multilabel=self.multilabel,
+            delimiter=self.delimiter,
+            min_count=self.min_count,
+            rare=self.rare,
+        )
+        framing = resolve_framing(self.framing, frame["path"].tolist(), self.seed)
+        encoder = self._build_encoder(self.weights, framing)
+        self.net_ = TaggerNet(encoder, self._new_heads(encoder.out_dim, self.seed), self.tasks_)
+        feats = extract_features(
+            encoder,
+            frame["path"].tolist(),
+            cache_dir=self.feature_cache_dir(),
+            encoder_id=self.encoder_id() if self.feature_cache_dir() else None,
+            precision=self.precision,
+            engine=self.engine,
+            workers=self.workers,
+            progress=self.progress,
+        )
+        bad = sorted(report.bad_rows | set(feats.errors))
+        for row, reason in feats.errors.items():
+            if row not in report.bad_rows:
+                report.unreadable.append(
+                    {
+                        "row": row,
+                        "id": frame["id"][row],
+                        "path": frame["path"][row],
+                        "reason": reason,
+                    }
+                )
+        self.validation_ = report
+        digests = np.asarray(feats.digests or photo_digests(frame["path"]), dtype=object)
+        train_rows, val_rows = split_indices(  # copies of a photo (same digest) stay together
+            frame, default_stratify(self.tasks_), self.val_fraction, self.seed, groups=digests
+        )
+        train_rows = np.setdiff1d(train_rows, bad)
+        val_rows = np.setdiff1d(val_rows, bad)
+        if len(train_rows) == 0:
+            raise ValueError("no usable training rows: every image is missing or unreadable")
+        return FitData(frame, feats, encode_all(frame, self.tasks_), digests, train_rows, val_rows)
 
     def _new_heads(self, in_dim: int, seed: int) -> MultiTaskHeads:
         """Heads initialised from ``seed`` alone (not from whatever used the global RNG)."""
