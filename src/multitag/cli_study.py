@@ -1,4 +1,5 @@
-"""``multitag study CONFIG``: the transfer-learning study from a YAML grid."""
+"""``multitag study CONFIG`` (the transfer-learning study from a YAML grid) and
+``multitag learning-curve`` (tag quality against the number of labelled photos)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,26 @@ from typing import Annotated
 
 import typer
 
+from multitag.cli_common import DataOpt, ExtOpt, IdColOpt, ImagesOpt, PathColOpt
+
+
+def _parse_targets(values: list[str]) -> dict[str, float]:
+    from multitag.cli_common import _fail
+
+    out = {}
+    for value in values:
+        task, sep, f1 = value.partition("=")
+        try:
+            out[task.strip()] = float(f1)
+        except ValueError:
+            sep = ""
+        if not sep or not task.strip() or not 0 < out[task.strip()] <= 1:
+            _fail(f"--target {value!r}: write TASK=F1 with F1 in (0, 1], e.g. articleType=0.9")
+    return out
+
 
 def register(app: typer.Typer) -> None:
-    """Add the ``study`` command to the ``multitag`` app."""
+    """Add the ``study`` and ``learning-curve`` commands to the ``multitag`` app."""
 
     @app.command("study")
     def study_cmd(
@@ -33,3 +51,75 @@ def register(app: typer.Typer) -> None:
         cols = [c for c in table.columns if not c.endswith("_acc")]
         out_console.print(table[cols].to_string(index=False))
         out_console.print(f"report: {out / 'report.html'}  table: {out / 'study.csv'}")
+
+    @app.command("learning-curve")
+    def learning_curve_cmd(
+        data: DataOpt,
+        out: Annotated[Path, typer.Option("--out", help="Folder for the CSV, JSON and plot.")],
+        images: ImagesOpt = None,
+        tasks: Annotated[str | None, typer.Option(help="Comma-separated label columns.")] = None,
+        fractions: Annotated[
+            str, typer.Option(help="Shares of the training rows to train on, comma-separated.")
+        ] = "0.0625,0.125,0.25,0.5,1",
+        seeds: Annotated[int, typer.Option(help="Subset draws (and head seeds) per size.")] = 2,
+        target: Annotated[
+            list[str] | None,
+            typer.Option(help="TASK=F1: how many labelled rows would reach it (repeatable)."),
+        ] = None,
+        backbone: Annotated[
+            str, typer.Option(help="Registered backbone or any timm name.")
+        ] = "tf_efficientnet_lite0",
+        image_size: Annotated[
+            int | None, typer.Option(help="Square input size (default: backbone's).")
+        ] = None,
+        framing: Annotated[str, typer.Option(help="'auto' or 'none', as in train.")] = "auto",
+        epochs: Annotated[int, typer.Option(help="Maximum head epochs per fit.")] = 25,
+        val_fraction: Annotated[float, typer.Option(help="Validation share (fixed).")] = 0.2,
+        min_count: Annotated[
+            int, typer.Option(help="Classes rarer than this are folded into 'other'.")
+        ] = 5,
+        seed: Annotated[int, typer.Option(help="Random seed (split, subsets, init).")] = 0,
+        cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
+        id_col: IdColOpt = "id",
+        path_col: PathColOpt = None,
+        ext: ExtOpt = ".jpg",
+    ) -> None:
+        """Weighted F1 per task against the number of labelled training photos: heads on
+        frozen features, refitted on growing shares of the training split, scored on one
+        fixed validation split; a power-law fit says what more labels would buy."""
+        from multitag import MultiTaskTagger
+        from multitag.cli import _task_list
+        from multitag.cli_common import _fail, _load_frame, _split, out_console
+        from multitag.learning_curve import learning_curve
+
+        targets = _parse_targets(target or [])
+        try:
+            shares = [float(f) for f in _split(fractions)]
+        except ValueError:
+            _fail(f"--fractions {fractions!r}: comma-separated numbers in (0, 1], e.g. 0.25,0.5,1")
+        frame = _load_frame(data, images, id_col, path_col, ext)
+        kwargs = {"cache_dir": cache_dir} if cache_dir is not None else {}
+        tagger = MultiTaskTagger(
+            _task_list(frame, tasks), backbone=backbone, image_size=image_size,
+            framing=framing, epochs=epochs, val_fraction=val_fraction, min_count=min_count,
+            seed=seed, **kwargs,
+        )  # fmt: skip
+        unknown = sorted(set(targets) - set(tagger.tasks))
+        if unknown:
+            _fail(f"--target names {unknown}, which are not among the tasks {tagger.tasks}")
+        try:
+            curve = learning_curve(tagger, frame, shares, seeds)
+        except (ValueError, FileNotFoundError) as err:
+            _fail(str(err))
+            return
+        curve.save(out, targets)
+        table = curve.extrapolate(targets)
+        cols = [
+            "task", "n_train", "weighted_f1", "last_doubling_gain", "next_doubling_gain",
+            "target", "rows_for_target",
+        ]  # fmt: skip
+        out_console.print(table[cols].to_string(index=False, float_format="%.4f"))
+        out_console.print(
+            f"{curve.n_val} validation rows; plot: {out / 'learning_curve.png'}  "
+            f"table: {out / 'learning_curve.json'}"
+        )
