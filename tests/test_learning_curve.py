@@ -83,6 +83,10 @@ def test_learning_curve_on_real_images(fashion_frame, cache_dir, tmp_path):
     doc = json.loads((out / "learning_curve.json").read_text())
     assert {r["task"] for r in doc["extrapolation"]} == {"gender", "articleType"}
     assert (out / "learning_curve.png").read_bytes().startswith(b"\x89PNG")
+    table = (out / "learning_curve.md").read_text().splitlines()
+    assert table[0] == "| training rows | gender | articleType |"
+    assert len(table) == 2 + 3 + 4  # header, sizes, gains, target, rows needed
+    assert table[-1].startswith("| rows the target needs |  | ")  # gender has no target
     with pytest.raises(ValueError, match="fractions"):
         learning_curve(tagger(), fashion_frame, fractions=(0, 1.0))
     with pytest.raises(ValueError, match="freeze='all'"):

@@ -173,9 +173,51 @@ class LearningCurve:
         fig.savefig(buf, format="png", metadata={"Software": None})
         return buf.getvalue()
 
+    def to_markdown(self, targets: Mapping[str, float] | None = None) -> str:
+        """A table: one row per training size, one column per task (weighted F1, bold where
+        a target is met), then the last doubling's gain, the fitted next one and the rows
+        each target needs (× the largest size measured)."""
+        wide = self.summary().pivot(index="n_train", columns="task", values="weighted_f1")
+        extra = self.extrapolate(targets).set_index("task")
+        tasks = list(extra.index)
+        targets = targets or {}
+
+        def cell(task: str, f1: float) -> str:
+            met = task in targets and f1 >= targets[task]
+            return f"**{f1:.4f}**" if met else f"{f1:.4f}"
+
+        def gain(value) -> str:
+            return "" if value is None or pd.isna(value) else f"{value:+.4f}"
+
+        def needed(task: str) -> str:
+            if task not in targets:
+                return ""
+            n, top = extra.loc[task, "rows_for_target"], extra.loc[task, "n_train"]
+            if extra.loc[task, "weighted_f1"] >= targets[task]:
+                return "met"
+            if n is None or pd.isna(n):
+                return "not on this curve"
+            return f"{int(n):,} ({n / top:.1f}×)"
+
+        lines = [
+            "| training rows | " + " | ".join(tasks) + " |",
+            "|---:|" + "---:|" * len(tasks),
+        ]
+        for n_train, row in wide.sort_index().iterrows():
+            lines.append(f"| {n_train:,} | " + " | ".join(cell(t, row[t]) for t in tasks) + " |")
+        last = [gain(extra.loc[t, "last_doubling_gain"]) for t in tasks]
+        lines.append("| gain of the last doubling | " + " | ".join(last) + " |")
+        nxt = [gain(extra.loc[t, "next_doubling_gain"]) for t in tasks]
+        lines.append("| next doubling, fitted | " + " | ".join(nxt) + " |")
+        if targets:
+            lines.append("| target | " + " | ".join(f"{targets.get(t, '')}" for t in tasks) + " |")
+            lines.append("| rows the target needs | " + " | ".join(needed(t) for t in tasks) + " |")
+        return "\n".join(lines) + "\n"
+
     def save(self, out: str | Path, targets: Mapping[str, float] | None = None) -> Path:
         """Write ``learning_curve.csv`` (every score), ``learning_curve.json`` (settings,
-        summary, extrapolation) and ``learning_curve.png`` into ``out``."""
+        summary, extrapolation), ``learning_curve.md`` (:meth:`to_markdown`) and
+        ``learning_curve.png`` into ``out``."""
         from multitag.io import atomic_path, write_json, write_text
 
         out = Path(out)
@@ -189,6 +231,7 @@ class LearningCurve:
             "extrapolation": json.loads(extra.to_json(orient="records")),
         }
         write_json(out / "learning_curve.json", doc)
+        write_text(out / "learning_curve.md", self.to_markdown(targets))
         with atomic_path(out / "learning_curve.png") as tmp:
             tmp.write_bytes(self.plot(targets))
         return out
