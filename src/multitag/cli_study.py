@@ -16,12 +16,12 @@ def _parse_targets(values: list[str]) -> dict[str, float]:
 
     out = {}
     for value in values:
-        task, sep, f1 = value.partition("=")
+        task, _, f1 = value.partition("=")
         try:
             out[task.strip()] = float(f1)
         except ValueError:
-            sep = ""
-        if not sep or not task.strip() or not 0 < out[task.strip()] <= 1:
+            out[task.strip()] = -1.0  # not a number: fails the range check below
+        if not task.strip() or not 0 < out[task.strip()] <= 1:
             _fail(f"--target {value!r}: write TASK=F1 with F1 in (0, 1], e.g. articleType=0.9")
     return out
 

@@ -30,7 +30,6 @@ import pandas as pd
 
 from multitag.evaluate import report_from_arrays
 from multitag.progress import bar
-from multitag.train import fit_heads
 
 DEFAULT_FRACTIONS = (0.0625, 0.125, 0.25, 0.5, 1.0)
 
@@ -268,12 +267,9 @@ def learning_curve(
             order = np.random.default_rng(tagger.seed + s).permutation(train)
             for fraction, size in zip(fractions, sizes):
                 rows = np.sort(order[:size])
-                heads = tagger._new_heads(feats.shape[1], tagger.seed + s)
-                heads.fit_scaler(feats[rows])
-                config = tagger._train_config()
-                config.seed = tagger.seed + s
-                fit_heads(heads, feats, targets, tasks, rows, val, config, progress=False)
-                tagger.net_.heads = heads
+                tagger.net_.heads, _ = tagger._fit_head_set(
+                    feats, targets, rows, val, tagger.seed + s, progress=False
+                )
                 proba = tagger.predict_proba_features(feats[val])
                 report = report_from_arrays(tasks, {k: v[val] for k, v in targets.items()}, proba)
                 for task, m in report["tasks"].items():

@@ -352,20 +352,29 @@ class MultiTaskTagger(ParamsMixin):
 
     def _fit_members(self, first, features, targets, train_rows, val_rows) -> None:
         """Fit members 2..n from seeds ``seed+1, ...``; the heads become their ensemble."""
-        members, histories = [first], self.member_histories_
+        members = [first]
         for i in range(1, self.ensemble):
-            member = self._new_heads(features.shape[1], self.seed + i)
-            member.fit_scaler(features[train_rows])
-            config = self._train_config()
-            config.seed = self.seed + i
-            histories.append(
-                fit_heads(
-                    member, features, targets, self.tasks_, train_rows, val_rows, config,
-                    progress=self.progress,
-                )
-            )  # fmt: skip
+            member, history = self._fit_head_set(
+                features, targets, train_rows, val_rows, self.seed + i, self.progress
+            )
+            self.member_histories_.append(history)
             members.append(member)
         self.net_.heads = HeadEnsemble(members, self.tasks_)
+
+    def _fit_head_set(
+        self, features, targets, train_rows, val_rows, seed: int, progress: bool
+    ) -> tuple[MultiTaskHeads, History]:
+        """A fresh set of heads, initialised and trained from ``seed`` on ``train_rows``
+        (best epoch on ``val_rows``): one ensemble member, or one learning-curve point."""
+        heads = self._new_heads(features.shape[1], seed)
+        heads.fit_scaler(features[train_rows])
+        config = self._train_config()
+        config.seed = seed
+        history = fit_heads(
+            heads, features, targets, self.tasks_, train_rows, val_rows, config,
+            progress=progress,
+        )  # fmt: skip
+        return heads, history
 
     def _fit_prior_shift(self, features, targets, train_rows, val_rows) -> None:
         """Choose each multi-class task's prior shift on the val rows (see ``prior_shift``)."""
