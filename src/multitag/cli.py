@@ -170,6 +170,14 @@ def train_cmd(
             "'none': off."
         ),
     ] = "none",
+    refit: Annotated[
+        bool,
+        typer.Option(
+            help="Once each head set has chosen its epochs on the val split, train it again on "
+            "train + val (frozen backbone): the model learns from every labelled photo; the "
+            "printed scores are those of the heads before the refit."
+        ),
+    ] = False,
     multilabel: Annotated[
         str | None, typer.Option(help="Multi-label columns (comma-separated).")
     ] = None,
@@ -205,6 +213,7 @@ def train_cmd(
         head=head,
         ensemble=ensemble,
         prior_shift=prior_shift,
+        refit=refit,
         multilabel=_split(multilabel),
         delimiter=delimiter,
         min_count=min_count,
@@ -229,6 +238,13 @@ def train_cmd(
 
     console.print(format_table(report))
     _print_prior_shift(tagger.prior_shift_)
+    if tagger.refit_:
+        r = tagger.refit_
+        console.print(
+            f"refit: scores above are on {r['val_rows']} val rows, before the heads were "
+            f"trained again on all {r['rows_after']} rows (epochs "
+            f"{', '.join(map(str, r['epochs']))}); score the saved model on new photos"
+        )
     console.print(f"model: {out}  (report: {out / 'report.html'})")
 
 

@@ -34,9 +34,14 @@ def evaluate_split(tagger) -> dict:
     """Metrics on the validation split kept aside by :meth:`MultiTaskTagger.fit`.
 
     Uses the cached features of the val images when the backbone was frozen, so no image
-    is decoded twice; a fine-tuned model is re-run on the images.
+    is decoded twice; a fine-tuned model is re-run on the images. A tagger fitted with
+    ``refit=True`` has since trained on those rows too: it reports the heads before the
+    refit (``val_proba_``), and ``split`` says so.
     """
-    if tagger.freeze == "all":
+    refit = getattr(tagger, "refit_", None)
+    if refit is not None:
+        proba = tagger.val_proba_
+    elif tagger.freeze == "all":
         proba = tagger.predict_proba_features(tagger.val_features_)
     else:
         proba = tagger.predict_proba(tagger.val_paths_)["proba"]
@@ -45,6 +50,13 @@ def evaluate_split(tagger) -> dict:
         "n_train": len(tagger.split_["train_ids"]),
         "n_val": len(tagger.split_["val_ids"]),
     }
+    if refit is not None:
+        report["split"] = {
+            "n_train": refit["rows_before"],
+            "n_val": refit["val_rows"],
+            "scored": "heads before the refit; the saved heads then trained on train + val",
+            "refit": refit,
+        }
     return report
 
 

@@ -97,6 +97,7 @@ def held_out_rows(model, frame: pd.DataFrame, source: str = "the manifest") -> H
         raise ValueError(
             f"every row of {source} ({len(frame)}) has a photo a model trained on; pass "
             "photos no member trained on, e.g. the manifest the members were trained from "
-            "(its validation rows are kept) or a separate held-out set"
+            "(its validation rows are kept, unless it was trained with --refit) or a separate "
+            "held-out set"
         )
     return HeldOut(frame[~seen].reset_index(drop=True), int(seen.sum()), known=True)

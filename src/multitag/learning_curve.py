@@ -255,6 +255,11 @@ def learning_curve(
             f"learning_curve measures heads on frozen features; freeze={tagger.freeze!r} would "
             "fine-tune the backbone once per size and seed. Use freeze='all'."
         )
+    if tagger.refit:
+        raise ValueError(
+            "learning_curve scores every size on the val split; refit=True would train on it. "
+            "Use refit=False (the curve then also says what a refit on train + val buys)."
+        )
     data = tagger._prepare_fit(frame)
     feats, targets, tasks = data.features.features, data.targets, tagger.tasks_
     train, val = data.train_rows, data.val_rows

@@ -86,6 +86,7 @@ def save_tagger(tagger, directory: str | os.PathLike) -> Path:
             "freeze": tagger.freeze,
             **tagger.train_config(),
             "history": tagger.history_.to_dict() if hasattr(tagger, "history_") else None,
+            "refit": getattr(tagger, "refit_", None),
         },
         "params": {
             k: v
@@ -231,6 +232,7 @@ def load_tagger(directory: str | os.PathLike):
     tagger.tasks_ = tasks
     tagger.net_ = net.eval()
     tagger.prior_shift_ = h.get("prior_shift", {})
+    tagger.refit_ = config.get("training", {}).get("refit")
     tagger.config_ = config
     split = _read_split(directory / SPLIT)
     if split is not None:

@@ -92,6 +92,13 @@ class MultiTaskTagger(ParamsMixin):
     of heads from seeds ``seed, seed+1, ...`` on the same (frozen or fine-tuned) features and
     averages their probabilities (:class:`~multitag.multitask.heads.HeadEnsemble`): n times
     the head-training time, about 1 % of a 224-px Lite0 pass more inference per extra member.
+    ``refit=True`` (frozen backbones), once every set of heads has chosen its number of epochs
+    on the val split, trains each again from its seed on train + val rows for that many epochs
+    of the same schedule, so the saved model has learnt from every labelled photo (measured on
+    unseen test photos, 25 % more rows: +0.004 mean weighted F1, articleType +0.003..+0.007;
+    docs/study.md). The val split then no longer scores the saved heads: ``fit`` keeps the
+    scores of the heads before the refit (``val_proba_``, what ``evaluate_split`` reports),
+    ``refit_`` records the epochs and row counts, and ``split_`` lists every row as trained on.
     """
 
     def __init__(
@@ -115,6 +122,7 @@ class MultiTaskTagger(ParamsMixin):
         input_dropout: float = 0.2,
         ensemble: int = 1,
         prior_shift: str = "none",
+        refit: bool = False,
         multilabel: Mapping[str, str] | Sequence[str] | None = None,
         delimiter: str = "|",
         min_count: int = 5,
@@ -151,6 +159,7 @@ class MultiTaskTagger(ParamsMixin):
         self.input_dropout = input_dropout
         self.ensemble = ensemble
         self.prior_shift = prior_shift
+        self.refit = refit
         self.multilabel = multilabel
         self.delimiter = delimiter
         self.min_count = min_count
@@ -244,11 +253,18 @@ class MultiTaskTagger(ParamsMixin):
         self.prior_shift_ = {}
         if self.prior_shift == "auto" and len(val_rows):
             self._fit_prior_shift(feats.features, targets, train_rows, val_rows)
+        self.refit_ = None
+        self.__dict__.pop("val_proba_", None)
+        trained, held = train_rows, val_rows
+        if self.refit and len(val_rows):
+            self.val_proba_ = self.predict_proba_features(feats.features[val_rows])
+            trained = self._refit_heads(feats.features, targets, train_rows, val_rows)
+            held = val_rows[:0]
         self.split_ = {  # saved as split.csv: which photos this model has seen
-            "train_ids": frame["id"].iloc[train_rows].tolist(),
-            "val_ids": frame["id"].iloc[val_rows].tolist(),
-            "train_digests": data.digests[train_rows].tolist(),
-            "val_digests": data.digests[val_rows].tolist(),
+            "train_ids": frame["id"].iloc[trained].tolist(),
+            "val_ids": frame["id"].iloc[held].tolist(),
+            "train_digests": data.digests[trained].tolist(),
+            "val_digests": data.digests[held].tolist(),
         }
         self.val_features_ = feats.features[val_rows]
         self.val_paths_ = frame["path"].iloc[val_rows].tolist()
@@ -269,6 +285,14 @@ class MultiTaskTagger(ParamsMixin):
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(
                 f"ensemble: the number of head sets to average, an int >= 1, not {self.ensemble!r}"
+            )
+        if not isinstance(self.refit, bool):
+            raise ValueError(f"refit must be True or False, not {self.refit!r}")
+        if self.refit and self.freeze != "all":
+            raise ValueError(
+                f"refit=True retrains the heads on frozen features; with freeze={self.freeze!r} "
+                "the fine-tuned backbone would need its own refit. Use freeze='all' or "
+                "refit=False."
             )
         if self.prior_shift not in ("none", "auto"):
             raise ValueError(
@@ -362,19 +386,53 @@ class MultiTaskTagger(ParamsMixin):
         self.net_.heads = HeadEnsemble(members, self.tasks_)
 
     def _fit_head_set(
-        self, features, targets, train_rows, val_rows, seed: int, progress: bool
+        self,
+        features,
+        targets,
+        train_rows,
+        val_rows,
+        seed: int,
+        progress: bool,
+        run_epochs: int | None = None,
     ) -> tuple[MultiTaskHeads, History]:
         """A fresh set of heads, initialised and trained from ``seed`` on ``train_rows``
-        (best epoch on ``val_rows``): one ensemble member, or one learning-curve point."""
+        (best epoch on ``val_rows``, or exactly ``run_epochs``): one ensemble member, one
+        learning-curve point, or one refitted member."""
         heads = self._new_heads(features.shape[1], seed)
         heads.fit_scaler(features[train_rows])
         config = self._train_config()
         config.seed = seed
         history = fit_heads(
             heads, features, targets, self.tasks_, train_rows, val_rows, config,
-            progress=progress,
+            progress=progress, run_epochs=run_epochs,
         )  # fmt: skip
         return heads, history
+
+    def _refit_heads(self, features, targets, train_rows, val_rows) -> np.ndarray:
+        """Retrain every head set from its seed on train + val rows for the epochs it chose
+        on val (``refit=True``); a prior shift chosen before stays. Returns the rows used."""
+        from multitag.multitask.prior_shift import PriorShiftedHeads
+
+        rows = np.union1d(train_rows, val_rows)
+        epochs = [h.best_epoch + 1 for h in self.member_histories_]
+        members = [
+            self._fit_head_set(
+                features, targets, rows, rows[:0], self.seed + i, self.progress, run_epochs=n
+            )[0]
+            for i, n in enumerate(epochs)
+        ]
+        new = members[0] if len(members) == 1 else HeadEnsemble(members, self.tasks_)
+        if isinstance(self.net_.heads, PriorShiftedHeads):
+            self.net_.heads.base = new
+        else:
+            self.net_.heads = new
+        self.refit_ = {
+            "epochs": epochs,
+            "rows_before": int(len(train_rows)),
+            "rows_after": int(len(rows)),
+            "val_rows": int(len(val_rows)),
+        }
+        return rows
 
     def _fit_prior_shift(self, features, targets, train_rows, val_rows) -> None:
         """Choose each multi-class task's prior shift on the val rows (see ``prior_shift``)."""

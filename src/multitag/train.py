@@ -124,11 +124,18 @@ def fit_heads(
     config: TrainConfig,
     progress: bool = True,
     on_epoch: Callable[[int, float, float], None] | None = None,
+    run_epochs: int | None = None,
 ) -> History:
     """Train ``heads`` on precomputed features with AdamW + one-cycle schedule; keep the epoch
     with the best validation score (:func:`_val_score`); stop after ``patience`` epochs
-    without improvement."""
+    without improvement.
+
+    ``run_epochs`` instead trains exactly that many epochs of the ``config.epochs`` schedule
+    and keeps the last: a refit on every labelled row, with the epoch count chosen on val.
+    """
     config.validate()
+    if run_epochs is not None and not 1 <= run_epochs <= config.epochs:
+        raise ValueError(f"run_epochs must be in [1, epochs={config.epochs}], not {run_epochs}")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     x_all = torch.as_tensor(features, dtype=torch.float32)
@@ -146,8 +153,9 @@ def fit_heads(
     best_state, best = None, -math.inf
     val_t = _targets_to_tensors(targets, val_rows) if len(val_rows) else None
     start = time.perf_counter()
-    with bar("training heads", config.epochs, enabled=progress) as pbar:
-        for epoch in range(config.epochs):
+    n_epochs = config.epochs if run_epochs is None else run_epochs
+    with bar("training heads", n_epochs, enabled=progress) as pbar:
+        for epoch in range(n_epochs):
             heads.train()
             order = rng.permutation(train_rows)
             total, n = 0.0, 0
@@ -174,14 +182,14 @@ def fit_heads(
                     score = _val_score(out, val_t, tasks)
             history.val_loss.append(val_loss)
             history.val_score.append(score)
-            if score > best + 1e-4:
+            if score > best + 1e-4 or run_epochs is not None:
                 best, history.best_epoch = score, epoch
                 best_state = copy.deepcopy(heads.state_dict())
             pbar.update(info=f"val score {score:.4f} (best {best:.4f} @ {history.best_epoch + 1})")
             pbar.advance()
             if on_epoch:
                 on_epoch(epoch, history.train_loss[-1], val_loss)
-            if epoch - history.best_epoch >= config.patience:
+            if run_epochs is None and epoch - history.best_epoch >= config.patience:
                 history.stopped_early = True
                 break
     if best_state is not None:
