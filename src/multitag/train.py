@@ -185,7 +185,12 @@ def fit_heads(
             if score > best + 1e-4 or run_epochs is not None:
                 best, history.best_epoch = score, epoch
                 best_state = copy.deepcopy(heads.state_dict())
-            pbar.update(info=f"val score {score:.4f} (best {best:.4f} @ {history.best_epoch + 1})")
+            if val_t is None:  # nothing to score (a refit): the loss is what there is to show
+                pbar.update(info=f"train loss {history.train_loss[-1]:.4f}")
+            else:
+                pbar.update(
+                    info=f"val score {score:.4f} (best {best:.4f} @ {history.best_epoch + 1})"
+                )
             pbar.advance()
             if on_epoch:
                 on_epoch(epoch, history.train_loss[-1], val_loss)
