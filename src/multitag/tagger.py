@@ -95,10 +95,11 @@ class MultiTaskTagger(ParamsMixin):
     ``refit=True`` (frozen backbones), once every set of heads has chosen its number of epochs
     on the val split, trains each again from its seed on train + val rows for that many epochs
     of the same schedule, so the saved model has learnt from every labelled photo (measured on
-    unseen test photos, 25 % more rows: +0.004 mean weighted F1, articleType +0.003..+0.007;
-    docs/study.md). The val split then no longer scores the saved heads: ``fit`` keeps the
-    scores of the heads before the refit (``val_proba_``, what ``evaluate_split`` reports),
-    ``refit_`` records the epochs and row counts, and ``split_`` lists every row as trained on.
+    unseen test photos, 25 % more rows: +0.004..+0.006 mean weighted F1, articleType
+    +0.003..+0.011; docs/study.md). The val split then no longer scores the saved heads:
+    ``fit`` keeps the scores of the heads before the refit (``val_proba_``, what
+    ``evaluate_split`` reports), ``refit_`` records the epochs and row counts, and ``split_``
+    lists every row as trained on.
     """
 
     def __init__(
