@@ -64,10 +64,7 @@ def main() -> None:
         heads, history = tagger._fit_head_set(x, y, rows, val, seed, False)
         before = _score(tagger, heads, test_x, test_y)
         fitted = time.perf_counter()
-        everything = data.train_rows.tolist() + data.val_rows.tolist()
-        refit, _ = tagger._fit_head_set(
-            x, y, sorted(everything), val[:0], seed, False, run_epochs=history.best_epoch + 1
-        )
+        refit = tagger._refit_head_set(x, y, rows, val, seed, history.best_epoch + 1)
         after = _score(tagger, refit, test_x, test_y)
         results[seed] = {
             "before": before, "after": after, "best_epoch": history.best_epoch,

@@ -46,11 +46,12 @@ def evaluate_split(tagger) -> dict:
     else:
         proba = tagger.predict_proba(tagger.val_paths_)["proba"]
     report = report_from_arrays(tagger.tasks_, tagger.val_targets_, proba)
-    report["split"] = {
-        "n_train": len(tagger.split_["train_ids"]),
-        "n_val": len(tagger.split_["val_ids"]),
-    }
-    if refit is not None:
+    if refit is None:
+        report["split"] = {
+            "n_train": len(tagger.split_["train_ids"]),
+            "n_val": len(tagger.split_["val_ids"]),
+        }
+    else:
         report["split"] = {
             "n_train": refit["rows_before"],
             "n_val": refit["val_rows"],

@@ -409,6 +409,14 @@ class MultiTaskTagger(ParamsMixin):
         )  # fmt: skip
         return heads, history
 
+    def _refit_head_set(self, features, targets, train_rows, val_rows, seed: int, epochs: int):
+        """One head set trained from ``seed`` on train + val rows for exactly ``epochs``
+        epochs of the schedule (no rows left to score): one refitted member."""
+        rows = np.union1d(train_rows, val_rows)
+        return self._fit_head_set(
+            features, targets, rows, rows[:0], seed, self.progress, run_epochs=epochs
+        )[0]
+
     def _refit_heads(self, features, targets, train_rows, val_rows) -> np.ndarray:
         """Retrain every head set from its seed on train + val rows for the epochs it chose
         on val (``refit=True``); a prior shift chosen before stays. Returns the rows used."""
@@ -417,9 +425,7 @@ class MultiTaskTagger(ParamsMixin):
         rows = np.union1d(train_rows, val_rows)
         epochs = [h.best_epoch + 1 for h in self.member_histories_]
         members = [
-            self._fit_head_set(
-                features, targets, rows, rows[:0], self.seed + i, self.progress, run_epochs=n
-            )[0]
+            self._refit_head_set(features, targets, train_rows, val_rows, self.seed + i, n)
             for i, n in enumerate(epochs)
         ]
         new = members[0] if len(members) == 1 else HeadEnsemble(members, self.tasks_)

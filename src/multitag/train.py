@@ -182,7 +182,9 @@ def fit_heads(
                     score = _val_score(out, val_t, tasks)
             history.val_loss.append(val_loss)
             history.val_score.append(score)
-            if score > best + 1e-4 or run_epochs is not None:
+            if run_epochs is not None:  # a refit keeps the last epoch: no snapshot needed
+                best, history.best_epoch = score, epoch
+            elif score > best + 1e-4:
                 best, history.best_epoch = score, epoch
                 best_state = copy.deepcopy(heads.state_dict())
             if val_t is None:  # nothing to score (a refit): the loss is what there is to show
