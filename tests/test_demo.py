@@ -27,13 +27,18 @@ def test_demo_runs_end_to_end_on_a_sample(fashion_frame, tmp_path):
 
     config = json.loads((paths["model"] / "config.json").read_text())
     assert config["heads"]["ensemble"] == 3
+    refit = config["training"]["refit"]  # the saved heads trained on train + val
+    assert refit["rows_after"] == refit["rows_before"] + refit["val_rows"] > refit["rows_before"]
+    assert len(refit["epochs"]) == 3 and "prior_shift" in config["heads"]
     assert config["preprocessing"]["framing"]["aspect"] == 0.75  # measured on the catalogue
     assert "pattern" in [t["name"] for t in config["tasks"] if t["kind"] == "multilabel"]
     metrics = json.loads(paths["metrics"].read_text())
     assert metrics["tasks"]["masterCategory"]["accuracy"] > 0.8
     val_ids = read_table(tmp_path / "out" / "val.csv")["id"]
     tags = pd.read_parquet(paths["tags"])
-    assert len(tags) == len(val_ids) > 20 and set(tags["id"].astype(str)) == set(val_ids)
+    assert len(tags) == len(val_ids) == refit["val_rows"] > 20
+    assert set(tags["id"].astype(str)) == set(val_ids)
+    assert metrics["split"]["n_val"] == refit["val_rows"]
     assert paths["report"].is_file()
     catalog = json.loads((paths["catalog"] / "catalog.json").read_text())
     assert catalog["complete"] and catalog["n_items"] == len(fashion_frame)
