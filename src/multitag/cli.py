@@ -16,11 +16,17 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 from multitag.cli_common import (  # noqa: E402
+    DEFAULT_BACKBONE,
+    BackboneOpt,
+    CacheDirOpt,
     DataOpt,
     ExtOpt,
+    FramingOpt,
     IdColOpt,
+    ImageSizeOpt,
     ImagesOpt,
     PathColOpt,
+    TasksOpt,
     _fail,
     _load_frame,
     _split,
@@ -128,27 +134,16 @@ def train_cmd(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
     images: ImagesOpt = None,
-    tasks: Annotated[str | None, typer.Option(help="Comma-separated label columns.")] = None,
-    backbone: Annotated[
-        str, typer.Option(help="Registered backbone or any timm name.")
-    ] = "tf_efficientnet_lite0",
+    tasks: TasksOpt = None,
+    backbone: BackboneOpt = DEFAULT_BACKBONE,
     weights: Annotated[
         str, typer.Option(help="auto, package, hub, or a state-dict file.")
     ] = "auto",
     freeze: Annotated[
         str, typer.Option(help="'all' (heads only) or the last frozen stage, e.g. blocks.4.")
     ] = "all",
-    image_size: Annotated[
-        int | None, typer.Option(help="Square input size (default: backbone's).")
-    ] = None,
-    framing: Annotated[
-        str,
-        typer.Option(
-            help="'auto': crop every photo to its product and centre it on the catalogue's "
-            "canvas (measured on the training images), so photos framed differently tag "
-            "alike; 'none': squash-resize only."
-        ),
-    ] = "auto",
+    image_size: ImageSizeOpt = None,
+    framing: FramingOpt = "auto",
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on val).")] = 25,
     finetune_epochs: Annotated[
         int | None, typer.Option(help="Fine-tuning epochs with --freeze (default min(epochs, 5)).")
@@ -187,7 +182,7 @@ def train_cmd(
     val_fraction: Annotated[float, typer.Option(help="Validation share (stratified).")] = 0.2,
     class_weight: Annotated[str, typer.Option(help="none, sqrt or balanced.")] = "none",
     seed: Annotated[int, typer.Option(help="Random seed (split, init, order).")] = 0,
-    cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
+    cache_dir: CacheDirOpt = None,
     id_col: IdColOpt = "id",
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",

@@ -22,6 +22,20 @@ PathColOpt = Annotated[
     str | None, typer.Option("--path-col", help="Manifest column with image paths.")
 ]
 ExtOpt = Annotated[str, typer.Option("--ext", help="Image file extension after the id.")]
+# the model options that train and learning-curve share (one help text, one default each)
+TasksOpt = Annotated[str | None, typer.Option(help="Comma-separated label columns.")]
+BackboneOpt = Annotated[str, typer.Option(help="Registered backbone or any timm name.")]
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+ImageSizeOpt = Annotated[int | None, typer.Option(help="Square input size (default: backbone's).")]
+FramingOpt = Annotated[
+    str,
+    typer.Option(
+        help="'auto': crop every photo to its product and centre it on the catalogue's "
+        "canvas (measured on the training images), so photos framed differently tag "
+        "alike; 'none': squash-resize only."
+    ),
+]
+CacheDirOpt = Annotated[Path | None, typer.Option(help="Feature cache folder.")]
 
 
 def _split(value: str | None) -> list[str]:

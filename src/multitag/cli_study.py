@@ -8,7 +8,19 @@ from typing import Annotated
 
 import typer
 
-from multitag.cli_common import DataOpt, ExtOpt, IdColOpt, ImagesOpt, PathColOpt
+from multitag.cli_common import (
+    DEFAULT_BACKBONE,
+    BackboneOpt,
+    CacheDirOpt,
+    DataOpt,
+    ExtOpt,
+    FramingOpt,
+    IdColOpt,
+    ImageSizeOpt,
+    ImagesOpt,
+    PathColOpt,
+    TasksOpt,
+)
 
 
 def _parse_targets(values: list[str]) -> dict[str, float]:
@@ -57,7 +69,7 @@ def register(app: typer.Typer) -> None:
         data: DataOpt,
         out: Annotated[Path, typer.Option("--out", help="Folder for the CSV, JSON and plot.")],
         images: ImagesOpt = None,
-        tasks: Annotated[str | None, typer.Option(help="Comma-separated label columns.")] = None,
+        tasks: TasksOpt = None,
         fractions: Annotated[
             str, typer.Option(help="Shares of the training rows to train on, comma-separated.")
         ] = "0.0625,0.125,0.25,0.5,1",
@@ -66,20 +78,16 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(help="TASK=F1: how many labelled rows would reach it (repeatable)."),
         ] = None,
-        backbone: Annotated[
-            str, typer.Option(help="Registered backbone or any timm name.")
-        ] = "tf_efficientnet_lite0",
-        image_size: Annotated[
-            int | None, typer.Option(help="Square input size (default: backbone's).")
-        ] = None,
-        framing: Annotated[str, typer.Option(help="'auto' or 'none', as in train.")] = "auto",
+        backbone: BackboneOpt = DEFAULT_BACKBONE,
+        image_size: ImageSizeOpt = None,
+        framing: FramingOpt = "auto",
         epochs: Annotated[int, typer.Option(help="Maximum head epochs per fit.")] = 25,
         val_fraction: Annotated[float, typer.Option(help="Validation share (fixed).")] = 0.2,
         min_count: Annotated[
             int, typer.Option(help="Classes rarer than this are folded into 'other'.")
         ] = 5,
         seed: Annotated[int, typer.Option(help="Random seed (split, subsets, init).")] = 0,
-        cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder.")] = None,
+        cache_dir: CacheDirOpt = None,
         id_col: IdColOpt = "id",
         path_col: PathColOpt = None,
         ext: ExtOpt = ".jpg",
