@@ -13,6 +13,11 @@ rows score it. The validation score is what one would pick a combination on; the
 says whether the pick holds on photos nobody chose anything on. Test photos byte-identical to
 a photo the members trained on (the catalogue has copies under other ids) are scored twice:
 with the rest ("test") and left out ("unseen test", what ``evaluate --held-out`` scores).
+
+Members trained with ``--refit`` have no validation rows left (they trained on all of
+``train.csv``): their combinations are plain averages of the members' probabilities, each with
+the prior shift it chose before its refit (what ``multitag combine`` without
+``--prior-shift-data`` builds), scored on the test rows only.
 """
 
 from __future__ import annotations
@@ -63,18 +68,25 @@ def main() -> None:
         if [t.to_dict() for t in m.tasks_] != [t.to_dict() for t in first.tasks_]:
             parser.error(f"{name}: other tasks or classes than {args.models[0]}")
     tasks = first.tasks_
-    val = held_out_rows(first, load_manifest(args.train, args.images), str(args.train)).frame
+    refitted = not first.split_["val_ids"]  # --refit: every row of train.csv was trained on
     test = load_manifest(args.test, args.images)
     # photos of the test set byte-identical to a training photo (under another id): scored
     # with them ("test") and without them ("unseen test")
     unseen = ~test.index.isin(seen_rows(first, test))
     print(f"{args.test}: {len(test)} rows, {int((~unseen).sum())} with a photo the members "
           "trained on", flush=True)  # fmt: skip
-    targets = {"val": encode_all(val, tasks), "test": encode_all(test, tasks)}
+    frames = {"test": test}
+    if refitted:
+        print("the members were refitted on all of their training manifest: no validation "
+              "rows, so each combination is scored with the members' own prior shifts")  # fmt: skip
+    else:
+        train = load_manifest(args.train, args.images)
+        frames["val"] = held_out_rows(first, train, str(args.train)).frame
+    targets = {s: encode_all(f, tasks) for s, f in frames.items()}
     targets["unseen test"] = {t: y[unseen] for t, y in targets["test"].items()}
-    proba: dict[str, dict[str, dict]] = {"val": {}, "test": {}}
+    proba: dict[str, dict[str, dict]] = {s: {} for s in frames}
     for name, m in members.items():
-        for split, frame in (("val", val), ("test", test)):
+        for split, frame in frames.items():
             out = m.predict_proba(frame["path"].tolist(), use_cache=True)
             if out["errors"]:
                 raise RuntimeError(f"{name}: unreadable {split} photos {out['errors']}")
@@ -84,51 +96,66 @@ def main() -> None:
         for combo in itertools.combinations(members, k):
             avg = {
                 s: {t.name: np.mean([proba[s][m][t.name] for m in combo], 0) for t in tasks}
-                for s in ("val", "test")
+                for s in frames
             }
             avg["unseen test"] = {t: p[unseen] for t, p in avg["test"].items()}
-            shifts = choose_shifts(tasks, avg["val"], targets["val"], targets["val"])
-            gains = {n: s["cross_fitted_gain"] for n, s in shifts.items()}
-            plain_val = scores(tasks, targets["val"], avg["val"])
             row = {
-                "val": plain_val,
-                "val, shift (cross-fitted)": {
-                    t: round(v + gains.get(t, 0.0), 4) for t, v in plain_val.items()
-                },
                 "test": scores(tasks, targets["test"], avg["test"]),
-                "test, shift": scores(tasks, targets["test"], shifted(avg["test"], shifts)),
-                "unseen test, shift": scores(
-                    tasks, targets["unseen test"], shifted(avg["unseen test"], shifts)
-                ),
-                "tau": {n: s["tau"] for n, s in shifts.items()},
+                "unseen test": scores(tasks, targets["unseen test"], avg["unseen test"]),
             }
+            if not refitted:
+                row |= shifted_scores(tasks, avg, targets)
             key = " + ".join(combo)
             rows[key] = row
-            means = {c: round(float(np.mean(list(row[c].values()))), 4) for c in list(row)[:5]}
-            print(key, row["val, shift (cross-fitted)"]["articleType"],
-                  row["test, shift"]["articleType"], means, flush=True)  # fmt: skip
-    print("| members | articleType val, shift | test | test, shift | unseen test, shift "
-          "| baseColour test, shift | mean test, shift | mean unseen test, shift "
-          "| targets met, test |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for key, row in rows.items():
-        met = sum(row["test, shift"][t] >= v for t, v in STUDY_TARGETS.items())
-        mean = np.mean(list(row["test, shift"].values()))
-        mean_unseen = np.mean(list(row["unseen test, shift"].values()))
-        print(f"| {key} | {row['val, shift (cross-fitted)']['articleType']:.4f} | "
-              f"{row['test']['articleType']:.4f} | {row['test, shift']['articleType']:.4f} | "
-              f"{row['unseen test, shift']['articleType']:.4f} | "
-              f"{row['test, shift']['baseColour']:.4f} | {mean:.4f} | {mean_unseen:.4f} | "
-              f"{met} of 7 |")  # fmt: skip
+            table = {c: v for c, v in row.items() if c != "tau"}
+            means = {c: round(float(np.mean(list(v.values()))), 4) for c, v in table.items()}
+            print(key, {c: v["articleType"] for c, v in table.items()}, means, flush=True)
+    print_table(rows, refitted)
     if args.out:
         summary = {
-            "n_val": len(val),
+            "refitted": refitted,
+            "n_val": len(frames["val"]) if "val" in frames else 0,
             "n_test": len(test),
             "n_test_seen": int((~unseen).sum()),
             "targets": STUDY_TARGETS,
             "rows": rows,
         }
         args.out.write_text(json.dumps(summary, indent=2))
+
+
+def shifted_scores(tasks, avg: dict, targets: dict) -> dict:
+    """A prior shift chosen on the val rows (cross-fitted gain), applied to the test rows."""
+    shifts = choose_shifts(tasks, avg["val"], targets["val"], targets["val"])
+    gains = {n: s["cross_fitted_gain"] for n, s in shifts.items()}
+    plain_val = scores(tasks, targets["val"], avg["val"])
+    return {
+        "val": plain_val,
+        "val, shift (cross-fitted)": {
+            t: round(v + gains.get(t, 0.0), 4) for t, v in plain_val.items()
+        },
+        "test, shift": scores(tasks, targets["test"], shifted(avg["test"], shifts)),
+        "unseen test, shift": scores(
+            tasks, targets["unseen test"], shifted(avg["unseen test"], shifts)
+        ),
+        "tau": {n: s["tau"] for n, s in shifts.items()},
+    }
+
+
+def print_table(rows: dict, refitted: bool) -> None:
+    """Markdown: articleType, baseColour and the mean of each combination, targets met."""
+    test = "test" if refitted else "test, shift"
+    unseen = "unseen test" if refitted else "unseen test, shift"
+    val = "" if refitted else "articleType val, shift | "
+    print(f"| members | {val}articleType {test} | articleType {unseen} | baseColour {unseen} "
+          f"| mean {test} | mean {unseen} | targets met, {unseen} |")  # fmt: skip
+    print("|---|" + "---:|" * (6 if refitted else 7))
+    for key, row in rows.items():
+        met = sum(row[unseen][t] >= v for t, v in STUDY_TARGETS.items())
+        first = "" if refitted else f"{row['val, shift (cross-fitted)']['articleType']:.4f} | "
+        print(f"| {key} | {first}{row[test]['articleType']:.4f} | "
+              f"{row[unseen]['articleType']:.4f} | {row[unseen]['baseColour']:.4f} | "
+              f"{np.mean(list(row[test].values())):.4f} | "
+              f"{np.mean(list(row[unseen].values())):.4f} | {met} of 7 |")  # fmt: skip
 
 
 if __name__ == "__main__":
