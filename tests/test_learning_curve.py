@@ -49,6 +49,8 @@ def test_extrapolate_reports_doublings_and_rows_for_target():
     assert 0 < row["next_doubling_gain"] < row["last_doubling_gain"]
     assert row["rows_for_target"] == pytest.approx(3.0**2 / 0.03**2, rel=0.1)  # 10,000
     assert curve.plot({"t": 0.92}).startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match=r"\['colour'\], which are not among the tasks \['t'\]"):
+        curve.extrapolate({"t": 0.92, "colour": 0.8})
 
 
 @requires_fashion

@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
         from multitag import MultiTaskTagger
         from multitag.cli import _task_list
         from multitag.cli_common import _fail, _load_frame, _split, out_console
-        from multitag.learning_curve import learning_curve
+        from multitag.learning_curve import check_targets, learning_curve
 
         targets = _parse_targets(target or [])
         try:
@@ -112,9 +112,10 @@ def register(app: typer.Typer) -> None:
             framing=framing, epochs=epochs, val_fraction=val_fraction, min_count=min_count,
             seed=seed, **kwargs,
         )  # fmt: skip
-        unknown = sorted(set(targets) - set(tagger.tasks))
-        if unknown:
-            _fail(f"--target names {unknown}, which are not among the tasks {tagger.tasks}")
+        try:  # before the run, not after minutes of fitting
+            check_targets(targets, tagger.tasks)
+        except ValueError as err:
+            _fail(f"--target: {err}")
         try:
             curve = learning_curve(tagger, frame, shares, seeds)
         except (ValueError, FileNotFoundError) as err:

@@ -44,6 +44,18 @@ def _check_fractions(fractions: Sequence[float]) -> list[float]:
     return out
 
 
+def check_targets(targets: Mapping[str, float] | None, tasks: Sequence[str]) -> dict:
+    """``targets`` as ``{task: float}``; ``ValueError`` naming any task not in ``tasks``."""
+    targets = dict(targets or {})
+    unknown = sorted(set(targets) - set(tasks))
+    if unknown:
+        raise ValueError(
+            f"targets name {unknown}, which are not among the tasks {list(tasks)}: "
+            "spell them as the curve's task columns"
+        )
+    return {task: float(value) for task, value in targets.items()}
+
+
 def power_law(n: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
     """Error ``c + a * n**-b`` (``c``: the floor more rows of this kind cannot go below)."""
     return c + a * np.power(n, -b)
@@ -108,7 +120,9 @@ class LearningCurve:
     def extrapolate(self, targets: Mapping[str, float] | None = None) -> pd.DataFrame:
         """Per task: weighted F1 at the largest size, the last measured doubling's gain, the
         power-law fit, its predicted gain for one more doubling and, for each task with a
-        target, the training rows the fit says the target needs."""
+        target, the training rows the fit says the target needs. Raises ``ValueError`` when
+        ``targets`` names a task the curve did not measure."""
+        targets = check_targets(targets, list(self.scores["task"].unique()))
         rows = []
         for task, s in self.summary().groupby("task", sort=False):
             s = s.sort_values("n_train")
@@ -219,10 +233,10 @@ class LearningCurve:
         ``learning_curve.png`` into ``out``."""
         from multitag.io import atomic_path, write_json, write_text
 
+        extra = self.extrapolate(targets)  # checks the targets before anything is written
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "learning_curve.csv", self.scores.to_csv(index=False))
-        extra = self.extrapolate(targets)
         doc = {
             "settings": self.settings,
             "n_val": self.n_val,
