@@ -23,9 +23,10 @@ import copy
 import time
 from pathlib import Path
 
+import numpy as np
+
 from multitag import MultiTaskTagger
 from multitag.data.manifest import load_manifest
-from multitag.held_out import photo_digests
 
 TASKS = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
 
@@ -35,21 +36,25 @@ class KeepsPlainCopy(MultiTaskTagger):
 
     def _refit_heads(self, features, targets, train_rows, val_rows):
         self.plain_ = copy.deepcopy(self)
+        self.plain_rows_ = (train_rows, val_rows)
         return super()._refit_heads(features, targets, train_rows, val_rows)
 
 
 def plain_model(tagger: KeepsPlainCopy) -> MultiTaskTagger:
-    """The copy taken before the refit, with the split ``fit(refit=False)`` would record."""
-    plain = tagger.plain_
-    val_ids = [Path(p).stem for p in tagger.val_paths_]
-    val_digests = photo_digests(tagger.val_paths_)
-    ids, digests = set(val_ids), set(val_digests)
+    """The copy taken before the refit, with the split ``fit(refit=False)`` records: the
+    refitted split lists the union of the rows (sorted), so each side is picked out of it."""
+    plain, (train_rows, val_rows) = tagger.plain_, tagger.plain_rows_
+    rows = np.union1d(train_rows, val_rows)
+
+    def pick(key: str, wanted) -> list:
+        return [tagger.split_[key][i] for i in np.searchsorted(rows, wanted)]
+
     plain.refit_ = None
     plain.split_ = {
-        "train_ids": [i for i in tagger.split_["train_ids"] if str(i) not in ids],
-        "val_ids": val_ids,
-        "train_digests": [d for d in tagger.split_["train_digests"] if d not in digests],
-        "val_digests": val_digests,
+        "train_ids": pick("train_ids", train_rows),
+        "val_ids": pick("train_ids", val_rows),
+        "train_digests": pick("train_digests", train_rows),
+        "val_digests": pick("train_digests", val_rows),
     }
     for attr in ("val_features_", "val_paths_", "val_targets_"):
         setattr(plain, attr, getattr(tagger, attr))
@@ -77,7 +82,7 @@ def main() -> None:
     tagger.fit(frame)
     name = f"{args.backbone.removeprefix('tf_efficientnet_')}-{args.framing}"
     plain = plain_model(tagger)
-    del tagger.plain_
+    del tagger.plain_, tagger.plain_rows_
     tagger.save(args.out_dir / "refit" / name)
     plain.save(args.out_dir / "plain" / name)
     print(f"{name}: fit {time.time() - start:.0f} s, refit epochs {tagger.refit_['epochs']}; "
