@@ -31,7 +31,7 @@ def test_power_law_fit_recovers_a_known_curve():
     assert fit_power_law(n, error[::-1]) is None  # error grows with n: no curve to fit
 
 
-def test_extrapolate_reports_doublings_and_rows_for_target():
+def test_extrapolate_reports_doublings_and_rows_for_target(tmp_path):
     rows = []
     for n in (1000, 2000, 4000, 8000):
         for seed in (0, 1):
@@ -51,6 +51,9 @@ def test_extrapolate_reports_doublings_and_rows_for_target():
     assert curve.plot({"t": 0.92}).startswith(b"\x89PNG")
     with pytest.raises(ValueError, match=r"\['colour'\], which are not among the tasks \['t'\]"):
         curve.extrapolate({"t": 0.92, "colour": 0.8})
+    with pytest.raises(ValueError, match="colour"):  # refused before any file is written
+        curve.save(tmp_path / "lc", {"colour": 0.8})
+    assert not (tmp_path / "lc").exists()
 
 
 @requires_fashion
