@@ -20,6 +20,7 @@ from multitag.cli_common import (  # noqa: E402
     BackboneOpt,
     CacheDirOpt,
     DataOpt,
+    DetailOpt,
     ExtOpt,
     FramingOpt,
     IdColOpt,
@@ -27,6 +28,7 @@ from multitag.cli_common import (  # noqa: E402
     ImagesOpt,
     PathColOpt,
     TasksOpt,
+    _detail_setting,
     _fail,
     _load_frame,
     _split,
@@ -144,6 +146,7 @@ def train_cmd(
     ] = "all",
     image_size: ImageSizeOpt = None,
     framing: FramingOpt = "auto",
+    detail: DetailOpt = "auto",
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on val).")] = 25,
     finetune_epochs: Annotated[
         int | None, typer.Option(help="Fine-tuning epochs with --freeze (default min(epochs, 5)).")
@@ -204,6 +207,7 @@ def train_cmd(
         finetune_lr=finetune_lr,
         image_size=image_size,
         framing=framing,
+        detail=_detail_setting(detail),
         epochs=epochs,
         head=head,
         ensemble=ensemble,
@@ -269,9 +273,6 @@ def evaluate_cmd(
 
     tagger = _load_model(model_dir)
     frame = _load_frame(data, images, id_col, path_col, ext)
-    missing = [t.name for t in tagger.tasks_ if t.name not in frame.columns]
-    if missing:
-        _fail(f"{data} lacks the model's task column(s) {missing}")
     if held_out:
         try:
             rows = held_out_rows(tagger, frame, str(data))
@@ -284,9 +285,22 @@ def evaluate_cmd(
             f"[yellow]{n_seen} of {len(frame)} row(s) were in the model's training split: "
             "their scores are optimistic; --held-out scores only the others[/yellow]"
         )
-    report = evaluate_frame(tagger, frame)
+    try:
+        report = evaluate_frame(tagger, frame)
+    except ValueError as err:
+        _fail(f"{data}: {err}")
     write_reports(report, json_out, html, title=f"{model_dir.name} on {data.name}")
     console.print(format_table(report))
+    if report.get("skipped_tasks"):
+        console.print(
+            f"[yellow]skipped task(s) with no column in {data.name}: "
+            f"{', '.join(report['skipped_tasks'])}[/yellow]"
+        )
+    for warning in report.get("source_warnings", []):
+        console.print(
+            f"[yellow]these photos differ from the training photos: {warning}; scores on "
+            "the validation split may not hold here[/yellow]"
+        )
     if report.get("rejects"):
         console.print(f"[yellow]{len(report['rejects'])} unreadable image(s) skipped[/yellow]")
 

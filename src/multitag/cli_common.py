@@ -35,6 +35,14 @@ FramingOpt = Annotated[
         "alike; 'none': squash-resize only."
     ),
 ]
+DetailOpt = Annotated[
+    str,
+    typer.Option(
+        help="'auto': bring every photo larger than the training photos down to their level "
+        "of detail (measured on the training images) before the square resize, so sharp, "
+        "large photos tag like the training photos; 'none': off; or a pixel count, e.g. 4800."
+    ),
+]
 CacheDirOpt = Annotated[Path | None, typer.Option(help="Feature cache folder.")]
 
 
@@ -45,6 +53,11 @@ def _split(value: str | None) -> list[str]:
 def _fail(message: str) -> None:
     console.print(f"[red]error:[/red] {escape(message)}")  # a message is text, not markup
     raise typer.Exit(2)
+
+
+def _detail_setting(value: str) -> str | int:
+    """``--detail``: 'auto', 'none' or a pixel count (validated by the estimator)."""
+    return int(value) if value.strip().isdigit() else value.strip()
 
 
 def _load_frame(data: Path, images: Path | None, id_col: str, path_col: str | None, ext: str):

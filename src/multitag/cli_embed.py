@@ -92,8 +92,10 @@ def embed_train(
     frame = _load_frame(data, images, "id", None, ".jpg")
     cols = _same(same)
     beside = tagger_preprocessing(out)
+    detail = "auto"
     if beside is not None:  # one encoder pass for tags and embedding: use the tagger's input
         image_size = image_size or beside.image_size
+        detail = beside.detail or "none"
         if framing is None:
             framing = beside.framing or "none"
     try:
@@ -110,6 +112,7 @@ def embed_train(
             backbone=backbone or backbones.DEFAULT_BACKBONE,
             image_size=image_size,
             framing=framing or "auto",
+            detail=detail,
             epochs=epochs,
             freeze=freeze,
             finetune_epochs=finetune_epochs,

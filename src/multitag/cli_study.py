@@ -13,6 +13,7 @@ from multitag.cli_common import (
     BackboneOpt,
     CacheDirOpt,
     DataOpt,
+    DetailOpt,
     ExtOpt,
     FramingOpt,
     IdColOpt,
@@ -81,6 +82,7 @@ def register(app: typer.Typer) -> None:
         backbone: BackboneOpt = DEFAULT_BACKBONE,
         image_size: ImageSizeOpt = None,
         framing: FramingOpt = "auto",
+        detail: DetailOpt = "auto",
         epochs: Annotated[int, typer.Option(help="Maximum head epochs per fit.")] = 25,
         val_fraction: Annotated[float, typer.Option(help="Validation share (fixed).")] = 0.2,
         min_count: Annotated[
@@ -97,7 +99,7 @@ def register(app: typer.Typer) -> None:
         fixed validation split; a power-law fit says what more labels would buy."""
         from multitag import MultiTaskTagger
         from multitag.cli import _task_list
-        from multitag.cli_common import _fail, _load_frame, _split, out_console
+        from multitag.cli_common import _detail_setting, _fail, _load_frame, _split, out_console
         from multitag.learning_curve import check_targets, learning_curve
 
         targets = _parse_targets(target or [])
@@ -109,7 +111,8 @@ def register(app: typer.Typer) -> None:
         kwargs = {"cache_dir": cache_dir} if cache_dir is not None else {}
         tagger = MultiTaskTagger(
             _task_list(frame, tasks), backbone=backbone, image_size=image_size,
-            framing=framing, epochs=epochs, val_fraction=val_fraction, min_count=min_count,
+            framing=framing, detail=_detail_setting(detail), epochs=epochs,
+            val_fraction=val_fraction, min_count=min_count,
             seed=seed, **kwargs,
         )  # fmt: skip
         try:  # before the run, not after minutes of fitting
