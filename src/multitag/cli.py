@@ -241,6 +241,15 @@ def train_cmd(
             f"{', '.join(map(str, r['epochs']))}); score the saved model on new photos"
         )
     console.print(f"model: {out}  (report: {out / 'report.html'})")
+    if (id_col, path_col, ext) == ("id", None, ".jpg"):  # what `catalog build` reads
+        from multitag.next_step import command
+
+        where = [data] + (["--images", images] if images is not None else [])
+        catalog = out.with_name(f"{out.name}-catalog")
+        console.print(
+            f"browse the photos: {command('catalog', 'build', out, *where, '--out', catalog)}",
+            soft_wrap=True,
+        )
 
 
 @app.command("evaluate")
@@ -429,11 +438,29 @@ def demo_cmd(
         "artifacts/demo"
     ),
     image_size: Annotated[int | None, typer.Option(help="Square input size.")] = None,
+    explore: Annotated[
+        bool,
+        typer.Option(
+            "--explore",
+            help="Serve the demo's catalogue in the explorer (what `make explore` runs), "
+            "building only what is missing first: the whole demo when there is no model yet.",
+        ),
+    ] = False,
+    host: Annotated[str, typer.Option(help="With --explore: interface to listen on.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="With --explore: port.")] = 8000,
 ) -> None:
-    """The main job end to end: validate, train, evaluate, tag, on fashion-products."""
-    from multitag.demo import run_demo
+    """The main job end to end: validate, train, evaluate, tag, catalogue, on fashion-products."""
+    from multitag.demo import prepare_explore, run_demo
 
-    run_demo(data_root, out, image_size=image_size)
+    if not explore:
+        run_demo(data_root, out, image_size=image_size)
+        return
+    from multitag.cli_catalog import serve_cmd
+
+    catalog_dir, model_dir = prepare_explore(data_root, out, image_size=image_size)
+    serve_cmd(catalog_dir, model=model_dir, host=host, port=port)
 
 
 from multitag.cli_embed import register as _register_embed  # noqa: E402

@@ -66,7 +66,9 @@ def build_cmd(
         f"{meta['clusters']['k']} clusters, {meta['layout']['method']} map, "
         f"embedding from {meta['embedding']['source']}; {lb['seconds']:.0f}s"
     )
-    console.print(f"explore it: multitag serve {out} --model {model_dir}")
+    from multitag.next_step import command
+
+    console.print(f"explore it: {command('serve', out, '--model', model_dir)}", soft_wrap=True)
 
 
 def serve_cmd(

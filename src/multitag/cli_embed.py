@@ -184,6 +184,13 @@ def index_build(
         f"{len(index)} items indexed ({index.kind_}, {index.dim_}-d, {index.meta['vectors']}) "
         f"in {out}" + (f"; {len(errors)} unreadable images skipped" if errors else "")
     )
+    if len(index):
+        from multitag.next_step import command
+
+        first = str(index.items_["id"].iloc[0])
+        console.print(
+            f"search it: {command('similar', out, '--id', first, '-k', '5')}", soft_wrap=True
+        )
 
 
 @index_app.command("add")

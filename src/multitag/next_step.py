@@ -1,0 +1,60 @@
+"""Commands printed for the user to run next, spelled so that they work when pasted as printed.
+
+A fresh clone installs ``multitag`` into ``.venv/bin``, which nothing puts on the PATH: a hint
+that says ``multitag serve ...`` fails in the very shell that ran ``.venv/bin/multitag demo``.
+Every hint is therefore built here, naming the program the way this shell reaches it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+PROGRAM = "multitag"
+
+
+def _as_typed(path: Path) -> str:
+    """``path`` as a shell runs it from the working folder: relative (with a slash) inside it."""
+    if path.is_absolute():
+        try:
+            path = path.relative_to(Path.cwd())
+        except ValueError:
+            return str(path)
+    text = str(path)
+    return text if os.sep in text else f".{os.sep}{text}"
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def cli_prefix() -> list[str]:
+    """The words that start the running ``multitag`` from this shell's working folder.
+
+    The bare name when the PATH finds this very program; else the program's path (relative
+    when under the working folder, e.g. ``.venv/bin/multitag``); else, when the library runs
+    inside another program (a notebook, pytest), this interpreter with ``-m multitag``.
+    """
+    argv0 = sys.argv[0] if sys.argv else ""
+    if Path(argv0).stem == PROGRAM and Path(argv0).is_file():
+        on_path = shutil.which(PROGRAM)
+        if on_path and _same_file(on_path, argv0):
+            return [PROGRAM]
+        return [_as_typed(Path(argv0))]
+    python = sys.executable or "python3"
+    on_path = shutil.which(Path(python).name)
+    if on_path and _same_file(on_path, python):
+        return [Path(python).name, "-m", PROGRAM]
+    return [_as_typed(Path(python)), "-m", PROGRAM]
+
+
+def command(*args: str | os.PathLike) -> str:
+    """A ``multitag`` command line to paste into this shell, e.g. ``command("serve", path)``;
+    arguments are shell-quoted, so paths with spaces survive the paste."""
+    return shlex.join([*cli_prefix(), *(os.fspath(a) for a in args)])
