@@ -242,13 +242,12 @@ def train_cmd(
         )
     console.print(f"model: {out}  (report: {out / 'report.html'})")
     if (id_col, path_col, ext) == ("id", None, ".jpg"):  # what `catalog build` reads
-        from multitag.next_step import command
+        from multitag.next_step import print_command
 
         where = [data] + (["--images", images] if images is not None else [])
         catalog = out.with_name(f"{out.name}-catalog")
-        console.print(
-            f"browse the photos: {command('catalog', 'build', out, *where, '--out', catalog)}",
-            soft_wrap=True,
+        print_command(
+            console, "browse the photos", "catalog", "build", out, *where, "--out", catalog
         )
 
 

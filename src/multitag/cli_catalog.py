@@ -66,9 +66,9 @@ def build_cmd(
         f"{meta['clusters']['k']} clusters, {meta['layout']['method']} map, "
         f"embedding from {meta['embedding']['source']}; {lb['seconds']:.0f}s"
     )
-    from multitag.next_step import command
+    from multitag.next_step import print_command
 
-    console.print(f"explore it: {command('serve', out, '--model', model_dir)}", soft_wrap=True)
+    print_command(console, "explore it", "serve", out, "--model", model_dir)
 
 
 def serve_cmd(

@@ -185,12 +185,10 @@ def index_build(
         f"in {out}" + (f"; {len(errors)} unreadable images skipped" if errors else "")
     )
     if len(index):
-        from multitag.next_step import command
+        from multitag.next_step import print_command
 
         first = str(index.items_["id"].iloc[0])
-        console.print(
-            f"search it: {command('similar', out, '--id', first, '-k', '5')}", soft_wrap=True
-        )
+        print_command(console, "search it", "similar", out, "--id", first, "-k", "5")
 
 
 @index_app.command("add")

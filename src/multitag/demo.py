@@ -19,7 +19,7 @@ from multitag.data.validate import validate
 from multitag.evaluate import evaluate_split, write_reports
 from multitag.io import write_table
 from multitag.metrics import format_table
-from multitag.next_step import command
+from multitag.next_step import command, print_command
 from multitag.tagger import MultiTaskTagger
 from multitag.tagging import tag_to_file
 
@@ -175,7 +175,15 @@ def run_demo(data_root: Path, out: Path, image_size: int | None = None) -> dict:
         "catalogue": f"{catalog_dir} ({catalog['n_items']} items)",
     }
     _summary(where, metrics, steps.seconds, time.perf_counter() - started)
-    console.print(f"explore: {explore_hint(catalog_dir, model_dir)}")
+    print_command(
+        console,
+        "explore",
+        "serve",
+        catalog_dir,
+        "--model",
+        model_dir,
+        after="   then open http://127.0.0.1:8000/",
+    )
     return paths
 
 
@@ -183,7 +191,7 @@ def _summary(where: dict[str, str], metrics: dict, seconds: dict[str, float], to
     """One screen: where everything is, the validation table, and each step's time."""
     console.rule("summary")
     for name, text in where.items():
-        console.print(f"{name + ':':11s}{text}", soft_wrap=True)
+        console.print(f"{name + ':':11s}{text}", soft_wrap=True, markup=False)
     console.print("\nvalidation split (heads before the refit):")
     console.print(format_table(metrics))
     timing = Table(show_edge=False, box=None, pad_edge=False)
@@ -198,12 +206,6 @@ def _summary(where: dict[str, str], metrics: dict, seconds: dict[str, float], to
 def _duration(seconds: float) -> str:
     minutes, s = divmod(round(seconds), 60)
     return f"{minutes}m{s:02d}s" if minutes else f"{s}s"
-
-
-def explore_hint(catalog_dir: Path, model_dir: Path) -> str:
-    """The pasteable command that serves ``catalog_dir``, and the page it serves."""
-    serve = command("serve", catalog_dir, "--model", model_dir)
-    return f"{serve}   then open http://127.0.0.1:8000/"
 
 
 def prepare_explore(data_root: Path, out: Path, image_size: int | None = None) -> tuple[Path, Path]:

@@ -13,6 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from rich.console import Console
+
 PROGRAM = "multitag"
 
 
@@ -58,3 +60,11 @@ def command(*args: str | os.PathLike) -> str:
     """A ``multitag`` command line to paste into this shell, e.g. ``command("serve", path)``;
     arguments are shell-quoted, so paths with spaces survive the paste."""
     return shlex.join([*cli_prefix(), *(os.fspath(a) for a in args)])
+
+
+def print_command(console: Console, label: str, *args: str | os.PathLike, after: str = "") -> str:
+    """Print ``label: <multitag command>`` on one line (never wrapped, never read as markup,
+    so it pastes as printed) and return the command."""
+    line = command(*args)
+    console.print(f"{label}: {line}{after}", soft_wrap=True, markup=False, highlight=False)
+    return line
