@@ -3,6 +3,7 @@ shell, on a fresh clone where nothing put ``.venv/bin`` on the PATH."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shlex
@@ -73,6 +74,54 @@ def test_inside_another_program_the_printed_command_runs(tmp_path, monkeypatch):
     done = subprocess.run(printed, shell=True, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--model" in done.stdout
+
+
+def _cli_tree() -> tuple[dict, set[str]]:
+    """``{command: {subcommand: ...}}`` and every ``--option`` of the multitag command line."""
+    import typer
+
+    from multitag.cli import app
+
+    options: set[str] = set()
+
+    def walk(cmd) -> dict:
+        for param in cmd.params:
+            options.update(o for o in param.opts + param.secondary_opts if o.startswith("--"))
+        return {name: walk(sub) for name, sub in getattr(cmd, "commands", {}).items()}
+
+    return walk(typer.main.get_command(app)), options
+
+
+def _message_strings() -> list[tuple[str, str]]:
+    """Every string constant of the package but the benchmark scripts (their own options)."""
+    found = []
+    for path in sorted((REPO / "src" / "multitag").rglob("*.py")):
+        if path.name.startswith("bench"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.append((path.name, node.value))
+    return found
+
+
+def test_every_option_and_command_a_message_names_exists():
+    """Errors and hints that suggest `--an-option` or `multitag a command` name real ones."""
+    tree, options = _cli_tree()
+    bad = []
+    for where, text in _message_strings():
+        for option in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text):
+            if option not in options:
+                bad.append(f"{where}: {option} in {text[:60]!r}")
+        for words in re.findall(r"`multitag ((?:[a-z][a-z-]* ?)+)", text):
+            level = tree
+            for word in words.split():
+                if not level:
+                    break
+                if word not in level:
+                    bad.append(f"{where}: multitag {words.strip()!r} in {text[:60]!r}")
+                    break
+                level = level[word]
+    assert not bad, "\n".join(bad)
 
 
 # ------------------------------------------------------------------ real commands, real server
