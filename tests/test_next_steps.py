@@ -124,6 +124,40 @@ def test_every_option_and_command_a_message_names_exists():
     assert not bad, "\n".join(bad)
 
 
+def test_a_taken_port_fails_at_once_with_a_command_on_a_free_one(tmp_path):
+    """`make explore` on a busy port: refused before any build, with the same command on a
+    free port, which gets past the check when pasted as printed."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), *sys.path])}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["demo", "--explore", "--data-root", "no data", "--out", "out", "--port", str(port)]
+        first = subprocess.run(
+            [sys.executable, "-m", "multitag", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert first.returncode == 2, first.stderr
+        assert f"127.0.0.1:{port} is already in use" in first.stderr
+        printed = re.search(r"rerun on a free port, (.+)", first.stderr).group(1).strip()
+        words = shlex.split(printed)
+        assert words[:3] == [sys.executable, "-m", "multitag"]
+        free = words[words.index("--port") + 1]
+        assert free != str(port) and words[3:] == [*args[:-1], free]
+        assert not (tmp_path / "out").exists()  # nothing built before the check
+        second = subprocess.run(
+            printed, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+    assert "already in use" not in second.stderr
+    assert "no data/styles.csv not found" in second.stderr  # got on to the demo itself
+    hint = re.search(r"e\.g\. (.+)", second.stderr).group(1).strip()
+    assert shlex.split(hint)[3:] == ["demo", "--data-root", "PATH/TO/fashion-products"]
+
+
 # ------------------------------------------------------------------ real commands, real server
 
 

@@ -457,8 +457,13 @@ def demo_cmd(
         run_demo(data_root, out, image_size=image_size)
         return
     from multitag.cli_catalog import serve_cmd
+    from multitag.cli_common import _check_port
 
-    catalog_dir, model_dir = prepare_explore(data_root, out, image_size=image_size)
+    _check_port(host, port)  # before the demo or the catalogue build, not after
+    try:
+        catalog_dir, model_dir = prepare_explore(data_root, out, image_size=image_size)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
     serve_cmd(catalog_dir, model=model_dir, host=host, port=port)
 
 

@@ -91,9 +91,10 @@ def serve_cmd(
     """Serve the catalogue API (docs at /docs) and the explorer page (at /)."""
     import uvicorn
 
-    from multitag.cli_common import _fail, console
+    from multitag.cli_common import _check_port, _fail, console
     from multitag.serve.app import create_app
 
+    _check_port(host, port)
     if model is None:
         meta = catalog_dir / "catalog.json"
         built_with = json.loads(meta.read_text()).get("model_dir") if meta.is_file() else None

@@ -36,6 +36,12 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+def _running_the_cli(argv0: str) -> bool:
+    """Whether this process is the ``multitag`` program (or ``python -m multitag``)."""
+    path = Path(argv0)
+    return path.stem == PROGRAM or (path.name == "__main__.py" and path.parent.name == PROGRAM)
+
+
 def cli_prefix() -> list[str]:
     """The words that start the running ``multitag`` from this shell's working folder.
 
@@ -68,3 +74,24 @@ def print_command(console: Console, label: str, *args: str | os.PathLike, after:
     line = command(*args)
     console.print(f"{label}: {line}{after}", soft_wrap=True, markup=False, highlight=False)
     return line
+
+
+def rerun_with(option: str, value: str) -> str | None:
+    """This command line again with ``option`` set to ``value`` (e.g. a free ``--port``), or
+    None when this process is not the ``multitag`` program (then its arguments are not ours)."""
+    if not sys.argv or not _running_the_cli(sys.argv[0]):
+        return None
+    args, out, replaced = sys.argv[1:], [], False
+    i = 0
+    while i < len(args):
+        if args[i] == option and i + 1 < len(args):
+            out += [option, value]
+            i, replaced = i + 2, True
+            continue
+        if args[i].startswith(option + "="):
+            out.append(f"{option}={value}")
+            replaced = True
+        else:
+            out.append(args[i])
+        i += 1
+    return command(*out, *([] if replaced else [option, value]))
