@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from multitag.next_step import command
+from multitag.next_step import command, install_extra, install_package
 
 from .catalog_util import sample_rows
 from .conftest import FASHION, REPO, requires_fashion
@@ -122,6 +122,31 @@ def test_every_option_and_command_a_message_names_exists():
                     break
                 level = level[word]
     assert not bad, "\n".join(bad)
+
+
+def test_install_hints_name_this_environment_and_real_extras(monkeypatch):
+    """`pip install 'multitag[serve]'` in a fresh clone's shell would reach another pip (or a
+    stranger's package of that name): hints run this interpreter's pip on this checkout."""
+    from importlib.metadata import metadata
+
+    monkeypatch.chdir(REPO)
+    extras = metadata("multitag").get_all("Provides-Extra")
+    called = set()
+    for path in (REPO / "src" / "multitag").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "install_extra":
+                called.add(node.args[0].value)
+    assert called and called <= set(extras), called - set(extras)
+    words = shlex.split(install_extra("serve"))
+    assert words[1:] == ["-m", "pip", "install", "-c", "constraints.txt", "-e", ".[serve]"]
+    pip = subprocess.run([words[0], "-m", "pip", "--version"], capture_output=True, text=True)
+    assert pip.returncode == 0 and str(Path(sys.prefix).resolve()) in str(
+        Path(pip.stdout.split(" from ")[1].split(" (")[0]).resolve()
+    ), pip.stdout  # the pip of the environment multitag runs in
+    assert shlex.split(install_package("timm"))[-3:] == ["-c", "constraints.txt", "timm"]
+    elsewhere = REPO.parent
+    monkeypatch.chdir(elsewhere)
+    assert shlex.split(install_extra("fast"))[-1] == f"./{REPO.name}[fast]"  # a path to pip
 
 
 def test_a_taken_port_fails_at_once_with_a_command_on_a_free_one(tmp_path):

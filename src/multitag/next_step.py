@@ -18,15 +18,23 @@ from rich.console import Console
 PROGRAM = "multitag"
 
 
-def _as_typed(path: Path) -> str:
-    """``path`` as a shell runs it from the working folder: relative (with a slash) inside it."""
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout, when run from one
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the working folder when inside it, else as it is."""
     if path.is_absolute():
         try:
             path = path.relative_to(Path.cwd())
         except ValueError:
             return str(path)
-    text = str(path)
-    return text if os.sep in text else f".{os.sep}{text}"
+    return str(path)
+
+
+def _as_typed(path: Path) -> str:
+    """``path`` as a shell runs it from the working folder: relative (with a slash) inside it."""
+    text = _relative(path)
+    return text if os.sep in text or text == "." else f".{os.sep}{text}"
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -55,11 +63,16 @@ def cli_prefix() -> list[str]:
         if on_path and _same_file(on_path, argv0):
             return [PROGRAM]
         return [_as_typed(Path(argv0))]
+    return [_python(), "-m", PROGRAM]
+
+
+def _python() -> str:
+    """This interpreter, as this shell reaches it."""
     python = sys.executable or "python3"
     on_path = shutil.which(Path(python).name)
     if on_path and _same_file(on_path, python):
-        return [Path(python).name, "-m", PROGRAM]
-    return [_as_typed(Path(python)), "-m", PROGRAM]
+        return Path(python).name
+    return _as_typed(Path(python))
 
 
 def command(*args: str | os.PathLike) -> str:
@@ -95,3 +108,26 @@ def rerun_with(option: str, value: str) -> str | None:
             out.append(args[i])
         i += 1
     return command(*out, *([] if replaced else [option, value]))
+
+
+def _pip_install(*requirements: str) -> str:
+    """``python -m pip install`` into this very environment (a bare ``pip`` may be another
+    one's), pinned by the checkout's constraints.txt when multitag runs from a checkout."""
+    words = [_python(), "-m", "pip", "install"]
+    constraints = SOURCE_ROOT / "constraints.txt"
+    if (SOURCE_ROOT / "pyproject.toml").is_file() and constraints.is_file():
+        words += ["-c", _relative(constraints)]
+    return shlex.join([*words, *requirements])
+
+
+def install_extra(extra: str) -> str:
+    """The command that adds the optional dependencies ``extra`` (e.g. ``serve``): from the
+    checkout multitag runs from (``-e .[serve]``), else from the package index."""
+    if (SOURCE_ROOT / "pyproject.toml").is_file():
+        return _pip_install("-e", f"{_as_typed(SOURCE_ROOT)}[{extra}]")  # a path, not a name
+    return _pip_install(f"{PROGRAM}[{extra}]")
+
+
+def install_package(name: str) -> str:
+    """The command that installs the package ``name`` into this environment."""
+    return _pip_install(name)
