@@ -225,7 +225,7 @@ def prepare_explore(data_root: Path, out: Path, image_size: int | None = None) -
         if not manifest.is_file():
             raise SystemExit(
                 f"{manifest} is missing, so the catalogue cannot be built: run the demo again, "
-                + command("demo", "--out", out)
+                + command("demo", "--data-root", data_root, "--out", out)
             )
         console.rule(f"catalogue of {manifest} (the demo's last step)")
         catalog = build_catalog(model_dir, [manifest], catalog_dir, images=images)

@@ -16,8 +16,6 @@ from pathlib import Path
 from rich.console import Console
 
 PROGRAM = "multitag"
-
-
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout, when run from one
 
 
@@ -58,7 +56,7 @@ def cli_prefix() -> list[str]:
     inside another program (a notebook, pytest), this interpreter with ``-m multitag``.
     """
     argv0 = sys.argv[0] if sys.argv else ""
-    if Path(argv0).stem == PROGRAM and Path(argv0).is_file():
+    if Path(argv0).stem == PROGRAM and Path(argv0).is_file():  # the installed script
         on_path = shutil.which(PROGRAM)
         if on_path and _same_file(on_path, argv0):
             return [PROGRAM]
