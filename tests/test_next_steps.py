@@ -308,3 +308,21 @@ def test_make_explore_builds_the_missing_catalogue_then_serves(demo_like):
     assert got["page"].status_code == 200 and "<html" in got["page"].text.lower()
     assert got["topics"].status_code == 200 and got["topics"].json()
     assert (demo_like / "out" / "catalog" / "catalog.json").is_file()
+
+
+@pytest.mark.slow
+@requires_fashion
+def test_explore_without_the_demo_manifest_names_the_demo_command(demo_like, tmp_path):
+    from multitag.demo import prepare_explore
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model").symlink_to(demo_like / "out" / "model")
+    with pytest.raises(SystemExit) as stop:
+        prepare_explore(demo_like / "data", out)
+    printed = str(stop.value.code).split("run the demo again, ")[1]
+    words = shlex.split(printed)
+    assert words[words.index("demo") :] == [
+        "demo", "--data-root", str(demo_like / "data"), "--out", str(out)
+    ]  # fmt: skip
+    assert not (out / "catalog").exists()
