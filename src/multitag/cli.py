@@ -245,6 +245,14 @@ def train_cmd(
             f"{', '.join(map(str, r['epochs']))}); score the saved model on new photos"
         )
     console.print(f"model: {out}  (report: {out / 'report.html'})")
+    if (id_col, path_col, ext) == ("id", None, ".jpg"):  # what `catalog build` reads
+        from multitag.next_step import print_command
+
+        where = [data] + (["--images", images] if images is not None else [])
+        catalog = out.with_name(f"{out.name}-catalog")
+        print_command(
+            console, "browse the photos", "catalog", "build", out, *where, "--out", catalog
+        )
 
 
 @app.command("evaluate")
@@ -443,11 +451,34 @@ def demo_cmd(
         "artifacts/demo"
     ),
     image_size: Annotated[int | None, typer.Option(help="Square input size.")] = None,
+    explore: Annotated[
+        bool,
+        typer.Option(
+            "--explore",
+            help="Serve the demo's catalogue in the explorer (what `make explore` runs), "
+            "building only what is missing first: the whole demo when there is no model yet.",
+        ),
+    ] = False,
+    host: Annotated[str, typer.Option(help="With --explore: interface to listen on.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="With --explore: port.")] = 8000,
 ) -> None:
-    """The main job end to end: validate, train, evaluate, tag, on fashion-products."""
-    from multitag.demo import run_demo
+    """The main job end to end: validate, train, evaluate, tag, catalogue, on fashion-products."""
+    from multitag.demo import prepare_explore, run_demo
 
-    run_demo(data_root, out, image_size=image_size)
+    if not explore:
+        run_demo(data_root, out, image_size=image_size)
+        return
+    from multitag.cli_catalog import serve_cmd
+    from multitag.cli_common import _check_port
+
+    _check_port(host, port)  # before the demo or the catalogue build, not after
+    try:
+        catalog_dir, model_dir = prepare_explore(data_root, out, image_size=image_size)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    serve_cmd(catalog_dir, model=model_dir, host=host, port=port)
 
 
 from multitag.cli_embed import register as _register_embed  # noqa: E402

@@ -66,7 +66,9 @@ def build_cmd(
         f"{meta['clusters']['k']} clusters, {meta['layout']['method']} map, "
         f"embedding from {meta['embedding']['source']}; {lb['seconds']:.0f}s"
     )
-    console.print(f"explore it: multitag serve {out} --model {model_dir}")
+    from multitag.next_step import print_command
+
+    print_command(console, "explore it", "serve", out, "--model", model_dir)
 
 
 def serve_cmd(
@@ -89,9 +91,10 @@ def serve_cmd(
     """Serve the catalogue API (docs at /docs) and the explorer page (at /)."""
     import uvicorn
 
-    from multitag.cli_common import _fail, console
+    from multitag.cli_common import _check_port, _fail, console
     from multitag.serve.app import create_app
 
+    _check_port(host, port)
     if model is None:
         meta = catalog_dir / "catalog.json"
         built_with = json.loads(meta.read_text()).get("model_dir") if meta.is_file() else None

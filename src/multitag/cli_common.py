@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -51,7 +52,8 @@ def _split(value: str | None) -> list[str]:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {escape(message)}")  # a message is text, not markup
+    # a message is text, not markup; one unbroken line, so a command in it pastes as printed
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -67,3 +69,28 @@ def _load_frame(data: Path, images: Path | None, id_col: str, path_col: str | No
         return load_manifest(data, images, id_col=id_col, path_col=path_col, ext=ext)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
+
+
+def _bindable(host: str, port: int) -> bool:
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            sock.bind((host, port))
+        return True
+    except OSError:
+        return False
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before any slow work when ``host:port`` is taken, with a free port to rerun on."""
+    from multitag.next_step import rerun_with
+
+    if _bindable(host, port):
+        return
+    free = next((p for p in range(port + 1, port + 100) if _bindable(host, p)), None)
+    rerun = rerun_with("--port", str(free)) if free else None
+    _fail(
+        f"{host}:{port} is already in use (another server?): "
+        + (f"rerun on a free port, {rerun}" if rerun else "pass another --port")
+    )

@@ -187,6 +187,11 @@ def index_build(
         f"{len(index)} items indexed ({index.kind_}, {index.dim_}-d, {index.meta['vectors']}) "
         f"in {out}" + (f"; {len(errors)} unreadable images skipped" if errors else "")
     )
+    if len(index):
+        from multitag.next_step import print_command
+
+        first = str(index.items_["id"].iloc[0])
+        print_command(console, "search it", "similar", out, "--id", first, "-k", "5")
 
 
 @index_app.command("add")

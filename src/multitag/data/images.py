@@ -240,7 +240,8 @@ def _check_pixels(size: tuple[int, int], label: str, max_pixels: int | None) -> 
             label,
             f"image is {width}x{height} = {pixels:,} pixels, over the limit of {max_pixels:,} "
             "pixels (decompression-bomb guard); if the image is genuine, raise the limit with "
-            "max_pixels= (CLI: --max-pixels) or pass max_pixels=None, otherwise " + _FIX,
+            "max_pixels= (Python API; the command line keeps the default) or pass "
+            "max_pixels=None, otherwise " + _FIX,
         )
 
 
@@ -252,7 +253,7 @@ def _pillow_bomb_reason(error: Exception, max_pixels: int | None) -> str:
         return (
             f"image has {count}, over the limit of {max_pixels:,} pixels (decompression-bomb "
             "guard); if the image is genuine, raise the limit with max_pixels= "
-            f"(CLI: --max-pixels), otherwise {_FIX}"
+            f"(Python API; the command line keeps the default), otherwise {_FIX}"
         )
     limit = Image.MAX_IMAGE_PIXELS
     hard = f"{2 * limit:,}" if limit else "?"
