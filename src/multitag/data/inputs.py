@@ -1,0 +1,405 @@
+"""One input resolver for every command that takes photos.
+
+Files, folders, folder-per-class trees and manifests (CSV, TSV, Parquet, JSON Lines) in;
+a frame ``id``, ``path`` (+ label columns) and the list of inputs left out, each with its
+reason, out. Only regular files become rows: FIFOs, sockets and devices are reported, never
+opened, so a named pipe called ``x.jpg`` cannot hang a run. Every input that is not used is
+reported (:class:`Skipped`), unsupported photo formats by name (HEIC, RAW, ...).
+
+Ids: a manifest's id column (else its path cell); a loose image's file stem, except where two
+different files share a stem, which then get their paths as ids (never a silent drop); an
+image in a folder-per-class tree (a folder whose images all sit in sub-folders) gets its
+path relative to the tree and a ``label`` column with its top sub-folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from multitag.data.images import IMAGE_EXTENSIONS
+
+__all__ = [
+    "FOLDER_TASK",
+    "MANIFEST_SUFFIXES",
+    "PATH_COLUMNS",
+    "Inputs",
+    "Skipped",
+    "is_manifest",
+    "read_table",
+    "resolve_inputs",
+]
+
+FOLDER_TASK = "label"
+"""The label column of a folder-per-class tree."""
+
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".jsonl")
+"""Lower-case suffixes read as manifests (``.txt`` as CSV)."""
+
+PATH_COLUMNS = ("path", "filepath", "file")
+"""Column names taken as the image path, in this order, when ``path_col`` is not given."""
+
+_UNSUPPORTED = {
+    ".heic": "HEIC",
+    ".heif": "HEIF",
+    ".avif": "AVIF",
+    ".jxl": "JPEG XL",
+    ".svg": "SVG (vector)",
+    ".pdf": "PDF",
+    ".psd": "Photoshop",
+    **{s: "camera RAW" for s in (".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf")},
+}
+_SNIFF = (",", ";", "\t", "|")
+_SUPPORTED = ", ".join(sorted(IMAGE_EXTENSIONS))
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An input left out: ``path`` (as given), ``reason`` (what is wrong, what to do), ``kind``
+    (``missing``, ``not-regular``, ``unsupported``, ``not-image``, ``empty-cell``,
+    ``duplicate-id``), the row ``id`` and ``source`` (manifest line / row) where known."""
+
+    path: str
+    reason: str
+    kind: str
+    id: str = ""
+    source: str = ""
+
+
+@dataclass
+class Inputs:
+    """What :func:`resolve_inputs` found: the usable rows, what was left out, and remarks
+    (duplicate ids, files renamed to their path because of a shared stem)."""
+
+    frame: pd.DataFrame
+    skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def duplicate_ids(self) -> list[str]:
+        ids = self.frame["id"]
+        return sorted(ids[ids.duplicated()].unique().tolist())
+
+    def unique_ids(self) -> Inputs:
+        """The first row of each id kept; later ones reported as skipped (``duplicate-id``)."""
+        dup = self.frame["id"].duplicated()
+        if not dup.any():
+            return self
+        first = dict(zip(self.frame["id"][~dup], self.frame["path"][~dup]))
+        extra = [
+            Skipped(
+                p, f"duplicate id {i!r} (first used for {first[i]}): left out", "duplicate-id", i
+            )
+            for i, p in zip(self.frame["id"][dup], self.frame["path"][dup])
+        ]
+        frame = self.frame[~dup].reset_index(drop=True)
+        return Inputs(frame, self.skipped + extra, self.notes)
+
+    def skipped_frame(self) -> pd.DataFrame:
+        """``id, path, reason, source`` of every skipped input (a rejects table)."""
+        return pd.DataFrame(
+            [
+                {"id": s.id, "path": s.path, "reason": s.reason, "source": s.source}
+                for s in self.skipped
+            ],
+            columns=["id", "path", "reason", "source"],
+        )
+
+    def summary(self, limit: int = 5) -> list[str]:
+        """Lines for a console: counts of skipped inputs by kind, the first few, the notes."""
+        lines = list(self.notes[:limit])
+        if len(self.notes) > limit:
+            lines.append(f"... and {len(self.notes) - limit} more remark(s)")
+        if self.skipped:
+            kinds = pd.Series([s.kind for s in self.skipped]).value_counts()
+            counts = ", ".join(f"{n} {k}" for k, n in kinds.items())
+            lines.append(f"{len(self.skipped)} input(s) skipped ({counts})")
+            for s in self.skipped[:limit]:
+                where = f"{s.source}: " if s.source else ""
+                lines.append(f"  {where}{s.path}: {s.reason}")
+            if len(self.skipped) > limit:
+                lines.append(f"  ... and {len(self.skipped) - limit} more")
+        return lines
+
+
+def is_manifest(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a manifest file (by suffix) rather than an image or a folder."""
+    path = Path(path)
+    return path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file()
+
+
+def resolve_inputs(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    images: str | os.PathLike | None = None,
+    *,
+    id_col: str | None = None,
+    path_col: str | None = None,
+    ext: str = ".jpg",
+    check_files: bool = True,
+) -> Inputs:
+    """Files, folders (recursive), folder-per-class trees and manifests -> :class:`Inputs`.
+
+    A manifest's image paths come from ``path_col``, else from its first column named as in
+    :data:`PATH_COLUMNS`; relative paths are taken from ``images``, else from the manifest's
+    folder. With no path column the images are ``images/<id><ext>``. ``id_col`` defaults to
+    ``id`` (a manifest with a path column may lack it: the path cell is then the id).
+    With ``check_files`` every row's path must be an existing regular file, else the row is
+    skipped with the reason (it is never opened). Raises ``FileNotFoundError`` for an input
+    that does not exist and ``ValueError`` for an unreadable manifest, a missing column or
+    when no usable image is left; every message names the file and the option to use.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if not inputs:
+        raise ValueError("no inputs given: name image files, folders or manifests")
+    frames: list[pd.DataFrame] = []
+    skipped: list[Skipped] = []
+    loose: list[tuple[Path, Path]] = []  # (file, the argument it was found under)
+    for item in inputs:
+        p = Path(item)
+        if not os.path.lexists(p):
+            raise FileNotFoundError(f"{p}: no such file or folder")
+        if p.is_dir():
+            found, tree, skips = _walk(p)
+            skipped += skips
+            if tree is not None:
+                frames.append(tree)
+            else:
+                loose += [(f, p) for f in found]
+        elif p.suffix.lower() in MANIFEST_SUFFIXES:
+            frame, skips = _manifest_rows(p, images, id_col, path_col, ext, check_files)
+            frames.append(frame)
+            skipped += skips
+        else:
+            problem = _file_problem(p)
+            if problem:
+                skipped.append(Skipped(str(p), problem[1], problem[0]))
+            else:
+                loose.append((p, p))
+    notes: list[str] = []
+    if loose:
+        frames.append(_loose_rows(loose, notes))
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        shown = ", ".join(str(i) for i in inputs[:3]) + (" ..." if len(inputs) > 3 else "")
+        first = f"; e.g. {skipped[0].path}: {skipped[0].reason}" if skipped else ""
+        raise ValueError(
+            f"no usable images in {shown} ({len(skipped)} input(s) skipped{first}); "
+            f"images are recognised by suffix: {_SUPPORTED}"
+        )
+    frame = pd.concat(frames, ignore_index=True).fillna("")
+    found = Inputs(frame, skipped, notes)
+    for dup in found.duplicate_ids[:5]:
+        paths = frame.loc[frame["id"] == dup, "path"].tolist()
+        notes.append(f"duplicate id {dup!r} on {len(paths)} rows: {', '.join(paths[:3])}")
+    if len(found.duplicate_ids) > 5:
+        notes.append(f"{len(found.duplicate_ids)} duplicate ids in all")
+    return found
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """A CSV, TSV, Parquet or JSON Lines table with every column as string; blanks stay ``""``.
+
+    A ``.csv`` (or ``.txt``) may use ``;``, tab or ``|`` instead of commas: the header line
+    says which. Errors name the file and what to do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in MANIFEST_SUFFIXES:
+        raise ValueError(
+            f"{path}: unsupported manifest type {suffix!r}; use .csv, .tsv, .parquet or .jsonl"
+        )
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the manifest is empty; write a header line, e.g. id,path,label")
+    try:
+        if suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        elif suffix == ".jsonl":
+            frame = pd.read_json(path, lines=True, dtype=False)
+        else:
+            sep = "\t" if suffix == ".tsv" else _sniff(path)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
+    except pd.errors.EmptyDataError as err:
+        raise ValueError(f"{path}: no header line; write one, e.g. id,path,label") from err
+    except pd.errors.ParserError as err:
+        raise ValueError(f"{path}: malformed table ({err}); fix or remove that row") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason}); save it as UTF-8") from err
+    except (ValueError, OSError) as err:  # pyarrow / json errors
+        raise ValueError(f"{path}: cannot read the {suffix} manifest ({err})") from err
+    frame.columns = [str(c) for c in frame.columns]
+    return frame.astype("string").fillna("").astype(object)
+
+
+# --------------------------------------------------------------------------------------------
+# internals
+
+
+def _sniff(path: Path) -> str:
+    """The delimiter of a CSV from its header line: ``,`` unless the header has none of it and
+    has ``;``, tab or ``|``."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        header = fh.readline()
+    try:
+        return csv.Sniffer().sniff(header, delimiters="".join(_SNIFF)).delimiter
+    except csv.Error:
+        return ","
+
+
+def _file_problem(path: Path) -> tuple[str, str] | None:
+    """``(kind, reason)`` if ``path`` cannot be an image input, without opening it."""
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return "missing", "broken symbolic link: fix the link or remove it"
+        return "missing", "file not found: fix the path or remove it from the manifest"
+    except PermissionError:
+        return "missing", "permission denied: make it readable or remove it"
+    except OSError as err:
+        return "missing", f"cannot stat the file ({err.strerror or err})"
+    if stat.S_ISREG(mode):
+        suffix = path.suffix.lower()
+        if suffix in _UNSUPPORTED:
+            return (
+                "unsupported",
+                f"{_UNSUPPORTED[suffix]} photos are not supported: convert to JPEG or PNG",
+            )
+        return None
+    if stat.S_ISDIR(mode):
+        what = "a directory"
+    elif stat.S_ISFIFO(mode):
+        what = "a FIFO (named pipe)"
+    elif stat.S_ISSOCK(mode):
+        what = "a socket"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        what = "a device"
+    else:
+        what = "not a regular file"
+    return "not-regular", f"is {what}, not an image file: not read"
+
+
+def _walk(root: Path) -> tuple[list[Path], pd.DataFrame | None, list[Skipped]]:
+    """Image files under ``root`` (sorted) and what was left out; a folder-per-class tree
+    (no image at the top, images in sub-folders) comes back as a frame with ``label``."""
+    files: list[Path] = []
+    skipped: list[Skipped] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # symlink loop or a folder reachable twice
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):  # hidden files, macOS ._ resource forks
+                continue
+            f = Path(dirpath, name)
+            problem = _file_problem(f)
+            if problem:
+                skipped.append(Skipped(str(f), problem[1], problem[0]))
+            elif f.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(f)
+            else:
+                reason = f"not an image file ({f.suffix or 'no suffix'}; images: {_SUPPORTED})"
+                skipped.append(Skipped(str(f), reason + ": ignored", "not-image"))
+    files.sort()
+    rel = [f.relative_to(root) for f in files]
+    if files and all(len(r.parts) > 1 for r in rel):
+        tree = pd.DataFrame(
+            {
+                "id": [r.as_posix() for r in rel],
+                "path": [str(f) for f in files],
+                FOLDER_TASK: [r.parts[0] for r in rel],
+            }
+        )
+        return files, tree, skipped
+    return files, None, skipped
+
+
+def _loose_rows(loose: list[tuple[Path, Path]], notes: list[str]) -> pd.DataFrame:
+    """Rows for image files found loose: id = stem, or the path where stems collide."""
+    unique: dict[str, Path] = {}
+    for f, _root in loose:
+        unique.setdefault(os.path.normpath(f), f)
+    files = list(unique.values())
+    stems = pd.Series([f.stem for f in files])
+    clash = stems.duplicated(keep=False)
+    ids = [str(f) if c else s for f, s, c in zip(files, stems, clash)]
+    for stem in stems[clash].unique()[:5]:
+        same = [str(f) for f, s in zip(files, stems) if s == stem]
+        notes.append(
+            f"{len(same)} files share the name {stem!r} ({', '.join(same[:3])}): "
+            "each gets its path as id"
+        )
+    return pd.DataFrame({"id": ids, "path": [str(f) for f in files]})
+
+
+def _manifest_rows(
+    path: Path,
+    images: str | os.PathLike | None,
+    id_col: str | None,
+    path_col: str | None,
+    ext: str,
+    check_files: bool,
+) -> tuple[pd.DataFrame, list[Skipped]]:
+    frame = read_table(path)
+    columns = list(frame.columns)
+    if path_col is not None and path_col not in columns:
+        raise ValueError(
+            f"{path}: no column {path_col!r} (given by --path-col); columns: {columns}"
+        )
+    path_col = path_col or next((c for c in PATH_COLUMNS if c in columns), None)
+    if id_col is not None and id_col not in columns:
+        raise ValueError(
+            f"{path}: id column {id_col!r} (given by --id-col) not in the manifest; "
+            f"columns: {columns}"
+        )
+    id_col = id_col or ("id" if "id" in columns else None)
+    if path_col is None and id_col is None:
+        raise ValueError(
+            f"{path}: no id column 'id' and no path column ({', '.join(PATH_COLUMNS)}); "
+            f"columns: {columns}; name them with --id-col or --path-col"
+        )
+    if path_col is None and images is None:
+        raise ValueError(
+            f"{path}: no path column ({', '.join(PATH_COLUMNS)}): give --images DIR "
+            f"(holding <{id_col}>{ext}) or name the path column with --path-col"
+        )
+    base = Path(images) if images is not None else path.parent
+    ids = frame[id_col].astype(str) if id_col else frame[path_col].astype(str)
+    if path_col is not None:
+        cells = frame[path_col].astype(str)
+        paths = [c if not c or os.path.isabs(c) else str(base / c) for c in cells]
+    else:
+        paths = [str(base / f"{i}{ext}") if i else "" for i in ids]
+    line = "row" if path.suffix.lower() in (".parquet", ".pq") else "line"
+    offset = 1 if line == "row" or path.suffix.lower() == ".jsonl" else 2
+    keep: list[bool] = []
+    skipped: list[Skipped] = []
+    for n, (i, p) in enumerate(zip(ids, paths)):
+        where = f"{path.name} {line} {n + offset}"
+        if not i or not p:
+            col = id_col if not i else path_col
+            skipped.append(
+                Skipped(p, f"empty {col!r} cell: fill it or drop the row", "empty-cell", i, where)
+            )
+            keep.append(False)
+            continue
+        problem = _file_problem(Path(p)) if check_files else None
+        if problem:
+            skipped.append(Skipped(p, problem[1], problem[0], i, where))
+        keep.append(problem is None)
+    out = frame.copy()
+    out["id"] = list(ids)
+    out["path"] = paths
+    return out[keep].reset_index(drop=True), skipped
