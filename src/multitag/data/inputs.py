@@ -254,7 +254,7 @@ def _sniff(path: Path) -> str:
         return ","
 
 
-def _file_problem(path: Path) -> tuple[str, str] | None:
+def _file_problem(path: str | os.PathLike) -> tuple[str, str] | None:
     """``(kind, reason)`` if ``path`` cannot be an image input, without opening it."""
     try:
         mode = os.stat(path).st_mode  # follows symlinks
@@ -267,7 +267,7 @@ def _file_problem(path: Path) -> tuple[str, str] | None:
     except OSError as err:
         return "missing", f"cannot stat the file ({err.strerror or err})"
     if stat.S_ISREG(mode):
-        suffix = path.suffix.lower()
+        suffix = os.path.splitext(path)[1].lower()
         if suffix in _UNSUPPORTED:
             return (
                 "unsupported",
@@ -380,8 +380,8 @@ def _manifest_rows(
     if path_col is not None:
         cells = frame[path_col].astype(str)
         paths = [c if not c or os.path.isabs(c) else str(base / c) for c in cells]
-    else:
-        paths = [str(base / f"{i}{ext}") if i else "" for i in ids]
+    else:  # os.path.join: as str(base / name) for plain ids, and far faster on 100k rows
+        paths = [os.path.join(str(base), f"{i}{ext}") if i else "" for i in ids]
     line = "row" if path.suffix.lower() in (".parquet", ".pq") else "line"
     offset = 1 if line == "row" or path.suffix.lower() == ".jsonl" else 2
     keep: list[bool] = []
@@ -395,7 +395,7 @@ def _manifest_rows(
             )
             keep.append(False)
             continue
-        problem = _file_problem(Path(p)) if check_files else None
+        problem = _file_problem(p) if check_files else None
         if problem:
             skipped.append(Skipped(p, problem[1], problem[0], i, where))
         keep.append(problem is None)
