@@ -114,8 +114,14 @@ def test_special_files_are_skipped_unopened(photos, tmp_path):
     assert reasons["broken.jpg"][0] == "missing" and "symbolic link" in reasons["broken.jpg"][1]
     assert ".DS_Store" not in reasons
     # named directly, and as a manifest row, the FIFO is reported the same way
-    found = resolve_inputs([root / "img" / "pipe.jpg", root / "img" / "0.jpg"])
-    assert found.frame["id"].tolist() == ["0"] and found.skipped[0].kind == "not-regular"
+    (root / "notes.md").write_text("# not a photo")  # (a .txt named directly is a CSV)
+    named = [root / "img" / n for n in ("pipe.jpg", "0.jpg", "phone.HEIC")]
+    found = resolve_inputs([*named, root / "notes.md", root / "img" / "dir.jpg" / "inner.png"])
+    assert found.frame["id"].tolist() == ["0", "inner"]
+    assert [s.kind for s in found.skipped] == ["not-regular", "unsupported", "not-image"]
+    os.mkfifo(root / "pipe.csv")
+    with pytest.raises(ValueError, match="pipe.csv: the manifest is a FIFO"):
+        resolve_inputs([root / "pipe.csv"])
     (root / "fifo.csv").write_text("id,path\np,img/pipe.jpg\nd,img/dir.jpg\nok,img/1.jpg\n")
     found = resolve_inputs([root / "fifo.csv"])
     assert found.frame["id"].tolist() == ["ok"]

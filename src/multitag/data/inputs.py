@@ -173,11 +173,14 @@ def resolve_inputs(
             else:
                 loose += [(f, p) for f in found]
         elif p.suffix.lower() in MANIFEST_SUFFIXES:
+            problem = _file_problem(p)
+            if problem:  # e.g. a FIFO named m.csv: never opened
+                raise ValueError(f"{p}: the manifest {problem[1]}")
             frame, skips = _manifest_rows(p, images, id_col, path_col, ext, check_files)
             frames.append(frame)
             skipped += skips
         else:
-            problem = _file_problem(p)
+            problem = _file_problem(p) or _not_image(p)
             if problem:
                 skipped.append(Skipped(str(p), problem[1], problem[0]))
             else:
@@ -287,6 +290,14 @@ def _file_problem(path: str | os.PathLike) -> tuple[str, str] | None:
     return "not-regular", f"is {what}, not an image file: not read"
 
 
+def _not_image(path: Path) -> tuple[str, str] | None:
+    """``(kind, reason)`` if ``path``'s suffix is not an image's (:data:`IMAGE_EXTENSIONS`)."""
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return None
+    suffix = path.suffix or "no suffix"
+    return "not-image", f"not an image file ({suffix}; images: {_SUPPORTED}): ignored"
+
+
 def _walk(root: Path) -> tuple[list[Path], pd.DataFrame | None, list[Skipped]]:
     """Image files under ``root`` (sorted) and what was left out; a folder-per-class tree
     (no image at the top, images in sub-folders) comes back as a frame with ``label``."""
@@ -304,14 +315,11 @@ def _walk(root: Path) -> tuple[list[Path], pd.DataFrame | None, list[Skipped]]:
             if name.startswith("."):  # hidden files, macOS ._ resource forks
                 continue
             f = Path(dirpath, name)
-            problem = _file_problem(f)
+            problem = _file_problem(f) or _not_image(f)
             if problem:
                 skipped.append(Skipped(str(f), problem[1], problem[0]))
-            elif f.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append(f)
             else:
-                reason = f"not an image file ({f.suffix or 'no suffix'}; images: {_SUPPORTED})"
-                skipped.append(Skipped(str(f), reason + ": ignored", "not-image"))
+                files.append(f)
     files.sort()
     rel = [f.relative_to(root) for f in files]
     if files and all(len(r.parts) > 1 for r in rel):
