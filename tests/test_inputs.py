@@ -9,6 +9,7 @@ import threading
 import pandas as pd
 import pytest
 
+from multitag.data.images import iter_image_files
 from multitag.data.inputs import resolve_inputs
 from tests.conftest import make_image
 
@@ -113,6 +114,8 @@ def test_special_files_are_skipped_unopened(photos, tmp_path):
     assert reasons["notes.txt"][0] == "not-image"
     assert reasons["broken.jpg"][0] == "missing" and "symbolic link" in reasons["broken.jpg"][1]
     assert ".DS_Store" not in reasons
+    listed = {f.name for f in iter_image_files([root / "img"])}  # the library listing, too
+    assert "pipe.jpg" not in listed and "inner.png" in listed
     # named directly, and as a manifest row, the FIFO is reported the same way
     (root / "notes.md").write_text("# not a photo")  # (a .txt named directly is a CSV)
     named = [root / "img" / n for n in ("pipe.jpg", "0.jpg", "phone.HEIC")]

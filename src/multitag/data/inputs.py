@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from multitag.data.images import IMAGE_EXTENSIONS
+from multitag.data.images import IMAGE_EXTENSIONS, walk_files
 
 __all__ = [
     "FOLDER_TASK",
@@ -303,23 +303,12 @@ def _walk(root: Path) -> tuple[list[Path], pd.DataFrame | None, list[Skipped]]:
     (no image at the top, images in sub-folders) comes back as a frame with ``label``."""
     files: list[Path] = []
     skipped: list[Skipped] = []
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # symlink loop or a folder reachable twice
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):  # hidden files, macOS ._ resource forks
-                continue
-            f = Path(dirpath, name)
-            problem = _file_problem(f) or _not_image(f)
-            if problem:
-                skipped.append(Skipped(str(f), problem[1], problem[0]))
-            else:
-                files.append(f)
+    for f in walk_files(root):  # hidden entries (e.g. macOS ._ resource forks) left out
+        problem = _file_problem(f) or _not_image(f)
+        if problem:
+            skipped.append(Skipped(str(f), problem[1], problem[0]))
+        else:
+            files.append(f)
     files.sort()
     rel = [f.relative_to(root) for f in files]
     if files and all(len(r.parts) > 1 for r in rel):
