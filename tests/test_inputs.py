@@ -140,12 +140,13 @@ def test_same_stem_in_two_folders_gets_distinct_ids(tmp_path):
         make_image(tmp_path / "photos" / folder / "10102.jpg")
     make_image(tmp_path / "photos" / "top.jpg")  # a loose image: a plain folder, not a tree
     found = resolve_inputs([tmp_path / "photos"])
-    ids = sorted(found.frame["id"])
-    assert ids == sorted(
-        [str(tmp_path / "photos/a/10102.jpg"), str(tmp_path / "photos/b/10102.jpg"), "top"]
-    )
-    assert "share the name '10102'" in found.notes[0]
+    assert found.frame["id"].tolist() == ["a/10102.jpg", "b/10102.jpg", "top"]
+    assert "2 files share the name '10102': their ids are a/10102.jpg, b/10102.jpg" in found.notes
     assert not found.duplicate_ids
+    # named directly (and once more through the folder): the path as given tells them apart
+    named = [tmp_path / "photos/a/10102.jpg", tmp_path / "photos/b/10102.jpg"]
+    found = resolve_inputs([*named, tmp_path / "photos"])
+    assert sorted(found.frame["id"]) == sorted([*map(str, named), "top"])
 
 
 def test_folder_per_class_tree_and_file_list(tmp_path):
@@ -153,9 +154,10 @@ def test_folder_per_class_tree_and_file_list(tmp_path):
         (tmp_path / "tree" / cls).mkdir(parents=True)
         for i in range(2):
             make_image(tmp_path / "tree" / cls / f"{i}.png", colour=COLOURS[cls])
-    tree = resolve_inputs([tmp_path / "tree"]).frame
-    assert tree["id"].tolist() == ["blue/0.png", "blue/1.png", "red/0.png", "red/1.png"]
-    assert tree["label"].tolist() == ["blue", "blue", "red", "red"]
+    make_image(tmp_path / "tree" / "red" / "only.png")
+    tree = resolve_inputs([tmp_path / "tree"]).frame  # 0.png and 1.png are in both classes
+    assert tree["id"].tolist() == ["blue/0.png", "blue/1.png", "red/0.png", "red/1.png", "only"]
+    assert tree["label"].tolist() == ["blue", "blue", "red", "red", "red"]
     files = [tmp_path / "tree" / "red" / "0.png", tmp_path / "tree" / "blue" / "1.png"]
     loose = resolve_inputs(files).frame
     assert loose["id"].tolist() == ["0", "1"] and "label" not in loose.columns

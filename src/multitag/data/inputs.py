@@ -6,10 +6,10 @@ reason, out. Only regular files become rows: FIFOs, sockets and devices are repo
 opened, so a named pipe called ``x.jpg`` cannot hang a run. Every input that is not used is
 reported (:class:`Skipped`), unsupported photo formats by name (HEIC, RAW, ...).
 
-Ids: a manifest's id column (else its path cell); a loose image's file stem, except where two
-different files share a stem, which then get their paths as ids (never a silent drop); an
-image in a folder-per-class tree (a folder whose images all sit in sub-folders) gets its
-path relative to the tree and a ``label`` column with its top sub-folder.
+Ids: a manifest's id column (else its path cell); an image file's stem, except where two
+different files share a stem: those get their path inside the folder given (else their path)
+as id, never a silent drop. A folder-per-class tree (a folder whose images all sit in
+sub-folders) also gives a ``label`` column: each image's top sub-folder.
 """
 
 from __future__ import annotations
@@ -160,18 +160,17 @@ def resolve_inputs(
         raise ValueError("no inputs given: name image files, folders or manifests")
     frames: list[pd.DataFrame] = []
     skipped: list[Skipped] = []
-    loose: list[tuple[Path, Path]] = []  # (file, the argument it was found under)
+    loose: list[tuple[Path, Path, str | None]] = []  # (file, argument found under, class)
     for item in inputs:
         p = Path(item)
         if not os.path.lexists(p):
             raise FileNotFoundError(f"{p}: no such file or folder")
         if p.is_dir():
-            found, tree, skips = _walk(p)
+            found, skips = _walk(p)
             skipped += skips
-            if tree is not None:
-                frames.append(tree)
-            else:
-                loose += [(f, p) for f in found]
+            rel = [f.relative_to(p).parts for f in found]
+            tree = bool(found) and all(len(r) > 1 for r in rel)  # images in sub-folders only
+            loose += [(f, p, r[0] if tree else None) for f, r in zip(found, rel)]
         elif p.suffix.lower() in MANIFEST_SUFFIXES:
             problem = _file_problem(p)
             if problem:  # e.g. a FIFO named m.csv: never opened
@@ -184,7 +183,7 @@ def resolve_inputs(
             if problem:
                 skipped.append(Skipped(str(p), problem[1], problem[0]))
             else:
-                loose.append((p, p))
+                loose.append((p, p.parent, None))
     notes: list[str] = []
     if loose:
         frames.append(_loose_rows(loose, notes))
@@ -298,9 +297,8 @@ def _not_image(path: Path) -> tuple[str, str] | None:
     return "not-image", f"not an image file ({suffix}; images: {_SUPPORTED}): ignored"
 
 
-def _walk(root: Path) -> tuple[list[Path], pd.DataFrame | None, list[Skipped]]:
-    """Image files under ``root`` (sorted) and what was left out; a folder-per-class tree
-    (no image at the top, images in sub-folders) comes back as a frame with ``label``."""
+def _walk(root: Path) -> tuple[list[Path], list[Skipped]]:
+    """Image files under ``root`` (sorted) and the entries left out, with their reasons."""
     files: list[Path] = []
     skipped: list[Skipped] = []
     for f in walk_files(root):  # hidden entries (e.g. macOS ._ resource forks) left out
@@ -309,36 +307,29 @@ def _walk(root: Path) -> tuple[list[Path], pd.DataFrame | None, list[Skipped]]:
             skipped.append(Skipped(str(f), problem[1], problem[0]))
         else:
             files.append(f)
-    files.sort()
-    rel = [f.relative_to(root) for f in files]
-    if files and all(len(r.parts) > 1 for r in rel):
-        tree = pd.DataFrame(
-            {
-                "id": [r.as_posix() for r in rel],
-                "path": [str(f) for f in files],
-                FOLDER_TASK: [r.parts[0] for r in rel],
-            }
-        )
-        return files, tree, skipped
-    return files, None, skipped
+    return sorted(files), skipped
 
 
-def _loose_rows(loose: list[tuple[Path, Path]], notes: list[str]) -> pd.DataFrame:
-    """Rows for image files found loose: id = stem, or the path where stems collide."""
-    unique: dict[str, Path] = {}
-    for f, _root in loose:
-        unique.setdefault(os.path.normpath(f), f)
-    files = list(unique.values())
+def _loose_rows(loose: list[tuple[Path, Path, str | None]], notes: list[str]) -> pd.DataFrame:
+    """Rows for image files: id = stem, or, where stems collide, the path inside the folder
+    given (the full path where that collides too); ``label`` for files from class trees."""
+    unique: dict[str, tuple[Path, Path, str | None]] = {}
+    for entry in loose:
+        unique.setdefault(os.path.abspath(entry[0]), entry)  # one row per file
+    files, roots, labels = zip(*unique.values())
     stems = pd.Series([f.stem for f in files])
-    clash = stems.duplicated(keep=False)
-    ids = [str(f) if c else s for f, s, c in zip(files, stems, clash)]
-    for stem in stems[clash].unique()[:5]:
-        same = [str(f) for f, s in zip(files, stems) if s == stem]
+    rel = pd.Series([f.relative_to(r).as_posix() for f, r in zip(files, roots)])
+    ids = stems.where(~stems.duplicated(keep=False), rel)
+    ids = ids.where(~ids.duplicated(keep=False), pd.Series([str(f) for f in files]))
+    for stem in stems[stems.duplicated(keep=False)].unique()[:5]:
+        same = ids[stems == stem].tolist()
         notes.append(
-            f"{len(same)} files share the name {stem!r} ({', '.join(same[:3])}): "
-            "each gets its path as id"
+            f"{len(same)} files share the name {stem!r}: their ids are {', '.join(same[:3])}"
         )
-    return pd.DataFrame({"id": ids, "path": [str(f) for f in files]})
+    frame = pd.DataFrame({"id": ids, "path": [str(f) for f in files]})
+    if any(label is not None for label in labels):
+        frame[FOLDER_TASK] = [label or "" for label in labels]
+    return frame
 
 
 def _manifest_rows(
