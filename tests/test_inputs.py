@@ -198,3 +198,35 @@ def test_nothing_usable_and_missing_arguments(tmp_path):
         resolve_inputs([tmp_path / "x.heic"])
     with pytest.raises(FileNotFoundError, match="nothing.jpg: no such file or folder"):
         resolve_inputs([tmp_path / "nothing.jpg"])
+
+
+PHOTO_COMMANDS = [
+    "validate", "train", "evaluate", "tag", "combine", "learning-curve", "embed train",
+    "embed evaluate", "index build", "index add", "catalog build",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", PHOTO_COMMANDS)
+def test_every_photo_command_has_the_same_input_options(name):
+    """One declaration (cli_common) of --images / --id-col / --path-col / --ext everywhere."""
+    import typer
+
+    from multitag.cli import app
+
+    group = typer.main.get_command(app)
+    command = group
+    for part in name.split():
+        command = command.commands[part]
+    options = {p.opts[0]: p for p in command.params if p.opts[0].startswith("--")}
+    reference = {p.opts[0]: p for p in group.commands["tag"].params}
+    for opt in ("--images", "--id-col", "--path-col", "--ext"):
+        assert opt in options, f"{name} lacks {opt}"
+        assert options[opt].help == reference[opt].help
+        assert options[opt].default == reference[opt].default
+
+
+def test_study_config_takes_the_same_input_settings():
+    from multitag.study import StudyConfig
+
+    cfg = StudyConfig.from_dict({"data": "m.csv", "id_col": "sku", "path_col": "photo"})
+    assert (cfg.id_col, cfg.path_col, cfg.ext) == ("sku", "photo", ".jpg")
