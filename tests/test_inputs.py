@@ -134,13 +134,16 @@ def test_special_files_are_skipped_unopened(photos, tmp_path):
     ]
 
 
-def test_same_stem_in_two_folders_gets_distinct_ids(tmp_path):
+def test_same_stem_in_two_folders_gets_distinct_ids(tmp_path, monkeypatch):
     for folder in ("a", "b"):
         (tmp_path / "photos" / folder).mkdir(parents=True)
         make_image(tmp_path / "photos" / folder / "10102.jpg")
     make_image(tmp_path / "photos" / "top.jpg")  # a loose image: a plain folder, not a tree
     found = resolve_inputs([tmp_path / "photos"])
     assert found.frame["id"].tolist() == ["a/10102.jpg", "b/10102.jpg", "top"]
+    monkeypatch.chdir(tmp_path / "photos")  # `multitag tag MODEL .`: the same ids
+    assert resolve_inputs(["."]).frame["id"].tolist() == ["a/10102.jpg", "b/10102.jpg", "top"]
+    monkeypatch.chdir(tmp_path)
     assert "2 files share the name '10102': their ids are a/10102.jpg, b/10102.jpg" in found.notes
     assert not found.duplicate_ids
     # named directly (and once more through the folder): the path as given tells them apart

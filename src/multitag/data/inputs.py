@@ -160,7 +160,7 @@ def resolve_inputs(
         raise ValueError("no inputs given: name image files, folders or manifests")
     frames: list[pd.DataFrame] = []
     skipped: list[Skipped] = []
-    loose: list[tuple[Path, Path, str | None]] = []  # (file, argument found under, class)
+    loose: list[tuple[Path, str, str | None]] = []  # (file, path in the folder given, class)
     for item in inputs:
         p = Path(item)
         if not os.path.lexists(p):
@@ -168,9 +168,9 @@ def resolve_inputs(
         if p.is_dir():
             found, skips = _walk(p)
             skipped += skips
-            rel = [f.relative_to(p).parts for f in found]
-            tree = bool(found) and all(len(r) > 1 for r in rel)  # images in sub-folders only
-            loose += [(f, p, r[0] if tree else None) for f, r in zip(found, rel)]
+            rel = _relative(found, p)
+            tree = bool(found) and all("/" in r for r in rel)  # images in sub-folders only
+            loose += [(f, r, r.split("/")[0] if tree else None) for f, r in zip(found, rel)]
         elif p.suffix.lower() in MANIFEST_SUFFIXES:
             problem = _file_problem(p)
             if problem:  # e.g. a FIFO named m.csv: never opened
@@ -183,7 +183,7 @@ def resolve_inputs(
             if problem:
                 skipped.append(Skipped(str(p), problem[1], problem[0]))
             else:
-                loose.append((p, p.parent, None))
+                loose.append((p, p.name, None))
     notes: list[str] = []
     if loose:
         frames.append(_loose_rows(loose, notes))
@@ -310,15 +310,26 @@ def _walk(root: Path) -> tuple[list[Path], list[Skipped]]:
     return sorted(files), skipped
 
 
-def _loose_rows(loose: list[tuple[Path, Path, str | None]], notes: list[str]) -> pd.DataFrame:
+def _relative(files: list[Path], root: Path) -> list[str]:
+    """Each file's path inside ``root``, with ``/`` (string slicing where it can: pathlib's
+    ``relative_to`` is slow on 100k files)."""
+    prefix = "" if str(root) == "." else os.path.join(str(root), "")
+    out = []
+    for f in map(str, files):
+        rel = f[len(prefix) :] if f.startswith(prefix) else os.path.relpath(f, root)
+        out.append(rel.replace(os.sep, "/"))
+    return out
+
+
+def _loose_rows(loose: list[tuple[Path, str, str | None]], notes: list[str]) -> pd.DataFrame:
     """Rows for image files: id = stem, or, where stems collide, the path inside the folder
     given (the full path where that collides too); ``label`` for files from class trees."""
-    unique: dict[str, tuple[Path, Path, str | None]] = {}
+    unique: dict[str, tuple[Path, str, str | None]] = {}
     for entry in loose:
         unique.setdefault(os.path.abspath(entry[0]), entry)  # one row per file
-    files, roots, labels = zip(*unique.values())
-    stems = pd.Series([f.stem for f in files])
-    rel = pd.Series([f.relative_to(r).as_posix() for f, r in zip(files, roots)])
+    files, rel, labels = zip(*unique.values())
+    stems = pd.Series([os.path.splitext(r.rsplit("/", 1)[-1])[0] for r in rel])
+    rel = pd.Series(rel)
     ids = stems.where(~stems.duplicated(keep=False), rel)
     ids = ids.where(~ids.duplicated(keep=False), pd.Series([str(f) for f in files]))
     for stem in stems[stems.duplicated(keep=False)].unique()[:5]:
