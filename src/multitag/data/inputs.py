@@ -31,7 +31,6 @@ __all__ = [
     "PATH_COLUMNS",
     "Inputs",
     "Skipped",
-    "is_manifest",
     "read_table",
     "resolve_inputs",
 ]
@@ -62,8 +61,9 @@ _SUPPORTED = ", ".join(sorted(IMAGE_EXTENSIONS))
 @dataclass(frozen=True)
 class Skipped:
     """An input left out: ``path`` (as given), ``reason`` (what is wrong, what to do), ``kind``
-    (``missing``, ``not-regular``, ``unsupported``, ``not-image``, ``empty-cell``,
-    ``duplicate-id``), the row ``id`` and ``source`` (manifest line / row) where known."""
+    (``missing``, ``unreadable``, ``not-regular``, ``unsupported``, ``not-image``,
+    ``empty-cell``, ``duplicate-id``), the row ``id`` and ``source`` (manifest line / row)
+    where known."""
 
     path: str
     reason: str
@@ -126,12 +126,6 @@ class Inputs:
             if len(self.skipped) > limit:
                 lines.append(f"  ... and {len(self.skipped) - limit} more")
         return lines
-
-
-def is_manifest(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a manifest file (by suffix) rather than an image or a folder."""
-    path = Path(path)
-    return path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file()
 
 
 def resolve_inputs(
@@ -265,9 +259,9 @@ def _file_problem(path: str | os.PathLike) -> tuple[str, str] | None:
             return "missing", "broken symbolic link: fix the link or remove it"
         return "missing", "file not found: fix the path or remove it from the manifest"
     except PermissionError:
-        return "missing", "permission denied: make it readable or remove it"
+        return "unreadable", "permission denied: make it readable or remove it"
     except OSError as err:
-        return "missing", f"cannot stat the file ({err.strerror or err})"
+        return "unreadable", f"cannot stat the file ({err.strerror or err})"
     if stat.S_ISREG(mode):
         suffix = os.path.splitext(path)[1].lower()
         if suffix in _UNSUPPORTED:
@@ -285,7 +279,7 @@ def _file_problem(path: str | os.PathLike) -> tuple[str, str] | None:
     elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         what = "a device"
     else:
-        what = "not a regular file"
+        what = "an entry of an unknown kind"
     return "not-regular", f"is {what}, not an image file: not read"
 
 
