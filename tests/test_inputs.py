@@ -233,3 +233,13 @@ def test_study_config_takes_the_same_input_settings():
 
     cfg = StudyConfig.from_dict({"data": "m.csv", "id_col": "sku", "path_col": "photo"})
     assert (cfg.id_col, cfg.path_col, cfg.ext) == ("sku", "photo", ".jpg")
+
+
+def test_tagging_resolve_inputs_still_returns_the_frame(photos):
+    from multitag.tagging import resolve_inputs as old_resolve
+
+    root, frame = photos
+    write_manifest(frame, root / "m.parquet")
+    rows = old_resolve([root / "m.parquet", root / "img" / "0.jpg"])
+    assert isinstance(rows, pd.DataFrame) and len(rows) == 10
+    assert rows["id"].tolist()[-1] == "0" and rows["colour"].tolist()[-1] == ""

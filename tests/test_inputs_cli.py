@@ -181,6 +181,17 @@ def test_index_build(world, fmt, tmp_path):
     rejected(out / "inputs.rejects.csv", skipped)
 
 
+def test_index_add_takes_the_same_inputs(world, tmp_path):
+    out = tmp_path / "idx"
+    args, _, n = data_args(world, "options")
+    r = run(app, ["index", "build", str(world["emb"]), *args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    args, skipped, n_more = data_args(world, "folder")
+    r = run(app, ["index", "add", str(out), *args])
+    reported(r, skipped)
+    assert len(pd.read_parquet(out / "items.parquet")) == n + n_more
+
+
 @pytest.mark.parametrize("fmt", ALL)
 def test_catalog_build(world, fmt, tmp_path):
     args, skipped, n = data_args(world, fmt)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from multitag.data.inputs import Inputs, resolve_inputs
+from multitag.data import inputs as _inputs
+from multitag.data.inputs import Inputs
 from multitag.io import write_table
 
 
@@ -21,7 +22,17 @@ def as_inputs(
 ) -> Inputs:
     """``inputs`` as resolved by :func:`multitag.data.inputs.resolve_inputs` (with
     ``images`` and its keyword ``options``), unless they already are."""
-    return inputs if isinstance(inputs, Inputs) else resolve_inputs(inputs, images, **options)
+    if isinstance(inputs, Inputs):
+        return inputs
+    return _inputs.resolve_inputs(inputs, images, **options)
+
+
+def resolve_inputs(
+    inputs: Sequence[str | os.PathLike], images: str | os.PathLike | None = None, **options
+) -> pd.DataFrame:
+    """Rows ``id``, ``path`` (+ a manifest's label columns) of ``inputs``: the frame of
+    :func:`as_inputs` (kept for older callers; new code wants the skipped inputs too)."""
+    return as_inputs(inputs, images, **options).frame
 
 
 def _top_k(proba: np.ndarray, classes: Sequence[str], k: int) -> list[list[dict]]:
