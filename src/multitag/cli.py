@@ -31,6 +31,7 @@ from multitag.cli_common import (  # noqa: E402
     _detail_setting,
     _fail,
     _load_frame,
+    _resolve,
     _split,
     console,
     out_console,
@@ -59,7 +60,7 @@ def validate_cmd(
     ] = None,
     delimiter: Annotated[str, typer.Option(help="Delimiter inside multi-label cells.")] = "|",
     min_count: Annotated[int, typer.Option(help="Classes rarer than this are folded/dropped.")] = 5,
-    id_col: IdColOpt = "id",
+    id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
     json_out: Annotated[
@@ -71,7 +72,8 @@ def validate_cmd(
     from multitag.data.validate import validate
     from multitag.io import write_json
 
-    frame = _load_frame(data, images, id_col, path_col, ext)
+    found = _resolve([data], images, id_col, path_col, ext)
+    frame = found.frame
     names = _task_list(frame, tasks)
     report = validate(frame, names)
     task_objs = []
@@ -107,6 +109,7 @@ def validate_cmd(
     for line in report.problems():
         console.print(f"[yellow]problem:[/yellow] {line}")
     console.print(
+        f"skipped inputs: {len(found.skipped)}, "
         f"missing files: {len(report.missing_files)}, unreadable: {len(report.unreadable)}, "
         f"duplicate ids: {len(report.duplicate_ids)}, empty tasks: {len(report.empty_tasks)}, "
         f"identical-image groups: {len(report.duplicate_images)}"
@@ -118,7 +121,8 @@ def validate_cmd(
                 f"({c['share']:.1%})"
             )
     if json_out:
-        write_json(json_out, report.to_dict())
+        skipped = found.skipped_frame().to_dict(orient="records")
+        write_json(json_out, {**report.to_dict(), "skipped_inputs": skipped})
     if not report.ok:
         raise typer.Exit(1)
 
@@ -186,7 +190,7 @@ def train_cmd(
     class_weight: Annotated[str, typer.Option(help="none, sqrt or balanced.")] = "none",
     seed: Annotated[int, typer.Option(help="Random seed (split, init, order).")] = 0,
     cache_dir: CacheDirOpt = None,
-    id_col: IdColOpt = "id",
+    id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
 ) -> None:
@@ -194,7 +198,7 @@ def train_cmd(
     from multitag import MultiTaskTagger
     from multitag.evaluate import evaluate_split, write_reports
 
-    frame = _load_frame(data, images, id_col, path_col, ext)
+    frame = _load_frame(data, images, id_col, path_col, ext, out / "inputs.rejects.csv")
     kwargs = {}
     if cache_dir is not None:
         kwargs["cache_dir"] = cache_dir
@@ -270,7 +274,7 @@ def evaluate_cmd(
             "validation rows of the manifest it was trained from.",
         ),
     ] = False,
-    id_col: IdColOpt = "id",
+    id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
 ) -> None:
@@ -278,9 +282,10 @@ def evaluate_cmd(
     from multitag.evaluate import evaluate_frame, write_reports
     from multitag.held_out import held_out_rows, seen_rows
     from multitag.metrics import format_table
+    from multitag.tagging import rejects_path
 
     tagger = _load_model(model_dir)
-    frame = _load_frame(data, images, id_col, path_col, ext)
+    frame = _load_frame(data, images, id_col, path_col, ext, rejects_path(json_out))
     if held_out:
         try:
             rows = held_out_rows(tagger, frame, str(data))
@@ -333,6 +338,9 @@ def tag_cmd(
     top_k: Annotated[int, typer.Option("--top-k", help="Tags per task.")] = 3,
     images: ImagesOpt = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    id_col: IdColOpt = None,
+    path_col: PathColOpt = None,
+    ext: ExtOpt = ".jpg",
 ) -> None:
     """Tag images: top-k labels with probabilities per task + ImageNet tags."""
     from multitag.io import check_table_suffix
@@ -343,15 +351,19 @@ def tag_cmd(
     except ValueError as err:
         _fail(str(err))
     tagger = _load_model(model_dir)
+    found = _resolve(paths, images, id_col, path_col, ext)
     try:
         written, rejects, n_ok, n_bad = tag_to_file(
-            tagger, paths, out, top_k=top_k, images=images, batch_size=batch_size
+            tagger, found, out, top_k=top_k, batch_size=batch_size
         )
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     console.print(f"tagged {n_ok} image(s) -> {written}")
     if rejects:
-        console.print(f"[yellow]{n_bad} unreadable image(s) -> {rejects}[/yellow]")
+        console.print(
+            f"[yellow]{n_bad} input(s) not tagged ({len(found.skipped)} skipped, "
+            f"{n_bad - len(found.skipped)} unreadable) -> {rejects}[/yellow]"
+        )
 
 
 @app.command("export")
@@ -392,7 +404,7 @@ def combine_cmd(
         ),
     ] = None,
     images: ImagesOpt = None,
-    id_col: IdColOpt = "id",
+    id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
 ) -> None:

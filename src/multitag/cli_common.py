@@ -15,14 +15,37 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 out_console = Console(width=None if sys.stdout.isatty() else 160)  # logs: don't squeeze tables
 
 DataOpt = Annotated[
-    Path, typer.Option("--data", help="CSV/Parquet manifest or folder-per-class tree.")
+    Path,
+    typer.Option(
+        "--data",
+        help="Manifest (CSV, TSV, Parquet, JSONL), folder of images or folder-per-class tree.",
+    ),
 ]
-ImagesOpt = Annotated[Path | None, typer.Option("--images", help="Folder of images (<id>.jpg).")]
-IdColOpt = Annotated[str, typer.Option("--id-col", help="Manifest column with the image id.")]
+# the input options every command that takes photos shares (multitag.data.inputs reads them)
+ImagesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--images",
+        help="Folder a manifest's relative paths (or <id><ext> files) are in "
+        "(default: the manifest's folder).",
+    ),
+]
+IdColOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--id-col", help="Manifest column with the image id (default: id, else the path)."
+    ),
+]
 PathColOpt = Annotated[
-    str | None, typer.Option("--path-col", help="Manifest column with image paths.")
+    str | None,
+    typer.Option(
+        "--path-col",
+        help="Manifest column with image paths (default: a path, filepath or file column).",
+    ),
 ]
-ExtOpt = Annotated[str, typer.Option("--ext", help="Image file extension after the id.")]
+ExtOpt = Annotated[
+    str, typer.Option("--ext", help="Image file extension after the id (no path column).")
+]
 # the model options that train and learning-curve share (one help text, one default each)
 TasksOpt = Annotated[str | None, typer.Option(help="Comma-separated label columns.")]
 BackboneOpt = Annotated[str, typer.Option(help="Registered backbone or any timm name.")]
@@ -62,13 +85,42 @@ def _detail_setting(value: str) -> str | int:
     return int(value) if value.strip().isdigit() else value.strip()
 
 
-def _load_frame(data: Path, images: Path | None, id_col: str, path_col: str | None, ext: str):
-    from multitag.data.manifest import load_manifest
+def _resolve(
+    inputs,
+    images: Path | None,
+    id_col: str | None,
+    path_col: str | None,
+    ext: str,
+    rejects: Path | None = None,
+):
+    """:func:`multitag.data.inputs.resolve_inputs` for a command: errors end it (exit 2),
+    skipped inputs and remarks are printed, and listed in ``rejects`` (CSV) if given."""
+    from multitag.data.inputs import resolve_inputs
+    from multitag.io import write_table
 
     try:
-        return load_manifest(data, images, id_col=id_col, path_col=path_col, ext=ext)
+        found = resolve_inputs(inputs, images, id_col=id_col, path_col=path_col, ext=ext)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
+    for line in found.summary():
+        console.print(f"[yellow]inputs:[/yellow] {escape(line)}")
+    if rejects is not None and found.skipped:
+        rejects.parent.mkdir(parents=True, exist_ok=True)
+        write_table(found.skipped_frame(), rejects)
+        console.print(f"skipped inputs listed in {escape(str(rejects))}")
+    return found
+
+
+def _load_frame(
+    data: Path,
+    images: Path | None,
+    id_col: str | None,
+    path_col: str | None,
+    ext: str,
+    rejects: Path | None = None,
+):
+    """The rows of ``--data`` (see :func:`_resolve`)."""
+    return _resolve([data], images, id_col, path_col, ext, rejects).frame
 
 
 def _bindable(host: str, port: int) -> bool:

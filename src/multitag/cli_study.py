@@ -63,6 +63,8 @@ def register(app: typer.Typer) -> None:
             return
         cols = [c for c in table.columns if not c.endswith("_acc")]
         out_console.print(table[cols].to_string(index=False))
+        if (out / "inputs.rejects.csv").is_file():
+            out_console.print(f"inputs skipped (not in the study): {out / 'inputs.rejects.csv'}")
         out_console.print(f"report: {out / 'report.html'}  table: {out / 'study.csv'}")
 
     @app.command("learning-curve")
@@ -90,7 +92,7 @@ def register(app: typer.Typer) -> None:
         ] = 5,
         seed: Annotated[int, typer.Option(help="Random seed (split, subsets, init).")] = 0,
         cache_dir: CacheDirOpt = None,
-        id_col: IdColOpt = "id",
+        id_col: IdColOpt = None,
         path_col: PathColOpt = None,
         ext: ExtOpt = ".jpg",
     ) -> None:
@@ -107,7 +109,7 @@ def register(app: typer.Typer) -> None:
             shares = [float(f) for f in _split(fractions)]
         except ValueError:
             _fail(f"--fractions {fractions!r}: comma-separated numbers in (0, 1], e.g. 0.25,0.5,1")
-        frame = _load_frame(data, images, id_col, path_col, ext)
+        frame = _load_frame(data, images, id_col, path_col, ext, out / "inputs.rejects.csv")
         kwargs = {"cache_dir": cache_dir} if cache_dir is not None else {}
         tagger = MultiTaskTagger(
             _task_list(frame, tasks), backbone=backbone, image_size=image_size,
