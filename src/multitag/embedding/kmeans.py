@@ -18,6 +18,7 @@ import faiss
 import numpy as np
 from sklearn.cluster import kmeans_plusplus
 from sklearn.metrics import silhouette_score
+from threadpoolctl import threadpool_limits
 
 MAX_TRAIN = 20_000
 """Default sample size the centroids are fitted on (see ``bench/kmeans.md``)."""
@@ -113,7 +114,9 @@ class KMeans:
         best, objectives = None, []
         for _ in range(int(self.n_init)):
             seed = int(rng.integers(2**31 - 1))
-            init, _ = kmeans_plusplus(train, k, random_state=seed)
+            # k-means++ is k thin matrix products: threading them only adds overhead
+            with threadpool_limits(1, user_api="blas"):
+                init, _ = kmeans_plusplus(train, k, random_state=seed)
             if spherical:
                 init /= np.maximum(np.linalg.norm(init, axis=1, keepdims=True), 1e-12)
             km = faiss.Kmeans(
