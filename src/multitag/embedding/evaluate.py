@@ -52,7 +52,8 @@ def retrieval_metrics(
         prec = np.cumsum(h) / np.arange(1, r + 1)
         aps.append(float((prec * h).sum() / r))
     out["map@r"] = float(np.mean(aps))
-    assign = KMeans(len(codes), random_state=seed).fit(x).labels_
+    # 3 restarts, as before: k = the number of label combinations, often hundreds
+    assign = KMeans(len(codes), n_init=3, random_state=seed).fit(x).labels_
     out["nmi"] = float(normalized_mutual_info_score(labels, assign))
     out["queries"] = int(q.sum())
     return out
