@@ -15,6 +15,7 @@ from multitag.embedding.cluster import cluster_index
 from multitag.embedding.evaluate import retrieval_metrics
 from multitag.embedding.index import VectorIndex
 from multitag.embedding.kmeans import KMeans, nearest_centroid, suggest_k
+from tests.conftest import FASHION, requires_fashion
 
 
 def _blobs(k=6, per=40, dim=32, noise=0.05, seed=0, unit=True):
@@ -145,3 +146,14 @@ def test_cluster_cli_suggests_k_without_k(tmp_path):
     assert r.exit_code == 2 and "--max-k 1: use 2 or more" in r.output
     r = run(app, ["cluster", str(index_dir), "--html", str(page), "-k", "999"])
     assert r.exit_code == 2 and "-k must be between 1 and the number of items (200)" in r.output
+
+
+@pytest.mark.slow
+@requires_fashion
+def test_issue_folder_tree_through_the_cli():
+    """Issue #39: 3 classes x 60 real photos, train / embed train / index build / cluster."""
+    from multitag.bench_kmeans import tree_scenario
+
+    out = tree_scenario(FASHION)
+    assert out["suggested_k"] == 3
+    assert out["now"]["sizes"] == [60, 60, 60] and out["now"]["nmi"] == pytest.approx(1.0)
