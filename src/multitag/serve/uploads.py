@@ -47,7 +47,12 @@ def is_image_bytes(data: bytes) -> bool:
 
 
 def _too_large(what: str, limit: int) -> HTTPException:
-    return HTTPException(413, f"{what} is larger than the {limit / 1024 / 1024:g} MB upload limit")
+    # Connection: close makes the server hang up instead of draining the rest of the body
+    return HTTPException(
+        413,
+        f"{what} is larger than the {limit / 1024 / 1024:g} MB upload limit",
+        headers={"Connection": "close"},
+    )
 
 
 async def limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
