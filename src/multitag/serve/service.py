@@ -171,7 +171,7 @@ class CatalogService:
         check_budget(uploads, max_pixels, max_total_pixels)
         for up in uploads:
             try:
-                load_image(up.data, name=up.name, max_pixels=max_pixels)
+                load_image(up.data, name=up.name, max_pixels=max_pixels, target_size=THUMB_SIZE)
             except ImageDecodeError as err:
                 raise HTTPException(422, f"{up.name}: unreadable image: {err.reason}") from None
         if self.tagger is None:
@@ -185,8 +185,9 @@ class CatalogService:
             path.write_bytes(up.data)
             with self.lock:
                 out = self.tagger.predict_proba([path], return_features=True)
-        if out["errors"]:
-            raise HTTPException(422, f"unreadable image {up.name!r}: {out['errors'][0]}")
+        if out["errors"]:  # the temporary path is the server's business, not the client's
+            reason = str(out["errors"][0]).replace(str(path), up.name)
+            raise HTTPException(422, f"unreadable image {up.name!r}: {reason}")
         probs = np.concatenate([out["proba"][t][0] for t in self.task_names])
         return {
             "tagprobs": probs.astype(np.float32),
