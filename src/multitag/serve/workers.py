@@ -7,6 +7,8 @@ At most ``workers`` jobs run and ``queue`` more wait; a job beyond that is refus
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import math
 import threading
 import time
@@ -67,6 +69,7 @@ class ModelPool:
         finally:
             took = time.perf_counter() - start
             self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * took
+            _trim_heap()
 
     def _release(self, _future) -> None:
         with self._lock:
@@ -88,3 +91,22 @@ class ModelPool:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _load_libc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        libc = None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _load_libc()
+
+
+def _trim_heap() -> None:
+    """Give freed heap back to the OS after a job (glibc): a decoded upload is tens of MB, and
+    without this the worker threads' malloc arenas keep their high-water mark for good."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
