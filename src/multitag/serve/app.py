@@ -21,7 +21,7 @@ from multitag.serve.routes import analysis, catalogue, items, pages
 from multitag.serve.routes.pages import STATIC, plotly_js
 from multitag.serve.security import RefuseQueryKeys, redact_access_log
 from multitag.serve.service import CatalogService
-from multitag.serve.settings import LOCAL_HOSTS, MAX_PHOTOS, ServeSettings
+from multitag.serve.settings import MAX_PHOTOS, ServeSettings
 from multitag.serve.workers import ModelPool
 
 __all__ = ["MAX_PHOTOS", "STATIC", "create_app", "plotly_js"]
@@ -32,26 +32,17 @@ def create_app(
     model_dir: str | os.PathLike | None = None,
     api_key: str | None = None,
     max_upload_mb: float = 10,
-    *,
-    max_pixels: int = 25_000_000,
-    max_total_pixels: int = 100_000_000,
-    workers: int = 2,
-    queue: int = 8,
-    allowed_hosts: tuple[str, ...] | list[str] = LOCAL_HOSTS,
+    **options,
 ) -> FastAPI:
     """The FastAPI app serving one catalogue (and, with ``model_dir``, tagging uploads).
 
-    The options are :class:`~multitag.serve.settings.ServeSettings`' (validated first).
+    ``options`` are the other fields of :class:`~multitag.serve.settings.ServeSettings`
+    (``max_pixels``, ``max_total_pixels``, ``workers``, ``queue``, ``allowed_hosts``); all are
+    validated before anything is loaded.
     """
-    settings = ServeSettings(
-        api_key=api_key,
-        max_upload_mb=max_upload_mb,
-        max_pixels=max_pixels,
-        max_total_pixels=max_total_pixels,
-        workers=workers,
-        queue=queue,
-        allowed_hosts=tuple(allowed_hosts),
-    )
+    if "allowed_hosts" in options:
+        options["allowed_hosts"] = tuple(options["allowed_hosts"])
+    settings = ServeSettings(api_key=api_key, max_upload_mb=max_upload_mb, **options)
     service = CatalogService(load_catalog(catalog_dir), model_dir)
     pool = ModelPool(settings.workers, settings.queue)
 

@@ -8,6 +8,8 @@ Decoding and the model run on the bounded worker pool, never on the event loop.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
@@ -47,17 +49,35 @@ def _body(properties: dict, required: list[str], urlencoded: bool = False) -> di
     return {"requestBody": {"required": bool(required), "content": content}}
 
 
-async def _analyse(
-    uploads: list[Upload], service: CatalogService, settings: ServeSettings, pool: ModelPool
-) -> list[dict]:
-    for up in uploads:
-        check_content(up)
-    try:
-        return await pool.run(
-            service.analyse, uploads, settings.max_pixels, settings.max_total_pixels
-        )
-    except Busy as err:
-        raise HTTPException(503, str(err), headers={"Retry-After": str(err.retry_after)}) from None
+@dataclass
+class Uploads:
+    """What the upload routes share: the catalogue service, the limits and the worker pool."""
+
+    service: CatalogService
+    settings: ServeSettings
+    pool: ModelPool
+
+    async def read(self, request: Request, max_files: int) -> tuple[dict[str, str], list[Upload]]:
+        return await read_form(request, self.settings.upload_bytes, max_files)
+
+    async def analyse(self, uploads: list[Upload]) -> list[dict]:
+        """Content checks here, then decoding + the model on the worker pool."""
+        for up in uploads:
+            check_content(up)
+        limits = self.settings.max_pixels, self.settings.max_total_pixels
+        try:
+            return await self.pool.run(self.service.analyse, uploads, *limits)
+        except Busy as err:
+            headers = {"Retry-After": str(err.retry_after)}
+            raise HTTPException(503, str(err), headers=headers) from None
+
+
+def get_uploads(
+    service: CatalogService = Depends(get_service),
+    settings: ServeSettings = Depends(get_settings),
+    pool: ModelPool = Depends(get_pool),
+) -> Uploads:
+    return Uploads(service, settings, pool)
 
 
 @router.post(
@@ -65,19 +85,14 @@ async def _analyse(
     response_model=schemas.TagResponse,
     openapi_extra=_body({"file": {**_FILE, "description": "an image"}}, ["file"]),
 )
-async def tag(
-    request: Request,
-    service: CatalogService = Depends(get_service),
-    settings: ServeSettings = Depends(get_settings),
-    pool: ModelPool = Depends(get_pool),
-):
+async def tag(request: Request, up: Uploads = Depends(get_uploads)):
     """Tags (top labels per task) and ImageNet tags of one uploaded photo."""
-    _, files = await read_form(request, settings.upload_bytes, 1)
+    _, files = await up.read(request, 1)
     files = [f for f in files if f.field == "file"]
     if not files:
         raise HTTPException(422, "send one image in the form field 'file'")
-    (a,) = await _analyse(files, service, settings, pool)
-    return service.tag_response(a)
+    (a,) = await up.analyse(files)
+    return up.service.tag_response(a)
 
 
 @router.post(
@@ -95,14 +110,10 @@ async def tag(
     ),
     responses=schemas.errors(404),
 )
-async def similar(
-    request: Request,
-    service: CatalogService = Depends(get_service),
-    settings: ServeSettings = Depends(get_settings),
-    pool: ModelPool = Depends(get_pool),
-):
+async def similar(request: Request, up: Uploads = Depends(get_uploads)):
     """The ``k`` catalogue items nearest an uploaded photo or a catalogue item."""
-    fields, files = await read_form(request, settings.upload_bytes, 1)
+    service = up.service
+    fields, files = await up.read(request, 1)
     form = parse_fields(SimilarForm, fields)
     files = [f for f in files if f.field == "file"]
     if bool(files) == (form.id is not None):
@@ -110,7 +121,7 @@ async def similar(
     keep = service.mask(form.tag, None, None) if form.tag else None
     query_tags, query_xy, exclude = None, None, set()
     if files:
-        (a,) = await _analyse(files, service, settings, pool)
+        (a,) = await up.analyse(files)
         query, query_name = a["embedding"], "upload"
         query_tags, query_xy = service.tag_response(a), list(service.place(query))
     else:
@@ -142,17 +153,12 @@ async def similar(
         ["files"],
     ),
 )
-async def recommend(
-    request: Request,
-    service: CatalogService = Depends(get_service),
-    settings: ServeSettings = Depends(get_settings),
-    pool: ModelPool = Depends(get_pool),
-):
+async def recommend(request: Request, up: Uploads = Depends(get_uploads)):
     """Items for a shopper, from 1-10 of their photos, each with the reasons it was chosen."""
-    fields, files = await read_form(request, settings.upload_bytes, MAX_PHOTOS)
+    fields, files = await up.read(request, MAX_PHOTOS)
     form = parse_fields(RecommendForm, fields)
     files = [f for f in files if f.field == "files"]
     if not files:
         raise HTTPException(422, f"send 1-{MAX_PHOTOS} images in the form field 'files'")
-    photos = await _analyse(files, service, settings, pool)
-    return service.recommend(photos, form.k)
+    photos = await up.analyse(files)
+    return up.service.recommend(photos, form.k)
