@@ -10,7 +10,6 @@ import asyncio
 import ctypes
 import ctypes.util
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -81,7 +80,7 @@ class ModelPool:
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(
-                    self.workers, thread_name_prefix="multitag-model", initializer=_yield_cpu
+                    self.workers, thread_name_prefix="multitag-model"
                 )
             return self._executor
 
@@ -92,20 +91,6 @@ class ModelPool:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
-
-
-WORKER_NICENESS = 5  # how much lower than the event loop a worker thread is scheduled
-
-
-def _yield_cpu() -> None:
-    """Schedule this worker thread below the event loop (Linux: niceness is per thread), so
-    short API requests keep their latency while large uploads decode; the uploads still get
-    every idle cycle."""
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICENESS)
-    except (AttributeError, OSError):
-        pass  # not Linux / not permitted: same priority as the loop
 
 
 def _load_libc():
