@@ -30,6 +30,7 @@ from multitag.io import write_json, write_text
 DATA = Path(os.environ.get("MULTITAG_FASHION", "../shared/datasets/fashion-products"))
 HOST = "127.0.0.1"
 PHASE_SECONDS = 180  # no request of a phase starts later than this
+UPLOAD_SECONDS = 60  # the large-upload throughput phase
 LARGE_SIZE = (4000, 5333)  # 21.3 Mpx: under the default 25 Mpx budget, ~0.5 s to decode
 N_LARGE = 4
 
@@ -106,43 +107,65 @@ async def _items_load(client, n: int, concurrency: int, pages: int, deadline: fl
     return lat
 
 
-async def _items_phase(url: str, n: int, pages: int, large: list[bytes] | None) -> dict:
-    """``n`` GET /items (4 at a time, within ``PHASE_SECONDS``); with ``large``, 4 clients keep
-    one large upload each in flight for the whole phase."""
+async def _keep_uploading(client, blob: bytes, stop: asyncio.Event, lat: list, statuses: dict):
+    """Upload ``blob`` to ``/tag`` again and again until ``stop`` is set."""
+    import httpx
+
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        try:
+            resp = await client.post("/tag", files={"file": ("large.png", blob, "image/png")})
+            status = str(resp.status_code)
+        except httpx.HTTPError as err:
+            status = type(err).__name__
+        statuses[status] = statuses.get(status, 0) + 1
+        lat.append((time.perf_counter() - t0) * 1000)
+
+
+async def _with_uploads(url: str, large: list[bytes], work) -> tuple[object, dict]:
+    """Run ``work(client)`` while one client per ``large`` blob keeps an upload in flight;
+    returns ``(work's result, upload stats)``."""
     import httpx
 
     uploads: list[float] = []
     statuses: dict[str, int] = {}
     stop = asyncio.Event()
-
-    async def uploader(client, blob: bytes):
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                resp = await client.post("/tag", files={"file": ("large.png", blob, "image/png")})
-                status = str(resp.status_code)
-            except httpx.HTTPError as err:
-                status = type(err).__name__
-            statuses[status] = statuses.get(status, 0) + 1
-            uploads.append((time.perf_counter() - t0) * 1000)
-
-    timeout = httpx.Timeout(PHASE_SECONDS, connect=30)
     start = time.perf_counter()
+    timeout = httpx.Timeout(PHASE_SECONDS, connect=30)
     async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
-        tasks = [asyncio.create_task(uploader(client, b)) for b in (large or [])]
+        tasks = [
+            asyncio.create_task(_keep_uploading(client, b, stop, uploads, statuses)) for b in large
+        ]
         if tasks:
             await asyncio.sleep(1.0)  # let the uploads arrive and start decoding
-        lat = await _items_load(client, n, 4, pages, time.monotonic() + PHASE_SECONDS)
+        result = await work(client)
         stop.set()
         _, late = await asyncio.wait(tasks, timeout=PHASE_SECONDS) if tasks else ((), ())
         for task in late:
             task.cancel()
     wall = time.perf_counter() - start
+    per_minute = round(60 * len(uploads) / wall, 1)
+    return result, {**_percentiles(uploads), "per_minute": per_minute, "status": statuses}
+
+
+async def _items_phase(url: str, n: int, pages: int, large: list[bytes] | None) -> dict:
+    """``n`` GET /items (4 at a time, within ``PHASE_SECONDS``); with ``large``, 4 clients keep
+    one large upload each in flight for the whole phase."""
+
+    async def items(client):
+        return await _items_load(client, n, 4, pages, time.monotonic() + PHASE_SECONDS)
+
+    lat, uploads = await _with_uploads(url, large or [], items)
     out = {"items": {**_percentiles(lat), "unfinished": n - len(lat)}}
     if large:
-        per_minute = round(60 * len(uploads) / wall, 1)
-        out["uploads"] = {**_percentiles(uploads), "per_minute": per_minute, "status": statuses}
+        out["uploads"] = uploads
     return out
+
+
+async def _uploads_alone(url: str, large: list[bytes], seconds: float) -> dict:
+    """Large-upload throughput with nothing else going on: 4 clients for ``seconds``."""
+    _, uploads = await _with_uploads(url, large, lambda client: asyncio.sleep(seconds))
+    return uploads
 
 
 async def _mixed_phase(url: str, ids: list[str], small: list[bytes], n: int, clients: int) -> dict:
@@ -236,6 +259,7 @@ def run_phases(
     rss["after uploads"] = server.rss_mb()
     mixed = asyncio.run(_mixed_phase(server.url, ids, small, 2 * n, 8))
     rss["after mixed"] = server.rss_mb()
+    alone_uploads = asyncio.run(_uploads_alone(server.url, large, UPLOAD_SECONDS))
     # the same two phases again: a leak grows RSS again, an allocator high-water mark does not
     asyncio.run(_items_phase(server.url, n, pages, large))
     asyncio.run(_mixed_phase(server.url, ids, small, 2 * n, 8))
@@ -244,6 +268,7 @@ def run_phases(
         "items_alone": alone["items"],
         "items_with_uploads": loaded["items"],
         "large_uploads": loaded["uploads"],
+        "large_uploads_alone": alone_uploads,
         "mixed": mixed,
         "rss_mb": rss,
     }
@@ -260,14 +285,16 @@ def _markdown(r: dict) -> str:
         f"Machine: {r['machine']}. Measured by `python -m multitag.bench_serve` ({r['date']}); "
         f"server: `multitag serve` in its own process on 127.0.0.1 (defaults: 2 workers, queue 8), "
         f"catalogue of {r['catalogue_items']} real fashion-products images with a real model; "
-        f"load from httpx in the benchmark process.",
+        f"load from httpx in the benchmark process. 1-minute load average "
+        f"{r['load_average_1min']['start']} at the start, {r['load_average_1min']['end']} at "
+        "the end (other jobs shared the cores: compare rows of one run, not runs).",
         "",
         f"`GET /items` (50 per page): {r['n']} requests, 4 at a time. With uploads: 4 clients "
         f"each keep one {r['large_upload']} PNG upload to `/tag` in flight the whole time.",
         "",
         "| server | GET /items p50 ms alone | p99 alone | p50 with 4 uploads | p99 with 4 uploads "
-        "| p99 ratio | not started in time | uploads p50 ms | uploads / min | upload statuses |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| p99 ratio | not started in time | upload statuses |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, s in r["servers"].items():
         a, w, u = s["items_alone"], s["items_with_uploads"], s["large_uploads"]
@@ -275,8 +302,7 @@ def _markdown(r: dict) -> str:
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(u["status"].items()))
         lines.append(
             f"| {name} | {p(a, 'p50_ms')} | {p(a, 'p99_ms')} | {p(w, 'p50_ms')} | "
-            f"{p(w, 'p99_ms')} | {ratio} | {w['unfinished']} | {p(u, 'p50_ms')} | "
-            f"{u['per_minute']} | {statuses} |"
+            f"{p(w, 'p99_ms')} | {ratio} | {w['unfinished']} | {statuses} |"
         )
     lines += [
         "",
@@ -299,6 +325,23 @@ def _markdown(r: dict) -> str:
             f"| {name} | {m['requests']} | {m['unfinished']} | {p(m['all'], 'p50_ms')} | "
             f"{p(m['all'], 'p99_ms')} | {m['throughput_rps']} | {m['errors']} | {m['busy_503']} |"
         )
+    lines += [
+        "",
+        f"## Large uploads alone ({N_LARGE} clients, {UPLOAD_SECONDS} s)",
+        "",
+        "Each client keeps one large PNG upload to `/tag` in flight; nothing else runs.",
+        "",
+        "| server | uploads answered | per minute | p50 ms | p99 ms | statuses |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, s in r["servers"].items():
+        u = s.get("large_uploads_alone")
+        if u:
+            statuses = ", ".join(f"{k}: {v}" for k, v in sorted(u["status"].items()))
+            lines.append(
+                f"| {name} | {u['n']} | {u['per_minute']} | {p(u, 'p50_ms')} | "
+                f"{p(u, 'p99_ms')} | {statuses} |"
+            )
     points = list(next(iter(r["servers"].values()))["rss_mb"])
     lines += [
         "",
@@ -341,6 +384,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.data.resolve()
     frame = load_manifest(data / "styles.csv", data / "images")
+    load_start = round(os.getloadavg()[0], 1)  # the machine may be shared: say how busy
     work = Path(tempfile.mkdtemp(prefix="multitag-bench-serve-"))
     os.environ["MULTITAG_CACHE"] = str(work / "cache")
     try:
@@ -367,6 +411,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
+        "load_average_1min": {"start": load_start, "end": round(os.getloadavg()[0], 1)},
         "catalogue_items": len(ids),
         "n": args.requests,
         "large_upload": f"{LARGE_SIZE[0]}x{LARGE_SIZE[1]} ({len(large[0]) / 1e6:.1f} MB)",
