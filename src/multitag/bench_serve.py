@@ -287,7 +287,8 @@ def _markdown(r: dict) -> str:
         f"catalogue of {r['catalogue_items']} real fashion-products images with a real model; "
         f"load from httpx in the benchmark process. 1-minute load average "
         f"{r['load_average_1min']['start']} at the start, {r['load_average_1min']['end']} at "
-        "the end (other jobs shared the cores: compare rows of one run, not runs).",
+        "the end (other jobs shared the cores and the servers ran one after the other, so "
+        "differences of a few tens of percent between rows can be the machine, not the code).",
         "",
         f"`GET /items` (50 per page): {r['n']} requests, 4 at a time. With uploads: 4 clients "
         f"each keep one {r['large_upload']} PNG upload to `/tag` in flight the whole time.",
