@@ -32,3 +32,18 @@ def built_catalog(tmp_path_factory, trained_tagger, fashion_frame) -> tuple[Path
         build_catalog(model, [manifest], root / "catalog", **BUILD)
         _CACHE.update(catalog=root / "catalog", model=Path(model), manifest=manifest)
     return _CACHE["catalog"], _CACHE["model"], _CACHE["manifest"]
+
+
+def synthetic_catalog_dir(root: Path, n: int = 300, n_images: int = 6) -> Path:
+    """A catalogue of ``n`` made-up items (no model needed) whose thumbnails cycle through
+    ``n_images`` small generated photos under ``root/images``."""
+    from multitag.bench_catalog import synthetic_catalog
+    from tests.conftest import make_image
+
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    paths = [
+        str(make_image(images / f"{i}.png", (60, 80), (40 * i % 256, 90, 200 - 30 * i)))
+        for i in range(n_images)
+    ]
+    return synthetic_catalog(root / "catalog", paths, n=n)

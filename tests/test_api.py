@@ -14,6 +14,7 @@ from tests.catalog_util import built_catalog, sample_rows
 from tests.conftest import requires_fashion
 
 pytestmark = [pytest.mark.slow, requires_fashion]
+LOCAL = "http://localhost"  # the Host allow-list accepts localhost, not TestClient's default
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def client(catalog):
     from multitag.serve.app import create_app
 
     cat_dir, model_dir, _ = catalog
-    with TestClient(create_app(cat_dir, model_dir)) as c:
+    with TestClient(create_app(cat_dir, model_dir), base_url=LOCAL) as c:
         yield c
 
 
@@ -111,10 +112,12 @@ def test_bad_uploads(client, catalog, tmp_path, rows):
     big = io.BytesIO()
     noise = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
     Image.fromarray(noise).save(big, format="PNG")
-    with TestClient(create_app(cat_dir, model_dir, max_upload_mb=0.05)) as small:
+    with TestClient(create_app(cat_dir, model_dir, max_upload_mb=0.05), base_url=LOCAL) as small:
         res = small.post("/tag", files={"file": ("big.png", big.getvalue(), "image/png")})
         assert res.status_code == 413 and "limit" in res.json()["detail"]
-    with TestClient(create_app(cat_dir)) as no_model:  # no model: uploads disabled, clearly
+    with TestClient(
+        create_app(cat_dir), base_url=LOCAL
+    ) as no_model:  # no model: uploads disabled, clearly
         res = no_model.post("/tag", files={"file": ("a.jpg", data, "image/jpeg")})
         assert res.status_code == 503 and "--model" in res.json()["detail"]
 
@@ -221,7 +224,7 @@ def test_api_key(catalog):
 
     from multitag.serve.app import create_app
 
-    with TestClient(create_app(catalog[0], api_key="s3cret")) as c:
+    with TestClient(create_app(catalog[0], api_key="s3cret"), base_url=LOCAL) as c:
         assert c.get("/topics").status_code == 401
         assert c.get("/topics", headers={"X-API-Key": "wrong"}).status_code == 401
         assert c.get("/topics", headers={"X-API-Key": "s3cret"}).status_code == 200

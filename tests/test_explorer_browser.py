@@ -94,3 +94,33 @@ def test_explorer_hover_click_upload(browser, tmp_path_factory, trained_tagger, 
         shutil.copy(shot, keep)  # for a person to look at
         assert errors == []
         page.close()
+
+
+def test_explorer_with_an_api_key_never_puts_it_in_a_url(
+    browser, tmp_path_factory, trained_tagger, fashion_frame
+):
+    """The explorer asks for the key once, trades it for the session cookie, and every request
+    it makes (thumbnails included) leaves the key out of the URL."""
+    from multitag.serve.app import create_app
+    from multitag.serve.background import BackgroundServer
+
+    key = "k3y-in-a-header-only"
+    cat_dir, model_dir, _ = built_catalog(tmp_path_factory, trained_tagger, fashion_frame)
+    with BackgroundServer(create_app(cat_dir, model_dir, api_key=key)) as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        urls: list[str] = []
+        page.on("request", lambda r: urls.append(r.url))
+        page.on("dialog", lambda d: d.accept(key))
+        page.goto(url + "/")
+        page.wait_for_function("window.__ready === true", timeout=30_000)
+        xy = page.evaluate("window.explorer.pointPixel(10)")
+        page.mouse.move(xy["x"], xy["y"])
+        page.wait_for_function(
+            "document.getElementById('hover-thumb').complete && "
+            "document.getElementById('hover-thumb').naturalWidth > 0",
+            timeout=15_000,
+        )
+        assert any("/thumbs/" in u for u in urls) and any(u.endswith("/session") for u in urls)
+        assert not [u for u in urls if key in u or "api_key" in u]
+        assert page.evaluate("localStorage.length") == 0
+        page.close()

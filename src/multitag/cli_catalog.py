@@ -87,15 +87,40 @@ def serve_cmd(
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     api_key: Annotated[
         str | None,
-        typer.Option("--api-key", envvar="MULTITAG_API_KEY", help="Require X-API-Key header."),
+        typer.Option(
+            "--api-key",
+            envvar="MULTITAG_API_KEY",
+            help="Require this key in the X-API-Key header (never in URLs).",
+        ),
     ] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload (MB).")] = 10,
+    max_pixels: Annotated[
+        int, typer.Option(help="Largest accepted image, width x height, read before decoding.")
+    ] = 25_000_000,
+    max_total_pixels: Annotated[
+        int, typer.Option(help="Pixels of all images in one request together (/recommend).")
+    ] = 100_000_000,
+    workers: Annotated[
+        int, typer.Option(help="Threads decoding uploads and running the model.")
+    ] = 2,
+    queue: Annotated[
+        int, typer.Option(help="Uploads that may wait for a worker; beyond that: 503.")
+    ] = 8,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Host header value to accept besides the bind address, localhost and "
+            "127.0.0.1 (repeatable; '*' accepts any).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the catalogue API (docs at /docs) and the explorer page (at /)."""
     import uvicorn
 
     from multitag.cli_common import _check_port, _fail, console
     from multitag.serve.app import create_app
+    from multitag.serve.settings import default_hosts
 
     _check_port(host, port)
     if model is None:
@@ -104,13 +129,26 @@ def serve_cmd(
         if built_with and (Path(built_with) / "config.json").is_file():
             model = Path(built_with)
     try:
-        app = create_app(catalog_dir, model, api_key=api_key, max_upload_mb=max_upload_mb)
+        hosts = default_hosts(host, allowed_host or ())
+        app = create_app(
+            catalog_dir,
+            model,
+            api_key=api_key,
+            max_upload_mb=max_upload_mb,
+            max_pixels=max_pixels,
+            max_total_pixels=max_total_pixels,
+            workers=workers,
+            queue=queue,
+            allowed_hosts=hosts,
+        )
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     console.print(
         f"explorer: http://{host}:{port}/   API docs: http://{host}:{port}/docs"
         + ("" if model else "   (no model: uploads disabled, pass --model)")
     )
+    if "*" not in hosts:
+        console.print(f"accepting Host: {', '.join(hosts)} (add more with --allowed-host)")
     uvicorn.run(app, host=host, port=port, log_level=os.environ.get("MULTITAG_LOG", "info"))
 
 

@@ -91,3 +91,14 @@ class Match(BaseModel):
     tag: str
     total: int
     rows: list[int]
+
+
+class Error(BaseModel):
+    """Every refusal: a plain reason, or FastAPI's list of invalid fields."""
+
+    detail: str | list[dict]
+
+
+def errors(*codes: int) -> dict:
+    """OpenAPI ``responses`` documenting ``codes`` as :class:`Error` bodies."""
+    return {code: {"model": Error} for code in codes}

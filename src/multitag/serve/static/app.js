@@ -4,7 +4,7 @@
 
 const MAX_LEGEND = 24; // categories beyond this are drawn together as "other"
 const state = {
-  key: new URLSearchParams(location.search).get("api_key") || localStorage.getItem("multitag_key") || "",
+  key: "",  // kept in memory only; thumbnails authenticate with the session cookie
   map: null, colour: "topic", match: null, highlight: [], query: null, details: new Map(),
 };
 const $ = (id) => document.getElementById(id);
@@ -16,7 +16,7 @@ async function api(path, options = {}, retry = true) {
   const resp = await fetch(path, Object.assign({}, options, { headers }));
   if (resp.status === 401 && retry) {
     const key = prompt("This catalogue needs an API key:");
-    if (key) { state.key = key; localStorage.setItem("multitag_key", key); return api(path, options, false); }
+    if (key) { state.key = key; await openSession(key); return api(path, options, false); }
   }
   if (!resp.ok) {
     let detail = resp.statusText;
@@ -26,8 +26,14 @@ async function api(path, options = {}, retry = true) {
   return resp.json();
 }
 
+// The key goes in a header, never in a URL: POST /session trades it for an HttpOnly same-site
+// cookie, which the <img> thumbnail requests carry.
+async function openSession(key) {
+  await fetch("/session", { method: "POST", headers: { "X-API-Key": key }, credentials: "same-origin" });
+}
+
 function thumbUrl(id) {
-  return "/thumbs/" + encodeURIComponent(id) + (state.key ? "?api_key=" + encodeURIComponent(state.key) : "");
+  return "/thumbs/" + encodeURIComponent(id);
 }
 
 function traces() {

@@ -1,0 +1,273 @@
+"""The catalogue behind the API: lookups, filters, search, upload analysis, thumbnails.
+
+Upload analysis (:meth:`CatalogService.analyse`) is synchronous and meant for the worker pool
+(:mod:`multitag.serve.workers`): it checks the pixel budget from the headers, decodes, then runs
+the model.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+from fastapi import HTTPException
+
+from multitag.catalog import layout as layout_mod
+from multitag.catalog import topics as topics_mod
+from multitag.catalog.build import load_embedding
+from multitag.catalog.store import Catalog
+from multitag.serve.uploads import Upload, check_budget
+
+THUMB_SIZE = 160
+_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _read_index(directory: Path, n_items: int):
+    """The catalogue's FAISS index, refused clearly when missing, unreadable or torn."""
+    import faiss
+
+    path = directory / "index.faiss"
+    rebuild = f"rebuild it: multitag catalog build MODEL_DIR PATH... --out {directory}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: index.faiss is missing, cannot serve; {rebuild}")
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as err:
+        raise ValueError(f"{path}: unreadable FAISS index ({err}); {rebuild}") from None
+    if index.ntotal != n_items:
+        raise ValueError(
+            f"{directory}: torn catalogue, index.faiss holds {index.ntotal} vectors but "
+            f"items.parquet {n_items} items; {rebuild}"
+        )
+    return index
+
+
+class CatalogService:
+    """Catalogue + optional model; the logic behind the routes."""
+
+    def __init__(self, catalog: Catalog, model_dir: str | os.PathLike | None) -> None:
+        self.catalog = catalog
+        self.items = catalog.items.reset_index(drop=True)
+        self.ids = self.items["id"].astype(str).tolist()
+        self.index = _read_index(catalog.directory, len(self.ids))
+        self.emb = np.ascontiguousarray(catalog.embeddings, np.float32)
+        self.task_names = [t["name"] for t in catalog.tasks]
+        self.topic_names = {t["id"]: t["name"] for t in catalog.meta["topics"]["topics"]}
+        self.row_tags = [set(map(str, t)) for t in self.items["tags"]]
+        self.tagger = self.embed = None
+        self.lock = threading.Lock()  # one forward pass at a time: the tagger is not reentrant
+        if model_dir is not None:
+            from multitag.tagger import MultiTaskTagger
+
+            self.tagger = MultiTaskTagger.load(model_dir)
+            self.tagger.progress = False
+            self.tagger.workers = 0
+            self.tagger.warm_up()  # engine conversion at start-up, not in the first request
+            self.embed, _ = load_embedding(model_dir)
+
+    # ------------------------------------------------------------------ items
+    def row_or_404(self, item_id: str) -> int:
+        row = self.catalog.row_of(item_id)
+        if row is None:
+            raise HTTPException(404, f"no item with id {item_id!r} in this catalogue")
+        return row
+
+    def summary(self, row: int) -> dict:
+        r = self.items.iloc[row]
+        return {
+            "id": self.ids[row],
+            "x": float(r["x"]),
+            "y": float(r["y"]),
+            "topic": int(r["topic"]),
+            "cluster": int(r["cluster"]),
+            "labels": {t: str(r[t]) for t in self.task_names},
+        }
+
+    def task_tags(self, probs: np.ndarray, k: int = 3) -> dict[str, list[dict]]:
+        out, start = {}, 0
+        for task in self.catalog.tasks:
+            p = probs[start : start + len(task["classes"])]
+            start += len(task["classes"])
+            order = np.argsort(-p, kind="stable")[:k]
+            out[task["name"]] = [
+                {"label": task["classes"][j], "prob": round(float(p[j]), 4)} for j in order
+            ]
+        return out
+
+    def detail(self, row: int) -> dict:
+        r = self.items.iloc[row]
+        return {
+            **self.summary(row),
+            "tags": self.task_tags(self.catalog.tagprobs[row]),
+            "imagenet": [str(v) for v in r["imagenet"]],
+            "topic_name": self.topic_names.get(int(r["topic"]), ""),
+            "topic_weight": float(r["topic_weight"]),
+            "thumb": f"/thumbs/{self.ids[row]}",
+        }
+
+    def mask(self, tag: str | None, topic: int | None, cluster: int | None) -> np.ndarray:
+        keep = np.ones(len(self.ids), bool)
+        for t in split_tags(tag):
+            keep &= np.array([t in s for s in self.row_tags])
+        if topic is not None:
+            keep &= self.items["topic"].to_numpy() == topic
+        if cluster is not None:
+            keep &= self.items["cluster"].to_numpy() == cluster
+        return keep
+
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        keep: np.ndarray | None = None,
+        exclude: set[int] = frozenset(),
+    ) -> list[tuple[int, float]]:
+        q = np.ascontiguousarray(query.reshape(1, -1), np.float32)
+        if keep is None or keep.all():
+            scores, rows = self.index.search(q, min(len(self.ids), k + len(exclude)))
+            hits = [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
+        else:
+            rows = np.flatnonzero(keep)
+            sims = self.emb[rows] @ q[0]
+            top = np.argsort(-sims, kind="stable")[: k + len(exclude)]
+            hits = [(int(rows[j]), float(sims[j])) for j in top]
+        return [(r, s) for r, s in hits if r not in exclude][:k]
+
+    # --------------------------------------------------------------- thumbnails
+    def thumbnail(self, row: int) -> Path:
+        """The cached thumbnail of ``row``, made on first use; ``404`` with a plain reason when
+        the source image is gone or unreadable (never its path: that is the server's business)."""
+        from multitag.data.images import ImageDecodeError, load_image
+        from multitag.io import atomic_path
+
+        cache = self.catalog.directory / "thumbs" / f"{row}.jpg"
+        if cache.is_file():
+            return cache
+        source = Path(str(self.items["path"].iloc[row]))
+        if not source.is_file():
+            raise HTTPException(
+                404, f"the image of item {self.ids[row]!r} is no longer on the server"
+            )
+        try:
+            img = load_image(source, target_size=THUMB_SIZE)
+        except ImageDecodeError as err:
+            raise HTTPException(
+                404, f"the image of item {self.ids[row]!r} cannot be read: {err.reason}"
+            ) from None
+        img.thumbnail((THUMB_SIZE, THUMB_SIZE))
+        with atomic_path(cache) as tmp:
+            img.save(tmp, format="JPEG", quality=85)
+        return cache
+
+    # ---------------------------------------------------------------- uploads
+    def analyse(self, uploads: list[Upload], max_pixels: int, max_total_pixels: int) -> list[dict]:
+        """Uploads -> per photo: tag probabilities (flattened), embedding, features, ImageNet
+        probabilities. Blocking: run it on the worker pool."""
+        from multitag.data.images import ImageDecodeError, load_image
+
+        check_budget(uploads, max_pixels, max_total_pixels)
+        for up in uploads:
+            try:
+                load_image(up.data, name=up.name, max_pixels=max_pixels, target_size=THUMB_SIZE)
+            except ImageDecodeError as err:
+                raise HTTPException(422, f"{up.name}: unreadable image: {err.reason}") from None
+        if self.tagger is None:
+            raise HTTPException(503, "no model loaded: start the server with --model MODEL_DIR")
+        return [self._analyse_one(up) for up in uploads]
+
+    def _analyse_one(self, up: Upload) -> dict:
+        suffix = Path(up.name).suffix.lower()
+        with tempfile.TemporaryDirectory(prefix="multitag-upload-") as tmp:
+            path = Path(tmp) / f"upload{suffix if suffix in _SUFFIXES else '.img'}"
+            path.write_bytes(up.data)
+            with self.lock:
+                out = self.tagger.predict_proba([path], return_features=True)
+        if out["errors"]:  # the temporary path is the server's business, not the client's
+            reason = str(out["errors"][0]).replace(str(path), up.name)
+            raise HTTPException(422, f"unreadable image {up.name!r}: {reason}")
+        probs = np.concatenate([out["proba"][t][0] for t in self.task_names])
+        return {
+            "tagprobs": probs.astype(np.float32),
+            "embedding": self.embed(out["features"])[0],
+            "features": out["features"][0],
+            "imagenet": None if out["imagenet"] is None else out["imagenet"][0],
+        }
+
+    def tag_response(self, a: dict) -> dict:
+        tags = self.task_tags(a["tagprobs"])
+        top = {}
+        for task in self.catalog.tasks:
+            if task["kind"] == "multiclass":
+                top[task["name"]] = tags[task["name"]][0]["label"]
+            else:
+                top[task["name"]] = "|".join(
+                    d["label"] for d in tags[task["name"]] if d["prob"] >= 0.5
+                )
+        imagenet = []
+        if a["imagenet"] is not None:
+            from multitag.tagging import imagenet_labels
+
+            names = imagenet_labels()
+            imagenet = [
+                {"label": names[j], "prob": round(float(a["imagenet"][j]), 4)}
+                for j in np.argsort(-a["imagenet"])[:5]
+            ]
+        return {"tags": tags, "top": top, "imagenet": imagenet}
+
+    def topic_of(self, a: dict) -> int:
+        meta, fit = self.catalog.meta["topics"], self.catalog.fit
+        x = a["tagprobs"] if meta["on"] == "tags" else a["features"]
+        if meta["on"] != "tags":
+            x, _ = topics_mod.nonnegative(x[None], fit.get("nmf_offset"))
+        w = topics_mod.transform_topics(np.atleast_2d(x), fit["nmf_components"])
+        return int(w[0].argmax())
+
+    def place(self, embedding: np.ndarray) -> tuple[float, float]:
+        xy = layout_mod.place_new(
+            embedding[None], self.emb, self.items[["x", "y"]].to_numpy(np.float32)
+        )
+        return float(xy[0, 0]), float(xy[0, 1])
+
+    def chosen(self, probs: np.ndarray) -> list[str]:
+        """The ``task:label`` tags an upload gets (top label; multi-label: p >= 0.5)."""
+        out = []
+        top = self.tag_response({"tagprobs": probs, "imagenet": None})["top"]
+        for name, labels in top.items():
+            out.extend(f"{name}:{label}" for label in labels.split("|") if label)
+        return out
+
+    def recommend(self, photos: list[dict], k: int) -> dict:
+        """Items near the mean embedding of a shopper's photos, each with its reasons."""
+        embs = np.stack([p["embedding"] for p in photos])
+        profile = embs.mean(0)
+        profile /= max(float(np.linalg.norm(profile)), 1e-12)
+        counts: dict[str, int] = {}
+        for p in photos:
+            for t in set(self.chosen(p["tagprobs"])):
+                counts[t] = counts.get(t, 0) + 1
+        common = sorted(t for t, c in counts.items() if c * 2 >= len(photos))
+        topics = {self.topic_of(p) for p in photos}
+        # near-duplicates of an input photo are not recommendations
+        dup = {r for e in embs for r, s in self.search(e, 5) if s >= 0.97}
+        items = []
+        for r, s in self.search(profile, k, None, dup):
+            topic = int(self.items["topic"].iloc[r])
+            shared_topics = [self.topic_names.get(topic, str(topic))] if topic in topics else []
+            items.append(
+                {
+                    **self.summary(r),
+                    "score": round(s, 5),
+                    "reason": {
+                        "shared_attributes": sorted(self.row_tags[r] & set(counts)),
+                        "shared_topics": shared_topics,
+                    },
+                }
+            )
+        return {"n_photos": len(photos), "profile_attributes": common, "items": items}
+
+
+def split_tags(tag: str | None) -> list[str]:
+    return [t.strip() for t in (tag or "").split(",") if t.strip()]
