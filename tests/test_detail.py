@@ -181,7 +181,7 @@ def test_api_tag_of_a_large_upload_goes_through_the_step(
     cat_dir, model_dir, _ = built_catalog(tmp_path_factory, trained_tagger, fashion_frame)
     row = sample_rows(fashion_frame).iloc[7]
     big = _upscaled(Path(row["path"]), tmp_path / "big.png")
-    with TestClient(create_app(cat_dir, model_dir)) as client:
+    with TestClient(create_app(cat_dir, model_dir), base_url="http://localhost") as client:
         res = client.post("/tag", files={"file": ("big.png", big.read_bytes(), "image/png")})
     assert res.status_code == 200, res.text
     body = res.json()

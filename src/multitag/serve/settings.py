@@ -11,7 +11,8 @@ MAX_PHOTOS = 10  # photos per /recommend request
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Options of ``multitag serve`` (each field is its ``--option``, ``_`` -> ``-``).
+    """Options of ``multitag serve``: each field is the command-line option of the same name
+    (``_`` -> ``-``).
 
     ``max_upload_mb`` bounds every uploaded file (reading stops one byte past it),
     ``max_pixels`` every image's width x height read from its header before decoding,
