@@ -56,7 +56,9 @@ def validate_cmd(
         str | None, typer.Option(help="Multi-label columns (comma-separated).")
     ] = None,
     delimiter: Annotated[str, typer.Option(help="Delimiter inside multi-label cells.")] = "|",
-    min_count: Annotated[int, typer.Option(help="Classes rarer than this are folded/dropped.")] = 5,
+    min_count: Annotated[
+        int, typer.Option(min=1, help="Classes rarer than this are folded/dropped.")
+    ] = 5,
     id_col: IdColOpt = "id",
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
@@ -144,18 +146,21 @@ def train_cmd(
     ] = "all",
     image_size: ImageSizeOpt = None,
     framing: FramingOpt = "auto",
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on val).")] = 25,
+    epochs: Annotated[
+        int, typer.Option(min=1, help="Maximum epochs (early stopping on val).")
+    ] = 25,
     finetune_epochs: Annotated[
-        int | None, typer.Option(help="Fine-tuning epochs with --freeze (default min(epochs, 5)).")
+        int | None,
+        typer.Option(min=1, help="Fine-tuning epochs with --freeze (default min(epochs, 5))."),
     ] = None,
     finetune_lr: Annotated[
-        float, typer.Option(help="Backbone learning rate when fine-tuning.")
+        float, typer.Option(min=0.0, help="Backbone learning rate when fine-tuning.")
     ] = 5e-4,
     head: Annotated[
         str, typer.Option(help="linear (on the shared trunk) or mlp (a hidden layer per task).")
     ] = "linear",
     ensemble: Annotated[
-        int, typer.Option(help="Head sets fitted from seeds seed, seed+1, ...; averaged.")
+        int, typer.Option(min=1, help="Head sets fitted from seeds seed, seed+1, ...; averaged.")
     ] = 1,
     prior_shift: Annotated[
         str,
@@ -177,11 +182,15 @@ def train_cmd(
         str | None, typer.Option(help="Multi-label columns (comma-separated).")
     ] = None,
     delimiter: Annotated[str, typer.Option(help="Delimiter inside multi-label cells.")] = "|",
-    min_count: Annotated[int, typer.Option(help="Classes rarer than this are folded/dropped.")] = 5,
+    min_count: Annotated[
+        int, typer.Option(min=1, help="Classes rarer than this are folded/dropped.")
+    ] = 5,
     rare: Annotated[str, typer.Option(help="'other' (fold rare classes) or 'drop'.")] = "other",
-    val_fraction: Annotated[float, typer.Option(help="Validation share (stratified).")] = 0.2,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.01, max=0.9, help="Validation share (stratified).")
+    ] = 0.2,
     class_weight: Annotated[str, typer.Option(help="none, sqrt or balanced.")] = "none",
-    seed: Annotated[int, typer.Option(help="Random seed (split, init, order).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed (split, init, order).")] = 0,
     cache_dir: CacheDirOpt = None,
     id_col: IdColOpt = "id",
     path_col: PathColOpt = None,
@@ -308,9 +317,9 @@ def tag_cmd(
     model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
     paths: Annotated[list[Path], typer.Argument(help="Image files, folders or manifests.")],
     out: Annotated[Path, typer.Option("--out", help="Output .parquet, .csv or .jsonl.")],
-    top_k: Annotated[int, typer.Option("--top-k", help="Tags per task.")] = 3,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Tags per task.")] = 3,
     images: ImagesOpt = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
 ) -> None:
     """Tag images: top-k labels with probabilities per task + ImageNet tags."""
     from multitag.io import check_table_suffix
@@ -358,7 +367,7 @@ def combine_cmd(
     ],
     weight: Annotated[
         list[float] | None,
-        typer.Option("--weight", help="One per model, in order (default: equal)."),
+        typer.Option("--weight", min=0.0, help="One per model, in order (default: equal)."),
     ] = None,
     prior_shift_data: Annotated[
         Path | None,
@@ -428,7 +437,7 @@ def demo_cmd(
     out: Annotated[Path, typer.Option(help="Where to write the model, tags and reports.")] = Path(
         "artifacts/demo"
     ),
-    image_size: Annotated[int | None, typer.Option(help="Square input size.")] = None,
+    image_size: Annotated[int | None, typer.Option(min=16, help="Square input size.")] = None,
 ) -> None:
     """The main job end to end: validate, train, evaluate, tag, on fashion-products."""
     from multitag.demo import run_demo

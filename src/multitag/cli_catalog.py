@@ -20,20 +20,22 @@ def build_cmd(
     images: Annotated[
         Path | None, typer.Option("--images", help="Folder of images for manifests.")
     ] = None,
-    topics: Annotated[int, typer.Option("--topics", help="Number of NMF topics.")] = 12,
+    topics: Annotated[int, typer.Option("--topics", min=1, help="Number of NMF topics.")] = 12,
     topics_on: Annotated[
         str, typer.Option("--topics-on", help="tags (tag probabilities) or features.")
     ] = "tags",
     layout: Annotated[str, typer.Option("--layout", help="umap or tsne.")] = "umap",
-    clusters: Annotated[int, typer.Option("--clusters", help="Number of k-means clusters.")] = 20,
+    clusters: Annotated[
+        int, typer.Option("--clusters", min=1, help="Number of k-means clusters.")
+    ] = 20,
     chunk_size: Annotated[
-        int, typer.Option("--chunk-size", help="Images per resumable chunk.")
+        int, typer.Option("--chunk-size", min=1, help="Images per resumable chunk.")
     ] = 2048,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
     refit: Annotated[
         bool, typer.Option("--refit", help="Refit topics, map and clusters over everything.")
     ] = False,
-    seed: Annotated[int, typer.Option(help="Random seed (topics, map, clusters).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed (topics, map, clusters).")] = 0,
 ) -> None:
     """Tag every image once (tags, ImageNet tags, embedding), then topics, map and clusters.
 
@@ -79,12 +81,14 @@ def serve_cmd(
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port.")] = 8000,
     api_key: Annotated[
         str | None,
         typer.Option("--api-key", envvar="MULTITAG_API_KEY", help="Require X-API-Key header."),
     ] = None,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload (MB).")] = 10,
+    max_upload_mb: Annotated[
+        float, typer.Option(min=0.001, help="Largest accepted upload (MB).")
+    ] = 10,
 ) -> None:
     """Serve the catalogue API (docs at /docs) and the explorer page (at /)."""
     import uvicorn

@@ -94,6 +94,8 @@ def tag_frame(
     ``|``), ``<task>_prob`` and ``<task>_top`` (top-k ``{label, prob}``). ``imagenet_top5``
     holds the backbone's own ImageNet tags where it has a classifier.
     """
+    check_at_least("top_k", top_k, 1)
+    check_at_least("batch_size", batch_size, 1)
     paths = frame["path"].tolist()
     out = tagger.predict_proba(paths, batch_size=batch_size)
     ok = np.array([i not in out["errors"] for i in range(len(paths))], dtype=bool)
@@ -120,6 +122,13 @@ def tag_frame(
         columns=["id", "path", "reason"],
     )
     return tags, rejects
+
+
+def check_at_least(name: str, value: int, low: int) -> None:
+    """A ValueError naming ``name`` unless ``value >= low`` (a negative batch size would tag
+    every row alike, a negative top-k silently drops a label)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name}={value!r}: must be an integer >= {low}")
 
 
 def rejects_path(out: str | os.PathLike) -> Path:

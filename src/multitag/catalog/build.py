@@ -147,8 +147,15 @@ def build_catalog(
     ``refit`` asks to refit topics, map and clusters over everything.
     """
     from multitag.tagger import MultiTaskTagger
-    from multitag.tagging import imagenet_labels
+    from multitag.tagging import check_at_least, imagenet_labels
 
+    for name, value in (
+        ("n_topics", n_topics),
+        ("n_clusters", n_clusters),
+        ("chunk_size", chunk_size),
+        ("batch_size", batch_size),
+    ):
+        check_at_least(name, value, 1)
     if topics_on not in ("tags", "features"):
         raise ValueError(f"topics_on={topics_on!r}: use 'tags' or 'features'")
     if layout not in layout_mod.LAYOUTS:
