@@ -57,12 +57,10 @@ class CatalogService:
     """Catalogue + optional model; the logic behind the routes."""
 
     def __init__(self, catalog: Catalog, model_dir: str | os.PathLike | None) -> None:
-        import faiss
-
         self.catalog = catalog
         self.items = catalog.items.reset_index(drop=True)
         self.ids = self.items["id"].astype(str).tolist()
-        self.index = faiss.read_index(str(catalog.directory / "index.faiss"))
+        self.index = catalog.load_index()  # counts checked: a torn catalogue is refused
         self.emb = np.ascontiguousarray(catalog.embeddings, np.float32)
         self.task_names = [t["name"] for t in catalog.tasks]
         self.topic_names = {t["id"]: t["name"] for t in catalog.meta["topics"]["topics"]}
