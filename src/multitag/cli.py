@@ -437,7 +437,9 @@ def demo_cmd(
     out: Annotated[Path, typer.Option(help="Where to write the model, tags and reports.")] = Path(
         "artifacts/demo"
     ),
-    image_size: Annotated[int | None, typer.Option(min=16, help="Square input size.")] = None,
+    image_size: Annotated[
+        int | None, typer.Option(min=32, max=1024, help="Square input size.")
+    ] = None,
 ) -> None:
     """The main job end to end: validate, train, evaluate, tag, on fashion-products."""
     from multitag.demo import run_demo

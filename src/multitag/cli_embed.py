@@ -60,7 +60,8 @@ def embed_train(
     epochs: Annotated[int, typer.Option(min=1, help="Epochs on cached features.")] = 30,
     backbone: Annotated[str | None, typer.Option(help="Backbone (default lite0).")] = None,
     image_size: Annotated[
-        int | None, typer.Option(min=16, help="Square input size (default: the backbone's own).")
+        int | None,
+        typer.Option(min=32, max=1024, help="Square input size (default: the backbone's own)."),
     ] = None,
     freeze: Annotated[
         str,
