@@ -322,7 +322,7 @@ def tag_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
 ) -> None:
     """Tag images: top-k labels with probabilities per task + ImageNet tags."""
-    from multitag.io import check_table_suffix
+    from multitag.io import OutputNotWritten, check_table_suffix
     from multitag.tagging import tag_to_file
 
     try:
@@ -334,7 +334,7 @@ def tag_cmd(
         written, rejects, n_ok, n_bad = tag_to_file(
             tagger, paths, out, top_k=top_k, images=images, batch_size=batch_size
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, OutputNotWritten) as err:
         _fail(str(err))
     console.print(f"tagged {n_ok} image(s) -> {written}")
     if rejects:

@@ -58,6 +58,10 @@ def check_table_suffix(path: str | os.PathLike) -> str:
     return suffix
 
 
+class OutputNotWritten(RuntimeError):
+    """An output could not be written (disk full, no permission); the previous file is kept."""
+
+
 def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write ``frame`` atomically as Parquet, CSV or JSON Lines (by suffix).
 
@@ -65,18 +69,23 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     """
     suffix = check_table_suffix(path)
     with atomic_path(path) as tmp:
-        if suffix == ".parquet":
-            frame.to_parquet(tmp, index=False)
-        elif suffix == ".jsonl":
-            with open(tmp, "w", encoding="utf-8") as fh:
-                for record in frame.to_dict(orient="records"):
-                    fh.write(json.dumps(record, default=_jsonable, ensure_ascii=False) + "\n")
-        else:
-            flat = frame.copy()
-            for col in flat.columns:
-                if flat[col].map(lambda v: isinstance(v, (list, dict, np.ndarray))).any():
-                    flat[col] = flat[col].map(lambda v: json.dumps(v, default=_jsonable))
-            flat.to_csv(tmp, index=False)
+        dump_table(frame, tmp, suffix)
+
+
+def dump_table(frame: pd.DataFrame, tmp: Path, suffix: str) -> None:
+    """Write ``frame`` to ``tmp`` in the format of ``suffix`` (not atomic: see write_table)."""
+    if suffix == ".parquet":
+        frame.to_parquet(tmp, index=False)
+    elif suffix == ".jsonl":
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for record in frame.to_dict(orient="records"):
+                fh.write(json.dumps(record, default=_jsonable, ensure_ascii=False) + "\n")
+    else:
+        flat = frame.copy()
+        for col in flat.columns:
+            if flat[col].map(lambda v: isinstance(v, (list, dict, np.ndarray))).any():
+                flat[col] = flat[col].map(lambda v: json.dumps(v, default=_jsonable))
+        flat.to_csv(tmp, index=False)
 
 
 def read_table_any(path: str | os.PathLike) -> pd.DataFrame:

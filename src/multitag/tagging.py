@@ -12,7 +12,9 @@ import pandas as pd
 
 from multitag.data.images import IMAGE_EXTENSIONS, iter_image_files
 from multitag.data.manifest import load_manifest
-from multitag.io import write_table
+from multitag.faults import kill_point
+from multitag.io import OutputNotWritten, atomic_path, check_table_suffix, dump_table, write_table
+from multitag.locks import writer_lock
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 
@@ -148,17 +150,32 @@ def tag_to_file(
 ) -> tuple[Path, Path | None, int, int]:
     """Tag ``inputs`` and write the table atomically to ``out`` (+ a rejects CSV if any).
 
+    One writer per ``out`` (:func:`multitag.locks.writer_lock`). The rejects file is written
+    (or, with no rejects, a stale one removed) before the table replaces the old one, and the
+    table's rename is the commit: a write that fails (disk full) raises
+    :class:`~multitag.io.OutputNotWritten` and leaves the previous ``out`` as it was.
     Returns ``(out, rejects_file or None, n_tagged, n_rejected)``.
     """
-    frame = resolve_inputs(inputs, images)
-    if frame.empty:
-        raise ValueError(f"no images found in {[str(i) for i in inputs]}")
-    tags, rejects = tag_frame(tagger, frame, top_k=top_k, batch_size=batch_size)
-    write_table(tags, out)
-    rej = None
-    if len(rejects):
-        rej = rejects_path(out)
-        write_table(rejects, rej)
+    check_table_suffix(out)
+    with writer_lock(out, "tag", folder=False):
+        frame = resolve_inputs(inputs, images)
+        if frame.empty:
+            raise ValueError(f"no images found in {[str(i) for i in inputs]}")
+        tags, rejects = tag_frame(tagger, frame, top_k=top_k, batch_size=batch_size)
+        rej = rejects_path(out) if len(rejects) else None
+        try:
+            with atomic_path(out) as tmp:
+                dump_table(tags, tmp, Path(out).suffix.lower())
+                if rej is not None:
+                    write_table(rejects, rej)
+                else:  # not one left by an earlier run over other inputs
+                    rejects_path(out).unlink(missing_ok=True)
+                kill_point("tag.publish")
+        except OSError as err:
+            raise OutputNotWritten(
+                f"{out}: could not be written ({err.strerror or type(err).__name__}); the "
+                f"previous {Path(out).name}, if any, is kept: free space or pick another --out"
+            ) from None
     return Path(out), rej, len(tags), len(rejects)
 
 
