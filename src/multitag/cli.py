@@ -123,6 +123,21 @@ def validate_cmd(
         raise typer.Exit(1)
 
 
+def _print_rare_classes(tasks, min_count: int) -> None:
+    """The classes rarer than ``--min-count`` that training folded into ``other`` or dropped
+    (the README promises they are reported)."""
+    for task in tasks:
+        for rare, what in ((task.folded, f"folded into {task.other!r}"), (task.dropped, "dropped")):
+            if rare:
+                shown = ", ".join(rare[:12]) + (
+                    f" and {len(rare) - 12} more" if len(rare) > 12 else ""
+                )
+                console.print(
+                    f"{task.name}: {len(rare)} class(es) with fewer than {min_count} examples "
+                    f"{what}: {escape(shown)}"
+                )
+
+
 def _print_prior_shift(shifts: dict[str, dict]) -> None:
     for name, shift in shifts.items():
         console.print(
@@ -227,13 +242,17 @@ def train_cmd(
         seed=seed,
         **kwargs,
     )
+    from multitag.locks import writer_lock
+
     try:
-        tagger.fit(frame)
+        with writer_lock(out, "model (train)", folder=True):  # held from fit to save
+            tagger.fit(frame)
+            tagger.save(out)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     for problem in tagger.validation_.problems()[:20]:
         console.print(f"[yellow]skipped:[/yellow] {problem}")
-    tagger.save(out)
+    _print_rare_classes(tagger.tasks_, min_count)
     report = evaluate_split(tagger)
     write_reports(
         report, out / "metrics.json", out / "report.html", title=f"{out.name}: validation"
@@ -298,6 +317,13 @@ def evaluate_cmd(
     console.print(format_table(report))
     if report.get("rejects"):
         console.print(f"[yellow]{len(report['rejects'])} unreadable image(s) skipped[/yellow]")
+    for name, labels in report.get("unknown_label_values", {}).items():
+        shown = ", ".join(f"{label!r} ({n})" for label, n in list(labels.items())[:8])
+        more = f" and {len(labels) - 8} more" if len(labels) > 8 else ""
+        console.print(
+            f"[yellow]{data}: {name!r} has labels the model does not know: {escape(shown)}"
+            f"{more}; those rows are not scored on {name!r} (check spelling and case)[/yellow]"
+        )
 
 
 def _load_model(model_dir: Path):
