@@ -40,7 +40,7 @@ COLOURS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 170, 30)}
 BUILD = dict(chunk_size=8, n_topics=3, n_clusters=3, layout="tsne", progress=False)
 BUILD_ARGS = ["--chunk-size", "8", "--topics", "3", "--clusters", "3", "--layout", "tsne"]
 TRAIN_ARGS = ["--tasks", "colour,shape", "--image-size", "64", "--epochs", "3"]
-TRAIN_ARGS += ["--min-count", "2", "--framing", "none", "--path-col", "path"]
+TRAIN_ARGS += ["--min-count", "2", "--framing", "none", "--path-col", "path", "--seed", "1"]
 
 
 def _photo(path: Path, colour, tall: bool, jitter) -> None:
@@ -348,7 +348,7 @@ def test_special_inputs_are_reported_not_hung_or_ignored(tiny, tmp_path):
     (folder / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64)
     out = tmp_path / "tags.csv"
     try:
-        res = _cli(["tag", tiny["model"], folder, "--out", out], timeout=60)
+        res = _cli(["tag", tiny["model"], folder, "--out", out], timeout=30)
     except subprocess.TimeoutExpired:
         pytest.fail("tag hung on a FIFO named *.jpg")
     assert res.returncode == 0, res.stderr
@@ -379,6 +379,7 @@ def test_train_killed_then_rerun_is_identical(tiny, tmp_path):
     assert "colour: 1 class(es) with fewer than 2 examples folded into 'other': purple" in (
         _one_line(ref.stderr)
     )
+    assert not _same_weights(tmp_path / "ref", tiny["model"])  # --seed 1: another model
     out = tmp_path / "model"
     shutil.copytree(tiny["model"], out)
     res = _cli(["train", *data, "--out", out], kill_at="train.epoch#2")

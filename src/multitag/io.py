@@ -31,6 +31,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def remove_stale_temps(folder: str | os.PathLike, name: str = "*") -> int:
+    """Remove the temporary files :func:`atomic_path` left for ``name`` in ``folder`` when
+    its process was killed (SIGKILL skips the clean-up). Call it only while holding the
+    writer lock of ``folder`` / ``name``: another writer's temp file is not stale."""
+    removed = 0
+    for tmp in Path(folder).glob(f".{name}.*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` atomically."""
     with atomic_path(path) as tmp:

@@ -21,7 +21,7 @@ from multitag import backbones, integrity
 from multitag.data.tasks import Task
 from multitag.faults import kill_point
 from multitag.features import FEATURE_VERSION, Encoder, Preprocessing
-from multitag.io import atomic_path, write_json
+from multitag.io import atomic_path, remove_stale_temps, write_json
 from multitag.locks import writer_lock
 from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads
 from multitag.multitask.prior_shift import PriorShiftedHeads
@@ -55,6 +55,7 @@ def save_tagger(tagger, directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with writer_lock(directory, "model", folder=True):
+        remove_stale_temps(directory)  # e.g. half a weights file from a killed save
         return _save_tagger(tagger, directory)
 
 

@@ -13,7 +13,14 @@ import pandas as pd
 from multitag.data.images import IMAGE_EXTENSIONS, iter_image_files
 from multitag.data.manifest import load_manifest
 from multitag.faults import kill_point
-from multitag.io import OutputNotWritten, atomic_path, check_table_suffix, dump_table, write_table
+from multitag.io import (
+    OutputNotWritten,
+    atomic_path,
+    check_table_suffix,
+    dump_table,
+    remove_stale_temps,
+    write_table,
+)
 from multitag.locks import writer_lock
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
@@ -158,6 +165,8 @@ def tag_to_file(
     """
     check_table_suffix(out)
     with writer_lock(out, "tag", folder=False):
+        for stale in (out, rejects_path(out)):
+            remove_stale_temps(Path(stale).parent, Path(stale).name)
         frame = resolve_inputs(inputs, images)
         if frame.empty:
             raise ValueError(f"no images found in {[str(i) for i in inputs]}")

@@ -20,6 +20,7 @@ from multitag.catalog import layout as layout_mod
 from multitag.catalog import store
 from multitag.catalog import topics as topics_mod
 from multitag.faults import kill_point
+from multitag.io import remove_stale_temps
 from multitag.locks import writer_lock
 from multitag.progress import bar
 
@@ -160,6 +161,8 @@ def build_catalog(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with writer_lock(out, "catalogue build", folder=True):
+        for folder in (out, out / "parts"):  # temp files of a killed build
+            remove_stale_temps(folder)
         model_dir = Path(model_dir).resolve()
         frame = _inputs(inputs, images)
         built = store.is_built(out)
