@@ -315,8 +315,12 @@ def _place(rows: pd.DataFrame, w: np.ndarray, xy: np.ndarray, clusters: np.ndarr
     items = rows.copy()
     total = np.maximum(w.sum(1), 1e-12)
     items["x"], items["y"] = xy[:, 0].round(5), xy[:, 1].round(5)
-    items["topic"] = w.argmax(1).astype(np.int32) if w.size else 0
-    items["topic_weight"] = (w.max(1) / total).round(4) if w.size else 0.0
+    # typed even when empty: an incremental rerun with nothing new must not turn int32 into
+    # int64 when its empty rows are concatenated to the old ones
+    items["topic"] = w.argmax(1).astype(np.int32) if w.size else np.zeros(len(items), np.int32)
+    items["topic_weight"] = (
+        (w.max(1) / total).round(4) if w.size else np.zeros(len(items), total.dtype)
+    )
     items["cluster"] = clusters.astype(np.int32)
     return items
 
