@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-all lint browser clean
+.PHONY: install demo test test-fast test-reliability bench bench-all lint browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: install browser
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+## hostile input, SIGKILL at commit/publish points, two writers (part of `make test` too)
+test-reliability: install
+	$(BIN)/python -m pytest -q -m reliability
 
 bench: install
 	$(BIN)/python -m multitag.bench --out bench
