@@ -340,7 +340,7 @@ def test_disk_full_during_tag_is_one_line_and_keeps_the_old_output(tiny, tmp_pat
     assert message.startswith("error:") and "No space left on device" in message
     assert "previous tags.jsonl, if any, is kept" in message and "Traceback" not in res.output
     assert out.read_text() == '{"old": 1}\n'
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".tags.jsonl.lock", "tags.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tags.jsonl"]
 
 
 def test_hostile_corpus_through_tag(tiny, tmp_path):

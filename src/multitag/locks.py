@@ -3,10 +3,11 @@
 A catalogue folder, a model folder or a ``--out`` file gets a lock file (``DIR/.multitag.lock``
 or ``.NAME.lock`` beside a file) holding ``fcntl.flock`` for as long as the writer runs, and
 the writer's PID, host, start time and command. A second writer fails at once with
-:class:`WriterLocked` naming the holder. The kernel drops a flock when its process dies, so a
-lock left by a killed writer is stale by construction: the next writer takes it over and says
-whose it was. (Hand-written rather than ``filelock``: that truncates the lock file on every
-attempt, which would erase the holder's name before the loser could read it.)
+:class:`WriterLocked` naming the holder. A clean release removes the lock file. The kernel
+drops a flock when its process dies, so a lock file left by a killed writer is stale by
+construction: the next writer takes it over and says whose it was. (Hand-written rather than
+``filelock``: that truncates the lock file on every attempt, which would erase the holder's
+name before the loser could read it.)
 """
 
 from __future__ import annotations
@@ -69,16 +70,8 @@ def writer_lock(target: str | os.PathLike, what: str, *, folder: bool) -> Iterat
             _held[path] -= 1
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _acquire(path, target, what)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read(fd)
-            raise WriterLocked(
-                f"{target}: another {what} writer is running ({_describe(holder)}); wait for "
-                "it to finish or stop it, then run again"
-            ) from None
         stale = _read(fd)
         if stale:  # a holder that died without releasing: the kernel already freed its flock
             log.warning(
@@ -100,6 +93,29 @@ def writer_lock(target: str | os.PathLike, what: str, *, folder: bool) -> Iterat
             yield path
         finally:
             del _held[path]
-            os.ftruncate(fd, 0)  # a clean release leaves no holder behind
+            path.unlink(missing_ok=True)  # while still locked: a clean release leaves nothing
     finally:
         os.close(fd)  # closing drops the flock
+
+
+def _acquire(path: Path, target, what: str) -> int:
+    """Open and flock ``path``; retry if it was unlinked by a releasing holder meanwhile
+    (then our lock would be on a file no one else can see)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read(fd)
+            os.close(fd)
+            raise WriterLocked(
+                f"{target}: another {what} writer is running ({_describe(holder)}); wait for "
+                "it to finish or stop it, then run again"
+            ) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from multitag.embedding.index import VectorIndex
 from multitag.embedding.model import has_embedding, load_embedder
+from multitag.locks import writer_lock
 from multitag.tagging import resolve_inputs
 
 
@@ -42,10 +43,16 @@ def build_index_dir(
     exact_max: int = 50_000,
     progress: bool = True,
 ) -> tuple[VectorIndex, dict[int, str]]:
-    """Embed every image in ``inputs`` (files, folders, manifests) and save an index to ``out``.
+    """Embed every image in ``inputs`` (files, folders, manifests) and save an index to ``out``
+    (one writer per index folder: :func:`multitag.locks.writer_lock`).
 
     Returns ``(index, {row: reason})`` for unreadable images (left out of the index).
     """
+    with writer_lock(out, "index", folder=True):
+        return _build_index_dir(model_dir, inputs, out, images, kind, exact_max, progress)
+
+
+def _build_index_dir(model_dir, inputs, out, images, kind, exact_max, progress):
     frame = resolve_inputs(inputs, images)
     if frame.empty:
         raise ValueError(f"no images found in {[str(i) for i in inputs]}")
@@ -74,13 +81,16 @@ def add_to_index_dir(
     *,
     images: str | os.PathLike | None = None,
 ) -> tuple[VectorIndex, dict[int, str]]:
-    """Embed ``inputs`` with the index's model and append them (no rebuild), then save."""
-    index = VectorIndex.load(index_dir)
-    frame = _with_attributes(resolve_inputs(inputs, images), inputs, images)
-    vectors, errors = load_embedder(index.meta["model_dir"]).embed(frame["path"].tolist())
-    ok = [i for i in range(len(frame)) if i not in errors]
-    index.add(vectors[ok], frame.iloc[ok].reset_index(drop=True))
-    index.save(index_dir)
+    """Embed ``inputs`` with the index's model and append them (no rebuild), then save;
+    the folder's writer lock is held from load to save, so two adds cannot lose each other's
+    items."""
+    with writer_lock(index_dir, "index", folder=True):
+        index = VectorIndex.load(index_dir)
+        frame = _with_attributes(resolve_inputs(inputs, images), inputs, images)
+        vectors, errors = load_embedder(index.meta["model_dir"]).embed(frame["path"].tolist())
+        ok = [i for i in range(len(frame)) if i not in errors]
+        index.add(vectors[ok], frame.iloc[ok].reset_index(drop=True))
+        index.save(index_dir)
     return index, errors
 
 
