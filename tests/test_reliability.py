@@ -506,3 +506,40 @@ def test_evaluate_names_labels_the_model_does_not_know(tiny, tmp_path):
     assert "'colour' has labels the model does not know: 'Red' (4)" in message
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["unknown_label_values"] == {"colour": {"Red": 4}}
+
+
+def test_second_train_into_one_model_folder_fails_fast(tiny, tmp_path):
+    out = tmp_path / "model"
+    hold = (
+        "import sys, time\nfrom multitag.locks import writer_lock\n"
+        "with writer_lock(sys.argv[1], 'model (train)', folder=True):\n"
+        "    print('held', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True, env=_env()
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        args = ["train", "--data", tiny["manifest"], *TRAIN_ARGS, "--out", out]
+        res = runner.invoke(app, list(map(str, args)))
+        assert time.monotonic() - t0 < 30  # refused before any image is read
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.exit_code == 2
+    assert f"another model (train) writer is running (PID {holder.pid} on" in _one_line(res.output)
+    assert not (out / "config.json").exists()
+
+
+def test_validate_cli_flags_label_variants(tiny, tmp_path):
+    frame = pd.read_csv(tiny["manifest"], dtype=str)
+    frame.loc[:2, "colour"] = ["Red", "RED", "red "]
+    data = tmp_path / "data.csv"
+    frame.to_csv(data, index=False)
+    args = ["validate", "--data", str(data), "--path-col", "path", "--tasks", "colour,shape"]
+    res = runner.invoke(app, [*args, "--min-count", "2", "--json", str(tmp_path / "v.json")])
+    message = _one_line(res.output)
+    assert "task 'colour': labels differ only by case or spaces: 'red'" in message
+    assert "'Red' (1)" in message and "'RED' (1)" in message
+    assert json.loads((tmp_path / "v.json").read_text())["label_variants"]["colour"]
