@@ -182,3 +182,14 @@ def test_validate_flags_labels_differing_only_by_case_or_spaces(tmp_path):
     assert len(lines) == 2 and "'Men' (2), 'men' (1), 'MEN' (1)" in lines[0]
     assert report.to_dict()["label_variants"]["gender"]
     assert label_variants(Counter(["a", "b", "A "])) == [{"a": 1, "A ": 1}]
+
+
+def test_serve_refuses_a_corrupt_catalog_json_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from multitag.cli import app
+
+    (tmp_path / "catalog.json").write_text('{"complete": tr')
+    res = CliRunner().invoke(app, ["serve", str(tmp_path)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "catalog.json: not valid JSON" in " ".join(res.output.split())

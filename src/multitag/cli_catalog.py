@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -93,15 +92,15 @@ def serve_cmd(
     """Serve the catalogue API (docs at /docs) and the explorer page (at /)."""
     import uvicorn
 
+    from multitag.catalog.store import read_meta
     from multitag.cli_common import _fail, console
     from multitag.serve.app import create_app
 
-    if model is None:
-        meta = catalog_dir / "catalog.json"
-        built_with = json.loads(meta.read_text()).get("model_dir") if meta.is_file() else None
-        if built_with and (Path(built_with) / "config.json").is_file():
-            model = Path(built_with)
     try:
+        if model is None:
+            built_with = (read_meta(catalog_dir) or {}).get("model_dir")
+            if built_with and (Path(built_with) / "config.json").is_file():
+                model = Path(built_with)
         app = create_app(catalog_dir, model, api_key=api_key, max_upload_mb=max_upload_mb)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
