@@ -7,6 +7,7 @@ the fitted state (NMF transform, kNN-averaged map position, nearest k-means cent
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -118,6 +119,23 @@ def _topic_input(on: str, tagprobs: np.ndarray, features: np.ndarray, offset=Non
     return topics_mod.nonnegative(features, offset)
 
 
+def _one_writer(build):
+    """Run ``build`` holding the writer lock of its ``out`` folder, after removing the temp
+    files a killed build left there (only a lock holder may: others' are not stale)."""
+
+    @functools.wraps(build)
+    def locked(model_dir, inputs, out, **kwargs):
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with writer_lock(out, "catalogue build", folder=True):
+            for folder in (out, out / "parts"):
+                remove_stale_temps(folder)
+            return build(model_dir, inputs, out, **kwargs)
+
+    return locked
+
+
+@_one_writer
 def build_catalog(
     model_dir: str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
@@ -160,125 +178,120 @@ def build_catalog(
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with writer_lock(out, "catalogue build", folder=True):
-        for folder in (out, out / "parts"):  # temp files of a killed build
-            remove_stale_temps(folder)
-        model_dir = Path(model_dir).resolve()
-        frame = _inputs(inputs, images)
-        built = store.is_built(out)
-        if built:
-            prior = store.read_meta(out)
-            try:
-                old = store.load_catalog(out)
-            except store.CatalogError as err:  # torn by a pre-state-folder build: redo it
-                log.warning("%s\nbuilding it again from its committed parts", err)
-                built = False
-            else:
-                if Path(old.meta["model_dir"]) != model_dir and not refit:
-                    raise ValueError(
-                        f"{out} was built with {old.meta['model_dir']}, not {model_dir}: use "
-                        "that model, or a new --out folder"
-                    )
-            if not refit:  # keep how it was built
-                n_topics, topics_on = prior["topics"]["k"], prior["topics"]["on"]
-                layout, n_clusters = prior["layout"]["method"], prior["clusters"]["k"]
-        done = store.done_ids(out)
-        pending = frame[~frame["id"].isin(done)].reset_index(drop=True)
-        tagger = MultiTaskTagger.load(model_dir)
-        tagger.progress = False  # one bar over all chunks below, not one per chunk
-        labels = imagenet_labels()
-        numbers = store.finished_parts(out)
-        next_part = numbers[-1] + 1 if numbers else 0
-        n_chunks = -(-len(pending) // chunk_size)
-        tag_seconds = 0.0
-        with bar("catalogue: tagging", len(pending), enabled=progress and len(pending) > 0) as pbar:
-            for c in range(n_chunks):
-                chunk = pending.iloc[c * chunk_size : (c + 1) * chunk_size]
-                t0 = time.perf_counter()
-                rows, arrays, rejects = _tag_chunk(tagger, chunk, batch_size, labels)
-                tag_seconds += time.perf_counter() - t0
-                store.write_part(out, next_part, rows, arrays, rejects)
-                next_part += 1
-                kill_point("catalog.part")
-                pbar.advance(len(chunk))
-                if on_chunk is not None:
-                    on_chunk(next_part - 1, min((c + 1) * chunk_size, len(pending)), len(pending))
-
-        rows, arrays, rejects = store.read_parts(out)
-        if rows.empty:
-            first = rejects.iloc[0] if len(rejects) else None
-            raise ValueError(
-                f"no readable images among {len(frame)} input(s)"
-                + (f"; e.g. {first['path']}: {first['reason']}" if first is not None else "")
-            )
-        embed, source = load_embedding(model_dir)
-        embeddings = embed(arrays["features"])
-        tagprobs, features = arrays["tagprobs"], arrays["features"]
-        columns = tag_columns(tagger.tasks_)
-        if built and not refit:
-            items, fit, topic_list = _extend(old, rows, embeddings, tagprobs, features)
+    model_dir = Path(model_dir).resolve()
+    frame = _inputs(inputs, images)
+    built = store.is_built(out)
+    if built:
+        prior = store.read_meta(out)
+        try:
+            old = store.load_catalog(out)
+        except store.CatalogError as err:  # torn by a pre-state-folder build: redo it
+            log.warning("%s\nbuilding it again from its committed parts", err)
+            built = False
         else:
-            items, fit, topic_list = _fit_all(
-                rows,
-                embeddings,
-                tagprobs,
-                features,
-                columns,
-                n_topics,
-                topics_on,
-                layout,
-                n_clusters,
-                seed,
-                umap_epochs,
-            )
-        order = items["id"].map({v: i for i, v in enumerate(rows["id"])}).to_numpy()
-        index, index_meta = build_index(embeddings[order])
-        meta = {
-            "format_version": store.FORMAT_VERSION,
-            "kind": "multitag-catalog",
-            "model_dir": str(model_dir),
-            "tasks": [
-                {"name": t.name, "kind": t.kind, "classes": t.classes} for t in tagger.tasks_
-            ],
-            "tag_columns": columns,
-            "embedding": {"source": source, "dim": int(embeddings.shape[1])},
-            "topics": {"k": n_topics, "on": topics_on, "method": "nmf", "topics": topic_list},
-            "layout": {
-                "method": layout,
-                "seed": seed,
-                "n_epochs": umap_epochs,
-                "new_points": "knn-average of the 10 nearest existing items",
-            },
-            "clusters": {
-                "k": int(len(fit["centroids"])),
-                "method": "kmeans",
-                "new_points": "nearest centroid",
-            },
-            "index": index_meta,
-            "chunk_size": chunk_size,
-            "n_rejects": len(rejects),
-            "created": old.meta.get("created") if built else time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "last_build": {
-                "new_items": len(pending),
-                "seconds": round(time.perf_counter() - started, 2),
-                "tag_seconds": round(tag_seconds, 2),
-                "refit": bool(refit or not built),
-            },
-        }
-        return store.save_catalog(
-            out,
-            meta,
-            items,
-            {
-                "embeddings": embeddings[order],
-                "tagprobs": tagprobs[order],
-                "features": features[order],
-            },
-            fit,
-            index=index,
-            rejects=rejects,
+            if Path(old.meta["model_dir"]) != model_dir and not refit:
+                raise ValueError(
+                    f"{out} was built with {old.meta['model_dir']}, not {model_dir}: use "
+                    "that model, or a new --out folder"
+                )
+        if not refit:  # keep how it was built
+            n_topics, topics_on = prior["topics"]["k"], prior["topics"]["on"]
+            layout, n_clusters = prior["layout"]["method"], prior["clusters"]["k"]
+    done = store.done_ids(out)
+    pending = frame[~frame["id"].isin(done)].reset_index(drop=True)
+    tagger = MultiTaskTagger.load(model_dir)
+    tagger.progress = False  # one bar over all chunks below, not one per chunk
+    labels = imagenet_labels()
+    numbers = store.finished_parts(out)
+    next_part = numbers[-1] + 1 if numbers else 0
+    n_chunks = -(-len(pending) // chunk_size)
+    tag_seconds = 0.0
+    with bar("catalogue: tagging", len(pending), enabled=progress and len(pending) > 0) as pbar:
+        for c in range(n_chunks):
+            chunk = pending.iloc[c * chunk_size : (c + 1) * chunk_size]
+            t0 = time.perf_counter()
+            rows, arrays, rejects = _tag_chunk(tagger, chunk, batch_size, labels)
+            tag_seconds += time.perf_counter() - t0
+            store.write_part(out, next_part, rows, arrays, rejects)
+            next_part += 1
+            kill_point("catalog.part")
+            pbar.advance(len(chunk))
+            if on_chunk is not None:
+                on_chunk(next_part - 1, min((c + 1) * chunk_size, len(pending)), len(pending))
+
+    rows, arrays, rejects = store.read_parts(out)
+    if rows.empty:
+        first = rejects.iloc[0] if len(rejects) else None
+        raise ValueError(
+            f"no readable images among {len(frame)} input(s)"
+            + (f"; e.g. {first['path']}: {first['reason']}" if first is not None else "")
         )
+    embed, source = load_embedding(model_dir)
+    embeddings = embed(arrays["features"])
+    tagprobs, features = arrays["tagprobs"], arrays["features"]
+    columns = tag_columns(tagger.tasks_)
+    if built and not refit:
+        items, fit, topic_list = _extend(old, rows, embeddings, tagprobs, features)
+    else:
+        items, fit, topic_list = _fit_all(
+            rows,
+            embeddings,
+            tagprobs,
+            features,
+            columns,
+            n_topics,
+            topics_on,
+            layout,
+            n_clusters,
+            seed,
+            umap_epochs,
+        )
+    order = items["id"].map({v: i for i, v in enumerate(rows["id"])}).to_numpy()
+    index, index_meta = build_index(embeddings[order])
+    meta = {
+        "format_version": store.FORMAT_VERSION,
+        "kind": "multitag-catalog",
+        "model_dir": str(model_dir),
+        "tasks": [{"name": t.name, "kind": t.kind, "classes": t.classes} for t in tagger.tasks_],
+        "tag_columns": columns,
+        "embedding": {"source": source, "dim": int(embeddings.shape[1])},
+        "topics": {"k": n_topics, "on": topics_on, "method": "nmf", "topics": topic_list},
+        "layout": {
+            "method": layout,
+            "seed": seed,
+            "n_epochs": umap_epochs,
+            "new_points": "knn-average of the 10 nearest existing items",
+        },
+        "clusters": {
+            "k": int(len(fit["centroids"])),
+            "method": "kmeans",
+            "new_points": "nearest centroid",
+        },
+        "index": index_meta,
+        "chunk_size": chunk_size,
+        "n_rejects": len(rejects),
+        "created": old.meta.get("created") if built else time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "last_build": {
+            "new_items": len(pending),
+            "seconds": round(time.perf_counter() - started, 2),
+            "tag_seconds": round(tag_seconds, 2),
+            "refit": bool(refit or not built),
+        },
+    }
+    return store.save_catalog(
+        out,
+        meta,
+        items,
+        {
+            "embeddings": embeddings[order],
+            "tagprobs": tagprobs[order],
+            "features": features[order],
+        },
+        fit,
+        index=index,
+        rejects=rejects,
+    )
 
 
 def _fit_all(
