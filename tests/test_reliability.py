@@ -34,7 +34,7 @@ from multitag.io import read_table_any
 from multitag.locks import WriterLocked, lock_file
 from tests.hostile import write_corpus
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]  # minutes: not in the fast tier
 runner = CliRunner()
 COLOURS = {"red": (200, 30, 30), "blue": (30, 30, 200), "green": (30, 170, 30)}
 BUILD = dict(chunk_size=8, n_topics=3, n_clusters=3, layout="tsne", progress=False)
