@@ -3,8 +3,11 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+DATA    ?= ../shared/datasets/fashion-products
+DEMO    ?= artifacts/demo
+PORT    ?= 8000
 
-.PHONY: install demo test test-fast test-reliability bench bench-all lint browser clean
+.PHONY: install demo explore test test-fast test-reliability bench bench-all lint browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -19,7 +22,12 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser tests will be skipped"
 
 demo: install
-	$(BIN)/multitag demo
+	$(BIN)/multitag demo --data-root $(DATA) --out $(DEMO)
+	@echo "next: make explore   (serves $(DEMO)/catalog at http://127.0.0.1:$(PORT)/)"
+
+## the explorer over the demo's catalogue; builds what is missing first (the whole demo if it has no model yet)
+explore: install
+	$(BIN)/multitag demo --explore --data-root $(DATA) --out $(DEMO) --port $(PORT)
 
 test: install browser
 	$(BIN)/python -m pytest -q
@@ -34,12 +42,13 @@ test-reliability: install
 bench: install
 	$(BIN)/python -m multitag.bench --out bench
 
-## every benchmark (embeddings: ~25 min; index: ~5 min incl. 1M vectors; catalogue: ~5 min incl. a headless browser; full-size frozen vs fine-tuned taggers, each with 1 and 3 head sets: ~75 min)
+## every benchmark (source shift: ~25 min incl. training the default tagger if bench/bench-model-shift is missing; embeddings: ~25 min; index: ~5 min incl. 1M vectors; catalogue: ~5 min incl. a headless browser; full-size frozen vs fine-tuned taggers, each with 1 and 3 head sets: ~75 min)
 bench-all: bench
 	$(BIN)/python -m multitag.bench_embed --out bench
 	$(BIN)/python -m multitag.bench_index --out bench
 	$(BIN)/python -m multitag.bench_catalog --out bench
 	$(BIN)/python -m multitag.bench_study --out bench
+	$(BIN)/python -m multitag.bench_shift --out bench
 	$(BIN)/python -c "from pathlib import Path; from multitag.bench import write_benchmarks_md; write_benchmarks_md(Path('bench'))"
 
 lint: install

@@ -4,6 +4,9 @@ tag with the reloaded model, build the catalogue."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,7 +19,7 @@ from .conftest import FASHION, requires_fashion
 pytestmark = [pytest.mark.slow, requires_fashion]
 
 
-def test_demo_runs_end_to_end_on_a_sample(fashion_frame, tmp_path):
+def test_demo_runs_end_to_end_on_a_sample(fashion_frame, tmp_path, capsys):
     root = tmp_path / "data"
     root.mkdir()
     styles = read_table(FASHION / "styles.csv")
@@ -42,3 +45,17 @@ def test_demo_runs_end_to_end_on_a_sample(fashion_frame, tmp_path):
     assert paths["report"].is_file()
     catalog = json.loads((paths["catalog"] / "catalog.json").read_text())
     assert catalog["complete"] and catalog["n_items"] == len(fashion_frame)
+
+    steps = ["1/5 validate", "2/5 train", "3/5 evaluate", "4/5 tag", "5/5 catalogue"]
+    assert list(paths["seconds"]) == steps
+    printed = capsys.readouterr().out
+    assert [s for s in steps if s in printed] == steps  # each step's heading, numbered alike
+    summary = printed[printed.rindex("summary") :]
+    assert len(summary.splitlines()) <= 40  # one screen
+    for line in ("model:", "tags:", "report:", "catalogue:", "| masterCategory |", "total"):
+        assert line in summary
+    for step in steps:
+        assert re.search(rf"{step}\s+\d+(m\d\ds|s)", summary), step
+    serve = shlex.split(re.search(r"explore: (.+?)   then open", summary).group(1))
+    assert Path(serve[0]).is_file()  # the program it names exists (here: this interpreter)
+    assert serve[serve.index("serve") + 1] == str(paths["catalog"])

@@ -4,6 +4,8 @@ the CLI end to end (embed train/evaluate, index build, similar, cluster)."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 
 import numpy as np
 import pandas as pd
@@ -251,6 +253,9 @@ def test_cli_end_to_end(fashion_frame, cache_dir, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     meta = json.loads((index / "index.json").read_text())
     assert meta["kind"] == "exact" and meta["vectors"] == "embedding"
+    words = shlex.split(re.search(r"search it: (.+)", r.output).group(1))
+    r = run(app, words[words.index("similar") :])  # the printed next step runs
+    assert r.exit_code == 0 and r.output.count("│") > 5 * 3, r.output
     query = str(fashion_frame["id"].iloc[0])
     r = run(app, ["similar", str(index), "--id", query, "-k", "5", "--where", "gender=Women",
                   "--json"])  # fmt: skip

@@ -38,7 +38,7 @@ def test_openvino_missing_gives_install_hint(monkeypatch):
     monkeypatch.setattr(engines, "openvino_available", lambda: False)
     monkeypatch.delenv("MULTITAG_ENGINE", raising=False)
     assert engines.resolve_engine("auto", torch.device("cpu")) == "torch"
-    with pytest.raises(ImportError, match=r"multitag\[fast\]"):
+    with pytest.raises(ImportError, match=r"-m pip install .*\[fast\]"):
         engines.resolve_engine("openvino", torch.device("cpu"))
 
 

@@ -27,6 +27,10 @@ def test_onnx_export_matches_pytorch(trained_tagger, fashion_frame, tmp_path):
     meta = json.loads(out.with_suffix(".json").read_text())
     assert [t["name"] for t in meta["tasks"]] == [t.name for t in trained_tagger.tasks_]
     size = meta["input"]["shape"][2]
+    # the sidecar documents the steps before the graph: framing, then the level of detail
+    prep = trained_tagger.net_.encoder.preprocessing
+    assert meta["input"]["detail"]["pixels"] == prep.detail
+    assert "match_detail" in meta["input"]["detail"]["apply"]
 
     paths = fashion_frame["path"].tolist()[:24]
     ((_, images, errs),) = list(iter_batches(paths, size, batch_size=32, workers=0))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -133,6 +135,16 @@ def test_cli_validate_train_evaluate_tag(fashion_frame, tmp_path, cache_dir):
     assert r.exit_code == 0, r.output
     assert (model / "report.html").is_file() and (model / "metrics.json").is_file()
     assert json.loads((model / "config.json").read_text())["heads"]["ensemble"] == 2
+    # the printed next step parses as `catalog build` with these very paths
+    words = shlex.split(re.search(r"browse the photos: (.+)", r.output).group(1))
+    build = words[words.index("catalog") :]
+    expected = [str(model), str(csv), "--images", str(images), "--out", f"{model}-catalog"]
+    assert build == ["catalog", "build", *expected]
+    import typer
+
+    command = typer.main.get_command(app).commands["catalog"].commands["build"]
+    params = command.make_context("build", build[2:]).params
+    assert params["model_dir"] == model and params["paths"] == [csv]
     r = runner.invoke(
         app,
         [

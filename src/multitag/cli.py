@@ -20,6 +20,7 @@ from multitag.cli_common import (  # noqa: E402
     BackboneOpt,
     CacheDirOpt,
     DataOpt,
+    DetailOpt,
     ExtOpt,
     FramingOpt,
     IdColOpt,
@@ -27,8 +28,10 @@ from multitag.cli_common import (  # noqa: E402
     ImagesOpt,
     PathColOpt,
     TasksOpt,
+    _detail_setting,
     _fail,
     _load_frame,
+    _resolve,
     _split,
     console,
     out_console,
@@ -59,7 +62,7 @@ def validate_cmd(
     min_count: Annotated[
         int, typer.Option(min=1, help="Classes rarer than this are folded/dropped.")
     ] = 5,
-    id_col: IdColOpt = "id",
+    id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
     json_out: Annotated[
@@ -71,7 +74,8 @@ def validate_cmd(
     from multitag.data.validate import validate
     from multitag.io import write_json
 
-    frame = _load_frame(data, images, id_col, path_col, ext)
+    found = _resolve([data], images, id_col, path_col, ext)
+    frame = found.frame
     names = _task_list(frame, tasks)
     report = validate(frame, names)
     task_objs = []
@@ -107,6 +111,7 @@ def validate_cmd(
     for line in report.problems():
         console.print(f"[yellow]problem:[/yellow] {line}")
     console.print(
+        f"skipped inputs: {len(found.skipped)}, "
         f"missing files: {len(report.missing_files)}, unreadable: {len(report.unreadable)}, "
         f"duplicate ids: {len(report.duplicate_ids)}, empty tasks: {len(report.empty_tasks)}, "
         f"identical-image groups: {len(report.duplicate_images)}"
@@ -118,7 +123,8 @@ def validate_cmd(
                 f"({c['share']:.1%})"
             )
     if json_out:
-        write_json(json_out, report.to_dict())
+        skipped = found.skipped_frame().to_dict(orient="records")
+        write_json(json_out, {**report.to_dict(), "skipped_inputs": skipped})
     if not report.ok:
         raise typer.Exit(1)
 
@@ -161,6 +167,7 @@ def train_cmd(
     ] = "all",
     image_size: ImageSizeOpt = None,
     framing: FramingOpt = "auto",
+    detail: DetailOpt = "auto",
     epochs: Annotated[
         int, typer.Option(min=1, help="Maximum epochs (early stopping on val).")
     ] = 25,
@@ -207,7 +214,7 @@ def train_cmd(
     class_weight: Annotated[str, typer.Option(help="none, sqrt or balanced.")] = "none",
     seed: Annotated[int, typer.Option(min=0, help="Random seed (split, init, order).")] = 0,
     cache_dir: CacheDirOpt = None,
-    id_col: IdColOpt = "id",
+    id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
 ) -> None:
@@ -215,7 +222,7 @@ def train_cmd(
     from multitag import MultiTaskTagger
     from multitag.evaluate import evaluate_split, write_reports
 
-    frame = _load_frame(data, images, id_col, path_col, ext)
+    frame = _load_frame(data, images, id_col, path_col, ext, out / "inputs.rejects.csv")
     kwargs = {}
     if cache_dir is not None:
         kwargs["cache_dir"] = cache_dir
@@ -228,6 +235,7 @@ def train_cmd(
         finetune_lr=finetune_lr,
         image_size=image_size,
         framing=framing,
+        detail=_detail_setting(detail),
         epochs=epochs,
         head=head,
         ensemble=ensemble,
@@ -269,6 +277,14 @@ def train_cmd(
             f"{', '.join(map(str, r['epochs']))}); score the saved model on new photos"
         )
     console.print(f"model: {out}  (report: {out / 'report.html'})")
+    if (id_col, path_col, ext) == ("id", None, ".jpg"):  # what `catalog build` reads
+        from multitag.next_step import print_command
+
+        where = [data] + (["--images", images] if images is not None else [])
+        catalog = out.with_name(f"{out.name}-catalog")
+        print_command(
+            console, "browse the photos", "catalog", "build", out, *where, "--out", catalog
+        )
 
 
 @app.command("evaluate")
@@ -286,7 +302,7 @@ def evaluate_cmd(
             "validation rows of the manifest it was trained from.",
         ),
     ] = False,
-    id_col: IdColOpt = "id",
+    id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
 ) -> None:
@@ -294,12 +310,10 @@ def evaluate_cmd(
     from multitag.evaluate import evaluate_frame, write_reports
     from multitag.held_out import held_out_rows, seen_rows
     from multitag.metrics import format_table
+    from multitag.tagging import rejects_path
 
     tagger = _load_model(model_dir)
-    frame = _load_frame(data, images, id_col, path_col, ext)
-    missing = [t.name for t in tagger.tasks_ if t.name not in frame.columns]
-    if missing:
-        _fail(f"{data} lacks the model's task column(s) {missing}")
+    frame = _load_frame(data, images, id_col, path_col, ext, rejects_path(json_out))
     if held_out:
         try:
             rows = held_out_rows(tagger, frame, str(data))
@@ -312,9 +326,22 @@ def evaluate_cmd(
             f"[yellow]{n_seen} of {len(frame)} row(s) were in the model's training split: "
             "their scores are optimistic; --held-out scores only the others[/yellow]"
         )
-    report = evaluate_frame(tagger, frame)
+    try:
+        report = evaluate_frame(tagger, frame)
+    except ValueError as err:
+        _fail(f"{data}: {err}")
     write_reports(report, json_out, html, title=f"{model_dir.name} on {data.name}")
     console.print(format_table(report))
+    if report.get("skipped_tasks"):
+        console.print(
+            f"[yellow]skipped task(s) with no column in {data.name}: "
+            f"{', '.join(report['skipped_tasks'])}[/yellow]"
+        )
+    for warning in report.get("source_warnings", []):
+        console.print(
+            f"[yellow]these photos differ from the training photos: {warning}; scores on "
+            "the validation split may not hold here[/yellow]"
+        )
     if report.get("rejects"):
         console.print(f"[yellow]{len(report['rejects'])} unreadable image(s) skipped[/yellow]")
     for name, labels in report.get("unknown_label_values", {}).items():
@@ -346,6 +373,9 @@ def tag_cmd(
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Tags per task.")] = 3,
     images: ImagesOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
+    id_col: IdColOpt = None,
+    path_col: PathColOpt = None,
+    ext: ExtOpt = ".jpg",
 ) -> None:
     """Tag images: top-k labels with probabilities per task + ImageNet tags."""
     from multitag.io import OutputNotWritten, check_table_suffix
@@ -356,15 +386,19 @@ def tag_cmd(
     except ValueError as err:
         _fail(str(err))
     tagger = _load_model(model_dir)
+    found = _resolve(paths, images, id_col, path_col, ext)
     try:
         written, rejects, n_ok, n_bad = tag_to_file(
-            tagger, paths, out, top_k=top_k, images=images, batch_size=batch_size
+            tagger, found, out, top_k=top_k, batch_size=batch_size
         )
     except (FileNotFoundError, ValueError, OutputNotWritten) as err:
         _fail(str(err))
     console.print(f"tagged {n_ok} image(s) -> {written}")
     if rejects:
-        console.print(f"[yellow]{n_bad} unreadable image(s) -> {rejects}[/yellow]")
+        console.print(
+            f"[yellow]{n_bad} input(s) not tagged ({len(found.skipped)} skipped, "
+            f"{n_bad - len(found.skipped)} unreadable) -> {rejects}[/yellow]"
+        )
 
 
 @app.command("export")
@@ -405,7 +439,7 @@ def combine_cmd(
         ),
     ] = None,
     images: ImagesOpt = None,
-    id_col: IdColOpt = "id",
+    id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
 ) -> None:
@@ -466,11 +500,34 @@ def demo_cmd(
     image_size: Annotated[
         int | None, typer.Option(min=32, max=1024, help="Square input size.")
     ] = None,
+    explore: Annotated[
+        bool,
+        typer.Option(
+            "--explore",
+            help="Serve the demo's catalogue in the explorer (what `make explore` runs), "
+            "building only what is missing first: the whole demo when there is no model yet.",
+        ),
+    ] = False,
+    host: Annotated[str, typer.Option(help="With --explore: interface to listen on.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=0, max=65535, help="With --explore: port.")] = 8000,
 ) -> None:
-    """The main job end to end: validate, train, evaluate, tag, on fashion-products."""
-    from multitag.demo import run_demo
+    """The main job end to end: validate, train, evaluate, tag, catalogue, on fashion-products."""
+    from multitag.demo import prepare_explore, run_demo
 
-    run_demo(data_root, out, image_size=image_size)
+    if not explore:
+        run_demo(data_root, out, image_size=image_size)
+        return
+    from multitag.cli_catalog import serve_cmd
+    from multitag.cli_common import _check_port
+
+    _check_port(host, port)  # before the demo or the catalogue build, not after
+    try:
+        catalog_dir, model_dir = prepare_explore(data_root, out, image_size=image_size)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    serve_cmd(catalog_dir, model=model_dir, host=host, port=port)
 
 
 from multitag.cli_embed import register as _register_embed  # noqa: E402

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from multitag.cli_common import ExtOpt, IdColOpt, ImagesOpt, PathColOpt
+
 catalog_app = typer.Typer(help="Build a browsable catalogue: tags, topics, 2-D map, clusters.")
 
 
@@ -16,9 +18,10 @@ def build_cmd(
     model_dir: Annotated[Path, typer.Argument(help="Model directory (multitag train).")],
     paths: Annotated[list[Path], typer.Argument(help="Image files, folders or manifests.")],
     out: Annotated[Path, typer.Option("--out", help="Catalogue folder (resumed if present).")],
-    images: Annotated[
-        Path | None, typer.Option("--images", help="Folder of images for manifests.")
-    ] = None,
+    images: ImagesOpt = None,
+    id_col: IdColOpt = None,
+    path_col: PathColOpt = None,
+    ext: ExtOpt = ".jpg",
     topics: Annotated[int, typer.Option("--topics", min=1, help="Number of NMF topics.")] = 12,
     topics_on: Annotated[
         str, typer.Option("--topics-on", help="tags (tag probabilities) or features.")
@@ -41,14 +44,14 @@ def build_cmd(
     Resumable after a kill; on an existing catalogue only new images are tagged and placed.
     """
     from multitag.catalog import build_catalog
-    from multitag.cli_common import _fail, console
+    from multitag.cli_common import _fail, _resolve, console
 
+    found = _resolve(paths, images, id_col, path_col, ext)
     try:
         meta = build_catalog(
             model_dir,
-            paths,
+            found,
             out,
-            images=images,
             n_topics=topics,
             topics_on=topics_on,
             layout=layout,
@@ -63,11 +66,13 @@ def build_cmd(
     lb = meta["last_build"]
     console.print(
         f"catalogue {out}: {meta['n_items']} items ({lb['new_items']} new, "
-        f"{meta['n_rejects']} unreadable), {len(meta['topics']['topics'])} topics, "
+        f"{meta['n_rejects']} rejected), {len(meta['topics']['topics'])} topics, "
         f"{meta['clusters']['k']} clusters, {meta['layout']['method']} map, "
         f"embedding from {meta['embedding']['source']}; {lb['seconds']:.0f}s"
     )
-    console.print(f"explore it: multitag serve {out} --model {model_dir}")
+    from multitag.next_step import print_command
+
+    print_command(console, "explore it", "serve", out, "--model", model_dir)
 
 
 def serve_cmd(
@@ -93,9 +98,10 @@ def serve_cmd(
     import uvicorn
 
     from multitag.catalog.store import read_meta
-    from multitag.cli_common import _fail, console
+    from multitag.cli_common import _check_port, _fail, console
     from multitag.serve.app import create_app
 
+    _check_port(host, port)
     try:
         if model is None:
             built_with = (read_meta(catalog_dir) or {}).get("model_dir")

@@ -13,7 +13,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from multitag.cli_common import _fail, _load_frame, _split, console, out_console
+from multitag.cli_common import (
+    DataOpt,
+    ExtOpt,
+    IdColOpt,
+    ImagesOpt,
+    PathColOpt,
+    _fail,
+    _load_frame,
+    _resolve,
+    _split,
+    console,
+    out_console,
+)
 
 embed_app = typer.Typer(help="Train and evaluate image embeddings (metric learning).")
 index_app = typer.Typer(help="Build and extend FAISS vector indexes.")
@@ -21,8 +33,6 @@ index_app = typer.Typer(help="Build and extend FAISS vector indexes.")
 SameOpt = Annotated[
     str, typer.Option("--same", help="Columns that define 'alike', e.g. articleType,baseColour.")
 ]
-DataOpt = Annotated[Path, typer.Option("--data", help="CSV/Parquet manifest.")]
-ImagesOpt = Annotated[Path | None, typer.Option("--images", help="Folder of images (<id>.jpg).")]
 
 
 def _same(value: str) -> list[str]:
@@ -82,6 +92,9 @@ def embed_train(
     all_rows: Annotated[
         bool, typer.Option("--all-rows", help="Train on every row (default: train split).")
     ] = False,
+    id_col: IdColOpt = None,
+    path_col: PathColOpt = None,
+    ext: ExtOpt = ".jpg",
 ) -> None:
     """Learn an embedding where rows agreeing on the --same columns are close."""
     from multitag import backbones
@@ -90,11 +103,13 @@ def embed_train(
     from multitag.embedding.losses import DEFAULT_LOSS
     from multitag.model_dir import tagger_preprocessing
 
-    frame = _load_frame(data, images, "id", None, ".jpg")
+    frame = _load_frame(data, images, id_col, path_col, ext, out / "inputs.rejects.csv")
     cols = _same(same)
     beside = tagger_preprocessing(out)
+    detail = "auto"
     if beside is not None:  # one encoder pass for tags and embedding: use the tagger's input
         image_size = image_size or beside.image_size
+        detail = beside.detail or "none"
         if framing is None:
             framing = beside.framing or "none"
     try:
@@ -111,6 +126,7 @@ def embed_train(
             backbone=backbone or backbones.DEFAULT_BACKBONE,
             image_size=image_size,
             framing=framing or "auto",
+            detail=detail,
             epochs=epochs,
             freeze=freeze,
             finetune_epochs=finetune_epochs,
@@ -133,13 +149,18 @@ def embed_evaluate(
     knn: Annotated[
         str | None, typer.Option(help="Columns for kNN accuracy (default: the --same ones).")
     ] = None,
+    id_col: IdColOpt = None,
+    path_col: PathColOpt = None,
+    ext: ExtOpt = ".jpg",
 ) -> None:
     """Recall@1/5/10, MAP@R, NMI on the val split: trained embedding vs raw backbone features."""
     from multitag.embedding.evaluate import evaluate_embedding
     from multitag.embedding.model import load_embedder
     from multitag.io import write_json
+    from multitag.tagging import rejects_path
 
-    frame = _load_frame(data, images, "id", None, ".jpg")
+    rejects = rejects_path(json_out) if json_out else None
+    frame = _load_frame(data, images, id_col, path_col, ext, rejects)
     try:
         emb = load_embedder(model_dir)
         result = evaluate_embedding(emb, frame, _same(same), knn_columns=_split(knn) or None)
@@ -173,20 +194,27 @@ def index_build(
     exact_max: Annotated[
         int, typer.Option(min=0, help="auto: exact search up to this size.")
     ] = 50_000,
+    id_col: IdColOpt = None,
+    path_col: PathColOpt = None,
+    ext: ExtOpt = ".jpg",
 ) -> None:
     """Embed images and save a searchable index (manifest columns become filters)."""
     from multitag.embedding.search import build_index_dir
 
+    found = _resolve(paths, images, id_col, path_col, ext, out / "inputs.rejects.csv")
     try:
-        index, errors = build_index_dir(
-            model_dir, paths, out, images=images, kind=kind, exact_max=exact_max
-        )
+        index, errors = build_index_dir(model_dir, found, out, kind=kind, exact_max=exact_max)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     console.print(
         f"{len(index)} items indexed ({index.kind_}, {index.dim_}-d, {index.meta['vectors']}) "
         f"in {out}" + (f"; {len(errors)} unreadable images skipped" if errors else "")
     )
+    if len(index):
+        from multitag.next_step import print_command
+
+        first = str(index.items_["id"].iloc[0])
+        print_command(console, "search it", "similar", out, "--id", first, "-k", "5")
 
 
 @index_app.command("add")
@@ -194,12 +222,16 @@ def index_add(
     index_dir: Annotated[Path, typer.Argument(help="Index directory.")],
     paths: Annotated[list[Path], typer.Argument(help="Images, folders and manifests.")],
     images: ImagesOpt = None,
+    id_col: IdColOpt = None,
+    path_col: PathColOpt = None,
+    ext: ExtOpt = ".jpg",
 ) -> None:
     """Append images to an index without rebuilding it."""
     from multitag.embedding.search import add_to_index_dir
 
+    found = _resolve(paths, images, id_col, path_col, ext)
     try:
-        index, errors = add_to_index_dir(index_dir, paths, images=images)
+        index, errors = add_to_index_dir(index_dir, found)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     console.print(

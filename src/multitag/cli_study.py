@@ -13,6 +13,7 @@ from multitag.cli_common import (
     BackboneOpt,
     CacheDirOpt,
     DataOpt,
+    DetailOpt,
     ExtOpt,
     FramingOpt,
     IdColOpt,
@@ -62,6 +63,8 @@ def register(app: typer.Typer) -> None:
             return
         cols = [c for c in table.columns if not c.endswith("_acc")]
         out_console.print(table[cols].to_string(index=False))
+        if (out / "inputs.rejects.csv").is_file():
+            out_console.print(f"inputs skipped (not in the study): {out / 'inputs.rejects.csv'}")
         out_console.print(f"report: {out / 'report.html'}  table: {out / 'study.csv'}")
 
     @app.command("learning-curve")
@@ -83,6 +86,7 @@ def register(app: typer.Typer) -> None:
         backbone: BackboneOpt = DEFAULT_BACKBONE,
         image_size: ImageSizeOpt = None,
         framing: FramingOpt = "auto",
+        detail: DetailOpt = "auto",
         epochs: Annotated[int, typer.Option(min=1, help="Maximum head epochs per fit.")] = 25,
         val_fraction: Annotated[
             float, typer.Option(min=0.01, max=0.9, help="Validation share (fixed).")
@@ -92,7 +96,7 @@ def register(app: typer.Typer) -> None:
         ] = 5,
         seed: Annotated[int, typer.Option(min=0, help="Random seed (split, subsets, init).")] = 0,
         cache_dir: CacheDirOpt = None,
-        id_col: IdColOpt = "id",
+        id_col: IdColOpt = None,
         path_col: PathColOpt = None,
         ext: ExtOpt = ".jpg",
     ) -> None:
@@ -101,7 +105,7 @@ def register(app: typer.Typer) -> None:
         fixed validation split; a power-law fit says what more labels would buy."""
         from multitag import MultiTaskTagger
         from multitag.cli import _task_list
-        from multitag.cli_common import _fail, _load_frame, _split, out_console
+        from multitag.cli_common import _detail_setting, _fail, _load_frame, _split, out_console
         from multitag.learning_curve import check_targets, learning_curve
 
         targets = _parse_targets(target or [])
@@ -109,11 +113,12 @@ def register(app: typer.Typer) -> None:
             shares = [float(f) for f in _split(fractions)]
         except ValueError:
             _fail(f"--fractions {fractions!r}: comma-separated numbers in (0, 1], e.g. 0.25,0.5,1")
-        frame = _load_frame(data, images, id_col, path_col, ext)
+        frame = _load_frame(data, images, id_col, path_col, ext, out / "inputs.rejects.csv")
         kwargs = {"cache_dir": cache_dir} if cache_dir is not None else {}
         tagger = MultiTaskTagger(
             _task_list(frame, tasks), backbone=backbone, image_size=image_size,
-            framing=framing, epochs=epochs, val_fraction=val_fraction, min_count=min_count,
+            framing=framing, detail=_detail_setting(detail), epochs=epochs,
+            val_fraction=val_fraction, min_count=min_count,
             seed=seed, **kwargs,
         )  # fmt: skip
         try:  # before the run, not after minutes of fitting

@@ -67,8 +67,10 @@ def resolve_engine(engine: str = "auto", device: torch.device | None = None) -> 
         return "openvino" if device.type == "cpu" and openvino_available() else "torch"
     if engine == "openvino":
         if not openvino_available():
+            from multitag.next_step import install_extra
+
             raise ImportError(
-                "engine='openvino' needs the openvino package: pip install 'multitag[fast]' "
+                f"engine='openvino' needs the openvino package: {install_extra('fast')} "
                 "(or choose engine='torch')"
             )
         if device.type != "cpu":

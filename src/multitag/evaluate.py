@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from multitag.data.photo_profile import photo_profile, profile_warnings
 from multitag.data.tasks import Task, encode_all
 from multitag.metrics import evaluate_tasks, write_html, write_json
 
@@ -65,14 +66,24 @@ def evaluate_split(tagger) -> dict:
 def evaluate_frame(tagger, frame: pd.DataFrame, batch_size: int = 64) -> dict:
     """Metrics on a labelled manifest frame (``id``, ``path``, task columns).
 
-    Unreadable images are skipped and listed under ``rejects``; labels the model has never
-    seen count as missing for that task (reported under ``unknown_labels``).
+    The model's tasks that have a column in ``frame`` are scored; the others are listed under
+    ``skipped_tasks`` (a ``ValueError`` when none has one). Unreadable images are skipped and
+    listed under ``rejects``; labels the model has never seen count as missing for that task
+    (reported under ``unknown_labels``). When the photos clearly differ from the model's
+    training photos (size, aspect ratio, colour mode), ``source_warnings`` says how.
     """
+    tasks = [t for t in tagger.tasks_ if t.name in frame.columns]
+    skipped = [t.name for t in tagger.tasks_ if t.name not in frame.columns]
+    if not tasks:
+        raise ValueError(
+            f"the data has none of the model's task columns {skipped}: add at least one of "
+            "them (labels to score against)"
+        )
     out = tagger.predict_proba(frame["path"].tolist(), batch_size=batch_size)
     ok = np.array([i not in out["errors"] for i in range(len(frame))], dtype=bool)
-    targets = encode_all(frame, tagger.tasks_)
+    targets = encode_all(frame, tasks)
     unknown, unknown_values = {}, {}
-    for t in tagger.tasks_:
+    for t in tasks:
         filled = frame[t.name].astype(str).str.strip() != ""
         lab = targets[t.name] >= 0 if targets[t.name].ndim == 1 else ~(targets[t.name] < 0).all(1)
         n_unknown = int((filled.to_numpy() & ~lab).sum())
@@ -88,11 +99,18 @@ def evaluate_frame(tagger, frame: pd.DataFrame, batch_size: int = 64) -> dict:
         if names:  # which labels, so a typo or a renamed class can be found and fixed
             unknown_values[t.name] = dict(names.most_common())
     report = report_from_arrays(
-        tagger.tasks_,
+        tasks,
         {k: v[ok] for k, v in targets.items()},
-        {k: v[ok] for k, v in out["proba"].items()},
+        {t.name: out["proba"][t.name][ok] for t in tasks},
     )
     report["n_images"] = int(ok.sum())
+    if skipped:
+        report["skipped_tasks"] = skipped
+    warnings = profile_warnings(
+        getattr(tagger, "photo_profile_", None), photo_profile(frame["path"].tolist())
+    )
+    if warnings:
+        report["source_warnings"] = warnings
     report["rejects"] = [
         {"id": frame["id"].iloc[i], "path": frame["path"].iloc[i], "reason": r}
         for i, r in sorted(out["errors"].items())

@@ -65,6 +65,7 @@ def export_onnx(tagger, path: str | Path, *, opset: int = 18) -> Path:
     module = _ExportedTagger(net.float().eval()).eval()
     size = net.encoder.preprocessing.image_size
     framing = net.encoder.preprocessing.framing
+    detail = net.encoder.preprocessing.detail
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
     names = output_names(tagger)
     with atomic_path(path) as tmp, warnings.catch_warnings():
@@ -96,6 +97,14 @@ def export_onnx(tagger, path: str | Path, *, opset: int = 18) -> Path:
                 else {
                     **framing.to_dict(),
                     "apply": "first: multitag.data.framing.reframe(image, Framing(**these))",
+                },
+                "detail": None
+                if detail is None
+                else {
+                    "pixels": detail,
+                    "apply": "then, when the image has more pixels: "
+                    "multitag.data.detail.match_detail(image, pixels) (Lanczos downscale to "
+                    "about that many pixels, aspect kept)",
                 },
             },
             "outputs": names,

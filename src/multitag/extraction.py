@@ -151,7 +151,9 @@ def run_encoder(
     logits = None
     errors: dict[int, str] = {}
     prep = encoder.preprocessing
-    loader = iter_batches(paths, prep.image_size, batch_size, workers, framing=prep.framing)
+    loader = iter_batches(
+        paths, prep.image_size, batch_size, workers, framing=prep.framing, detail=prep.detail
+    )
     with bar(description, len(paths), enabled=progress and len(paths) > batch_size) as pbar:
         batches = (((indices, errs), images) for indices, images, errs in loader)
         for (indices, errs), out in runner.stream(batches):

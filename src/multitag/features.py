@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from multitag import runtime
+from multitag.data.detail import match_detail
 from multitag.data.framing import Framing, reframe
 from multitag.data.images import ImageDecodeError, load_image
 from multitag.data.resize import resize_to_square
@@ -32,40 +33,52 @@ FEATURE_VERSION = 5  # bump when the meaning of cached features changes
 @dataclass(frozen=True)
 class Preprocessing:
     """How an image becomes a tensor: optional product framing
-    (:func:`~multitag.data.framing.reframe`), square resize (no crop), mean/std normalisation."""
+    (:func:`~multitag.data.framing.reframe`), then an optional downscale to the training
+    photos' level of detail (``detail`` pixels, :func:`~multitag.data.detail.match_detail`),
+    square resize (no crop), mean/std normalisation."""
 
     image_size: int = 224
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     framing: Framing | None = None
+    detail: int | None = None
 
     def to_dict(self) -> dict:
         d = {"image_size": self.image_size, "mean": self.mean, "std": self.std}
-        if self.framing is not None:  # absent = squash only: older configs and caches match
+        # absent = step off: configs and feature caches from before each step still match
+        if self.framing is not None:
             d["framing"] = self.framing.to_dict()
+        if self.detail is not None:
+            d["detail"] = self.detail
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
         framing = Framing.from_dict(d["framing"]) if d.get("framing") else None
-        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]), framing)
+        detail = int(d["detail"]) if d.get("detail") else None
+        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]), framing, detail)
 
     @classmethod
     def for_model(
-        cls, model: nn.Module, image_size: int | None = None, framing: Framing | None = None
+        cls,
+        model: nn.Module,
+        image_size: int | None = None,
+        framing: Framing | None = None,
+        detail: int | None = None,
     ) -> Preprocessing:
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         size = image_size or int(cfg.get("input_size", (3, 224, 224))[-1])
         if size < 32 or size > 1024:
             raise ValueError(f"image_size must be between 32 and 1024, not {size}")
         mean, std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3))
-        return cls(size, mean, std, framing)
+        return cls(size, mean, std, framing, detail)
 
 
 class ImageDataset(Dataset):
     """Decode ``paths`` to uint8 HxWx3 arrays at their own size (:func:`_collate` resizes a
-    batch at once), reframed when ``framing`` is given; a bad file yields an error string,
-    never raises."""
+    batch at once), reframed when ``framing`` is given and brought down to ``detail`` pixels
+    when larger (:mod:`multitag.data.detail`); a bad file yields an error string, never
+    raises."""
 
     def __init__(
         self,
@@ -73,11 +86,13 @@ class ImageDataset(Dataset):
         image_size: int,
         max_pixels=None,
         framing: Framing | None = None,
+        detail: int | None = None,
     ):
         self.paths = [str(p) for p in paths]
         self.image_size = image_size
         self.max_pixels = max_pixels
         self.framing = framing
+        self.detail = detail
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -90,7 +105,9 @@ class ImageDataset(Dataset):
         except ImageDecodeError as err:
             return index, None, err.reason
         array = np.asarray(img)
-        return index, array if self.framing is None else reframe(array, self.framing), ""
+        if self.framing is not None:
+            array = reframe(array, self.framing)
+        return index, match_detail(array, self.detail), ""
 
 
 def _collate(items, image_size: int):
@@ -109,15 +126,16 @@ def iter_batches(
     prefetch: int = 3,
     max_pixels: int | None = None,
     framing: Framing | None = None,
+    detail: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, list[tuple[int, str]]]]:
-    """Batches of ``(indices, uint8 images, [(index, reason), ...])``, decoded (and reframed
-    when ``framing`` is given) ahead.
+    """Batches of ``(indices, uint8 images, [(index, reason), ...])``, decoded (reframed when
+    ``framing`` is given, brought down to ``detail`` pixels when larger) ahead.
 
     Decoding runs in a thread pool (Pillow releases the GIL while decoding and resizing), so
     it overlaps the forward pass without the start-up and copy costs of worker processes;
     at most ``prefetch`` batches wait in memory.
     """
-    dataset = ImageDataset(paths, image_size, max_pixels, framing)
+    dataset = ImageDataset(paths, image_size, max_pixels, framing, detail)
     starts = range(0, len(dataset), batch_size)
 
     def decode(start: int):

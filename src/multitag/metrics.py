@@ -486,6 +486,7 @@ th,td{border:1px solid #ddd;padding:.25em .6em}th{background:#f3f3f3;text-align:
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:1em 0}figcaption{font-size:.85em;color:#555;max-width:900px}
 img{max-width:100%;height:auto}.note{color:#a33}
+.warn{background:#fff4d6;border-left:4px solid #e0a800;padding:.4em .8em}
 """
 
 
@@ -604,6 +605,13 @@ def write_html(report: dict, path: str | os.PathLike, title: str = "multitag eva
             f"mean accuracy: {_fmt(summary.get('mean_accuracy'))}</p>"
         ),
     ]
+    notes = [
+        f"these photos differ from the training photos: {w}"
+        for w in report.get("source_warnings", [])
+    ]
+    if report.get("skipped_tasks"):
+        notes.append(f"tasks not scored (no column in the data): {report['skipped_tasks']}")
+    body += [f'<p class="warn">{html.escape(n)}</p>' for n in notes]
     body += [_task_section(i, str(name), m) for i, (name, m) in enumerate(tasks.items())]
     doc = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'

@@ -79,11 +79,11 @@ def _save_tagger(tagger, directory: Path) -> Path:
         },
         "preprocessing": {
             **enc.preprocessing.to_dict(),
-            "resize": "squash, bicubic"
-            if enc.preprocessing.framing is None
-            else "reframe (multitag.data.framing.reframe), then squash, bicubic",
+            "resize": _resize_steps(enc.preprocessing),
             "input": "uint8 RGB NCHW",
         },
+        # what the training photos look like: evaluate warns about photos that differ
+        "training_photos": getattr(tagger, "photo_profile_", None),
         "heads": {
             "type": tagger.head,
             "trunk": tagger.trunk,
@@ -165,8 +165,16 @@ def read_config(directory: str | os.PathLike) -> dict:
     return config
 
 
+def _resize_steps(prep: Preprocessing) -> str:
+    """The preprocessing steps in words, for people reading ``config.json``."""
+    steps = ["reframe (multitag.data.framing.reframe)"] if prep.framing is not None else []
+    if prep.detail is not None:
+        steps.append("down to detail pixels when larger (multitag.data.detail.match_detail)")
+    return ", then ".join([*steps, "squash, bicubic"])
+
+
 def tagger_preprocessing(directory: str | os.PathLike) -> Preprocessing | None:
-    """The input preprocessing (size, normalisation, framing) of the tagger saved in
+    """The input preprocessing (size, normalisation, framing, detail) of the tagger saved in
     ``directory``; ``None`` when it holds none (no model yet, or an embedder only)."""
     if not (Path(directory) / CONFIG).is_file():
         return None
@@ -246,12 +254,15 @@ def load_tagger(directory: str | os.PathLike):
     # a Framing / dict setting is not a JSON scalar; its measured value is in preprocessing
     # (None before framing existed: squash-resize only)
     params.setdefault("framing", encoder.preprocessing.framing or "none")
+    # likewise detail (None before it existed: photos of any size reach the square resize)
+    params.setdefault("detail", encoder.preprocessing.detail or "none")
     tagger = MultiTaskTagger(**params)
     tagger.tasks_ = tasks
     tagger.net_ = net.eval()
     tagger.prior_shift_ = h.get("prior_shift", {})
     tagger.refit_ = config.get("training", {}).get("refit")
     tagger.config_ = config
+    tagger.photo_profile_ = config.get("training_photos")
     split = _read_split(directory / SPLIT)
     if split is not None:
         tagger.split_ = split

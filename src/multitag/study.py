@@ -27,7 +27,8 @@ import torch
 import yaml
 
 from multitag import backbones, runtime
-from multitag.data.manifest import default_stratify, load_manifest, split_indices
+from multitag.data.inputs import resolve_inputs
+from multitag.data.manifest import default_stratify, split_indices
 from multitag.data.tasks import encode_all, infer_tasks
 from multitag.extraction import encoder_cache_id, extract_prefix
 from multitag.features import Encoder, Preprocessing, iter_batches
@@ -49,6 +50,9 @@ class StudyConfig:
 
     data: str
     images: str | None = None
+    id_col: str | None = None  # the manifest columns, as --id-col / --path-col / --ext
+    path_col: str | None = None
+    ext: str = ".jpg"
     tasks: list[str] = field(default_factory=list)
     grid: list[dict] = field(default_factory=list)
     backbones: list[str] = field(default_factory=lambda: ["tf_efficientnet_lite0"])
@@ -134,15 +138,18 @@ class StudyData:
     val: np.ndarray
     test: np.ndarray
     features: np.ndarray | None = None  # the frozen network's features (current backbone)
+    skipped: pd.DataFrame | None = None  # inputs left out (missing, not regular files, ...)
 
 
 def load_data(cfg: StudyConfig) -> StudyData:
     """The manifest, a seeded subset, the tasks and a fixed stratified train/val/test split."""
-    frame = load_manifest(cfg.data, cfg.images)
+    found = resolve_inputs(
+        [cfg.data], cfg.images, id_col=cfg.id_col, path_col=cfg.path_col, ext=cfg.ext
+    )
+    frame = found.frame
     missing = [t for t in cfg.tasks if t not in frame.columns]
     if missing:
         raise ValueError(f"{cfg.data}: no column(s) {missing}; columns: {list(frame.columns)}")
-    frame = frame[frame["path"].map(lambda p: Path(p).is_file())]
     if cfg.subset and cfg.subset < len(frame):
         frame = frame.sample(n=cfg.subset, random_state=cfg.seed)
     frame = frame.sort_values("id").reset_index(drop=True)
@@ -158,7 +165,9 @@ def load_data(cfg: StudyConfig) -> StudyData:
         cfg.seed,
         groups=None if copies is None else copies[rest],
     )
-    return StudyData(frame, tasks, encode_all(frame, tasks), rest[tr], rest[va], test)
+    data = StudyData(frame, tasks, encode_all(frame, tasks), rest[tr], rest[va], test)
+    data.skipped = found.skipped_frame()
+    return data
 
 
 def split_fingerprint(data: StudyData) -> str:
@@ -341,6 +350,8 @@ def run_study(
     started = time.perf_counter()
     data = load_data(cfg) if todo else None
     if data is not None:
+        if len(data.skipped):  # the same list the CLI commands write
+            write_table(data.skipped, out / "inputs.rejects.csv")
         split = split_fingerprint(data)
         _check_same_split(out, split, finished=len(runs) - len(todo))
         write_json(
@@ -353,6 +364,7 @@ def run_study(
                 "tasks": [{"name": t.name, "classes": len(t.classes)} for t in data.tasks],
                 "image_size": cfg.image_size,
                 "group_copies": cfg.group_copies,
+                "skipped_inputs": len(data.skipped),
                 "split": split,
             },
         )

@@ -17,8 +17,10 @@ import torch
 from torch import nn
 
 from multitag import backbones, runtime
+from multitag.data.detail import resolve_detail
 from multitag.data.framing import Framing, resolve_framing
 from multitag.data.manifest import default_stratify, split_indices
+from multitag.data.photo_profile import photo_profile
 from multitag.data.tasks import Task, encode_all, infer_tasks
 from multitag.data.validate import ValidationReport, validate
 from multitag.engines import release_runner, runner_for
@@ -84,7 +86,11 @@ class MultiTaskTagger(ParamsMixin):
     (:mod:`multitag.data.framing`), so photos from other sources framed differently are tagged
     like catalogue photos (docs/study.md: 0.885 mean weighted F1 on square, landscape, tight
     and wide-margin copies, against 0.77-0.85 squash-resized, for -0.0014 on the catalogue);
-    ``"none"`` squash-resizes only.
+    ``"none"`` squash-resizes only. ``detail="auto"`` (default) measures the training photos'
+    level of detail (:mod:`multitag.data.detail`: nearly all of them have at most that many
+    pixels after framing) and first brings every larger photo down to it, antialiased, so a
+    sharp photo from another source reaches the network like a training photo
+    (docs/robustness.md); an int sets the pixel count, ``"none"`` turns it off.
     ``grid_stages`` (``"auto"``: the stride-8 and stride-16 stages) are also pooled on a 3x2
     grid, so heads know where things are in the photo; ``input_dropout`` drops features
     before the shared trunk (measured with these features: baseColour weighted F1
@@ -110,6 +116,7 @@ class MultiTaskTagger(ParamsMixin):
         weights: str | None = "auto",
         image_size: int | None = None,
         framing: str | Mapping | Framing = "auto",
+        detail: str | int | None = "auto",
         stages: Sequence[int] | None = None,
         colour_bins: int = 6,
         grid_stages: Sequence[int] | str = "auto",
@@ -147,6 +154,7 @@ class MultiTaskTagger(ParamsMixin):
         self.weights = weights
         self.image_size = image_size
         self.framing = framing
+        self.detail = detail
         self.stages = stages
         self.colour_bins = colour_bins
         self.grid_stages = grid_stages
@@ -192,10 +200,12 @@ class MultiTaskTagger(ParamsMixin):
             precision=self.precision,
         )
 
-    def _build_encoder(self, weights, framing: Framing | None = None) -> Encoder:
+    def _build_encoder(
+        self, weights, framing: Framing | None = None, detail: int | None = None
+    ) -> Encoder:
         spec = backbones.get_spec(self.backbone)
         model = backbones.create_model(spec.name, weights=weights)
-        prep = Preprocessing.for_model(model, self.image_size, framing)
+        prep = Preprocessing.for_model(model, self.image_size, framing, detail)
         return Encoder(
             model,
             prep,
@@ -326,8 +336,11 @@ class MultiTaskTagger(ParamsMixin):
             min_count=self.min_count,
             rare=self.rare,
         )
-        framing = resolve_framing(self.framing, frame["path"].tolist(), self.seed)
-        encoder = self._build_encoder(self.weights, framing)
+        paths = frame["path"].tolist()
+        framing = resolve_framing(self.framing, paths, self.seed)
+        detail = resolve_detail(self.detail, paths, framing, self.seed)
+        self.photo_profile_ = photo_profile(paths, self.seed)
+        encoder = self._build_encoder(self.weights, framing, detail)
         self.net_ = TaggerNet(encoder, self._new_heads(encoder.out_dim, self.seed), self.tasks_)
         feats = extract_features(
             encoder,
@@ -495,7 +508,12 @@ class MultiTaskTagger(ParamsMixin):
         prep = net.encoder.preprocessing
         with bar("tagging", n, enabled=self.progress and n > batch_size) as pbar:
             loader = iter_batches(
-                paths, prep.image_size, batch_size, self.workers, framing=prep.framing
+                paths,
+                prep.image_size,
+                batch_size,
+                self.workers,
+                framing=prep.framing,
+                detail=prep.detail,
             )
             batches = (((idx, errs), images) for idx, images, errs in loader)
             for (idx, errs), out in self._run_net(net, batches, device):

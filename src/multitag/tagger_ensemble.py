@@ -81,6 +81,11 @@ class TaggerEnsemble:
         return self.members[0].tasks_
 
     @property
+    def photo_profile_(self) -> dict | None:
+        """The first member's training-photo profile (members train on the same photos)."""
+        return getattr(self.members[0], "photo_profile_", None)
+
+    @property
     def progress(self) -> bool:
         return self.members[0].progress
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from multitag.data.images import IMAGE_EXTENSIONS, iter_image_files
-from multitag.data.manifest import load_manifest
+from multitag.data import inputs as _inputs
+from multitag.data.inputs import Inputs
 from multitag.faults import kill_point
 from multitag.io import (
     OutputNotWritten,
@@ -23,50 +23,25 @@ from multitag.io import (
 )
 from multitag.locks import writer_lock
 
-MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 
-
-def is_manifest(path: Path) -> bool:
-    """Whether ``path`` is a manifest file (by suffix) rather than an image or a folder."""
-    return path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES
-
-
-def load_input_manifest(path: Path, images: str | os.PathLike | None) -> pd.DataFrame:
-    """A manifest given as tagging input: all its columns, images found as for training
-    (a ``path`` column if there is one, else ``images/<id>.jpg``)."""
-    has_path = "path" in pd.read_csv(path, nrows=0).columns if path.suffix != ".parquet" else False
-    return load_manifest(path, images, path_col="path" if has_path else None)
+def as_inputs(
+    inputs: Inputs | Sequence[str | os.PathLike],
+    images: str | os.PathLike | None = None,
+    **options,
+) -> Inputs:
+    """``inputs`` as resolved by :func:`multitag.data.inputs.resolve_inputs` (with
+    ``images`` and its keyword ``options``), unless they already are."""
+    if isinstance(inputs, Inputs):
+        return inputs
+    return _inputs.resolve_inputs(inputs, images, **options)
 
 
 def resolve_inputs(
-    inputs: Sequence[str | os.PathLike], images: str | os.PathLike | None = None
+    inputs: Sequence[str | os.PathLike], images: str | os.PathLike | None = None, **options
 ) -> pd.DataFrame:
-    """Files, folders (recursive) and manifests -> rows ``id``, ``path``.
-
-    A manifest row's image is found as for training (``images/<id>.jpg`` or a ``path``
-    column). An image file's id is its file name without the extension.
-    """
-    frames = []
-    loose: list[str | os.PathLike] = []
-    for item in inputs:
-        p = Path(item)
-        if is_manifest(p):
-            frames.append(load_input_manifest(p, images)[["id", "path"]])
-        elif p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise ValueError(
-                f"{p}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))}) nor a manifest "
-                f"({', '.join(MANIFEST_SUFFIXES)})"
-            )
-        else:
-            loose.append(item)
-    if loose:
-        files = iter_image_files(loose)
-        frames.append(
-            pd.DataFrame({"id": [f.stem for f in files], "path": [str(f) for f in files]})
-        )
-    if not frames:
-        return pd.DataFrame({"id": [], "path": []})
-    return pd.concat(frames, ignore_index=True)
+    """Rows ``id``, ``path`` (+ a manifest's label columns) of ``inputs``: the frame of
+    :func:`as_inputs` (kept for older callers; new code wants the skipped inputs too)."""
+    return as_inputs(inputs, images, **options).frame
 
 
 def _top_k(proba: np.ndarray, classes: Sequence[str], k: int) -> list[list[dict]]:
@@ -148,14 +123,17 @@ def rejects_path(out: str | os.PathLike) -> Path:
 
 def tag_to_file(
     tagger,
-    inputs: Sequence[str | os.PathLike],
+    inputs: Inputs | Sequence[str | os.PathLike],
     out: str | os.PathLike,
     *,
     top_k: int = 3,
     images: str | os.PathLike | None = None,
     batch_size: int = 64,
+    **options,
 ) -> tuple[Path, Path | None, int, int]:
-    """Tag ``inputs`` and write the table atomically to ``out`` (+ a rejects CSV if any).
+    """Tag ``inputs`` (paths resolved with ``images`` and ``options``, see :func:`as_inputs`)
+    and write the table atomically to ``out``, plus a rejects CSV (``id, path, reason``) of
+    the inputs skipped and the images that could not be read, if any.
 
     One writer per ``out`` (:func:`multitag.locks.writer_lock`). The rejects file is written
     (or, with no rejects, a stale one removed) before the table replaces the old one, and the
@@ -167,10 +145,10 @@ def tag_to_file(
     with writer_lock(out, "tag", folder=False):
         for stale in (out, rejects_path(out)):
             remove_stale_temps(Path(stale).parent, Path(stale).name)
-        frame = resolve_inputs(inputs, images)
-        if frame.empty:
-            raise ValueError(f"no images found in {[str(i) for i in inputs]}")
-        tags, rejects = tag_frame(tagger, frame, top_k=top_k, batch_size=batch_size)
+        found = as_inputs(inputs, images, **options)
+        tags, rejects = tag_frame(tagger, found.frame, top_k=top_k, batch_size=batch_size)
+        skipped = found.skipped_frame()[["id", "path", "reason"]]
+        rejects = pd.concat([skipped, rejects], ignore_index=True) if len(skipped) else rejects
         rej = rejects_path(out) if len(rejects) else None
         try:
             with atomic_path(out) as tmp:

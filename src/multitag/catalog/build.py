@@ -20,6 +20,7 @@ import pandas as pd
 from multitag.catalog import layout as layout_mod
 from multitag.catalog import store
 from multitag.catalog import topics as topics_mod
+from multitag.data.inputs import Inputs
 from multitag.faults import kill_point
 from multitag.io import remove_stale_temps
 from multitag.locks import writer_lock
@@ -102,15 +103,16 @@ def _tag_chunk(tagger, frame: pd.DataFrame, batch_size: int, labels: Sequence[st
     return rows, arrays, rejects
 
 
-def _inputs(inputs: Sequence[str | os.PathLike], images) -> pd.DataFrame:
-    from multitag.tagging import resolve_inputs
+def _inputs(inputs, images, options) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows to catalogue (one per id: later duplicates are skipped, and reported) and the
+    skipped inputs (``id, path, reason``)."""
+    from multitag.tagging import as_inputs
 
-    frame = resolve_inputs(inputs, images)
-    if frame.empty:
-        raise ValueError(f"no images found in {[str(i) for i in inputs]}")
+    found = as_inputs(inputs, images, **options).unique_ids()
+    frame = found.frame[["id", "path"]]
     paths = [str(Path(p).absolute()) for p in frame["path"]]  # serve from any working dir
-    frame = frame.assign(id=frame["id"].astype(str), path=paths)
-    return frame.drop_duplicates("id", keep="first").reset_index(drop=True)
+    skipped = found.skipped_frame()[["id", "path", "reason"]]
+    return frame.assign(id=frame["id"].astype(str), path=paths), skipped
 
 
 def _topic_input(on: str, tagprobs: np.ndarray, features: np.ndarray, offset=None):
@@ -138,7 +140,7 @@ def _one_writer(build):
 @_one_writer
 def build_catalog(
     model_dir: str | os.PathLike,
-    inputs: Sequence[str | os.PathLike],
+    inputs: Inputs | Sequence[str | os.PathLike],
     out: str | os.PathLike,
     *,
     images: str | os.PathLike | None = None,
@@ -153,13 +155,17 @@ def build_catalog(
     umap_epochs: int | None = None,
     progress: bool = True,
     on_chunk: ChunkHook | None = None,
+    **options,
 ) -> dict:
     """Build (or resume, or extend) the catalogue in ``out``; returns its ``catalog.json``.
 
     Images go through the model in chunks of ``chunk_size``; each finished chunk is committed
     to ``out/parts`` so a killed build resumes where it stopped. If ``out`` already holds a
     finished catalogue, only new ids are tagged and placed with the fitted state, unless
-    ``refit`` asks to refit topics, map and clusters over everything.
+    ``refit`` asks to refit topics, map and clusters over everything. ``inputs`` are resolved
+    with ``images`` and ``options`` (:func:`multitag.tagging.as_inputs`); the inputs skipped
+    there, and every id after its first, are listed in ``rejects.parquet`` with the images
+    that could not be read.
     """
     from multitag.tagger import MultiTaskTagger
     from multitag.tagging import check_at_least, imagenet_labels
@@ -179,7 +185,7 @@ def build_catalog(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model_dir = Path(model_dir).resolve()
-    frame = _inputs(inputs, images)
+    frame, skipped = _inputs(inputs, images, options)
     built = store.is_built(out)
     if built:
         prior = store.read_meta(out)
@@ -220,6 +226,8 @@ def build_catalog(
                 on_chunk(next_part - 1, min((c + 1) * chunk_size, len(pending)), len(pending))
 
     rows, arrays, rejects = store.read_parts(out)
+    if len(skipped):
+        rejects = pd.concat([rejects, skipped], ignore_index=True)
     if rows.empty:
         first = rejects.iloc[0] if len(rejects) else None
         raise ValueError(

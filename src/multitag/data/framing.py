@@ -23,6 +23,7 @@ from multitag.data.images import ImageDecodeError, load_image
 __all__ = [
     "Framing",
     "background_colour",
+    "decoded_sample",
     "measure_framing",
     "place_on_canvas",
     "product_box",
@@ -126,11 +127,13 @@ def measure_framing(images: Iterable[np.ndarray], threshold: int = 30) -> Framin
     return Framing(round(float(np.median(aspects)), 2), round(max(fill, 0.3), 2), threshold)
 
 
-def _decoded(paths: Iterable) -> Iterator[np.ndarray]:
-    """RGB arrays of the images in ``paths`` that decode (the others are skipped)."""
-    for path in paths:
+def decoded_sample(paths: Sequence, seed: int = 0, n: int = AUTO_SAMPLE) -> Iterator[np.ndarray]:
+    """RGB arrays of a seeded sample of up to ``n`` of ``paths`` (the same images for the same
+    paths and seed), the ones that decode: what the ``"auto"`` settings are measured on."""
+    rng = np.random.default_rng(seed)
+    for i in sorted(rng.choice(len(paths), min(n, len(paths)), replace=False)):
         try:
-            yield np.asarray(load_image(path))
+            yield np.asarray(load_image(paths[i]))
         except ImageDecodeError:
             continue
 
@@ -160,6 +163,4 @@ def resolve_framing(
         )
     if not len(paths):
         raise ValueError("framing='auto' needs images to measure; got none")
-    rng = np.random.default_rng(seed)
-    sample = rng.choice(len(paths), min(AUTO_SAMPLE, len(paths)), replace=False)
-    return measure_framing(_decoded(paths[i] for i in sorted(sample)))
+    return measure_framing(decoded_sample(paths, seed))

@@ -11,7 +11,7 @@ import io
 import os
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,6 +27,7 @@ __all__ = [
     "image_to_array",
     "iter_image_files",
     "load_image",
+    "walk_files",
 ]
 
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -132,8 +133,10 @@ def iter_image_files(paths: Iterable[str | Path], recursive: bool = True) -> lis
     Images are recognised by suffix (:data:`IMAGE_EXTENSIONS`, case-insensitive); that applies to
     files named directly too. Inside folders, hidden entries (names starting with ``.``, e.g.
     macOS ``._photo.jpg`` resource forks) are skipped; with ``recursive=False`` only a folder's
-    own files are listed. Symlinked folders are followed (each real folder once). A path that
-    does not exist raises ``FileNotFoundError`` naming it.
+    own files are listed; inside folders only regular files count (not FIFOs, sockets,
+    devices). Symlinked folders are followed (each real folder once). A path that does not
+    exist raises ``FileNotFoundError`` naming it. The commands use
+    :func:`multitag.data.inputs.resolve_inputs`, which also reports what it leaves out.
     """
     if isinstance(paths, (str, os.PathLike)):  # a lone path, not an iterable of characters
         paths = [paths]
@@ -150,12 +153,13 @@ def iter_image_files(paths: Iterable[str | Path], recursive: bool = True) -> lis
     return sorted(found)
 
 
-# --------------------------------------------------------------------------------------------
-# internals
+def walk_files(root: str | Path, recursive: bool = True) -> Iterator[Path]:
+    """Every non-hidden entry that is not a folder under ``root`` (files, but also FIFOs,
+    sockets, broken links: nothing is opened or checked), folder by folder in sorted order.
 
-
-def _walk_images(root: Path, recursive: bool) -> list[Path]:
-    out: list[Path] = []
+    Hidden folders and files (names starting with ``.``) are left out; symlinked folders are
+    followed, each real folder once (no symlink loop).
+    """
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -163,13 +167,17 @@ def _walk_images(root: Path, recursive: bool) -> list[Path]:
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = [d for d in dirnames if recursive and not d.startswith(".")]
-        out.extend(
-            Path(dirpath, f)
-            for f in filenames
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-        )
-    return out
+        dirnames[:] = sorted(d for d in dirnames if recursive and not d.startswith("."))
+        yield from (Path(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
+
+
+# --------------------------------------------------------------------------------------------
+# internals
+
+
+def _walk_images(root: Path, recursive: bool) -> list[Path]:
+    files = walk_files(root, recursive)  # regular files only: a FIFO named x.jpg would block
+    return [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()]
 
 
 def _open_path(path: str | os.PathLike, label: str) -> BinaryIO:
@@ -240,7 +248,8 @@ def _check_pixels(size: tuple[int, int], label: str, max_pixels: int | None) -> 
             label,
             f"image is {width}x{height} = {pixels:,} pixels, over the limit of {max_pixels:,} "
             "pixels (decompression-bomb guard); if the image is genuine, call load_image with a "
-            "larger max_pixels= (or None), otherwise " + _FIX,
+            "larger max_pixels= or max_pixels=None (Python API; the command line keeps the "
+            "default), otherwise " + _FIX,
         )
 
 
@@ -251,8 +260,8 @@ def _pillow_bomb_reason(error: Exception, max_pixels: int | None) -> str:
     if max_pixels is not None and (pixels is None or pixels > max_pixels):
         return (
             f"image has {count}, over the limit of {max_pixels:,} pixels (decompression-bomb "
-            "guard); if the image is genuine, call load_image with a larger max_pixels= (or "
-            f"None), otherwise {_FIX}"
+            "guard); if the image is genuine, call load_image with a larger max_pixels= "
+            f"(Python API; the command line keeps the default), otherwise {_FIX}"
         )
     limit = Image.MAX_IMAGE_PIXELS
     hard = f"{2 * limit:,}" if limit else "?"

@@ -1,4 +1,4 @@
-"""Read labelled image sets: a CSV/Parquet manifest or a folder-per-class tree; split them."""
+"""Read labelled image sets (through :mod:`multitag.data.inputs`) and split them."""
 
 from __future__ import annotations
 
@@ -9,85 +9,43 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from multitag.data.images import IMAGE_EXTENSIONS
+from multitag.data.inputs import FOLDER_TASK, resolve_inputs
+from multitag.data.inputs import read_table as read_table  # re-exported for old callers
 from multitag.data.tasks import Task
-
-FOLDER_TASK = "label"
-
-
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """A CSV or Parquet table with every column as string; blanks stay ``""`` (missing)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        frame = pd.read_parquet(path)
-        return frame.astype("string").fillna("").astype(object)
-    if suffix in (".csv", ".tsv", ".txt"):
-        sep = "\t" if suffix == ".tsv" else ","
-        try:
-            return pd.read_csv(
-                path, dtype=str, keep_default_na=False, sep=sep, on_bad_lines="error"
-            )
-        except pd.errors.ParserError as err:
-            raise ValueError(f"{path}: malformed CSV ({err}); fix or remove that row") from err
-    raise ValueError(f"{path}: unsupported manifest type {suffix!r}; use .csv, .tsv or .parquet")
 
 
 def read_folder_tree(root: str | os.PathLike) -> pd.DataFrame:
     """``root/<class>/<image>`` -> rows ``id`` (relative path), ``path``, ``label``."""
     root = Path(root)
-    rows = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for f in sorted(class_dir.rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith("."):
-                rows.append((str(f.relative_to(root)), str(f), class_dir.name))
-    if not rows:
+    try:
+        found = resolve_inputs([root], check_files=False).frame if root.is_dir() else None
+    except ValueError:
+        found = None
+    if found is None or FOLDER_TASK not in found.columns:
         raise ValueError(
             f"{root}: no images found in class sub-folders (expected ROOT/<class>/*.jpg)"
         )
-    return pd.DataFrame(rows, columns=["id", "path", FOLDER_TASK])
+    return found
 
 
 def load_manifest(
     data: str | os.PathLike,
     images: str | os.PathLike | None = None,
     *,
-    id_col: str = "id",
+    id_col: str | None = None,
     path_col: str | None = None,
     ext: str = ".jpg",
 ) -> pd.DataFrame:
     """Rows with string columns ``id`` and ``path`` (plus the label columns).
 
-    ``data`` is a manifest file or a folder-per-class tree. Image paths come from ``path_col``
-    (relative paths are taken from ``images``, else from the manifest's folder) or are
-    ``images/<id><ext>``.
+    ``data`` is a manifest file (CSV, TSV, Parquet, JSON Lines) or a folder-per-class tree,
+    read by :func:`multitag.data.inputs.resolve_inputs` (which see for the path column and
+    the ids) without checking the files: rows whose image is missing stay in, for
+    :func:`multitag.data.validate.validate` and the tagger's fit to report.
     """
-    data = Path(data)
-    if data.is_dir():
-        return read_folder_tree(data)
-    frame = read_table(data)
-    base = Path(images) if images is not None else data.parent
-    if path_col is not None:
-        if path_col not in frame.columns:
-            raise ValueError(f"path column {path_col!r} not in {data.name}: {list(frame.columns)}")
-        paths = [p if os.path.isabs(p) else str(base / p) for p in frame[path_col]]
-        ids = frame[id_col] if id_col in frame.columns else frame[path_col]
-    else:
-        if id_col not in frame.columns:
-            raise ValueError(
-                f"id column {id_col!r} not in {data.name} (columns: {list(frame.columns)}); "
-                "name it with --id-col or give a --path-col"
-            )
-        if images is None:
-            raise ValueError("--images DIR is required when the manifest has no path column")
-        ids = frame[id_col]
-        paths = [str(base / f"{i}{ext}") for i in ids]
-    frame = frame.copy()
-    frame["id"] = [str(i) for i in ids]
-    frame["path"] = paths
-    return frame
+    return resolve_inputs(
+        [data], images, id_col=id_col, path_col=path_col, ext=ext, check_files=False
+    ).frame
 
 
 def split_indices(

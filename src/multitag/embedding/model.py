@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from multitag import backbones, integrity
+from multitag.data.detail import resolve_detail
 from multitag.data.framing import Framing, resolve_framing
 from multitag.embedding import losses as loss_registry
 from multitag.extraction import (
@@ -116,7 +117,8 @@ class Embedder(ParamsMixin):
     after the head is trained, fine-tune the stages above it (``finetune_epochs``,
     ``finetune_lr``) on the same objective. ``framing``: as the tagger's (``"none"``,
     ``"auto"`` = measured on the training images, a :class:`~multitag.data.framing.Framing`
-    or a dict of its fields); an embedder saved beside a tagger must use the tagger's.
+    or a dict of its fields) and ``detail`` as the tagger's (:mod:`multitag.data.detail`);
+    an embedder saved beside a tagger must use the tagger's.
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class Embedder(ParamsMixin):
         weights: str | None = "auto",
         image_size: int | None = None,
         framing: str | Mapping | Framing = "auto",
+        detail: str | int | None = "auto",
         stages: Sequence[int] | None = None,
         colour_bins: int = 6,
         grid_stages: Sequence[int] | str = "auto",
@@ -167,6 +170,7 @@ class Embedder(ParamsMixin):
         self.weights = weights
         self.image_size = image_size
         self.framing = framing
+        self.detail = detail
         self.stages = stages
         self.colour_bins = colour_bins
         self.grid_stages = grid_stages
@@ -193,12 +197,13 @@ class Embedder(ParamsMixin):
         return default_cache_dir() / "features"
 
     def build_encoder(self, paths: Sequence[str | os.PathLike] = ()) -> Encoder:
-        """The encoder these settings describe (``paths``: the images ``framing="auto"`` is
-        measured on)."""
+        """The encoder these settings describe (``paths``: the images ``framing="auto"`` and
+        ``detail="auto"`` are measured on)."""
         spec = backbones.get_spec(self.backbone)
         model = backbones.create_model(spec.name, weights=self.weights)
         framing = resolve_framing(self.framing, list(paths), self.seed)
-        prep = Preprocessing.for_model(model, self.image_size, framing)
+        detail = resolve_detail(self.detail, list(paths), framing, self.seed)
+        prep = Preprocessing.for_model(model, self.image_size, framing, detail)
         return Encoder(
             model, prep, self.stages, spec.has_classifier, self.colour_bins, self.grid_stages
         )
@@ -253,7 +258,8 @@ class Embedder(ParamsMixin):
         probe = Embedder(
             self.same_, backbone=self.backbone, weights=self.weights,
             image_size=self.encoder_.preprocessing.image_size,
-            framing=self.encoder_.preprocessing.framing or "none", stages=self.encoder_.stages,
+            framing=self.encoder_.preprocessing.framing or "none",
+            detail=self.encoder_.preprocessing.detail or "none", stages=self.encoder_.stages,
             colour_bins=self.encoder_.colour_bins, grid_stages=self.encoder_.grid_stages,
             cache_dir=self.cache_dir, precision=self.precision, engine=self.engine,
             workers=self.workers, progress=self.progress,
@@ -644,6 +650,7 @@ def load_embedder(model_dir: str | os.PathLike, *, allow_raw: bool = True) -> Em
         weights=weights,
         image_size=encoder.preprocessing.image_size,
         framing=encoder.preprocessing.framing or "none",
+        detail=encoder.preprocessing.detail or "none",
         stages=encoder.stages,
         colour_bins=encoder.colour_bins,
         grid_stages=encoder.grid_stages,

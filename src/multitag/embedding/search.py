@@ -8,55 +8,37 @@ from pathlib import Path
 
 import pandas as pd
 
+from multitag.data.inputs import Inputs
 from multitag.embedding.index import VectorIndex
 from multitag.embedding.model import has_embedding, load_embedder
 from multitag.locks import writer_lock
-from multitag.tagging import resolve_inputs
-
-
-def _with_attributes(frame: pd.DataFrame, inputs, images) -> pd.DataFrame:
-    """Add manifest label columns to ``frame`` (rows from manifests) for ``--where``."""
-    from multitag.tagging import is_manifest, load_input_manifest
-
-    extra = []
-    for item in inputs:
-        p = Path(item)
-        if is_manifest(p):
-            m = load_input_manifest(p, images)
-            extra.append(m.drop(columns=["path"]).astype({"id": str}))
-    if not extra:
-        return frame
-    attrs = pd.concat(extra, ignore_index=True).drop_duplicates("id")
-    out = frame.astype({"id": str}).merge(attrs, on="id", how="left")
-    label_cols = [c for c in out.columns if c not in ("id", "path")]
-    out[label_cols] = out[label_cols].fillna("").astype(str)
-    return out
+from multitag.tagging import as_inputs
 
 
 def build_index_dir(
     model_dir: str | os.PathLike,
-    inputs: Sequence[str | os.PathLike],
+    inputs: Inputs | Sequence[str | os.PathLike],
     out: str | os.PathLike,
     *,
     images: str | os.PathLike | None = None,
     kind: str = "auto",
     exact_max: int = 50_000,
     progress: bool = True,
+    **options,
 ) -> tuple[VectorIndex, dict[int, str]]:
-    """Embed every image in ``inputs`` (files, folders, manifests) and save an index to ``out``
-    (one writer per index folder: :func:`multitag.locks.writer_lock`).
+    """Embed every image in ``inputs`` (files, folders, manifests, resolved with ``images``
+    and ``options`` as :func:`multitag.tagging.as_inputs` does; a manifest's label columns
+    become filters) and save an index to ``out`` (one writer per index folder:
+    :func:`multitag.locks.writer_lock`).
 
     Returns ``(index, {row: reason})`` for unreadable images (left out of the index).
     """
     with writer_lock(out, "index", folder=True):
-        return _build_index_dir(model_dir, inputs, out, images, kind, exact_max, progress)
+        return _build_index_dir(model_dir, inputs, out, images, kind, exact_max, progress, options)
 
 
-def _build_index_dir(model_dir, inputs, out, images, kind, exact_max, progress):
-    frame = resolve_inputs(inputs, images)
-    if frame.empty:
-        raise ValueError(f"no images found in {[str(i) for i in inputs]}")
-    frame = _with_attributes(frame, inputs, images)
+def _build_index_dir(model_dir, inputs, out, images, kind, exact_max, progress, options):
+    frame = as_inputs(inputs, images, **options).frame
     embedder = load_embedder(model_dir)
     embedder.progress = progress
     vectors, errors = embedder.embed(frame["path"].tolist())
@@ -77,16 +59,17 @@ def _build_index_dir(model_dir, inputs, out, images, kind, exact_max, progress):
 
 def add_to_index_dir(
     index_dir: str | os.PathLike,
-    inputs: Sequence[str | os.PathLike],
+    inputs: Inputs | Sequence[str | os.PathLike],
     *,
     images: str | os.PathLike | None = None,
+    **options,
 ) -> tuple[VectorIndex, dict[int, str]]:
     """Embed ``inputs`` with the index's model and append them (no rebuild), then save;
     the folder's writer lock is held from load to save, so two adds cannot lose each other's
     items."""
     with writer_lock(index_dir, "index", folder=True):
         index = VectorIndex.load(index_dir)
-        frame = _with_attributes(resolve_inputs(inputs, images), inputs, images)
+        frame = as_inputs(inputs, images, **options).frame
         vectors, errors = load_embedder(index.meta["model_dir"]).embed(frame["path"].tolist())
         ok = [i for i in range(len(frame)) if i not in errors]
         index.add(vectors[ok], frame.iloc[ok].reset_index(drop=True))

@@ -45,7 +45,9 @@ def plotly_js() -> Path:
 
     path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} missing: reinstall plotly (pip install 'multitag[serve]')")
+        from multitag.next_step import install_extra
+
+        raise FileNotFoundError(f"{path} missing: reinstall plotly ({install_extra('serve')})")
     return path
 
 

@@ -1,0 +1,5 @@
+"""``python -m multitag``: the command line, for shells where ``multitag`` is not on the PATH."""
+
+from multitag.cli import main
+
+main()
