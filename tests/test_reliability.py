@@ -361,7 +361,7 @@ def test_hostile_corpus_through_tag(tiny, tmp_path):
     assert "empty" in rejected["zero.jpg"] and "truncated" in rejected["truncated.jpg"]
     summary = _one_line(res.output)
     assert f"tagged {len(tagged)} image(s)" in summary
-    assert f"{len(rejected)} unreadable image(s)" in summary
+    assert f"{len(rejected)} input(s) not tagged" in summary  # skipped + unreadable
 
 
 def test_special_inputs_are_reported_not_hung_or_ignored(tiny, tmp_path):
