@@ -42,9 +42,10 @@ test-reliability: install
 bench: install
 	$(BIN)/python -m multitag.bench --out bench
 
-## every benchmark (source shift: ~25 min incl. training the default tagger if bench/bench-model-shift is missing; embeddings: ~25 min; index: ~5 min incl. 1M vectors; catalogue: ~5 min incl. a headless browser; full-size frozen vs fine-tuned taggers, each with 1 and 3 head sets: ~75 min)
+## every benchmark (source shift: ~25 min incl. training the default tagger if bench/bench-model-shift is missing; embeddings: ~25 min; k-means: see bench/kmeans.md; index: ~5 min incl. 1M vectors; catalogue: ~5 min incl. a headless browser; full-size frozen vs fine-tuned taggers, each with 1 and 3 head sets: ~75 min)
 bench-all: bench
 	$(BIN)/python -m multitag.bench_embed --out bench
+	$(BIN)/python -m multitag.bench_kmeans --out bench --tree
 	$(BIN)/python -m multitag.bench_index --out bench
 	$(BIN)/python -m multitag.bench_catalog --out bench
 	$(BIN)/python -m multitag.bench_study --out bench

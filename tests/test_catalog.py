@@ -66,6 +66,13 @@ def test_build_contents(catalog, fashion_frame):
     assert all(t["name"] and len(t["top_tags"]) == 3 for t in topics)
     assert set(cat.items["topic"]) <= set(range(len(topics)))
     assert cat.items["cluster"].nunique() == BUILD["n_clusters"]
+    # the catalogue's clusters are `multitag cluster`'s on the same vectors (one k-means)
+    from multitag.embedding.cluster import cluster_index
+    from multitag.embedding.index import VectorIndex
+
+    same_vectors = VectorIndex().build(cat.embeddings, cat.items[["id"]])
+    assign, _ = cluster_index(same_vectors, BUILD["n_clusters"])
+    np.testing.assert_array_equal(assign, cat.items["cluster"].to_numpy())
     xy = cat.items[["x", "y"]].to_numpy()
     assert np.abs(xy).max() <= 1.0001 and xy.std(0).min() > 0.1
     # items of one article type sit closer together on the map than random pairs

@@ -275,6 +275,11 @@ def test_cli_end_to_end(fashion_frame, cache_dir, tmp_path, monkeypatch):
     text = page.read_text()
     assert text.count("<h2>Cluster") == 4 and "data:image/jpeg;base64," in text
     assert "http://" not in text and "https://" not in text
+    r = run(app, ["cluster", str(index), "--max-k", "6", "--html", str(page)])
+    assert r.exit_code == 0, r.output
+    assert "no -k given: k=" in r.output and "best silhouette" in r.output
+    k = int(r.output.split("no -k given: k=")[1].split()[0])
+    assert 2 <= k <= 6 and page.read_text().count("<h2>Cluster") == k
 
 
 def test_tagger_and_embedder_share_one_feature_cache(trained_tagger, fashion_frame, cache_dir):

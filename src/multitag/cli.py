@@ -277,14 +277,15 @@ def train_cmd(
             f"{', '.join(map(str, r['epochs']))}); score the saved model on new photos"
         )
     console.print(f"model: {out}  (report: {out / 'report.html'})")
-    if (id_col, path_col, ext) == ("id", None, ".jpg"):  # what `catalog build` reads
-        from multitag.next_step import print_command
+    from multitag.next_step import print_command
 
-        where = [data] + (["--images", images] if images is not None else [])
-        catalog = out.with_name(f"{out.name}-catalog")
-        print_command(
-            console, "browse the photos", "catalog", "build", out, *where, "--out", catalog
-        )
+    # `catalog build` reads its photos with the same input options as train
+    where = [data] + (["--images", images] if images is not None else [])
+    where += ["--id-col", id_col] if id_col is not None else []
+    where += ["--path-col", path_col] if path_col is not None else []
+    where += ["--ext", ext] if ext != ".jpg" else []
+    catalog = out.with_name(f"{out.name}-catalog")
+    print_command(console, "browse the photos", "catalog", "build", out, *where, "--out", catalog)
 
 
 @app.command("evaluate")

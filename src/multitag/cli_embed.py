@@ -269,20 +269,37 @@ def similar_cmd(
 
 def cluster_cmd(
     index_dir: Annotated[Path, typer.Argument(help="Index directory.")],
-    k: Annotated[int, typer.Option("-k", min=1, help="Number of clusters.")],
     html: Annotated[Path, typer.Option("--html", help="Write the cluster page here.")],
+    k: Annotated[
+        int | None,
+        typer.Option("-k", min=1, help="Number of clusters (default: suggested by silhouette)."),
+    ] = None,
+    max_k: Annotated[int, typer.Option("--max-k", help="Without -k: try k = 2 .. this many.")] = 20,
     assignments: Annotated[
         Path | None, typer.Option("--out", help="Also write id -> cluster as a table.")
     ] = None,
     seed: Annotated[int, typer.Option(min=0, help="k-means seed.")] = 0,
 ) -> None:
-    """k-means clusters of an index, summarised in a self-contained HTML page."""
+    """k-means clusters of an index, summarised in a self-contained HTML page.
+
+    Without -k, k is the one in 2..--max-k whose clusters have the best silhouette on a
+    sample of the items."""
     from multitag.embedding.cluster import write_cluster_report
     from multitag.embedding.index import VectorIndex
+    from multitag.embedding.kmeans import suggest_k
     from multitag.io import write_table
 
+    if k is None and max_k < 2:
+        _fail(f"--max-k {max_k}: use 2 or more, or choose the number of clusters with -k")
     try:
         index = VectorIndex.load(index_dir)
+        if k is None:
+            k, scores = suggest_k(index.vectors(), k_max=max_k, random_state=seed)
+            console.print(
+                f"no -k given: k={k} has the best silhouette ({scores[k]:.3f}) of "
+                f"k={min(scores)}..{max(scores)} on a sample of the {len(index)} items; "
+                "pass -k to choose another"
+            )
         _, summaries, assign = write_cluster_report(index, k, html, seed=seed)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))

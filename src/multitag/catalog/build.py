@@ -21,6 +21,7 @@ from multitag.catalog import layout as layout_mod
 from multitag.catalog import store
 from multitag.catalog import topics as topics_mod
 from multitag.data.inputs import Inputs
+from multitag.embedding.kmeans import KMeans, nearest_centroid
 from multitag.faults import kill_point
 from multitag.io import remove_stale_temps
 from multitag.locks import writer_lock
@@ -320,7 +321,8 @@ def _fit_all(
     profiles = h if topics_on == "tags" else topics_mod.topic_profiles(w, tagprobs)
     topic_list = topics_mod.name_topics(profiles, columns)
     xy = layout_mod.fit_layout(embeddings, layout, seed, umap_epochs)
-    labels, centroids = topics_mod.fit_clusters(embeddings, n_clusters, seed)
+    km = KMeans(max(1, min(n_clusters, len(embeddings))), random_state=seed).fit(embeddings)
+    labels, centroids = km.labels_, km.cluster_centers_
     items = _place(rows, w, xy, labels)
     for t in topic_list:
         t["size"] = int((items["topic"] == t["id"]).sum())
@@ -358,7 +360,7 @@ def _extend(old: store.Catalog, rows, embeddings, tagprobs, features):
     xy = layout_mod.place_new(
         embeddings[new], old.embeddings, old.items[["x", "y"]].to_numpy(np.float32)
     )
-    clusters = topics_mod.nearest_centroid(embeddings[new], fit["centroids"])
+    clusters = nearest_centroid(embeddings[new], fit["centroids"])[0]
     added = _place(rows[new].reset_index(drop=True), w, xy, clusters)
     items = pd.concat([old.items, added], ignore_index=True)
     topic_list = old.meta["topics"]["topics"]

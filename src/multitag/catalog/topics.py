@@ -1,4 +1,8 @@
-"""Topics (NMF over tag probabilities or features) and k-means clusters, with naming."""
+"""Topics: NMF over tag probabilities or features, named by their strongest tags.
+
+(The catalogue's k-means clusters are :class:`multitag.embedding.kmeans.KMeans`, the same
+k-means as ``multitag cluster``.)
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.cluster import KMeans
 from sklearn.decomposition import NMF, non_negative_factorization
 from sklearn.exceptions import ConvergenceWarning
 
@@ -69,18 +72,3 @@ def name_topics(profiles: np.ndarray, tag_columns: Sequence[str], n_top: int = 3
         name = " / ".join(d["tag"].split(":", 1)[1] for d in top) or f"topic {t}"
         topics.append({"id": t, "name": name, "top_tags": top})
     return topics
-
-
-def fit_clusters(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """k-means: returns ``(labels (n,), centroids (k, d))``."""
-    k = max(1, min(k, len(x)))
-    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(x)
-    return km.labels_.astype(np.int32), km.cluster_centers_.astype(np.float32)
-
-
-def nearest_centroid(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Cluster of new rows: the nearest fitted centroid (squared Euclidean)."""
-    if len(x) == 0:
-        return np.zeros(0, np.int32)
-    d = (x**2).sum(1, keepdims=True) - 2 * x @ centroids.T + (centroids**2).sum(1)
-    return d.argmin(1).astype(np.int32)

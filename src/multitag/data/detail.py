@@ -58,8 +58,9 @@ def resolve_detail(
     """A model's ``detail`` setting as a pixel count, or ``None`` (no downscale).
 
     ``"auto"`` measures it (:func:`measure_detail`) on the same seeded sample of ``paths`` that
-    ``framing="auto"`` measures; ``"none"`` / ``None`` turns the step off; an int is used as
-    given (at least 1,024 pixels, e.g. 32x32)."""
+    ``framing="auto"`` measures, and is off when there are no ``paths`` (no training photos,
+    no level to match, e.g. an untrained probe encoder); ``"none"`` / ``None`` turns the step
+    off; an int is used as given (at least 1,024 pixels, e.g. 32x32)."""
     if spec is None or spec == "none":
         return None
     if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
@@ -72,5 +73,5 @@ def resolve_detail(
             f"count such as 4800 (60x80), not {spec!r}"
         )
     if not len(paths):
-        raise ValueError("detail='auto' needs images to measure; got none")
+        return None
     return measure_detail(decoded_sample(paths, seed), framing)

@@ -8,19 +8,20 @@ import io
 import os
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from multitag.embedding.index import VectorIndex
+from multitag.embedding.kmeans import KMeans
 from multitag.io import write_text
 
 
 def cluster_index(
     index: VectorIndex, k: int, *, seed: int = 0, n_repr: int = 6, top: int = 3
 ) -> tuple[np.ndarray, list[dict]]:
-    """Spherical k-means on the indexed vectors.
+    """k-means (:class:`~multitag.embedding.kmeans.KMeans`: restarts, spherical on the
+    index's normalised vectors) on the indexed vectors.
 
     Returns ``(assignment per item, summaries)``; each summary has ``cluster``, ``size``,
     ``dominant`` (per attribute column: top values with their share) and ``representatives``
@@ -30,10 +31,9 @@ def cluster_index(
     if not 1 <= k <= n:
         raise ValueError(f"-k must be between 1 and the number of items ({n}), not {k}")
     x = index.vectors()
-    km = faiss.Kmeans(x.shape[1], k, niter=25, seed=seed, spherical=True, min_points_per_centroid=1)
-    km.train(x)
-    sims, assign = km.index.search(x, 1)
-    assign, sims = assign[:, 0], sims[:, 0]
+    km = KMeans(k, random_state=seed).fit(x)
+    assign = km.labels_
+    sims = (x * km.cluster_centers_[assign]).sum(1)  # cosine: rows and centroids are unit
     items = index.items_
     attrs = [c for c in items.columns if c not in ("id", "path")]
     summaries = []
