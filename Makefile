@@ -7,7 +7,7 @@ DATA    ?= ../shared/datasets/fashion-products
 DEMO    ?= artifacts/demo
 PORT    ?= 8000
 
-.PHONY: install demo explore test test-fast bench bench-all lint browser clean
+.PHONY: install demo explore test test-fast test-reliability bench bench-all lint browser clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: install browser
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+## hostile input, SIGKILL at commit/publish points, two writers (part of `make test` too)
+test-reliability: install
+	$(BIN)/python -m pytest -q -m reliability
 
 bench: install
 	$(BIN)/python -m multitag.bench --out bench

@@ -55,7 +55,7 @@ def test_build_contents(catalog, fashion_frame):
     np.testing.assert_allclose(np.linalg.norm(cat.embeddings, axis=1), 1, atol=1e-4)
     import faiss
 
-    index = faiss.read_index(str(cat_dir / "index.faiss"))
+    index = faiss.read_index(str(cat.index_path))
     assert index.ntotal == n
     _, nn = index.search(cat.embeddings[:10].astype(np.float32), 1)
     assert (nn[:, 0] == np.arange(10)).all()
@@ -142,7 +142,7 @@ def test_incremental_adds_only_new_items(catalog, tmp_path, fashion_frame):
     # the index covers the new items too
     import faiss
 
-    assert faiss.read_index(str(out / "index.faiss")).ntotal == len(new.items)
+    assert faiss.read_index(str(new.index_path)).ntotal == len(new.items)
     # a rerun with nothing new tags nothing
     again = build_catalog(model_dir, [manifest], out, **BUILD)
     assert again["last_build"]["new_items"] == 0 and again["n_items"] == len(new.items)
@@ -168,5 +168,5 @@ def test_cli_catalog_build_tsne_topics_on_features(catalog, tmp_path, fashion_fr
     assert len(cat.items) == 40 and cat.meta["n_rejects"] == 1
     assert cat.meta["layout"]["method"] == "tsne" and cat.meta["topics"]["on"] == "features"
     assert len(cat.meta["topics"]["topics"]) == 4 and "nmf_offset" in cat.fit
-    rejects = pd.read_parquet(out / "rejects.parquet")
+    rejects = pd.read_parquet(cat.data_dir / "rejects.parquet")
     assert rejects["id"].tolist() == ["broken"] and rejects["reason"].iloc[0]

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from multitag.catalog.store import load_catalog
 from multitag.cli import app
 from tests.test_inputs import write_manifest
 
@@ -202,7 +203,7 @@ def test_catalog_build(world, fmt, tmp_path):
     meta = json.loads((out / "catalog.json").read_text())
     n_skipped = 2 if fmt == "folder" else 1  # the folder holds a FIFO and a HEIC photo
     assert meta["n_items"] == n and meta["n_rejects"] == n_skipped
-    rejects = pd.read_parquet(out / "rejects.parquet")
+    rejects = pd.read_parquet(load_catalog(out).data_dir / "rejects.parquet")  # state folder
     assert rejects["path"].str.endswith(skipped).any()
 
 
@@ -270,7 +271,7 @@ def test_duplicate_ids_in_a_manifest_are_reported(world, tmp_path):
                   "--out", str(tmp_path / "cat"), "--layout", "tsne", "--topics", "2",
                   "--clusters", "2"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    rejects = pd.read_parquet(tmp_path / "cat" / "rejects.parquet")
+    rejects = pd.read_parquet(load_catalog(tmp_path / "cat").data_dir / "rejects.parquet")
     assert rejects["reason"].str.contains("duplicate id 'red0'").any()
 
 

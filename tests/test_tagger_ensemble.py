@@ -220,6 +220,14 @@ def test_cli_combine_with_a_prior_shift_on_held_out_photos(saved_members, fashio
         ens.fit_prior_shift(held_out.drop(columns=["articleType"]))
 
 
+def _saved_before_integrity(model_dir: Path) -> None:
+    """Make ``model_dir`` look saved by a multitag without integrity records (files then edited
+    are not refused: nothing records what they were)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    config.pop("integrity", None)
+    (model_dir / "config.json").write_text(json.dumps(config))
+
+
 def test_prior_shift_and_evaluate_leave_out_photos_a_member_trained_on(
     trained_tagger, saved_members, fashion_frame, tmp_path
 ):
@@ -284,6 +292,7 @@ def test_prior_shift_and_evaluate_leave_out_photos_a_member_trained_on(
     shutil.copytree(saved_members[0], by_id)
     old_split = pd.read_csv(by_id / "split.csv", dtype=str).drop(columns=["digest"])
     old_split.to_csv(by_id / "split.csv", index=False)
+    _saved_before_integrity(by_id)  # that version did not record file hashes either
     assert training_keys(load_tagger(by_id)) == ("id", set(split["train_ids"]))
     assert held_out_rows(load_tagger(by_id), probe).frame["id"].tolist() == ["copy"]
 
@@ -291,6 +300,7 @@ def test_prior_shift_and_evaluate_leave_out_photos_a_member_trained_on(
     old = tmp_path / "old"
     shutil.copytree(saved_members[1], old)
     (old / "split.csv").unlink()
+    _saved_before_integrity(old)
     assert not hasattr(load_tagger(old), "split_")
     ens = TaggerEnsemble.from_dirs([saved_members[0], old])
     ens.fit_prior_shift(fashion_frame)

@@ -83,7 +83,7 @@ def bench_build(model_dir: Path, frame: pd.DataFrame, work: Path) -> dict:
 
 def synthetic_catalog(out: Path, image_paths: list[str], n: int = 35_000, seed: int = 0) -> Path:
     """A catalogue of ``n`` points in blobs with made-up tags (thumbnails cycle real images)."""
-    from multitag.catalog.build import build_index, save_index
+    from multitag.catalog.build import build_index
     from multitag.catalog.store import save_catalog
 
     rng = np.random.default_rng(seed)
@@ -141,8 +141,9 @@ def synthetic_catalog(out: Path, image_paths: list[str], n: int = 35_000, seed: 
         "nmf_components": np.abs(rng.normal(0, 1, (12, len(columns)))).astype(np.float32),
         "centroids": rng.normal(0, 1, (20, 64)).astype(np.float32),
     }
-    save_index(build_index(emb)[0], out / "index.faiss")
-    save_catalog(out, meta, items, {"embeddings": emb, "tagprobs": tagprobs}, fit)
+    save_catalog(
+        out, meta, items, {"embeddings": emb, "tagprobs": tagprobs}, fit, index=build_index(emb)[0]
+    )
     return out
 
 
@@ -284,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--points", type=int, default=35_000)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from multitag.catalog.store import load_catalog
     from multitag.data.manifest import load_manifest
     from multitag.serve.app import create_app
     from multitag.serve.background import BackgroundServer
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
             print("explorer ...", flush=True)
             explorer = bench_explorer(url)
             print(json.dumps(explorer), flush=True)
-            ids = pd.read_parquet(synth / "items.parquet", columns=["id"])["id"].tolist()
+            ids = load_catalog(synth).items["id"].tolist()
             by_id = bench_similar_id(url, ids)
             print(json.dumps(by_id), flush=True)
         with BackgroundServer(create_app(work / "catalog", model)) as url:

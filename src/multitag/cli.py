@@ -59,7 +59,9 @@ def validate_cmd(
         str | None, typer.Option(help="Multi-label columns (comma-separated).")
     ] = None,
     delimiter: Annotated[str, typer.Option(help="Delimiter inside multi-label cells.")] = "|",
-    min_count: Annotated[int, typer.Option(help="Classes rarer than this are folded/dropped.")] = 5,
+    min_count: Annotated[
+        int, typer.Option(min=1, help="Classes rarer than this are folded/dropped.")
+    ] = 5,
     id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
@@ -127,6 +129,21 @@ def validate_cmd(
         raise typer.Exit(1)
 
 
+def _print_rare_classes(tasks, min_count: int) -> None:
+    """The classes rarer than ``--min-count`` that training folded into ``other`` or dropped
+    (the README promises they are reported)."""
+    for task in tasks:
+        for rare, what in ((task.folded, f"folded into {task.other!r}"), (task.dropped, "dropped")):
+            if rare:
+                shown = ", ".join(rare[:12]) + (
+                    f" and {len(rare) - 12} more" if len(rare) > 12 else ""
+                )
+                console.print(
+                    f"{task.name}: {len(rare)} class(es) with fewer than {min_count} examples "
+                    f"{what}: {escape(shown)}"
+                )
+
+
 def _print_prior_shift(shifts: dict[str, dict]) -> None:
     for name, shift in shifts.items():
         console.print(
@@ -151,18 +168,21 @@ def train_cmd(
     image_size: ImageSizeOpt = None,
     framing: FramingOpt = "auto",
     detail: DetailOpt = "auto",
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on val).")] = 25,
+    epochs: Annotated[
+        int, typer.Option(min=1, help="Maximum epochs (early stopping on val).")
+    ] = 25,
     finetune_epochs: Annotated[
-        int | None, typer.Option(help="Fine-tuning epochs with --freeze (default min(epochs, 5)).")
+        int | None,
+        typer.Option(min=1, help="Fine-tuning epochs with --freeze (default min(epochs, 5))."),
     ] = None,
     finetune_lr: Annotated[
-        float, typer.Option(help="Backbone learning rate when fine-tuning.")
+        float, typer.Option(min=0.0, help="Backbone learning rate when fine-tuning.")
     ] = 5e-4,
     head: Annotated[
         str, typer.Option(help="linear (on the shared trunk) or mlp (a hidden layer per task).")
     ] = "linear",
     ensemble: Annotated[
-        int, typer.Option(help="Head sets fitted from seeds seed, seed+1, ...; averaged.")
+        int, typer.Option(min=1, help="Head sets fitted from seeds seed, seed+1, ...; averaged.")
     ] = 1,
     prior_shift: Annotated[
         str,
@@ -184,11 +204,15 @@ def train_cmd(
         str | None, typer.Option(help="Multi-label columns (comma-separated).")
     ] = None,
     delimiter: Annotated[str, typer.Option(help="Delimiter inside multi-label cells.")] = "|",
-    min_count: Annotated[int, typer.Option(help="Classes rarer than this are folded/dropped.")] = 5,
+    min_count: Annotated[
+        int, typer.Option(min=1, help="Classes rarer than this are folded/dropped.")
+    ] = 5,
     rare: Annotated[str, typer.Option(help="'other' (fold rare classes) or 'drop'.")] = "other",
-    val_fraction: Annotated[float, typer.Option(help="Validation share (stratified).")] = 0.2,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.01, max=0.9, help="Validation share (stratified).")
+    ] = 0.2,
     class_weight: Annotated[str, typer.Option(help="none, sqrt or balanced.")] = "none",
-    seed: Annotated[int, typer.Option(help="Random seed (split, init, order).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed (split, init, order).")] = 0,
     cache_dir: CacheDirOpt = None,
     id_col: IdColOpt = None,
     path_col: PathColOpt = None,
@@ -226,13 +250,17 @@ def train_cmd(
         seed=seed,
         **kwargs,
     )
+    from multitag.locks import writer_lock
+
     try:
-        tagger.fit(frame)
+        with writer_lock(out, "model (train)", folder=True):  # held from fit to save
+            tagger.fit(frame)
+            tagger.save(out)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     for problem in tagger.validation_.problems()[:20]:
         console.print(f"[yellow]skipped:[/yellow] {problem}")
-    tagger.save(out)
+    _print_rare_classes(tagger.tasks_, min_count)
     report = evaluate_split(tagger)
     write_reports(
         report, out / "metrics.json", out / "report.html", title=f"{out.name}: validation"
@@ -317,6 +345,13 @@ def evaluate_cmd(
         )
     if report.get("rejects"):
         console.print(f"[yellow]{len(report['rejects'])} unreadable image(s) skipped[/yellow]")
+    for name, labels in report.get("unknown_label_values", {}).items():
+        shown = ", ".join(f"{label!r} ({n})" for label, n in list(labels.items())[:8])
+        more = f" and {len(labels) - 8} more" if len(labels) > 8 else ""
+        console.print(
+            f"[yellow]{data}: {name!r} has labels the model does not know: {escape(shown)}"
+            f"{more}; those rows are not scored on {name!r} (check spelling and case)[/yellow]"
+        )
 
 
 def _load_model(model_dir: Path):
@@ -336,15 +371,15 @@ def tag_cmd(
     model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
     paths: Annotated[list[Path], typer.Argument(help="Image files, folders or manifests.")],
     out: Annotated[Path, typer.Option("--out", help="Output .parquet, .csv or .jsonl.")],
-    top_k: Annotated[int, typer.Option("--top-k", help="Tags per task.")] = 3,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Tags per task.")] = 3,
     images: ImagesOpt = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
     id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
 ) -> None:
     """Tag images: top-k labels with probabilities per task + ImageNet tags."""
-    from multitag.io import check_table_suffix
+    from multitag.io import OutputNotWritten, check_table_suffix
     from multitag.tagging import tag_to_file
 
     try:
@@ -357,7 +392,7 @@ def tag_cmd(
         written, rejects, n_ok, n_bad = tag_to_file(
             tagger, found, out, top_k=top_k, batch_size=batch_size
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, OutputNotWritten) as err:
         _fail(str(err))
     console.print(f"tagged {n_ok} image(s) -> {written}")
     if rejects:
@@ -393,7 +428,7 @@ def combine_cmd(
     ],
     weight: Annotated[
         list[float] | None,
-        typer.Option("--weight", help="One per model, in order (default: equal)."),
+        typer.Option("--weight", min=0.0, help="One per model, in order (default: equal)."),
     ] = None,
     prior_shift_data: Annotated[
         Path | None,
@@ -463,7 +498,9 @@ def demo_cmd(
     out: Annotated[Path, typer.Option(help="Where to write the model, tags and reports.")] = Path(
         "artifacts/demo"
     ),
-    image_size: Annotated[int | None, typer.Option(help="Square input size.")] = None,
+    image_size: Annotated[
+        int | None, typer.Option(min=32, max=1024, help="Square input size.")
+    ] = None,
     explore: Annotated[
         bool,
         typer.Option(
@@ -475,7 +512,7 @@ def demo_cmd(
     host: Annotated[str, typer.Option(help="With --explore: interface to listen on.")] = (
         "127.0.0.1"
     ),
-    port: Annotated[int, typer.Option(help="With --explore: port.")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="With --explore: port.")] = 8000,
 ) -> None:
     """The main job end to end: validate, train, evaluate, tag, catalogue, on fashion-products."""
     from multitag.demo import prepare_explore, run_demo

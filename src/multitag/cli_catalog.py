@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -23,20 +22,22 @@ def build_cmd(
     id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
-    topics: Annotated[int, typer.Option("--topics", help="Number of NMF topics.")] = 12,
+    topics: Annotated[int, typer.Option("--topics", min=1, help="Number of NMF topics.")] = 12,
     topics_on: Annotated[
         str, typer.Option("--topics-on", help="tags (tag probabilities) or features.")
     ] = "tags",
     layout: Annotated[str, typer.Option("--layout", help="umap or tsne.")] = "umap",
-    clusters: Annotated[int, typer.Option("--clusters", help="Number of k-means clusters.")] = 20,
+    clusters: Annotated[
+        int, typer.Option("--clusters", min=1, help="Number of k-means clusters.")
+    ] = 20,
     chunk_size: Annotated[
-        int, typer.Option("--chunk-size", help="Images per resumable chunk.")
+        int, typer.Option("--chunk-size", min=1, help="Images per resumable chunk.")
     ] = 2048,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
     refit: Annotated[
         bool, typer.Option("--refit", help="Refit topics, map and clusters over everything.")
     ] = False,
-    seed: Annotated[int, typer.Option(help="Random seed (topics, map, clusters).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed (topics, map, clusters).")] = 0,
 ) -> None:
     """Tag every image once (tags, ImageNet tags, embedding), then topics, map and clusters.
 
@@ -84,7 +85,7 @@ def serve_cmd(
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port.")] = 8000,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -93,7 +94,9 @@ def serve_cmd(
             help="Require this key in the X-API-Key header (never in URLs).",
         ),
     ] = None,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload (MB).")] = 10,
+    max_upload_mb: Annotated[
+        float, typer.Option(min=0.001, help="Largest accepted upload (MB).")
+    ] = 10,
     max_pixels: Annotated[
         int, typer.Option(help="Largest accepted image, width x height, read before decoding.")
     ] = 25_000_000,
@@ -118,17 +121,17 @@ def serve_cmd(
     """Serve the catalogue API (docs at /docs) and the explorer page (at /)."""
     import uvicorn
 
+    from multitag.catalog.store import read_meta
     from multitag.cli_common import _check_port, _fail, console
     from multitag.serve.app import create_app
     from multitag.serve.settings import default_hosts
 
     _check_port(host, port)
-    if model is None:
-        meta = catalog_dir / "catalog.json"
-        built_with = json.loads(meta.read_text()).get("model_dir") if meta.is_file() else None
-        if built_with and (Path(built_with) / "config.json").is_file():
-            model = Path(built_with)
     try:
+        if model is None:
+            built_with = (read_meta(catalog_dir) or {}).get("model_dir")
+            if built_with and (Path(built_with) / "config.json").is_file():
+                model = Path(built_with)
         hosts = default_hosts(host, allowed_host or ())
         app = create_app(
             catalog_dir,

@@ -50,7 +50,9 @@ ExtOpt = Annotated[
 TasksOpt = Annotated[str | None, typer.Option(help="Comma-separated label columns.")]
 BackboneOpt = Annotated[str, typer.Option(help="Registered backbone or any timm name.")]
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
-ImageSizeOpt = Annotated[int | None, typer.Option(help="Square input size (default: backbone's).")]
+ImageSizeOpt = Annotated[
+    int | None, typer.Option(min=32, max=1024, help="Square input size (default: backbone's).")
+]
 FramingOpt = Annotated[
     str,
     typer.Option(

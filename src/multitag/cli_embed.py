@@ -62,15 +62,16 @@ def embed_train(
         typer.Option(help="Loss of the --coarse term (default: --loss), e.g. proxy_anchor."),
     ] = None,
     coarse_weight: Annotated[
-        float, typer.Option(help="Weight of the --coarse term (proxy_anchor: ~0.05).")
+        float, typer.Option(min=0.0, help="Weight of the --coarse term (proxy_anchor: ~0.05).")
     ] = 0.25,
-    dim: Annotated[int, typer.Option(help="Embedding size.")] = 256,
-    hidden: Annotated[int, typer.Option(help="Hidden width of the mlp head.")] = 512,
+    dim: Annotated[int, typer.Option(min=1, help="Embedding size.")] = 256,
+    hidden: Annotated[int, typer.Option(min=1, help="Hidden width of the mlp head.")] = 512,
     head: Annotated[str, typer.Option(help="linear or mlp.")] = "mlp",
-    epochs: Annotated[int, typer.Option(help="Epochs on cached features.")] = 30,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs on cached features.")] = 30,
     backbone: Annotated[str | None, typer.Option(help="Backbone (default lite0).")] = None,
     image_size: Annotated[
-        int | None, typer.Option(help="Square input size (default: the backbone's own).")
+        int | None,
+        typer.Option(min=32, max=1024, help="Square input size (default: the backbone's own)."),
     ] = None,
     freeze: Annotated[
         str,
@@ -79,7 +80,7 @@ def embed_train(
             "= also fine-tune the stages above it with the metric loss."
         ),
     ] = "all",
-    finetune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning.")] = 3,
+    finetune_epochs: Annotated[int, typer.Option(min=1, help="Epochs of fine-tuning.")] = 3,
     framing: Annotated[
         str | None,
         typer.Option(
@@ -190,7 +191,9 @@ def index_build(
     out: Annotated[Path, typer.Option("--out", help="Index directory to write.")],
     images: ImagesOpt = None,
     kind: Annotated[str, typer.Option(help="auto, exact, ivf or hnsw.")] = "auto",
-    exact_max: Annotated[int, typer.Option(help="auto: exact search up to this size.")] = 50_000,
+    exact_max: Annotated[
+        int, typer.Option(min=0, help="auto: exact search up to this size.")
+    ] = 50_000,
     id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
@@ -240,7 +243,7 @@ def similar_cmd(
     index_dir: Annotated[Path, typer.Argument(help="Index directory.")],
     image: Annotated[Path | None, typer.Argument(help="Query image.")] = None,
     item_id: Annotated[str | None, typer.Option("--id", help="Query by indexed item id.")] = None,
-    k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, help="Number of results.")] = 10,
     where: Annotated[
         list[str] | None, typer.Option("--where", help="Filter col=value (repeatable).")
     ] = None,
@@ -269,13 +272,13 @@ def cluster_cmd(
     html: Annotated[Path, typer.Option("--html", help="Write the cluster page here.")],
     k: Annotated[
         int | None,
-        typer.Option("-k", help="Number of clusters (default: suggested by silhouette)."),
+        typer.Option("-k", min=1, help="Number of clusters (default: suggested by silhouette)."),
     ] = None,
     max_k: Annotated[int, typer.Option("--max-k", help="Without -k: try k = 2 .. this many.")] = 20,
     assignments: Annotated[
         Path | None, typer.Option("--out", help="Also write id -> cluster as a table.")
     ] = None,
-    seed: Annotated[int, typer.Option(help="k-means seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="k-means seed.")] = 0,
 ) -> None:
     """k-means clusters of an index, summarised in a self-contained HTML page.
 

@@ -76,7 +76,9 @@ def register(app: typer.Typer) -> None:
         fractions: Annotated[
             str, typer.Option(help="Shares of the training rows to train on, comma-separated.")
         ] = "0.0625,0.125,0.25,0.5,1",
-        seeds: Annotated[int, typer.Option(help="Subset draws (and head seeds) per size.")] = 2,
+        seeds: Annotated[
+            int, typer.Option(min=1, help="Subset draws (and head seeds) per size.")
+        ] = 2,
         target: Annotated[
             list[str] | None,
             typer.Option(help="TASK=F1: how many labelled rows would reach it (repeatable)."),
@@ -85,12 +87,14 @@ def register(app: typer.Typer) -> None:
         image_size: ImageSizeOpt = None,
         framing: FramingOpt = "auto",
         detail: DetailOpt = "auto",
-        epochs: Annotated[int, typer.Option(help="Maximum head epochs per fit.")] = 25,
-        val_fraction: Annotated[float, typer.Option(help="Validation share (fixed).")] = 0.2,
+        epochs: Annotated[int, typer.Option(min=1, help="Maximum head epochs per fit.")] = 25,
+        val_fraction: Annotated[
+            float, typer.Option(min=0.01, max=0.9, help="Validation share (fixed).")
+        ] = 0.2,
         min_count: Annotated[
-            int, typer.Option(help="Classes rarer than this are folded into 'other'.")
+            int, typer.Option(min=1, help="Classes rarer than this are folded into 'other'.")
         ] = 5,
-        seed: Annotated[int, typer.Option(help="Random seed (split, subsets, init).")] = 0,
+        seed: Annotated[int, typer.Option(min=0, help="Random seed (split, subsets, init).")] = 0,
         cache_dir: CacheDirOpt = None,
         id_col: IdColOpt = None,
         path_col: PathColOpt = None,

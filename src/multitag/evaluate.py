@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -81,13 +82,22 @@ def evaluate_frame(tagger, frame: pd.DataFrame, batch_size: int = 64) -> dict:
     out = tagger.predict_proba(frame["path"].tolist(), batch_size=batch_size)
     ok = np.array([i not in out["errors"] for i in range(len(frame))], dtype=bool)
     targets = encode_all(frame, tasks)
-    unknown = {}
+    unknown, unknown_values = {}, {}
     for t in tasks:
         filled = frame[t.name].astype(str).str.strip() != ""
         lab = targets[t.name] >= 0 if targets[t.name].ndim == 1 else ~(targets[t.name] < 0).all(1)
         n_unknown = int((filled.to_numpy() & ~lab).sum())
         if n_unknown:
             unknown[t.name] = n_unknown
+        known = set(t.classes) | set(t.folded)
+        names = Counter(
+            label
+            for v in frame[t.name].astype(str)
+            for label in t.labels_of(v)
+            if label not in known
+        )
+        if names:  # which labels, so a typo or a renamed class can be found and fixed
+            unknown_values[t.name] = dict(names.most_common())
     report = report_from_arrays(
         tasks,
         {k: v[ok] for k, v in targets.items()},
@@ -107,6 +117,8 @@ def evaluate_frame(tagger, frame: pd.DataFrame, batch_size: int = 64) -> dict:
     ]
     if unknown:
         report["unknown_labels"] = unknown
+    if unknown_values:
+        report["unknown_label_values"] = unknown_values
     return report
 
 

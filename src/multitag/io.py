@@ -31,6 +31,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def remove_stale_temps(folder: str | os.PathLike, name: str = "*") -> int:
+    """Remove the temporary files :func:`atomic_path` left for ``name`` in ``folder`` when
+    its process was killed (SIGKILL skips the clean-up). Call it only while holding the
+    writer lock of ``folder`` / ``name``: another writer's temp file is not stale."""
+    removed = 0
+    for tmp in Path(folder).glob(f".{name}.*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` atomically."""
     with atomic_path(path) as tmp:
@@ -58,6 +70,10 @@ def check_table_suffix(path: str | os.PathLike) -> str:
     return suffix
 
 
+class OutputNotWritten(RuntimeError):
+    """An output could not be written (disk full, no permission); the previous file is kept."""
+
+
 def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write ``frame`` atomically as Parquet, CSV or JSON Lines (by suffix).
 
@@ -65,18 +81,23 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     """
     suffix = check_table_suffix(path)
     with atomic_path(path) as tmp:
-        if suffix == ".parquet":
-            frame.to_parquet(tmp, index=False)
-        elif suffix == ".jsonl":
-            with open(tmp, "w", encoding="utf-8") as fh:
-                for record in frame.to_dict(orient="records"):
-                    fh.write(json.dumps(record, default=_jsonable, ensure_ascii=False) + "\n")
-        else:
-            flat = frame.copy()
-            for col in flat.columns:
-                if flat[col].map(lambda v: isinstance(v, (list, dict, np.ndarray))).any():
-                    flat[col] = flat[col].map(lambda v: json.dumps(v, default=_jsonable))
-            flat.to_csv(tmp, index=False)
+        dump_table(frame, tmp, suffix)
+
+
+def dump_table(frame: pd.DataFrame, tmp: Path, suffix: str) -> None:
+    """Write ``frame`` to ``tmp`` in the format of ``suffix`` (not atomic: see write_table)."""
+    if suffix == ".parquet":
+        frame.to_parquet(tmp, index=False)
+    elif suffix == ".jsonl":
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for record in frame.to_dict(orient="records"):
+                fh.write(json.dumps(record, default=_jsonable, ensure_ascii=False) + "\n")
+    else:
+        flat = frame.copy()
+        for col in flat.columns:
+            if flat[col].map(lambda v: isinstance(v, (list, dict, np.ndarray))).any():
+                flat[col] = flat[col].map(lambda v: json.dumps(v, default=_jsonable))
+        flat.to_csv(tmp, index=False)
 
 
 def read_table_any(path: str | os.PathLike) -> pd.DataFrame:

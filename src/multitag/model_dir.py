@@ -7,7 +7,6 @@ gives identical predictions and needs no network or weights package.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -18,10 +17,12 @@ import torch
 from safetensors.torch import load_model, save_model
 
 import multitag
-from multitag import backbones
+from multitag import backbones, integrity
 from multitag.data.tasks import Task
+from multitag.faults import kill_point
 from multitag.features import FEATURE_VERSION, Encoder, Preprocessing
-from multitag.io import atomic_path, write_json
+from multitag.io import atomic_path, remove_stale_temps, write_json
+from multitag.locks import writer_lock
 from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads
 from multitag.multitask.prior_shift import PriorShiftedHeads
 
@@ -45,9 +46,20 @@ def _versions() -> dict:
 
 
 def save_tagger(tagger, directory: str | os.PathLike) -> Path:
-    """Save a fitted :class:`~multitag.tagger.MultiTaskTagger`."""
+    """Save a fitted :class:`~multitag.tagger.MultiTaskTagger` (one writer per directory).
+
+    ``config.json`` goes last and records the SHA-256 of every file saved beside it
+    (:mod:`multitag.integrity`): a save killed half-way loads as a one-line error, not as
+    new weights under an old description.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    with writer_lock(directory, "model", folder=True):
+        remove_stale_temps(directory)  # e.g. half a weights file from a killed save
+        return _save_tagger(tagger, directory)
+
+
+def _save_tagger(tagger, directory: Path) -> Path:
     net = tagger.net_
     enc = net.encoder
     config = {
@@ -100,11 +112,13 @@ def save_tagger(tagger, directory: str | os.PathLike) -> Path:
         config["sharing"] = net.sharing_config()
     with atomic_path(directory / WEIGHTS) as tmp:
         save_model(net, str(tmp), metadata={"format": "multitag", "format_version": "1"})
+    kill_point("model.save.weights")
     if getattr(tagger, "split_", None):
         _write_split(tagger.split_, directory / SPLIT)
     else:  # not one left by an earlier model saved here
         (directory / SPLIT).unlink(missing_ok=True)
-    write_json(directory / CONFIG, config)
+    files = [WEIGHTS] + ([SPLIT] if (directory / SPLIT).is_file() else [])
+    write_json(directory / CONFIG, integrity.seal(config, directory, files))
     return directory
 
 
@@ -142,7 +156,7 @@ def read_config(directory: str | os.PathLike) -> dict:
             f"{directory} is not a multitag model directory (no {CONFIG}); "
             "create one with `multitag train ... --out DIR`"
         )
-    config = json.loads(path.read_text())
+    config = integrity.read_json(path)
     if config.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(
             f"{path}: format version {config['format_version']} is newer than this multitag "
@@ -228,7 +242,11 @@ def load_tagger(directory: str | os.PathLike):
         net = SharedTaggerNet(encoder, sharing, tasks)
     else:
         net = TaggerNet(encoder, heads, tasks)
-    missing, unexpected = load_model(net, str(directory / WEIGHTS), strict=True)
+    integrity.verify(directory, config, CONFIG)
+    try:
+        load_model(net, str(directory / WEIGHTS), strict=True)
+    except (safetensors.SafetensorError, OSError, RuntimeError) as err:
+        raise integrity.unreadable(directory / WEIGHTS, err) from None
     params = {
         k: v for k, v in config.get("params", {}).items() if k in MultiTaskTagger().get_params()
     }

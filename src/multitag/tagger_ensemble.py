@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from multitag import integrity
 from multitag.data.tasks import Task
 from multitag.io import write_json
+from multitag.locks import writer_lock
 from multitag.model_dir import CONFIG, ENSEMBLE_KIND, FORMAT_VERSION, _versions, read_config
 
 
@@ -198,6 +200,11 @@ class TaggerEnsemble:
                 "new folder"
             )
         directory.mkdir(parents=True, exist_ok=True)
+        with writer_lock(directory, "ensemble", folder=True):
+            self._write(directory)
+        return directory
+
+    def _write(self, directory: Path) -> None:
         names = []
         for i, m in enumerate(self.members):
             target = directory / f"member-{i}"
@@ -217,8 +224,7 @@ class TaggerEnsemble:
             "tasks": [t.to_dict() for t in self.tasks_],
             "versions": _versions(),
         }
-        write_json(directory / CONFIG, config)
-        return directory
+        write_json(directory / CONFIG, integrity.seal(config, directory, []))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> TaggerEnsemble:

@@ -12,7 +12,16 @@ import pandas as pd
 
 from multitag.data import inputs as _inputs
 from multitag.data.inputs import Inputs
-from multitag.io import write_table
+from multitag.faults import kill_point
+from multitag.io import (
+    OutputNotWritten,
+    atomic_path,
+    check_table_suffix,
+    dump_table,
+    remove_stale_temps,
+    write_table,
+)
+from multitag.locks import writer_lock
 
 
 def as_inputs(
@@ -69,6 +78,8 @@ def tag_frame(
     ``|``), ``<task>_prob`` and ``<task>_top`` (top-k ``{label, prob}``). ``imagenet_top5``
     holds the backbone's own ImageNet tags where it has a classifier.
     """
+    check_at_least("top_k", top_k, 1)
+    check_at_least("batch_size", batch_size, 1)
     paths = frame["path"].tolist()
     out = tagger.predict_proba(paths, batch_size=batch_size)
     ok = np.array([i not in out["errors"] for i in range(len(paths))], dtype=bool)
@@ -97,6 +108,13 @@ def tag_frame(
     return tags, rejects
 
 
+def check_at_least(name: str, value: int, low: int) -> None:
+    """A ValueError naming ``name`` unless ``value >= low`` (a negative batch size would tag
+    every row alike, a negative top-k silently drops a label)."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name}={value!r}: must be an integer >= {low}")
+
+
 def rejects_path(out: str | os.PathLike) -> Path:
     """``tags.parquet`` -> ``tags.rejects.csv``."""
     out = Path(out)
@@ -117,17 +135,34 @@ def tag_to_file(
     and write the table atomically to ``out``, plus a rejects CSV (``id, path, reason``) of
     the inputs skipped and the images that could not be read, if any.
 
+    One writer per ``out`` (:func:`multitag.locks.writer_lock`). The rejects file is written
+    (or, with no rejects, a stale one removed) before the table replaces the old one, and the
+    table's rename is the commit: a write that fails (disk full) raises
+    :class:`~multitag.io.OutputNotWritten` and leaves the previous ``out`` as it was.
     Returns ``(out, rejects_file or None, n_tagged, n_rejected)``.
     """
-    found = as_inputs(inputs, images, **options)
-    tags, rejects = tag_frame(tagger, found.frame, top_k=top_k, batch_size=batch_size)
-    skipped = found.skipped_frame()[["id", "path", "reason"]]
-    rejects = pd.concat([skipped, rejects], ignore_index=True) if len(skipped) else rejects
-    write_table(tags, out)
-    rej = None
-    if len(rejects):
-        rej = rejects_path(out)
-        write_table(rejects, rej)
+    check_table_suffix(out)
+    with writer_lock(out, "tag", folder=False):
+        for stale in (out, rejects_path(out)):
+            remove_stale_temps(Path(stale).parent, Path(stale).name)
+        found = as_inputs(inputs, images, **options)
+        tags, rejects = tag_frame(tagger, found.frame, top_k=top_k, batch_size=batch_size)
+        skipped = found.skipped_frame()[["id", "path", "reason"]]
+        rejects = pd.concat([skipped, rejects], ignore_index=True) if len(skipped) else rejects
+        rej = rejects_path(out) if len(rejects) else None
+        try:
+            with atomic_path(out) as tmp:
+                dump_table(tags, tmp, Path(out).suffix.lower())
+                if rej is not None:
+                    write_table(rejects, rej)
+                else:  # not one left by an earlier run over other inputs
+                    rejects_path(out).unlink(missing_ok=True)
+                kill_point("tag.publish")
+        except OSError as err:
+            raise OutputNotWritten(
+                f"{out}: could not be written ({err.strerror or type(err).__name__}); the "
+                f"previous {Path(out).name}, if any, is kept: free space or pick another --out"
+            ) from None
     return Path(out), rej, len(tags), len(rejects)
 
 

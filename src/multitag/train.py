@@ -14,6 +14,7 @@ from torch import nn
 
 from multitag import runtime
 from multitag.data.tasks import Task
+from multitag.faults import kill_point
 from multitag.multitask.losses import class_weights, task_loss
 from multitag.progress import bar
 
@@ -194,6 +195,7 @@ def fit_heads(
                     info=f"val score {score:.4f} (best {best:.4f} @ {history.best_epoch + 1})"
                 )
             pbar.advance()
+            kill_point("train.epoch")
             if on_epoch:
                 on_epoch(epoch, history.train_loss[-1], val_loss)
             if run_epochs is None and epoch - history.best_epoch >= config.patience:

@@ -7,6 +7,8 @@ the fitted state (NMF transform, kNN-averaged map position, nearest k-means cent
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -20,9 +22,12 @@ from multitag.catalog import store
 from multitag.catalog import topics as topics_mod
 from multitag.data.inputs import Inputs
 from multitag.embedding.kmeans import KMeans, nearest_centroid
-from multitag.io import atomic_path
+from multitag.faults import kill_point
+from multitag.io import remove_stale_temps
+from multitag.locks import writer_lock
 from multitag.progress import bar
 
+log = logging.getLogger(__name__)
 ChunkHook = Callable[[int, int, int], None]
 """``on_chunk(part_number, n_done, n_total)``, called after each chunk is committed."""
 
@@ -53,13 +58,6 @@ def build_index(embeddings: np.ndarray):
 
     vi = VectorIndex("auto").build(np.ascontiguousarray(embeddings, np.float32))
     return vi.index_, {k: v for k, v in vi.meta.items() if k != "build_seconds"}
-
-
-def save_index(index, path: Path) -> None:
-    import faiss
-
-    with atomic_path(path) as tmp:
-        faiss.write_index(index, str(tmp))
 
 
 def tag_columns(tasks) -> list[str]:
@@ -124,6 +122,23 @@ def _topic_input(on: str, tagprobs: np.ndarray, features: np.ndarray, offset=Non
     return topics_mod.nonnegative(features, offset)
 
 
+def _one_writer(build):
+    """Run ``build`` holding the writer lock of its ``out`` folder, after removing the temp
+    files a killed build left there (only a lock holder may: others' are not stale)."""
+
+    @functools.wraps(build)
+    def locked(model_dir, inputs, out, **kwargs):
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with writer_lock(out, "catalogue build", folder=True):
+            for folder in (out, out / "parts"):
+                remove_stale_temps(folder)
+            return build(model_dir, inputs, out, **kwargs)
+
+    return locked
+
+
+@_one_writer
 def build_catalog(
     model_dir: str | os.PathLike,
     inputs: Inputs | Sequence[str | os.PathLike],
@@ -154,8 +169,15 @@ def build_catalog(
     that could not be read.
     """
     from multitag.tagger import MultiTaskTagger
-    from multitag.tagging import imagenet_labels
+    from multitag.tagging import check_at_least, imagenet_labels
 
+    for name, value in (
+        ("n_topics", n_topics),
+        ("n_clusters", n_clusters),
+        ("chunk_size", chunk_size),
+        ("batch_size", batch_size),
+    ):
+        check_at_least(name, value, 1)
     if topics_on not in ("tags", "features"):
         raise ValueError(f"topics_on={topics_on!r}: use 'tags' or 'features'")
     if layout not in layout_mod.LAYOUTS:
@@ -167,15 +189,21 @@ def build_catalog(
     frame, skipped = _inputs(inputs, images, options)
     built = store.is_built(out)
     if built:
-        old = store.load_catalog(out)
-        if Path(old.meta["model_dir"]) != model_dir and not refit:
-            raise ValueError(
-                f"{out} was built with {old.meta['model_dir']}, not {model_dir}: use that model, "
-                "or a new --out folder"
-            )
+        prior = store.read_meta(out)
+        try:
+            old = store.load_catalog(out)
+        except store.CatalogError as err:  # torn by a pre-state-folder build: redo it
+            log.warning("%s\nbuilding it again from its committed parts", err)
+            built = False
+        else:
+            if Path(old.meta["model_dir"]) != model_dir and not refit:
+                raise ValueError(
+                    f"{out} was built with {old.meta['model_dir']}, not {model_dir}: use "
+                    "that model, or a new --out folder"
+                )
         if not refit:  # keep how it was built
-            n_topics, topics_on = old.meta["topics"]["k"], old.meta["topics"]["on"]
-            layout, n_clusters = old.meta["layout"]["method"], old.meta["clusters"]["k"]
+            n_topics, topics_on = prior["topics"]["k"], prior["topics"]["on"]
+            layout, n_clusters = prior["layout"]["method"], prior["clusters"]["k"]
     done = store.done_ids(out)
     pending = frame[~frame["id"].isin(done)].reset_index(drop=True)
     tagger = MultiTaskTagger.load(model_dir)
@@ -193,6 +221,7 @@ def build_catalog(
             tag_seconds += time.perf_counter() - t0
             store.write_part(out, next_part, rows, arrays, rejects)
             next_part += 1
+            kill_point("catalog.part")
             pbar.advance(len(chunk))
             if on_chunk is not None:
                 on_chunk(next_part - 1, min((c + 1) * chunk_size, len(pending)), len(pending))
@@ -259,16 +288,19 @@ def build_catalog(
             "refit": bool(refit or not built),
         },
     }
-    save_index(index, out / "index.faiss")
-    store.write_table(rejects, out / "rejects.parquet")
-    store.save_catalog(
+    return store.save_catalog(
         out,
         meta,
         items,
-        {"embeddings": embeddings[order], "tagprobs": tagprobs[order], "features": features[order]},
+        {
+            "embeddings": embeddings[order],
+            "tagprobs": tagprobs[order],
+            "features": features[order],
+        },
         fit,
+        index=index,
+        rejects=rejects,
     )
-    return {**meta, "complete": True, "n_items": len(items)}
 
 
 def _fit_all(
@@ -306,8 +338,12 @@ def _place(rows: pd.DataFrame, w: np.ndarray, xy: np.ndarray, clusters: np.ndarr
     items = rows.copy()
     total = np.maximum(w.sum(1), 1e-12)
     items["x"], items["y"] = xy[:, 0].round(5), xy[:, 1].round(5)
-    items["topic"] = w.argmax(1).astype(np.int32) if w.size else 0
-    items["topic_weight"] = (w.max(1) / total).round(4) if w.size else 0.0
+    # typed even when empty: an incremental rerun with nothing new must not turn int32 into
+    # int64 when its empty rows are concatenated to the old ones
+    items["topic"] = w.argmax(1).astype(np.int32) if w.size else np.zeros(len(items), np.int32)
+    items["topic_weight"] = (
+        (w.max(1) / total).round(4) if w.size else np.zeros(len(items), total.dtype)
+    )
     items["cluster"] = clusters.astype(np.int32)
     return items
 

@@ -247,9 +247,9 @@ def _check_pixels(size: tuple[int, int], label: str, max_pixels: int | None) -> 
         raise ImageDecodeError(
             label,
             f"image is {width}x{height} = {pixels:,} pixels, over the limit of {max_pixels:,} "
-            "pixels (decompression-bomb guard); if the image is genuine, raise the limit with "
-            "max_pixels= (Python API; the command line keeps the default) or pass "
-            "max_pixels=None, otherwise " + _FIX,
+            "pixels (decompression-bomb guard); if the image is genuine, call load_image with a "
+            "larger max_pixels= or max_pixels=None (Python API; the command line keeps the "
+            "default), otherwise " + _FIX,
         )
 
 
@@ -260,15 +260,15 @@ def _pillow_bomb_reason(error: Exception, max_pixels: int | None) -> str:
     if max_pixels is not None and (pixels is None or pixels > max_pixels):
         return (
             f"image has {count}, over the limit of {max_pixels:,} pixels (decompression-bomb "
-            "guard); if the image is genuine, raise the limit with max_pixels= "
+            "guard); if the image is genuine, call load_image with a larger max_pixels= "
             f"(Python API; the command line keeps the default), otherwise {_FIX}"
         )
     limit = Image.MAX_IMAGE_PIXELS
     hard = f"{2 * limit:,}" if limit else "?"
     return (
         f"image has {count}, over Pillow's own hard limit of {hard} pixels "
-        "(2 x PIL.Image.MAX_IMAGE_PIXELS), which max_pixels= cannot lift: downscale the image, "
-        "or have the application raise PIL.Image.MAX_IMAGE_PIXELS once at start-up"
+        "(2 x PIL.Image.MAX_IMAGE_PIXELS, a decompression-bomb guard): downscale the image "
+        "(in Python, raise PIL.Image.MAX_IMAGE_PIXELS once at start-up)"
     )
 
 

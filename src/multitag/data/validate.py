@@ -31,6 +31,7 @@ class ValidationReport:
     duplicate_images: list[list[int]] = field(default_factory=list)
     label_conflicts: dict[str, list[dict]] = field(default_factory=dict)
     duplicate_groups_labelled: dict[str, int] = field(default_factory=dict)
+    label_variants: dict[str, list[dict[str, int]]] = field(default_factory=dict)
 
     @property
     def bad_rows(self) -> set[int]:
@@ -54,6 +55,7 @@ class ValidationReport:
             "duplicate_images": self.duplicate_images,
             "label_conflicts": self.label_conflicts,
             "duplicate_groups_labelled": self.duplicate_groups_labelled,
+            "label_variants": self.label_variants,
         }
 
     def conflict_summary(self) -> dict[str, dict]:
@@ -88,6 +90,13 @@ class ValidationReport:
             f"task {t!r} has no labels (all blank): remove it from --tasks"
             for t in self.empty_tasks
         ]
+        for task, groups in self.label_variants.items():
+            for group in groups:
+                forms = ", ".join(f"{label!r} ({n})" for label, n in group.items())
+                lines.append(
+                    f"task {task!r}: labels differ only by case or spaces: {forms}; they are "
+                    "separate classes: spell them one way in the manifest"
+                )
         for task, conflicts in self.label_conflicts.items():
             for c in conflicts[:5]:
                 labels = ", ".join(f"id={i}: {v!r}" for i, v in zip(c["ids"], c["labels"]))
@@ -112,6 +121,15 @@ def _check_image(path: str) -> tuple[str | None, str | None]:
     digest = hashlib.blake2b(pixels.tobytes(), digest_size=16)
     digest.update(str(pixels.shape).encode())
     return None, digest.hexdigest()
+
+
+def label_variants(labels: Counter) -> list[dict[str, int]]:
+    """Groups of distinct labels that differ only by letter case or spaces (``Men``, ``men``,
+    ``Sports  Shoes``), each ``{label: count}``, most frequent first."""
+    by_key: dict[str, dict[str, int]] = {}
+    for label, n in labels.most_common():
+        by_key.setdefault(" ".join(str(label).split()).casefold(), {})[label] = n
+    return [forms for forms in by_key.values() if len(forms) > 1]
 
 
 def _duplicate_groups(digests: dict[int, str]) -> list[list[int]]:
@@ -194,6 +212,7 @@ def validate(
         info: dict = {"labelled": int(len(filled)), "missing": int(len(values) - len(filled))}
         if isinstance(task, Task):
             raw = Counter(label for v in filled for label in task.labels_of(v))
+            variants = label_variants(raw)
             info.update(
                 kind=task.kind,
                 n_classes=task.n_classes,
@@ -202,7 +221,11 @@ def validate(
                 dropped=task.dropped,
             )
         else:
-            info["class_counts"] = dict(Counter(filled).most_common())
+            raw = Counter(filled)
+            variants = label_variants(raw)
+            info["class_counts"] = dict(raw.most_common())
+        if variants:
+            report.label_variants[name] = variants
         if decode:
             report.duplicate_groups_labelled[name], conflicts = _label_conflicts(
                 frame, name, report.duplicate_images, ids

@@ -9,7 +9,6 @@ tags and embedding (:func:`encode_model_dir`).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,10 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from multitag import backbones
+from multitag import backbones, integrity
 from multitag.data.detail import resolve_detail
 from multitag.data.framing import Framing, resolve_framing
 from multitag.embedding import losses as loss_registry
@@ -35,6 +35,7 @@ from multitag.extraction import (
 from multitag.features import Encoder, Preprocessing
 from multitag.finetune import StageData, tuned_features
 from multitag.io import atomic_path, write_json
+from multitag.locks import writer_lock
 from multitag.model_dir import CONFIG, FORMAT_VERSION, _versions, read_config
 from multitag.params import ParamsMixin
 from multitag.progress import bar
@@ -526,16 +527,21 @@ class Embedder(ParamsMixin):
                         f"({problem}); save to another directory"
                     )
         directory.mkdir(parents=True, exist_ok=True)
+        with writer_lock(directory, "model", folder=True):
+            self._write(directory, cfg, existing)
+        return directory
+
+    def _write(self, directory: Path, cfg: dict, existing: Path) -> None:
         tensors = {f"head.{k}": v.contiguous() for k, v in self.head_.state_dict().items()}
         if self.finetuned_:
             enc_state = self.encoder_.state_dict()
             tensors.update({f"encoder.{k}": v.contiguous() for k, v in enc_state.items()})
         with atomic_path(directory / EMBED_WEIGHTS) as tmp:
             save_file(tensors, str(tmp), metadata={"format": "multitag-embedding"})
-        write_json(directory / EMBED_CONFIG, cfg)
+        write_json(directory / EMBED_CONFIG, integrity.seal(cfg, directory, [EMBED_WEIGHTS]))
         if not existing.is_file() or read_config(directory).get("kind") == "multitag-embedder":
-            write_json(directory / CONFIG, _embedder_model_config(self))
-        return directory
+            config = integrity.seal(_embedder_model_config(self), directory, [])
+            write_json(directory / CONFIG, config)
 
 
 def _tagger_mismatch(tagger_cfg: dict, emb_cfg: dict) -> str | None:
@@ -597,14 +603,18 @@ def load_embedder(model_dir: str | os.PathLike, *, allow_raw: bool = True) -> Em
     config = read_config(model_dir)
     kind = config.get("kind", "multitag-tagger")
     bb = config["backbone"]
-    emb_cfg = (
-        json.loads((model_dir / EMBED_CONFIG).read_text()) if has_embedding(model_dir) else None
-    )
+    emb_cfg = integrity.read_json(model_dir / EMBED_CONFIG) if has_embedding(model_dir) else None
     if emb_cfg is None and not allow_raw:
         raise FileNotFoundError(
             f"{model_dir} has no {EMBED_CONFIG}; train one with `multitag embed train --out DIR`"
         )
-    tensors = load_file(str(model_dir / EMBED_WEIGHTS)) if emb_cfg else {}
+    tensors = {}
+    if emb_cfg:
+        integrity.verify(model_dir, emb_cfg, EMBED_CONFIG)
+        try:
+            tensors = load_file(str(model_dir / EMBED_WEIGHTS))
+        except (SafetensorError, OSError) as err:
+            raise integrity.unreadable(model_dir / EMBED_WEIGHTS, err) from None
     if kind == "multitag-tagger":
         from multitag.model_dir import load_tagger
 

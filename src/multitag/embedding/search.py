@@ -11,6 +11,7 @@ import pandas as pd
 from multitag.data.inputs import Inputs
 from multitag.embedding.index import VectorIndex
 from multitag.embedding.model import has_embedding, load_embedder
+from multitag.locks import writer_lock
 from multitag.tagging import as_inputs
 
 
@@ -27,10 +28,16 @@ def build_index_dir(
 ) -> tuple[VectorIndex, dict[int, str]]:
     """Embed every image in ``inputs`` (files, folders, manifests, resolved with ``images``
     and ``options`` as :func:`multitag.tagging.as_inputs` does; a manifest's label columns
-    become filters) and save an index to ``out``.
+    become filters) and save an index to ``out`` (one writer per index folder:
+    :func:`multitag.locks.writer_lock`).
 
     Returns ``(index, {row: reason})`` for unreadable images (left out of the index).
     """
+    with writer_lock(out, "index", folder=True):
+        return _build_index_dir(model_dir, inputs, out, images, kind, exact_max, progress, options)
+
+
+def _build_index_dir(model_dir, inputs, out, images, kind, exact_max, progress, options):
     frame = as_inputs(inputs, images, **options).frame
     embedder = load_embedder(model_dir)
     embedder.progress = progress
@@ -57,13 +64,16 @@ def add_to_index_dir(
     images: str | os.PathLike | None = None,
     **options,
 ) -> tuple[VectorIndex, dict[int, str]]:
-    """Embed ``inputs`` with the index's model and append them (no rebuild), then save."""
-    index = VectorIndex.load(index_dir)
-    frame = as_inputs(inputs, images, **options).frame
-    vectors, errors = load_embedder(index.meta["model_dir"]).embed(frame["path"].tolist())
-    ok = [i for i in range(len(frame)) if i not in errors]
-    index.add(vectors[ok], frame.iloc[ok].reset_index(drop=True))
-    index.save(index_dir)
+    """Embed ``inputs`` with the index's model and append them (no rebuild), then save;
+    the folder's writer lock is held from load to save, so two adds cannot lose each other's
+    items."""
+    with writer_lock(index_dir, "index", folder=True):
+        index = VectorIndex.load(index_dir)
+        frame = as_inputs(inputs, images, **options).frame
+        vectors, errors = load_embedder(index.meta["model_dir"]).embed(frame["path"].tolist())
+        ok = [i for i in range(len(frame)) if i not in errors]
+        index.add(vectors[ok], frame.iloc[ok].reset_index(drop=True))
+        index.save(index_dir)
     return index, errors
 
 

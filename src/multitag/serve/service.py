@@ -25,26 +25,6 @@ THUMB_SIZE = 160
 _SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
-def _read_index(directory: Path, n_items: int):
-    """The catalogue's FAISS index, refused clearly when missing, unreadable or torn."""
-    import faiss
-
-    path = directory / "index.faiss"
-    rebuild = f"rebuild it: multitag catalog build MODEL_DIR PATH... --out {directory}"
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory}: index.faiss is missing, cannot serve; {rebuild}")
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError as err:
-        raise ValueError(f"{path}: unreadable FAISS index ({err}); {rebuild}") from None
-    if index.ntotal != n_items:
-        raise ValueError(
-            f"{directory}: torn catalogue, index.faiss holds {index.ntotal} vectors but "
-            f"items.parquet {n_items} items; {rebuild}"
-        )
-    return index
-
-
 class CatalogService:
     """Catalogue + optional model; the logic behind the routes."""
 
@@ -52,7 +32,7 @@ class CatalogService:
         self.catalog = catalog
         self.items = catalog.items.reset_index(drop=True)
         self.ids = self.items["id"].astype(str).tolist()
-        self.index = _read_index(catalog.directory, len(self.ids))
+        self.index = catalog.load_index()  # refused clearly when missing, unreadable or torn
         self.emb = np.ascontiguousarray(catalog.embeddings, np.float32)
         self.task_names = [t["name"] for t in catalog.tasks]
         self.topic_names = {t["id"]: t["name"] for t in catalog.meta["topics"]["topics"]}
