@@ -344,8 +344,10 @@ def test_explorer_never_puts_the_key_in_a_url():
 def test_thumbnail_of_a_truncated_or_missing_source_is_a_plain_404(tmp_path):
     import pandas as pd
 
+    from multitag.catalog.store import load_catalog
+
     catalog = synthetic_catalog_dir(tmp_path, n=12, n_images=3)
-    paths = pd.read_parquet(catalog / "items.parquet")["path"].tolist()
+    paths = pd.read_parquet(load_catalog(catalog).data_dir / "items.parquet")["path"].tolist()
     Path(paths[1]).write_bytes(Path(paths[1]).read_bytes()[:60])  # truncated mid-stream
     Path(paths[2]).unlink()
     with _client(_app(catalog)) as c:
@@ -375,25 +377,27 @@ def test_unexpected_errors_give_no_traceback_or_path(catalog, monkeypatch):
 def test_missing_or_torn_index_is_refused_at_start(tmp_path):
     import shutil
 
+    import faiss
     from typer.testing import CliRunner
 
-    from multitag.catalog.build import build_index, save_index
+    from multitag.catalog.build import build_index
+    from multitag.catalog.store import CatalogError, load_catalog
     from multitag.cli import app as cli
 
     catalog = synthetic_catalog_dir(tmp_path, n=30, n_images=2)
-    index = catalog / "index.faiss"
+    index = load_catalog(catalog).data_dir / "index.faiss"  # in the published state folder
     shutil.copy(index, tmp_path / "good.faiss")
     index.unlink()
-    with pytest.raises(FileNotFoundError, match="index.faiss is missing"):
+    with pytest.raises(CatalogError, match="index.faiss is missing"):
         _app(catalog)
     result = CliRunner().invoke(cli, ["serve", str(catalog)])
     assert result.exit_code == 2 and "index.faiss is missing" in result.output
     assert "Traceback" not in result.output and "catalog build" in result.output
-    save_index(build_index(np.eye(8, 64, dtype=np.float32))[0], index)  # 8 vectors, 30 items
-    with pytest.raises(ValueError, match="torn catalogue.*8 vectors.*30 items"):
+    faiss.write_index(build_index(np.eye(8, 64, dtype=np.float32))[0], str(index))  # 8 vs 30
+    with pytest.raises(CatalogError, match="torn catalogue.*items.parquet 30, index.faiss 8"):
         _app(catalog)
     index.write_bytes(b"not a faiss index")
-    with pytest.raises(ValueError, match="unreadable FAISS index"):
+    with pytest.raises(CatalogError, match="index.faiss is unreadable"):
         _app(catalog)
     shutil.copy(tmp_path / "good.faiss", index)
     assert _app(catalog).state.service.index.ntotal == 30
