@@ -33,10 +33,8 @@ def _product_photo(width: int, height: int) -> Image.Image:
 
 
 def _network_input(array: np.ndarray, detail: int | None, size: int = 224) -> np.ndarray:
-    """What the network receives: the dataset's steps, then the loader's square resize."""
-    ds = ImageDataset([], size, framing=None, detail=detail)
-    prepared = match_detail(array, ds.detail)
-    return resize_to_square([prepared], size)[0].numpy().astype(np.float32)
+    """What the network receives: the detail step, then the loader's square resize."""
+    return resize_to_square([match_detail(array, detail)], size)[0].numpy().astype(np.float32)
 
 
 def test_large_and_thumbnail_versions_reach_the_network_alike():

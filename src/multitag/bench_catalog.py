@@ -35,7 +35,8 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _quick_model(frame: pd.DataFrame, out: Path) -> Path:
+def quick_model(frame: pd.DataFrame, out: Path) -> Path:
+    """A small real tagger (12 common article types) for the catalogue and service benchmarks."""
     from multitag import MultiTaskTagger
 
     common = frame["articleType"].value_counts().index[:12]
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     # a cold feature cache: the catalogue build must not reuse features of earlier runs
     os.environ["MULTITAG_CACHE"] = str(work / "cache")
     try:
-        model = args.model or _quick_model(frame, work / "model")
+        model = args.model or quick_model(frame, work / "model")
         sample = frame.sample(n=min(args.images, len(frame)), random_state=0)
         print(f"build: {len(sample)} images ...", flush=True)
         build = bench_build(Path(model), sample.reset_index(drop=True), work)

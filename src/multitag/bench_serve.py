@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--baseline-src", type=Path, default=None, help="also run this src tree")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from multitag.bench_catalog import _quick_model
+    from multitag.bench_catalog import quick_model
     from multitag.catalog import build_catalog
     from multitag.data.manifest import load_manifest
 
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="multitag-bench-serve-"))
     os.environ["MULTITAG_CACHE"] = str(work / "cache")
     try:
-        model = args.model or _quick_model(frame, work / "model")
+        model = args.model or quick_model(frame, work / "model")
         sample = frame.sample(n=min(args.items, len(frame)), random_state=1)
         manifest = work / "items.csv"
         sample.assign(id=sample["id"].astype(str))[["id", "path"]].to_csv(manifest, index=False)

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from multitag.io import _jsonable
+from multitag.io import jsonable
 
 KEY = "integrity"
 FIX = "restore the folder from a backup, or save the model again (`multitag train ... --out DIR`)"
@@ -34,14 +34,14 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def _canonical_sha256(obj: dict) -> str:
     body = {k: v for k, v in obj.items() if k != KEY}
-    text = json.dumps(body, sort_keys=True, ensure_ascii=False, default=_jsonable)
+    text = json.dumps(body, sort_keys=True, ensure_ascii=False, default=jsonable)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def seal(obj: dict, directory: str | os.PathLike, files: list[str]) -> dict:
     """``obj`` plus its integrity block over ``files`` (names inside ``directory``)."""
     directory = Path(directory)
-    plain = json.loads(json.dumps(obj, default=_jsonable))  # hash what will be read back
+    plain = json.loads(json.dumps(obj, default=jsonable))  # hash what will be read back
     entries = {
         name: {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size}
         for name in files

@@ -49,7 +49,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def _jsonable(value):
+def jsonable(value):
+    """``json.dumps`` ``default=``: numpy scalars and arrays as plain JSON values."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -59,7 +60,7 @@ def _jsonable(value):
 
 def write_json(path: str | os.PathLike, obj: object) -> None:
     """Indented JSON, atomically."""
-    write_text(path, json.dumps(obj, indent=2, default=_jsonable, ensure_ascii=False) + "\n")
+    write_text(path, json.dumps(obj, indent=2, default=jsonable, ensure_ascii=False) + "\n")
 
 
 def check_table_suffix(path: str | os.PathLike) -> str:
@@ -91,12 +92,12 @@ def dump_table(frame: pd.DataFrame, tmp: Path, suffix: str) -> None:
     elif suffix == ".jsonl":
         with open(tmp, "w", encoding="utf-8") as fh:
             for record in frame.to_dict(orient="records"):
-                fh.write(json.dumps(record, default=_jsonable, ensure_ascii=False) + "\n")
+                fh.write(json.dumps(record, default=jsonable, ensure_ascii=False) + "\n")
     else:
         flat = frame.copy()
         for col in flat.columns:
             if flat[col].map(lambda v: isinstance(v, (list, dict, np.ndarray))).any():
-                flat[col] = flat[col].map(lambda v: json.dumps(v, default=_jsonable))
+                flat[col] = flat[col].map(lambda v: json.dumps(v, default=jsonable))
         flat.to_csv(tmp, index=False)
 
 
