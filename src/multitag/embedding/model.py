@@ -29,7 +29,7 @@ from multitag.core.progress import bar
 from multitag.data.detail import resolve_detail
 from multitag.data.framing import Framing, resolve_framing
 from multitag.embedding import losses as loss_registry
-from multitag.tagger.persistence import CONFIG, FORMAT_VERSION, _versions, read_config
+from multitag.tagger.persistence import CONFIG, FORMAT_VERSION, library_versions, read_config
 from multitag.training.finetune import StageData, tuned_features
 from multitag.training.loop import one_cycle
 from multitag.vision import backbones
@@ -502,7 +502,7 @@ class Embedder(ParamsMixin):
                 "loss_history": getattr(self, "history_", []),
             },  # fmt: skip
             "precision": self.precision,
-            "versions": _versions(),
+            "versions": library_versions(),
         }
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -585,7 +585,7 @@ def _embedder_model_config(emb: Embedder) -> dict:
         },
         "preprocessing": {**enc.preprocessing.to_dict(), "input": "uint8 RGB NCHW"},
         "embedding": EMBED_CONFIG,
-        "versions": _versions(),
+        "versions": library_versions(),
     }
 
 
@@ -617,7 +617,7 @@ def load_embedder(model_dir: str | os.PathLike, *, allow_raw: bool = True) -> Em
         except (SafetensorError, OSError) as err:
             raise integrity.unreadable(model_dir / EMBED_WEIGHTS, err) from None
     if kind == "multitag-tagger":
-        from multitag.tagger.persistence import load_tagger
+        from multitag.tagger.loading import load_tagger
 
         tagger = load_tagger(model_dir)
         encoder = tagger.net_.encoder

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +24,7 @@ from multitag.core.io import atomic_path, remove_stale_temps, write_json
 from multitag.core.locks import writer_lock
 from multitag.data.tasks import Task
 from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads
+from multitag.multitask.net import TaggerNet
 from multitag.multitask.prior_shift import PriorShiftedHeads
 from multitag.vision import backbones
 from multitag.vision.features import FEATURE_VERSION, Encoder, Preprocessing
@@ -37,7 +39,7 @@ SPLIT = "split.csv"
 ENSEMBLE_KIND = "multitag-ensemble"
 
 
-def _versions() -> dict:
+def library_versions() -> dict:
     return {
         "multitag": multitag.__version__,
         "torch": torch.__version__,
@@ -107,7 +109,7 @@ def _save_tagger(tagger, directory: Path) -> Path:
             if isinstance(v, (str, int, float, bool, list, type(None)))
         },
         "precision": tagger.precision,
-        "versions": _versions(),
+        "versions": library_versions(),
     }
     if hasattr(net, "sharing_config"):  # soft / cross-stitch models (multitag.multitask.sharing)
         config["sharing"] = net.sharing_config()
@@ -185,10 +187,20 @@ def tagger_preprocessing(directory: str | os.PathLike) -> Preprocessing | None:
     return Preprocessing.from_dict(config["preprocessing"])
 
 
-def load_tagger(directory: str | os.PathLike):
-    """Rebuild a :class:`~multitag.tagger.estimator.MultiTaskTagger` from a model directory."""
-    from multitag.tagger.estimator import MultiTaskTagger, TaggerNet
+@dataclass
+class SavedTagger:
+    """What a tagger's model directory holds, rebuilt: its config, tasks, network (weights
+    loaded and checked) and training split (``None`` when not recorded)."""
 
+    config: dict
+    tasks: list[Task]
+    net: torch.nn.Module
+    split: dict | None
+
+
+def load_saved(directory: str | os.PathLike) -> SavedTagger:
+    """Read a tagger's model directory: the estimator
+    (:meth:`~multitag.tagger.estimator.MultiTaskTagger.load`) sets itself up from it."""
     directory = Path(directory)
     config = read_config(directory)
     if config.get("kind") == ENSEMBLE_KIND:
@@ -248,34 +260,4 @@ def load_tagger(directory: str | os.PathLike):
         load_model(net, str(directory / WEIGHTS), strict=True)
     except (safetensors.SafetensorError, OSError, RuntimeError) as err:
         raise integrity.unreadable(directory / WEIGHTS, err) from None
-    params = {
-        k: v for k, v in config.get("params", {}).items() if k in MultiTaskTagger().get_params()
-    }
-    params.update(backbone=bb["name"], weights=bb["weights"])
-    # a Framing / dict setting is not a JSON scalar; its measured value is in preprocessing
-    # (None before framing existed: squash-resize only)
-    params.setdefault("framing", encoder.preprocessing.framing or "none")
-    # likewise detail (None before it existed: photos of any size reach the square resize)
-    params.setdefault("detail", encoder.preprocessing.detail or "none")
-    tagger = MultiTaskTagger(**params)
-    tagger.tasks_ = tasks
-    tagger.net_ = net.eval()
-    tagger.prior_shift_ = h.get("prior_shift", {})
-    tagger.refit_ = config.get("training", {}).get("refit")
-    tagger.config_ = config
-    tagger.photo_profile_ = config.get("training_photos")
-    split = _read_split(directory / SPLIT)
-    if split is not None:
-        tagger.split_ = split
-    return tagger
-
-
-def load_any_tagger(directory: str | os.PathLike):
-    """The tagger saved in ``directory``: a
-    :class:`~multitag.tagger.estimator.MultiTaskTagger`, or a
-    :class:`~multitag.tagger.ensemble.TaggerEnsemble` for an ensemble directory."""
-    if read_config(directory).get("kind") == ENSEMBLE_KIND:
-        from multitag.tagger.ensemble import TaggerEnsemble
-
-        return TaggerEnsemble.load(directory)
-    return load_tagger(directory)
+    return SavedTagger(config, tasks, net.eval(), _read_split(directory / SPLIT))
