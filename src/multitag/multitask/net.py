@@ -27,13 +27,14 @@ class TaggerNet(nn.Module):
         probs = {t.name: probabilities(t, logits[t.name].float()) for t in self.tasks}
         return probs, imagenet, features
 
-    def from_features(self, features: torch.Tensor):
+    def from_features(self, features: torch.Tensor, imagenet: bool = True):
         """The same outputs from encoder features (e.g. cached ones): the ImageNet classifier
-        reads the head-pool segment of the feature vector."""
+        reads the head-pool segment of the feature vector (skipped when ``imagenet`` is false,
+        e.g. because the inference engine already gave the logits)."""
         logits = self.heads(features)
         probs = {t.name: probabilities(t, logits[t.name].float()) for t in self.tasks}
-        imagenet = None
-        if self.encoder.with_imagenet:
+        with_imagenet, imagenet = imagenet, None
+        if with_imagenet and self.encoder.with_imagenet:
             start, stop = self.encoder.head_slice
             imagenet = self.encoder.model.get_classifier()(features[:, start:stop].float())
         return probs, imagenet, features

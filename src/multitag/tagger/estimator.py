@@ -18,6 +18,7 @@ from torch import nn
 
 from multitag.core import runtime
 from multitag.core.params import ParamsMixin
+from multitag.core.progress import bar
 from multitag.core.runtime import default_cache_dir
 from multitag.data.detail import resolve_detail
 from multitag.data.framing import Framing, resolve_framing
@@ -30,9 +31,15 @@ from multitag.multitask.net import TaggerNet
 from multitag.tagger.held_out import photo_digests
 from multitag.training.loop import History, TrainConfig, fit_heads
 from multitag.vision import backbones
+from multitag.vision.encoder_spec import EncoderSpec
 from multitag.vision.engines import release_runner, runner_for
-from multitag.vision.extraction import FeatureResult, encoder_cache_id, extract_features
-from multitag.vision.features import Encoder, Preprocessing, iter_batches
+from multitag.vision.extraction import (
+    FeatureResult,
+    encode_batches,
+    encoder_cache_id,
+    extract_features,
+)
+from multitag.vision.features import Encoder, iter_batches
 
 
 @dataclass
@@ -245,20 +252,21 @@ class MultiTaskTagger(ParamsMixin):
             precision=self.precision,
         )
 
+    def encoder_spec(self) -> EncoderSpec:
+        """The encoder these parameters describe."""
+        return EncoderSpec(
+            self.backbone,
+            self.weights,
+            self.image_size,
+            self.stages,
+            self.colour_bins,
+            self.grid_stages,
+        )
+
     def _build_encoder(
         self, weights, framing: Framing | None = None, detail: int | None = None
     ) -> Encoder:
-        spec = backbones.get_spec(self.backbone)
-        model = backbones.create_model(spec.name, weights=weights)
-        prep = Preprocessing.for_model(model, self.image_size, framing, detail)
-        return Encoder(
-            model,
-            prep,
-            self.stages,
-            with_imagenet=spec.has_classifier,
-            colour_bins=self.colour_bins,
-            grid_stages=self.grid_stages,
-        )
+        return self.encoder_spec().build(framing, detail, weights=weights)
 
     def feature_cache_dir(self) -> Path | None:
         """Where cached features live: ``cache_dir``; ``"default"`` = ``$MULTITAG_CACHE``
@@ -549,31 +557,17 @@ class MultiTaskTagger(ParamsMixin):
         imagenet = np.zeros((n, 1000), np.float32) if net.encoder.with_imagenet else None
         features = np.zeros((n, net.encoder.out_dim), np.float32) if return_features else None
         errors: dict[int, str] = {}
-        from multitag.core.progress import bar
-
-        prep = net.encoder.preprocessing
-        with bar("tagging", n, enabled=self.progress and n > batch_size) as pbar:
-            loader = iter_batches(
-                paths,
-                prep.image_size,
-                batch_size,
-                self.workers,
-                framing=prep.framing,
-                detail=prep.detail,
-            )
-            batches = (((idx, errs), images) for idx, images, errs in loader)
-            for (idx, errs), out in self._run_net(net, batches, device):
-                errors.update(errs)
-                if out is not None:
-                    rows = idx.numpy()
-                    probs, logits, feats = out
-                    for name, p in probs.items():
-                        proba[name][rows] = p.float().cpu().numpy()
-                    if imagenet is not None and logits is not None:
-                        imagenet[rows] = logits.float().softmax(-1).cpu().numpy()
-                    if features is not None:
-                        features[rows] = feats.float().cpu().numpy()
-                pbar.advance(len(idx) + len(errs))
+        for rows, errs, out in self._run_net(net, paths, batch_size, device):
+            errors.update(errs)
+            if out is None:
+                continue
+            probs, logits, feats = out
+            for name, p in probs.items():
+                proba[name][rows] = p.float().cpu().numpy()
+            if imagenet is not None and logits is not None:
+                imagenet[rows] = logits.float().softmax(-1).cpu().numpy()
+            if features is not None:
+                features[rows] = feats.float().cpu().numpy()
         out = {"proba": proba, "imagenet": imagenet, "errors": errors}
         if return_features:
             out["features"] = features
@@ -595,25 +589,51 @@ class MultiTaskTagger(ParamsMixin):
             release_runner(self.net_.encoder)
         return self
 
-    def _run_net(self, net: nn.Module, batches, device: torch.device):
-        """``(meta, images)`` -> ``(meta, (probs, imagenet logits, features) or None)``.
+    def _run_net(self, net: nn.Module, paths, batch_size: int, device: torch.device):
+        """Per batch of ``paths``: ``(rows, errors, (probs, imagenet logits, features) or None)``.
 
-        Hard sharing runs the encoder on the inference engine and the heads in PyTorch;
-        soft / cross-stitch sharing (per-task columns) runs the whole net in PyTorch.
+        Hard sharing runs the encoder on the inference engine (the shared loop,
+        :func:`~multitag.vision.extraction.encode_batches`, which also gives the ImageNet
+        logits) and the heads in PyTorch; soft / cross-stitch sharing (per-task columns) runs
+        the whole net in PyTorch.
         """
         if hasattr(net, "from_features"):
-            runner = runner_for(net.encoder, self.engine, self.precision, device)
-            for meta, out in runner.stream(batches):
-                yield meta, None if out is None else net.from_features(out[0].to(device))
+            for rows, errs, feats, logits in encode_batches(
+                net.encoder,
+                paths,
+                batch_size=batch_size,
+                workers=self.workers,
+                precision=self.precision,
+                engine=self.engine,
+                device=device,
+                progress=self.progress,
+                description="tagging",
+            ):
+                if feats is None:
+                    yield rows, errs, None
+                    continue
+                probs, _, feats = net.from_features(feats.to(device), imagenet=False)
+                yield rows, errs, (probs, logits, feats)
             return
         precision = runtime.resolve_precision(self.precision, device)
-        for meta, images in batches:
-            if images is None:
-                yield meta, None
-                continue
-            with runtime.autocast(precision, device):
-                out = net(images.to(device))
-            yield meta, out
+        prep = net.encoder.preprocessing
+        loader = iter_batches(
+            paths,
+            prep.image_size,
+            batch_size,
+            self.workers,
+            framing=prep.framing,
+            detail=prep.detail,
+        )
+        n = len(paths)
+        with bar("tagging", n, enabled=self.progress and n > batch_size) as pbar:
+            for idx, images, errs in loader:
+                out = None
+                if images is not None:
+                    with runtime.autocast(precision, device):
+                        out = net(images.to(device))
+                yield idx.numpy(), errs, out
+                pbar.advance(len(idx) + len(errs))
 
     @torch.inference_mode()
     def _predict_from_cache(self, paths, return_features: bool) -> dict:

@@ -26,8 +26,8 @@ from multitag.data.tasks import Task
 from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads
 from multitag.multitask.net import TaggerNet
 from multitag.multitask.prior_shift import PriorShiftedHeads
-from multitag.vision import backbones
-from multitag.vision.features import FEATURE_VERSION, Encoder, Preprocessing
+from multitag.vision.encoder_spec import encoder_from_config, encoder_section
+from multitag.vision.features import FEATURE_VERSION, Preprocessing
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -68,18 +68,7 @@ def _save_tagger(tagger, directory: Path) -> Path:
     config = {
         "format_version": FORMAT_VERSION,
         "kind": "multitag-tagger",
-        "backbone": {
-            "name": backbones.resolve_name(tagger.backbone),
-            "timm_name": backbones.get_spec(tagger.backbone).timm_name,
-            "weights": str(tagger.weights),
-            "stages": enc.stages,
-            "stage_names": [enc.stage_names[i] for i in enc.stages],
-            "with_imagenet": enc.with_imagenet,
-            "colour_bins": enc.colour_bins,
-            "grid_stages": enc.grid_stages,
-            "feature_version": FEATURE_VERSION,
-            "feature_dim": enc.out_dim,
-        },
+        "backbone": encoder_section(enc, tagger.backbone, tagger.weights),
         "preprocessing": {
             **enc.preprocessing.to_dict(),
             "resize": _resize_steps(enc.preprocessing),
@@ -215,16 +204,7 @@ def load_saved(directory: str | os.PathLike) -> SavedTagger:
             f"{directory} was saved with feature layout v{bb.get('feature_version', 3)}; this "
             f"multitag computes v{FEATURE_VERSION}: retrain it with `multitag train`"
         )
-    model = backbones.create_model(bb["timm_name"], weights=None)
-    prep = Preprocessing.from_dict(config["preprocessing"])
-    encoder = Encoder(
-        model,
-        prep,
-        bb["stages"],
-        with_imagenet=bb["with_imagenet"],
-        colour_bins=bb.get("colour_bins", 0),
-        grid_stages=bb.get("grid_stages", []),
-    )
+    encoder = encoder_from_config(config)
     tasks = [Task.from_dict(t) for t in config["tasks"]]
     h = config["heads"]
 
