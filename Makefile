@@ -54,7 +54,7 @@ bench-all: bench
 	$(BIN)/python -c "from pathlib import Path; from multitag.bench.core import write_benchmarks_md; write_benchmarks_md(Path('bench'))"
 
 lint: install
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests research examples
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -4,8 +4,8 @@ and without an extra multi-label task: the words of ``productDisplayName`` (the 
 ``--vocabulary`` words of three letters or more). The words only shape the heads' shared trunk
 in training; the photo alone is tagged. Scores the seven image tasks on ``test.csv``.
 
-    python examples/hold_out_split.py ../shared/datasets/fashion-products runs/held-out
-    python examples/aux_text_task.py ../shared/datasets/fashion-products runs/held-out \
+    python research/hold_out_split.py ../shared/datasets/fashion-products runs/held-out
+    python research/aux_text_task.py ../shared/datasets/fashion-products runs/held-out \
         --seed 0 [--no-words]
 """
 

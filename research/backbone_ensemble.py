@@ -1,7 +1,7 @@
 """Taggers alone and averaged, scored on the bench split (docs/study.md, "Targets from the
 issue: the gap").
 
-    python examples/backbone_ensemble.py ../shared/datasets/fashion-products \
+    python research/backbone_ensemble.py ../shared/datasets/fashion-products \
         [--backbones tf_efficientnet_lite0 tf_efficientnet_lite2] [--head-sets 3] \
         [--models bench/bench-model-blocks.4 ...] [--prior-shift] [--out F.json]
 
