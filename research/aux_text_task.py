@@ -1,4 +1,4 @@
-"""Can the product names teach the image heads? (docs/study.md, "baseColour is not a matter of
+"""Can the product names teach the image heads? (research/LOG.md, "baseColour is not a matter of
 more training"). Trains the default heads (one set, no shift, no refit) on ``train.csv`` with
 and without an extra multi-label task: the words of ``productDisplayName`` (the most frequent
 ``--vocabulary`` words of three letters or more). The words only shape the heads' shared trunk

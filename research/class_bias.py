@@ -1,4 +1,4 @@
-"""Do the heads gain from per-class decision biases?  Scored on the bench split (docs/study.md).
+"""Do the heads gain from per-class decision biases?  Scored on the bench split (research/LOG.md).
 
     python research/class_bias.py ../shared/datasets/fashion-products [--folds 2 --repeats 3]
 

@@ -1,4 +1,4 @@
-"""Where the baseColour errors of a tagger go: exact shade vs colour family (docs/study.md).
+"""Where the baseColour errors of a tagger go: exact shade vs colour family (research/LOG.md).
 
     python research/colour_errors.py bench/bench-model ../shared/datasets/fashion-products
 

@@ -1,4 +1,4 @@
-"""Cheap variants of the frozen-feature tagger, scored on the bench split (docs/study.md).
+"""Cheap variants of the frozen-feature tagger, scored on the bench split (research/LOG.md).
 
     python research/head_variants.py ../shared/datasets/fashion-products [--flip-cache F.npy]
 
@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     frame = load_manifest(args.data_root / "styles.csv", args.data_root / "images")
     frame = frame.reset_index(drop=True)
-    # squash-resize, as the docs/study.md numbers were measured
+    # squash-resize, as the research/LOG.md numbers were measured
     tagger = MultiTaskTagger(TASKS, image_size=224, epochs=1, framing="none")
     tagger.fit(frame)
     tasks, paths = tagger.tasks_, frame["path"].tolist()

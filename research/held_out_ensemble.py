@@ -1,4 +1,4 @@
-"""Saved taggers alone and averaged, scored on a test set none of them saw (docs/study.md,
+"""Saved taggers alone and averaged, scored on a test set none of them saw (research/LOG.md,
 "The product path on a held-out test set").
 
     python research/held_out_ensemble.py MODEL_DIR MODEL_DIR [...] --train train.csv \

@@ -1,4 +1,4 @@
-"""Hold out a test set before training anything (docs/study.md, "The product path on a
+"""Hold out a test set before training anything (research/LOG.md, "The product path on a
 held-out test set").
 
     python research/hold_out_split.py ../shared/datasets/fashion-products OUT_DIR \

@@ -1,4 +1,4 @@
-"""Do the heads gain from each other's answers?  Scored on the bench split (docs/study.md).
+"""Do the heads gain from each other's answers?  Scored on the bench split (research/LOG.md).
 
     python research/joint_decoding.py ../shared/datasets/fashion-products [--folds 2 --repeats 3]
 

@@ -1,4 +1,4 @@
-"""Do the heads gain from a k-nearest-neighbour vote?  Scored on the bench split (docs/study.md).
+"""Do the heads gain from a k-nearest-neighbour vote?  Scored on the bench split (research/LOG.md).
 
     python research/knn_blend.py ../shared/datasets/fashion-products [--embedding]
         [--folds 5 --repeats 3]

@@ -1,5 +1,5 @@
 """What training the heads on the validation rows too buys on photos nobody trained on
-(docs/study.md, "Training on the validation rows too: refit").
+(research/LOG.md, "Training on the validation rows too: refit").
 
     python research/hold_out_split.py ../shared/datasets/fashion-products runs/held-out
     python research/refit_held_out.py ../shared/datasets/fashion-products runs/held-out \

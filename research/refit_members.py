@@ -1,4 +1,4 @@
-"""Train ensemble members with and without refit in one run (docs/study.md, "Refitted members in
+"""Train ensemble members with and without refit in one run (research/LOG.md, "Refitted members in
 an ensemble").
 
     python research/hold_out_split.py ../shared/datasets/fashion-products runs/held-out
