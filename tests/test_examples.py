@@ -4,6 +4,7 @@ load with the study's own config loader, and the research scripts still import."
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -113,3 +114,17 @@ def test_research_scripts_import(path, monkeypatch):
     module = load_script(path)
     assert callable(module.main)
     sys.modules.pop("knn_blend", None)
+
+
+def test_research_index_lists_every_script_and_result():
+    """research/README.md names every script and result file, and every research-log section
+    it cites exists, so a new experiment cannot land without its provenance row."""
+    index = (REPO / "research/README.md").read_text()
+    log = (REPO / "research/LOG.md").read_text()
+    results = [*(REPO / "research/results").iterdir(), *(REPO / "docs/study").iterdir()]
+    for path in [*(REPO / "research").glob("*.py"), *results]:
+        assert path.name in index, f"{path.relative_to(REPO)} is not in research/README.md"
+    sections = {line.lstrip("#").strip() for line in log.splitlines() if line.startswith("#")}
+    for row in index.split("## Result files")[0].splitlines()[1:]:
+        for cited in re.findall(r'"([^"]+)"', row.rsplit("|", 2)[-2] if "|" in row else ""):
+            assert cited in sections, f"research/README.md cites a missing log section: {cited}"
