@@ -147,8 +147,8 @@ def run(
     start_up = {}
     if engine == "openvino":
         # One untimed reloaded start-up first, so that "cached" times a cache hit on every
-        # host: a 2026-12-04 run on a fresh host, without it, timed 5.2 s "cached" against
-        # 5.3 s converting (that process converted and wrote the cache entry itself).
+        # host: a run on a fresh host, without it, timed "cached" as long as converting
+        # (that process converted and wrote the cache entry itself).
         start_up_seconds(model_dir, conversion_cache=True)
         start_up = {
             "convert_seconds": start_up_seconds(model_dir, conversion_cache=False),

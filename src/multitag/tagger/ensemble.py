@@ -1,5 +1,5 @@
 """Several fitted taggers, their probabilities averaged: e.g. Lite0 and Lite2, or a frozen and
-a fine-tuned model (docs/study.md, "Targets from the issue: the gap").
+a fine-tuned model (research/LOG.md, "Averaging backbones").
 
 Not to be confused with ``MultiTaskTagger(ensemble=n)``, which averages ``n`` sets of heads on
 one backbone's features (one encoder pass). A :class:`TaggerEnsemble` runs every member's own

@@ -31,7 +31,7 @@ class TrainConfig:
     class_weight: str = "none"
     label_smoothing: float = 0.1
     seed: int = 0
-    precision: str = "auto"  # bf16 where the CPU has it: ~1.8x faster steps (AMX), same F1
+    precision: str = "auto"  # bf16 where the CPU has it: faster steps (AMX), same F1
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "patience"):

@@ -246,7 +246,7 @@ def extract_prefix(
 
     Cached like features (fp16 on disk, keyed by ``encoder_id`` + the stage + the engine +
     image content), so training the upper stages never re-runs the frozen ones. Computed by
-    the inference ``engine`` (OpenVINO where installed: ~3x PyTorch here; in fp32 the maps
+    the inference ``engine`` (OpenVINO where installed, faster than PyTorch; in fp32 the maps
     match PyTorch's within 1e-4, and they are stored as fp16 anyway)."""
     prefix_encoder = PrefixEncoder(encoder, block)
     kwargs["engine"] = engine = resolve_engine(engine)
