@@ -43,7 +43,8 @@ def built_synthetic_catalog(tmp_path_factory, synthetic_tagger, rows) -> tuple[P
         root = tmp_path_factory.mktemp("synthetic-catalog")
         model = synthetic_tagger.save(root / "model")
         manifest = write_manifest(rows, root / "items.csv")
-        build_catalog(model, [manifest], root / "catalog", **BUILD)
+        # t-SNE: UMAP's JIT compilation would cost more than the whole fast catalogue
+        build_catalog(model, [manifest], root / "catalog", **{**BUILD, "layout": "tsne"})
         _CACHE.update(synthetic=(root / "catalog", Path(model), manifest))
     return _CACHE["synthetic"]
 

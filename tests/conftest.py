@@ -73,11 +73,14 @@ def synthetic_rows(tmp_path_factory) -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def synthetic_tagger(synthetic_rows, cache_dir):
-    """A tagger fitted on the generated photos (real Lite0 weights, 64-px input: seconds)."""
+    """A tagger fitted on the generated photos (real Lite0 weights, 64-px input)."""
     from multitag import MultiTaskTagger
     from tests.synthetic import TASKS
 
-    tagger = MultiTaskTagger(TASKS, image_size=64, epochs=8, cache_dir=cache_dir, progress=False)
+    # PyTorch engine: converting to OpenVINO costs more than these few photos take to encode
+    tagger = MultiTaskTagger(
+        TASKS, image_size=64, epochs=8, cache_dir=cache_dir, engine="torch", progress=False
+    )
     return tagger.fit(synthetic_rows)
 
 
