@@ -55,7 +55,7 @@ bench-all: bench
 
 ## style (ruff) and the package's layer / cycle / torch-free contracts (import-linter, pyproject.toml)
 lint: install
-	$(BIN)/ruff check src tests research examples
+	$(BIN)/ruff check src tests research examples tools
 	$(BIN)/lint-imports
 
 clean:
