@@ -68,6 +68,19 @@ def tag_schema(tasks, imagenet: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
+def to_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """``frame`` as a table of ``schema``: a column it lacks, or a missing value (``None``,
+    ``NaN``), is null; column by column, so an all-missing column still gets its type."""
+    n = len(frame)
+    columns = [
+        pa.array(
+            frame[f.name].tolist() if f.name in frame else [None] * n, f.type, from_pandas=True
+        )
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def part_numbers(folder: str | os.PathLike) -> list[int]:
     """The committed shards' numbers, ascending."""
     folder = Path(folder)

@@ -96,11 +96,7 @@ class BatchTagger:
         out.insert(2, "digest", [digests[i] for i in todo])
         out.insert(3, "model", self.model)
         out.insert(4, "error", [errors.get(i) for i in todo])
-        for name in self.schema.names:  # a batch with no readable photo has no tag columns
-            if name not in out.columns:
-                out[name] = None
-        out = out.where(out.notna(), None)
-        return pa.Table.from_pandas(out, schema=self.schema, preserve_index=False)
+        return shards.to_table(out, self.schema)  # no readable photo: no tag columns
 
 
 def _has_imagenet(tagger) -> bool:
