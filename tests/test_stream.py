@@ -21,18 +21,13 @@ from multitag.scaling.tag_job import tag_to_dataset
 from tests.conftest import requires_fashion
 
 
-class _Task:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
 def _rows(schema: pa.Schema, ids: list[str], model: str) -> pa.Table:
     frame = pd.DataFrame({"id": ids, "digest": [f"d{i}" for i in ids], "model": model})
     return shards.to_table(frame, schema)
 
 
 def test_shards_resume_keys_and_one_model_per_folder(tmp_path):
-    schema = shards.tag_schema([_Task("colour")], imagenet=False)
+    schema = shards.tag_schema(["colour"], imagenet=False)
     assert schema.names[:5] == list(shards.KEY_COLUMNS)
     assert schema.names[5:] == ["colour", "colour_prob", "colour_top"]
     writer = shards.ShardWriter(tmp_path / "out", schema, "model-a", {"model_dir": "a"})

@@ -52,20 +52,34 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
 _TOP = pa.list_(pa.struct([("label", pa.string()), ("prob", pa.float64())]))
 
 
-def tag_schema(tasks, imagenet: bool) -> pa.Schema:
+def tag_schema(task_names: list[str], imagenet: bool) -> pa.Schema:
     """The columns of a tag dataset: the keys, then per task ``<task>`` (top-1 or ``|``-joined
     labels), ``<task>_prob`` and ``<task>_top`` (top-k ``{label, prob}``), then
     ``imagenet_top5`` where the backbone has an ImageNet classifier."""
     fields = [pa.field(name, pa.string()) for name in KEY_COLUMNS]
-    for task in tasks:
+    for name in task_names:
         fields += [
-            pa.field(task.name, pa.string()),
-            pa.field(f"{task.name}_prob", pa.float32()),
-            pa.field(f"{task.name}_top", _TOP),
+            pa.field(name, pa.string()),
+            pa.field(f"{name}_prob", pa.float32()),
+            pa.field(f"{name}_top", _TOP),
         ]
     if imagenet:
         fields.append(pa.field("imagenet_top5", _TOP))
     return pa.schema(fields)
+
+
+def model_schema(model_dir: str | os.PathLike) -> pa.Schema:
+    """:func:`tag_schema` of the model saved in ``model_dir``, read from its ``config.json``
+    (an ensemble's: its tasks, and ImageNet tags if a member has them) without loading it."""
+    from multitag.model_dir import ENSEMBLE_KIND, read_config
+
+    config = read_config(model_dir)
+    if config.get("kind") == ENSEMBLE_KIND:
+        members = [read_config(Path(model_dir) / m) for m in config["members"]]
+    else:
+        members = [config]
+    imagenet = any(m["backbone"].get("with_imagenet") for m in members)
+    return tag_schema([t["name"] for t in config["tasks"]], imagenet)
 
 
 def to_table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:

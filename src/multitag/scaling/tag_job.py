@@ -66,7 +66,7 @@ class BatchTagger:
             self.tagger.release_engines = True
         self.model = shards.model_fingerprint(model_dir)
         self.top_k, self.batch_size, self.done = top_k, batch_size, done
-        self.schema = shards.tag_schema(self.tagger.tasks_, _has_imagenet(self.tagger))
+        self.schema = shards.model_schema(model_dir)
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
         from multitag.tagging import tag_frame
@@ -97,13 +97,6 @@ class BatchTagger:
         out.insert(3, "model", self.model)
         out.insert(4, "error", [errors.get(i) for i in todo])
         return shards.to_table(out, self.schema)  # no readable photo: no tag columns
-
-
-def _has_imagenet(tagger) -> bool:
-    """Whether ``tagger`` outputs ImageNet tags (its backbone keeps the classifier)."""
-    members = getattr(tagger, "members", None)
-    net = (members[0] if members else tagger).net_
-    return bool(getattr(net.encoder, "with_imagenet", False))
 
 
 @dataclass
@@ -156,10 +149,10 @@ def tag_to_dataset(
     with writer_lock(out, "tag", folder=True):
         found = as_inputs(inputs, images, **options).unique_ids()
         frame = found.frame[["id", "path"]].astype({"id": str, "path": str})
-        local = BatchTagger(model_dir, top_k=top_k, batch_size=batch_size)
+        schema, model = shards.model_schema(model_dir), shards.model_fingerprint(model_dir)
         about = {"model_dir": str(Path(model_dir).resolve()), "top_k": top_k}
-        writer = shards.ShardWriter(out, local.schema, local.model, about)
-        local.done = done = frozenset(writer.done_keys())
+        writer = shards.ShardWriter(out, schema, model, about)
+        done = frozenset(writer.done_keys())
         report = JobReport(out)
         skipped = found.skipped_frame()[["id", "path", "reason"]]
         report.n_rejected_inputs = len(skipped)
@@ -178,6 +171,7 @@ def tag_to_dataset(
                 pbar.advance(n_inputs)
 
             if engine == "local":
+                local = BatchTagger(model_dir, top_k=top_k, batch_size=batch_size, done=done)
                 step = -(-shard_rows // batch_size) * batch_size  # batches as Ray's blocks
                 for start in range(0, len(frame), step):
                     chunk = frame.iloc[start : start + step]
@@ -185,7 +179,6 @@ def tag_to_dataset(
             else:
                 from multitag.scaling import ray_engine
 
-                del local  # the actors load their own copies
                 report.nodes = ray_engine.run(
                     model_dir,
                     frame,
