@@ -31,6 +31,8 @@ import pandas as pd
 
 from multitag.io import write_json, write_text
 
+COMMIT = ""  # set by main() before the run: the tree may move on while it runs
+
 _JOB = """
 import json, resource, sys, time
 t0 = time.perf_counter()
@@ -152,10 +154,14 @@ def run_ray(model: Path, photos: pd.DataFrame, small: int, large: int, nodes_row
     }
 
 
+def _commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip()
+
+
 def _head(cmd: str) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     return (
-        f"`{cmd}`, run {time.strftime('%Y-%m-%d')} at commit `{commit.stdout.strip()}` on "
+        f"`{cmd}`, run {time.strftime('%Y-%m-%d')} at commit `{COMMIT}` on "
         "2 CPU threads shared with six other engineers' jobs: times are rough; ratios come "
         "from one run."
     )
@@ -279,6 +285,8 @@ def main() -> None:
     ap.add_argument("--nodes-rows", type=int, default=2000)
     args = ap.parse_args()
     cmd = "python -m multitag.bench_stream " + " ".join(sys.argv[1:])
+    global COMMIT
+    COMMIT = _commit()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
         tmp = Path(tmp)

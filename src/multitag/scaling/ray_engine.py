@@ -5,7 +5,8 @@ and with the same resume as the local engine. Ray is imported only here.
 
 Pitfalls this module handles (ray 2.60): actors holding every CPU starve the read tasks and
 the job hangs without an error, so a local cluster declares CPUs for both; Ray sets an
-actor's OMP threads to its CPUs, so the engine's threads are set explicitly; a small input
+actor's OMP threads to its CPUs, so the engine's threads are set explicitly (and PyTorch's, for
+the heads, to the driver's: the same probabilities as the local engine); a small input
 is one block, so it is split for every actor to get work; no dashboard.
 """
 
@@ -104,6 +105,7 @@ def run(
     its CPUs. Returns rows tagged per node id."""
     check_options(actors, cpus_per_actor)
     ray = import_ray()
+    import torch
 
     started = connect(address, actors, cpus_per_actor)
     nodes: dict[str, int] = {}
@@ -122,6 +124,7 @@ def run(
                 "batch_size": batch_size,
                 "done": done,
                 "threads": threads or max(1, int(cpus_per_actor)),
+                "torch_threads": torch.get_num_threads(),
             },
             batch_size=None,  # a whole block: its model batches are the local engine's
             batch_format="pandas",

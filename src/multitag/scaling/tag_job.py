@@ -28,15 +28,17 @@ from multitag.scaling import shards
 ENGINES = ("local", "ray")
 
 
-def set_threads(threads: int | None) -> None:
-    """Pin this process's inference threads (torch and OpenVINO): a Ray actor gets its CPU
-    share, not every core of the machine."""
-    if threads is None:
-        return
-    import torch
+def set_threads(threads: int | None, torch_threads: int | None = None) -> None:
+    """Pin this process's threads: ``threads`` for the OpenVINO encoder (a Ray actor gets its
+    CPU share, not every core of the machine), ``torch_threads`` for the heads and softmax in
+    PyTorch (Ray sets an actor's OMP threads to its CPUs; the driver's count keeps the
+    probabilities bit-identical to the local engine's on the same machine)."""
+    if threads is not None:
+        os.environ["MULTITAG_THREADS"] = str(threads)
+    if torch_threads is not None:
+        import torch
 
-    torch.set_num_threads(threads)
-    os.environ["MULTITAG_THREADS"] = str(threads)
+        torch.set_num_threads(torch_threads)
 
 
 class BatchTagger:
@@ -56,10 +58,11 @@ class BatchTagger:
         batch_size: int = 64,
         done: frozenset | set = frozenset(),
         threads: int | None = None,
+        torch_threads: int | None = None,
     ) -> None:
         from multitag.model_dir import load_any_tagger
 
-        set_threads(threads)
+        set_threads(threads, torch_threads)
         self.tagger = load_any_tagger(model_dir)
         self.tagger.progress = False  # the job shows one bar over every batch
         if hasattr(self.tagger, "release_engines"):
