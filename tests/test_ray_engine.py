@@ -1,4 +1,4 @@
-"""``--engine ray`` (:mod:`multitag.scaling.ray_engine`) on ~300 real photos: a local Ray
+"""``--engine ray`` (:mod:`multitag.tagger.ray_engine`) on ~300 real photos: a local Ray
 cluster and a simulated three-node one; the rows equal the local engine's, a corrupt photo
 is an error row, a killed job resumes. Ray processes are shut down after every test."""
 
@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from multitag.faults import ENV as KILL_ENV
-from multitag.scaling import shards
-from multitag.scaling.tag_job import tag_to_dataset
+from multitag.core.faults import ENV as KILL_ENV
+from multitag.tagger import shards
+from multitag.tagger.stream_job import tag_to_dataset
 from tests.conftest import requires_fashion
 
 ray = pytest.importorskip("ray")
@@ -133,7 +133,7 @@ def test_simulated_cluster_spreads_work_over_nodes(model_dir, manifest, local_ro
 
 def test_killed_ray_job_reruns_to_the_same_rows(model_dir, manifest, local_rows, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), KILL_ENV: "tag.shard#2"}
-    args = [sys.executable, "-m", "multitag.cli", "tag", model_dir, manifest, "--out"]
+    args = [sys.executable, "-m", "multitag.cli.main", "tag", model_dir, manifest, "--out"]
     args += [tmp_path / "tags", "--id-col", "id", "--path-col", "path", "--engine", "ray"]
     args += ["--shard-rows", "64", "--actors", "2"]
     run = dict(capture_output=True, text=True, timeout=600)

@@ -1,4 +1,4 @@
-"""Streamed, resumable ``tag`` output (:mod:`multitag.scaling`): a Parquet dataset folder
+"""Streamed, resumable ``tag`` output (:mod:`multitag.tagger.stream`): a Parquet dataset folder
 written shard by shard, resumed by an anti-join on ``(id, digest)`` for one model."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from multitag.extraction import file_digest
-from multitag.faults import ENV as KILL_ENV
-from multitag.scaling import shards
-from multitag.scaling.tag_job import tag_to_dataset
+from multitag.core.faults import ENV as KILL_ENV
+from multitag.tagger import shards
+from multitag.tagger.stream_job import tag_to_dataset
+from multitag.vision.extraction import file_digest
 from tests.conftest import requires_fashion
 
 
@@ -85,7 +85,7 @@ def _cli(args: list, kill_at: str | None = None) -> subprocess.CompletedProcess:
     if kill_at:
         env[KILL_ENV] = kill_at
     return subprocess.run(
-        [sys.executable, "-m", "multitag.cli", "tag", *map(str, args)],
+        [sys.executable, "-m", "multitag.cli.main", "tag", *map(str, args)],
         capture_output=True,
         text=True,
         env=env,
@@ -102,7 +102,7 @@ def _by_id(frame: pd.DataFrame) -> pd.DataFrame:
 def test_dataset_holds_the_single_files_tags_and_error_rows(
     trained_tagger, model_dir, manifest, tmp_path
 ):
-    from multitag.tagging import tag_to_file
+    from multitag.tagger.batch import tag_to_file
 
     args = dict(id_col="id", path_col="path")
     report = tag_to_dataset(
@@ -158,7 +158,7 @@ def test_killed_job_reruns_to_the_uninterrupted_rows(model_dir, manifest, tmp_pa
 
 _PEAK = """
 import resource, sys
-from multitag.scaling.tag_job import tag_to_dataset
+from multitag.tagger.stream_job import tag_to_dataset
 tag_to_dataset(sys.argv[1], [sys.argv[2]], sys.argv[3], shard_rows=1000, progress=False,
                id_col="id", path_col="path")
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
