@@ -30,16 +30,18 @@ def test_shards_resume_keys_and_one_model_per_folder(tmp_path):
     schema = shards.tag_schema(["colour"], imagenet=False)
     assert schema.names[:5] == list(shards.KEY_COLUMNS)
     assert schema.names[5:] == ["colour", "colour_prob", "colour_top"]
-    writer = shards.ShardWriter(tmp_path / "out", schema, "model-a", {"model_dir": "a"})
+    writer = shards.ShardWriter(tmp_path / "out", schema, "model-a", {"top_k": 3})
     writer.write(_rows(schema, ["1", "2"], "model-a"))
     assert writer.write(_rows(schema, [], "model-a")) is None  # no empty shards
     writer.write(_rows(schema, ["3"], "model-a"))
-    again = shards.ShardWriter(tmp_path / "out", schema, "model-a", {"model_dir": "a"})
+    again = shards.ShardWriter(tmp_path / "out", schema, "model-a", {"top_k": 3})
     assert again.next_part == 2
     assert again.done_keys() == {("1", "d1"), ("2", "d2"), ("3", "d3")}
     assert shards.read_dataset(tmp_path / "out")["id"].tolist() == ["1", "2", "3"]
     with pytest.raises(ValueError, match="another model.*new --out folder"):
         shards.ShardWriter(tmp_path / "out", schema, "model-b", {"model_dir": "b"})
+    with pytest.raises(ValueError, match="written with --top-k 3: rerun with it"):
+        shards.ShardWriter(tmp_path / "out", schema, "model-a", {"model_dir": "a", "top_k": 5})
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         shards.ShardWriter(tmp_path / "file", schema, "model-a", {})

@@ -135,6 +135,11 @@ class ShardWriter:
                     f"{self.folder} holds tags of another model ({old.get('model_dir')}): use a "
                     "new --out folder, or delete this one to tag again"
                 )
+            if old.get("top_k", about.get("top_k")) != about.get("top_k"):
+                raise ValueError(
+                    f"{self.folder} was written with --top-k {old['top_k']}: rerun with it, or "
+                    "use a new --out folder"
+                )
         elif part_numbers(self.folder):
             raise ValueError(f"{self.folder} holds shards without {META}: use a new --out folder")
         else:
