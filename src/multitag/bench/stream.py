@@ -34,7 +34,7 @@ from multitag.core.io import write_json, write_text
 COMMIT = ""  # set by main() before the run: the tree may move on while it runs
 
 _JOB = """
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 from multitag.tagger.stream_job import tag_to_dataset
 args = json.loads(sys.argv[1])
@@ -55,8 +55,10 @@ r = tag_to_dataset(args.pop("model"), [args.pop("manifest")], args.pop("out"), p
 seconds = time.perf_counter() - t0
 if cluster is not None:
     ray.shutdown(); cluster.shutdown()
+# VmHWM: this process's own high-water mark (ru_maxrss keeps the parent's across fork + exec)
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"rows": r.written, "seconds": seconds, "nodes": len(r.nodes),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": int(hwm.split()[1]) / 1024}))
 """
 
 
@@ -176,7 +178,7 @@ def rss_markdown(r: dict, cmd: str, image_size: int) -> str:
         f"`tag --out FOLDER` (local engine, {r['shard_rows']} rows per shard) in a fresh "
         f"process per job, on {r['photos_repeated']} real fashion-products photos repeated "
         f"under new ids, with a tagger trained here at {image_size} px (5 tasks + ImageNet "
-        "tags). Peak RSS is the process's `ru_maxrss`.",
+        "tags). Peak RSS is the process's `VmHWM` (its own high-water mark; `ru_maxrss` would keep the parent's across fork + exec).",
         "",
         "| rows | seconds | rows/s | peak RSS (MB) |",
         "|---:|---:|---:|---:|",
