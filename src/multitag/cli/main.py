@@ -37,6 +37,14 @@ from multitag.cli.common import (  # noqa: E402
     split_names,
     task_list,
 )
+from multitag.cli.scaling import (  # noqa: E402
+    ActorsOpt,
+    AddressOpt,
+    CpusPerActorOpt,
+    EngineOpt,
+    ShardRowsOpt,
+    tag_dataset,
+)
 
 
 @app.command("validate")
@@ -359,18 +367,37 @@ def _load_model(model_dir: Path):
 def tag_cmd(
     model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
     paths: Annotated[list[Path], typer.Argument(help="Image files, folders or manifests.")],
-    out: Annotated[Path, typer.Option("--out", help="Output .parquet, .csv or .jsonl.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Output .parquet, .csv or .jsonl file; or a folder (no suffix): a Parquet "
+            "dataset written shard by shard as it goes, which a rerun resumes.",
+        ),
+    ],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Tags per task.")] = 3,
     images: ImagesOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
     id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    actors: ActorsOpt = 2,
+    cpus_per_actor: CpusPerActorOpt = 1.0,
+    shard_rows: ShardRowsOpt = 4096,
 ) -> None:
     """Tag images: top-k labels with probabilities per task + ImageNet tags."""
     from multitag.core.io import OutputNotWritten, check_table_suffix
     from multitag.tagger.batch import tag_to_file
 
+    if out.is_dir() or not out.suffix:
+        found = resolve_photos(paths, images, id_col, path_col, ext)
+        ray_options = dict(address=address, actors=actors, cpus_per_actor=cpus_per_actor)
+        tag_dataset(model_dir, found, out, top_k, batch_size, shard_rows, engine, ray_options)
+        return
+    if engine != "local":
+        fail(f"--engine {engine} writes a dataset folder: give --out a folder (no suffix)")
     try:
         check_table_suffix(out)
     except ValueError as err:

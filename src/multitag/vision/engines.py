@@ -137,6 +137,9 @@ class OpenVINORunner:
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "PERFORMANCE_HINT": "THROUGHPUT",
         }
+        threads = os.environ.get("MULTITAG_THREADS")
+        if threads:  # a Ray actor's CPU share (multitag.tagger.ray_engine), not every core
+            config["INFERENCE_NUM_THREADS"] = int(threads)
         compiled = ov.Core().compile_model(graph, "CPU", config)
         self.queue = ov.AsyncInferQueue(compiled)
         # results by a key unique per submission, so concurrent callers (API threads) and
