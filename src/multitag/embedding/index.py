@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from multitag.io import atomic_path, write_json
+from multitag.core.io import atomic_path, write_json
 
 INDEX_FILE = "index.faiss"
 STORE_FILE = "vectors.npy"  # ivfpq: float16 vectors for exact re-ranking (memory-mapped)
