@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from multitag.bench_catalog import CHROMIUM, CHROMIUM_ARGS
+from multitag.bench.catalog import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [
     pytest.mark.browser,

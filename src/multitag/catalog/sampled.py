@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from multitag.catalog import topics as topics_mod
-from multitag.progress import bar
+from multitag.core.progress import bar
 
 FIT_SAMPLE = 1_000_000
 """Default number of rows topics and map are fitted on (more rows: a random sample)."""

@@ -82,7 +82,7 @@ def synthetic_items(n: int, dim: int = 16, seed: int = 0) -> tuple[pd.DataFrame,
 
 def synthetic_catalog(out: str | Path, n: int, dim: int = 16, seed: int = 0) -> Path:
     """Write a published catalogue of ``n`` made-up items to ``out`` (exact index: the
-    vectors are few dims; the compressed index is measured by ``bench_index_scale``)."""
+    vectors are few dims; the compressed index is measured by ``multitag.bench.index_scale``)."""
     import faiss
 
     items, arrays, parts = synthetic_items(n, dim, seed)

@@ -1,7 +1,7 @@
 """Large-catalogue benchmark: the compressed index at up to 10 M synthetic 256-d vectors, and
 the API's ``/items`` filters and ``/map`` views on a 1 M-item synthetic catalogue.
 
-Index: clustered unit vectors (:func:`mixture`, the distribution of ``bench_index``: a Gaussian
+Index: clustered unit vectors (:func:`mixture`, the distribution of ``bench.index``: a Gaussian
 mixture, each cluster in its own low-dimensional subspace) generated chunk by chunk from a seed, so
 the full set is never in memory. :meth:`VectorIndex.build_chunks` trains on a sample drawn
 from the same mixture, fills the index chunk by chunk and tunes ``nprobe`` on sample rows;
@@ -10,7 +10,7 @@ scan (:class:`multitag.embedding.compressed.TopK`), so recall@10 is measured aga
 search. Latency: one query at a time on one thread, p50/p99. Memory: peak RSS of the
 process and the saved index's size.
 
-    python -m multitag.bench_index_scale --out bench/
+    python -m multitag.bench.index_scale --out bench/
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from multitag.bench_index import ISOTROPIC, N_CENTERS, RANK, SPREAD
+from multitag.bench.index import ISOTROPIC, N_CENTERS, RANK, SPREAD
+from multitag.core.io import write_json, write_text
+from multitag.core.progress import bar
 from multitag.embedding import compressed
 from multitag.embedding.index import VectorIndex
-from multitag.io import write_json, write_text
-from multitag.progress import bar
 
 NAME = "index_scale"
 
@@ -37,7 +37,7 @@ NAME = "index_scale"
 def mixture(
     n: int, centers: np.ndarray, bases: np.ndarray, seed: int, spread: float = SPREAD
 ) -> np.ndarray:
-    """``n`` unit vectors from the mixture of :func:`multitag.bench_index.clustered` (same
+    """``n`` unit vectors from the mixture of :func:`multitag.bench.index.clustered` (same
     distribution), computed cluster by cluster: one small matrix product per cluster instead
     of a gathered (n, rank, dim) basis tensor."""
     rng = np.random.default_rng(seed)
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{faiss.omp_get_max_threads()} threads, faiss {faiss.__version__}",
         "cpus": os.cpu_count(),
         "load": os.getloadavg()[0],
-        "command": "python -m multitag.bench_index_scale " + " ".join(argv or []),
+        "command": "python -m multitag.bench.index_scale " + " ".join(argv or []),
         "queries": args.queries,
         "index": [],
         "api": None,
