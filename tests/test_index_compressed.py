@@ -56,13 +56,13 @@ def test_auto_compresses_above_the_threshold_only():
 
 
 def test_recall_against_exact_and_tuned_nprobe():
-    x, labels = _low_rank(8000)
+    both, both_labels = _low_rank(8300)
+    x, labels, q = both[:8000], both_labels[:8000], both[8000:]  # q: queries never indexed
     index = VectorIndex("ivfpq", recall_target=0.9).build(x, _items(8000, labels))
     assert index.meta["tuned_recall@10"] >= 0.9, index.meta["nprobe_sweep"]
     sweep = index.meta["nprobe_sweep"]
     assert sweep[-1]["nprobe"] == index.meta["nprobe"]  # the smallest that met the target
     assert all(s["recall"] < 0.9 for s in sweep[:-1])
-    q = _low_rank(300, seed=5)[0]  # queries the tuning never saw
     _, rows = index.search(q, 10)
     assert _recall(rows, x, q) >= 0.85
     # without the exact re-ranking the codes alone find fewer of the true neighbours
@@ -115,13 +115,21 @@ def test_save_load_round_trip_and_filters(tmp_path):
     assert isinstance(loaded.store_, np.memmap)  # re-ranking reads only the candidates' rows
     assert compressed.ivf_of(loaded.index_).nprobe == index.meta["nprobe"]
     s1, r1 = loaded.search(x[:30], 10)
-    np.testing.assert_array_equal(r0, r1)
-    np.testing.assert_allclose(s0, s1, atol=2e-3)  # the store is float16 once saved
+    # the saved store is float16: near-ties may swap places, scores move by its rounding
+    assert (r0 == r1).mean() > 0.97
+    assert all(len(set(a) & set(b)) >= 9 for a, b in zip(r0, r1))
+    np.testing.assert_allclose(s0, s1, atol=2e-3)
     # attribute filter through the IVF under the OPQ transform, k results, all matching
     _, rows = loaded.search(x[:20], 10, where={"kind": "c3"})
     assert (rows >= 0).all()
     assert set(loaded.items_["kind"].iloc[rows.ravel()]) == {"c3"}
     np.testing.assert_allclose(loaded.vectors([0, 1, 2]), x[:3], atol=1e-3)
+    # items added later are found, re-ranked with their own vectors
+    extra, extra_labels = _low_rank(20, seed=9)
+    loaded.add(extra, _items(20, extra_labels).assign(id=[f"new{j}" for j in range(20)]))
+    scores, rows = loaded.search(extra[:5], 1)
+    np.testing.assert_array_equal(rows[:, 0], 6000 + np.arange(5))
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=2e-3)
 
 
 def test_wide_vectors_are_projected_to_at_most_256_dims():
@@ -138,6 +146,11 @@ def test_wide_vectors_are_projected_to_at_most_256_dims():
     assert index.meta["tuned_recall@10"] >= 0.8
 
 
-def test_bad_sub_vector_count_is_refused_with_the_fix():
+def test_bad_settings_are_refused_with_the_fix():
     with pytest.raises(ValueError, match="m=32.*divides 40"):
         compressed.factory_string(10**6, 40)
+    x = np.eye(4, 64, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"recall_target=1.5: use a fraction in \(0, 1\]"):
+        VectorIndex("ivfpq", recall_target=1.5).build(x)
+    with pytest.raises(ValueError, match="k_factor=0: use a whole number >= 1"):
+        VectorIndex("ivfpq", k_factor=0).build(x)

@@ -16,6 +16,8 @@ process and the saved index's size.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import resource
 import tempfile
@@ -59,7 +61,8 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _latency(index: faiss.Index, queries: np.ndarray, k: int = 10) -> tuple[float, float]:
+def _latency(index: VectorIndex, queries: np.ndarray, k: int = 10) -> tuple[float, float]:
+    """p50 / p99 ms of one query at a time on one thread (codes + exact re-ranking)."""
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     times = []
@@ -73,7 +76,14 @@ def _latency(index: faiss.Index, queries: np.ndarray, k: int = 10) -> tuple[floa
 
 
 def index_case(
-    n: int, dim: int, n_queries: int, chunk: int, train: int, nlist: int | None, seed: int = 0
+    n: int,
+    dim: int,
+    n_queries: int,
+    chunk: int,
+    train: int,
+    nlist: int | None,
+    store_dir: Path | None = None,
+    seed: int = 0,
 ) -> dict:
     """Build the compressed index of ``n`` generated vectors and measure it."""
     rng = np.random.default_rng(seed)
@@ -93,15 +103,17 @@ def index_case(
                 yield x
                 pbar.advance(len(x))
 
-    vi = VectorIndex("ivfpq", nlist=nlist, train_size=train, seed=seed)
-    vi.build_chunks(chunks(), n, sample)
-    del sample
-    build_s = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=store_dir) as tmp:
+        vi = VectorIndex("ivfpq", nlist=nlist, train_size=train, seed=seed)
+        vi.build_chunks(chunks(), n, sample, store=Path(tmp) / "vectors.npy")
+        del sample
+        build_s = time.perf_counter() - t0
         faiss.write_index(vi.index_, str(Path(tmp) / "index.faiss"))
         index_mb = (Path(tmp) / "index.faiss").stat().st_size / 2**20
-    _, found = vi.index_.search(queries, 10)
-    p50, p99 = _latency(vi.index_, queries)
+        store_mb = (Path(tmp) / "vectors.npy").stat().st_size / 2**20
+        _, found = vi.search(queries, 10)
+        _, coded = vi.index_.search(queries, 10)  # the codes alone, no re-ranking
+        p50, p99 = _latency(vi, queries)
     return {
         "items": n,
         "dim": dim,
@@ -112,10 +124,12 @@ def index_case(
         "tuned_recall@10": vi.meta["tuned_recall@10"],
         "nprobe_sweep": vi.meta["nprobe_sweep"],
         "recall@10": round(compressed.recall_at(found, truth.rows), 4),
+        "codes_only_recall@10": round(compressed.recall_at(coded, truth.rows), 4),
         "p50_ms": round(p50, 3),
         "p99_ms": round(p99, 3),
         "build_seconds": round(build_s, 1),
         "index_mb": round(index_mb, 1),
+        "store_mb_on_disk": round(store_mb, 1),
         "float_vectors_mb": round(n * dim * 4 / 2**20, 1),
         "peak_rss_mb": round(_rss_mb(), 1),
     }
@@ -142,8 +156,8 @@ def api_case(n: int, repeats: int = 20) -> dict:
                 "/items",
                 {"tag": "articleType:articletype3,gender:gender1", "topic": 3},
             ),
-            "/items cluster, page 100": ("/items", {"cluster": 5, "page": 100}),
-            "/map whole view (sampled)": ("/map", {}),
+            "/items cluster, page 10": ("/items", {"cluster": 5, "page": 10}),
+            "/map whole map": ("/map", {}),
             "/map zoomed view": ("/map", {"x0": 0.0, "x1": 0.2, "y0": 0.0, "y1": 0.2}),
             "/map tag filter": ("/map", {"tag": "gender:gender2"}),
         }
@@ -152,6 +166,7 @@ def api_case(n: int, repeats: int = 20) -> dict:
         with TestClient(app, base_url="http://localhost") as client:
             for name, (path, params) in requests.items():
                 times, body = [], None
+                client.get(path, params=params)  # warm-up: lazily built columns and caches
                 for _ in range(repeats):
                     t = time.perf_counter()
                     res = client.get(path, params=params)
@@ -178,17 +193,17 @@ def to_markdown(result: dict) -> str:
         "",
         f"Machine: {result['machine']}; the host was shared with other jobs (load average "
         f"about {result['load']:.0f} on {result['cpus']} cores), so times are slower than an "
-        "idle machine and only ratios within this run compare. Command: "
-        f"`{result['command']}`.",
+        "idle machine and only ratios within one run compare.",
         "",
         "## Compressed similar-items index",
         "",
         f"Synthetic clustered unit vectors ({N_CENTERS} clusters, each spread {SPREAD} in its own "
         f"{RANK}-d subspace), generated chunk by chunk (never all in memory); "
-        f"{result['queries']} held-out queries; recall@10 = overlap of the top 10 with exact "
+        f"{result.get('queries', 0)} held-out queries; recall@10 = overlap of the top 10 with exact "
         "search (a chunked brute-force scan); latency = one query at a time on one thread; "
         "build = sample generation + training + filling + nprobe tuning; peak RSS is the whole "
-        "process's so far.",
+        "process's so far. Command: "
+        f"`{result.get('index_command', '')}`.",
         "",
         "| items | factory | nprobe | recall@10 | p50 ms | p99 ms | build s | index MB "
         "| float vectors MB | peak RSS MB |",
@@ -211,8 +226,9 @@ def to_markdown(result: dict) -> str:
             f"## API on a {a['items']:,}-item synthetic catalogue",
             "",
             f"Written in {a['write_seconds']} s, loaded by the server in {a['load_seconds']} s; "
-            f"peak RSS {a['peak_rss_mb']:.0f} MB (the process, index benchmark included). "
-            "Each request 20 times through the ASGI test client (JSON encoding included).",
+            f"peak RSS {a['peak_rss_mb']:.0f} MB. Command: `{a.get('command', '')}`. "
+            "Each request once to warm up, then 20 times through the ASGI test client (JSON "
+            "encoding included).",
             "",
             "| request | matching | returned | p50 ms | p99 ms |",
             "|---|---:|---:|---:|---:|",
@@ -234,35 +250,40 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--chunk", type=int, default=100_000)
     parser.add_argument("--train", type=int, default=200_000, help="training sample rows")
     parser.add_argument("--nlist", type=int, default=None, help="inverted lists (default 4√N)")
+    parser.add_argument("--store-dir", type=Path, help="where the float16 store goes (temp)")
     parser.add_argument("--api-items", type=int, default=1_000_000, help="0: skip the API")
     args = parser.parse_args(argv)
-    import os
 
-    result = {
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{faiss.omp_get_max_threads()} threads, faiss {faiss.__version__}",
-        "cpus": os.cpu_count(),
-        "load": os.getloadavg()[0],
-        "command": "python -m multitag.bench.index_scale " + " ".join(argv or []),
-        "queries": args.queries,
-        "index": [],
-        "api": None,
-    }
     args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{NAME}.json"
+    # the index and the API may be measured by separate runs (separate peak RSS): each run
+    # replaces only its own section of the file
+    result = json.loads(path.read_text()) if path.is_file() else {"index": [], "api": None}
+    command = "python -m multitag.bench.index_scale " + " ".join(argv or [])
+    result.update(
+        machine=f"{platform.processor() or platform.machine()}, "
+        f"{faiss.omp_get_max_threads()} threads, faiss {faiss.__version__}",
+        cpus=os.cpu_count(),
+    )
 
     def save() -> None:  # after every case: a long run killed midway keeps what it measured
-        write_json(args.out / f"{NAME}.json", result)
+        result["load"] = max(result.get("load", 0.0), os.getloadavg()[0])
+        write_json(path, result)
         write_text(args.out / f"{NAME}.md", to_markdown(result))
 
     if args.api_items:
         print(f"API on {args.api_items:,} synthetic items ...", flush=True)
-        result["api"] = api_case(args.api_items)
+        result["api"] = {**api_case(args.api_items), "command": command}
         save()
-    for n in (int(s) for s in args.sizes.split(",") if s):
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    if sizes:
+        result.update(index=[], index_command=command, queries=args.queries)
+    for n in sizes:
         print(f"compressed index of {n:,} vectors ...", flush=True)
-        case = index_case(n, args.dim, args.queries, args.chunk, args.train, args.nlist)
+        case = index_case(
+            n, args.dim, args.queries, args.chunk, args.train, args.nlist, args.store_dir
+        )
         result["index"].append(case)
-        result["load"] = max(result["load"], os.getloadavg()[0])
         print(f"  {case}", flush=True)
         save()
     print(f"wrote {args.out / f'{NAME}.json'} and {args.out / f'{NAME}.md'}")

@@ -131,12 +131,10 @@ def fill(
     workers: int = 1,
     on_chunk: Callable[[np.ndarray], None] | None = None,
 ) -> faiss.Index:
-    """Add ``chunks`` (in order) to the trained ``index``: each fills a clone of the empty
-    index, merged into ``index`` in order (``on_chunk`` sees every chunk, e.g. a
-    :class:`TopK`). ``workers`` chunks are encoded at once; returns ``index``."""
-    empty = faiss.clone_index(index) if index.ntotal else index
-    if index.ntotal:
-        empty.reset()
+    """Add ``chunks`` (in order) to the trained ``index``; returns it. With ``workers > 1``
+    each chunk fills a clone of the empty index (``workers`` at once) and the shards are
+    merged into ``index`` in input order; with one, chunks are added in place (the same
+    result). ``on_chunk`` sees every chunk first, in order (e.g. :meth:`TopK.update`)."""
 
     def shard(chunk: np.ndarray) -> faiss.Index:
         part = faiss.clone_index(empty)
@@ -154,6 +152,8 @@ def fill(
                 on_chunk(chunk)
             index.add(chunk)
         return index
+    empty = faiss.clone_index(index)  # trained, with nothing in it: each shard's start
+    empty.reset()
     with ThreadPoolExecutor(workers) as pool:
         pending = []
         for chunk in chunks:

@@ -148,8 +148,8 @@ class VectorIndex:
 
     @staticmethod
     def _items(items: pd.DataFrame | None, n: int, start: int) -> pd.DataFrame:
-        if items is None:
-            items = pd.DataFrame({"id": [str(i) for i in range(start, start + n)]})
+        if items is None:  # row numbers as ids, vectorised (compact string column)
+            items = pd.DataFrame({"id": pd.Series(np.arange(start, start + n)).astype(str)})
         if len(items) != n:
             raise ValueError(f"{n} vectors but {len(items)} item rows: they must match")
         items = items.reset_index(drop=True).copy()
@@ -157,6 +157,16 @@ class VectorIndex:
             items.insert(0, "id", [str(i) for i in range(start, start + n)])
         items["id"] = items["id"].astype(str)
         return items
+
+    def _check_compression(self) -> None:
+        for name in ("compress_min", "pq_m", "k_factor", "workers", "train_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name}={value!r}: use a whole number >= 1")
+        if not 0 < self.recall_target <= 1:
+            raise ValueError(
+                f"recall_target={self.recall_target!r}: use a fraction in (0, 1], e.g. 0.95"
+            )
 
     def _sample(self, x: np.ndarray) -> np.ndarray:
         rng = np.random.default_rng(self.seed)
@@ -183,17 +193,21 @@ class VectorIndex:
         from multitag.embedding import compressed
 
         t0 = time.perf_counter() if started is None else started
+        self._check_compression()
         sample = _as_matrix(sample)
         dim = sample.shape[1]
-        if store is None:
-            store, fill_store = np.empty((n, dim), np.float16), True
-        elif isinstance(store, (str, os.PathLike)):
-            store = np.lib.format.open_memmap(store, "w+", np.float16, (n, dim))
-            fill_store = True
+        path, fh, fill_store = None, None, True
+        if isinstance(store, (str, os.PathLike)):  # streamed to disk, memory-mapped after
+            path, store = Path(store), None
+            fh = open(path, "wb")  # noqa: SIM115 (closed below, after the fill)
+            header = {"descr": "<f2", "fortran_order": False, "shape": (n, dim)}
+            np.lib.format.write_array_header_2_0(fh, header)
+        elif store is None:
+            store = np.empty((n, dim), np.float16)
+        elif store.shape != (n, dim):
+            raise ValueError(f"store has shape {store.shape}; it must be ({n}, {dim})")
         else:
-            fill_store = False
-            if store.shape != (n, dim):
-                raise ValueError(f"store has shape {store.shape}; it must be ({n}, {dim})")
+            fill_store = False  # the caller's array already holds the rows
         nlist = self.nlist or compressed.default_nlist(n)
         index = compressed.train(sample, n, m=self.pq_m, nlist=nlist, seed=self.seed)
         rng = np.random.default_rng(self.seed + 1)
@@ -201,16 +215,23 @@ class VectorIndex:
 
         def seen(chunk: np.ndarray) -> None:
             if fill_store and tune.seen + len(chunk) <= n:
-                store[tune.seen : tune.seen + len(chunk)] = chunk
+                if fh is not None:
+                    fh.write(chunk.astype(np.float16).tobytes())
+                else:
+                    store[tune.seen : tune.seen + len(chunk)] = chunk
             tune.update(chunk)
 
-        compressed.fill(
-            index, (_as_matrix(c, dim) for c in chunks), workers=self.workers, on_chunk=seen
-        )
+        try:
+            compressed.fill(
+                index, (_as_matrix(c, dim) for c in chunks), workers=self.workers, on_chunk=seen
+            )
+        finally:
+            if fh is not None:
+                fh.close()
         if index.ntotal != n:
             raise ValueError(f"expected {n} vectors, the chunks held {index.ntotal}")
-        if isinstance(store, np.memmap):
-            store.flush()
+        if path is not None:
+            store = np.load(path, mmap_mode="r")
         if self.nprobe:
             compressed.ivf_of(index).nprobe = self.nprobe
             found = compressed.search(index, store, tune.queries, 10, self.k_factor)[1]
@@ -220,8 +241,7 @@ class VectorIndex:
             _, recall, sweep = compressed.tune_nprobe(
                 index, tune.queries, tune.rows, self.recall_target, 10, store, self.k_factor
             )
-        self.store_ = store
-        compressed.ivf_of(index).make_direct_map()
+        self.store_ = store  # vectors() reads the store: no direct map needed
         self.index_, self.dim_, self.kind_ = index, dim, "ivfpq"
         self.items_ = self._items(items, n, start=0)
         ivf = compressed.ivf_of(index)
@@ -250,6 +270,8 @@ class VectorIndex:
         x = _as_matrix(vectors, self.dim_)
         new = self._items(items, len(x), start=len(self.items_))
         self.index_.add(x)
+        if getattr(self, "store_", None) is not None:  # ivfpq: the re-ranking rows too
+            self.store_ = np.concatenate([self.store_, x.astype(self.store_.dtype)])
         self.items_ = pd.concat([self.items_, new], ignore_index=True)
         return self
 
@@ -411,8 +433,8 @@ class VectorIndex:
         if meta["kind"] in ("ivf", "ivfpq"):
             ivf = faiss.extract_index_ivf(self.index_)
             ivf.nprobe = meta.get("nprobe", ivf.nprobe)
-            if ivf.direct_map.type == faiss.DirectMap.NoMap:
-                ivf.make_direct_map()
+            if ivf.direct_map.type == faiss.DirectMap.NoMap and meta["kind"] == "ivf":
+                ivf.make_direct_map()  # ivfpq reads vectors from its store instead
         self.items_ = pd.read_parquet(directory / ITEMS_FILE)
         self.items_["id"] = self.items_["id"].astype(str)
         self.dim_ = self.index_.d
