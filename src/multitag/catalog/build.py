@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from multitag.catalog import layout as layout_mod
-from multitag.catalog import store
+from multitag.catalog import sampled, store
 from multitag.catalog import topics as topics_mod
 from multitag.core.faults import kill_point
 from multitag.core.io import remove_stale_temps
@@ -54,7 +54,9 @@ def load_embedding(model_dir: str | os.PathLike) -> tuple[Callable[[np.ndarray],
 
 def build_index(embeddings: np.ndarray):
     """The FAISS index ``multitag index build`` makes (:class:`VectorIndex`, ``auto``: exact
-    up to its ``exact_max`` items, IVF beyond) -> ``(faiss index, description)``."""
+    up to its ``exact_max`` items, IVF beyond, compressed IVF-PQ from its ``compress_min``,
+    whose candidates the server re-ranks with the catalogue's embeddings) ->
+    ``(faiss index, description)``."""
     from multitag.embedding.index import VectorIndex
 
     vi = VectorIndex("auto").build(np.ascontiguousarray(embeddings, np.float32))
@@ -145,6 +147,7 @@ def build_catalog(
     refit: bool = False,
     seed: int = 0,
     umap_epochs: int | None = None,
+    fit_sample: int | None = sampled.FIT_SAMPLE,
     progress: bool = True,
     on_chunk: ChunkHook | None = None,
     **options,
@@ -157,7 +160,8 @@ def build_catalog(
     ``refit`` asks to refit topics, map and clusters over everything. ``inputs`` are resolved
     with ``images`` and ``options`` (:func:`multitag.tagger.batch.as_inputs`); the inputs skipped
     there, and every id after its first, are listed in ``rejects.parquet`` with the images
-    that could not be read.
+    that could not be read. Topics and map are fitted on a random ``fit_sample`` rows when
+    there are more (:mod:`multitag.catalog.sampled`; None: on every row).
     """
     from multitag.tagger.batch import check_at_least, imagenet_labels
     from multitag.tagger.estimator import MultiTaskTagger
@@ -245,6 +249,8 @@ def build_catalog(
             n_clusters,
             seed,
             umap_epochs,
+            fit_sample,
+            progress,
         )
     order = items["id"].map({v: i for i, v in enumerate(rows["id"])}).to_numpy()
     index, index_meta = build_index(embeddings[order])
@@ -256,6 +262,7 @@ def build_catalog(
         "tag_columns": columns,
         "embedding": {"source": source, "dim": int(embeddings.shape[1])},
         "topics": {"k": n_topics, "on": topics_on, "method": "nmf", "topics": topic_list},
+        "fit_sample": fit_sample,
         "layout": {
             "method": layout,
             "seed": seed,
@@ -306,12 +313,21 @@ def _fit_all(
     n_clusters,
     seed,
     umap_epochs,
+    fit_sample=None,
+    progress=False,
 ):
     x, offset = _topic_input(topics_on, tagprobs, features)
-    w, h = topics_mod.fit_topics(x, n_topics, seed)
+    sample = sampled.fit_rows(len(x), fit_sample, seed)
+    if sample is None:  # every row
+        w, h = topics_mod.fit_topics(x, n_topics, seed)
+        xy = layout_mod.fit_layout(embeddings, layout, seed, umap_epochs)
+    else:  # fitted on the sample, applied to every row in chunks
+        _, h = topics_mod.fit_topics(x[sample], n_topics, seed)
+        w = sampled.transform_topics(x, h, progress)
+        xy_fit = layout_mod.fit_layout(embeddings[sample], layout, seed, umap_epochs)
+        xy = sampled.place(embeddings, sample, xy_fit, progress=progress)
     profiles = h if topics_on == "tags" else topics_mod.topic_profiles(w, tagprobs)
     topic_list = topics_mod.name_topics(profiles, columns)
-    xy = layout_mod.fit_layout(embeddings, layout, seed, umap_epochs)
     km = KMeans(max(1, min(n_clusters, len(embeddings))), random_state=seed).fit(embeddings)
     labels, centroids = km.labels_, km.cluster_centers_
     items = _place(rows, w, xy, labels)

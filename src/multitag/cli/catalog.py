@@ -38,6 +38,15 @@ def build_cmd(
         bool, typer.Option("--refit", help="Refit topics, map and clusters over everything.")
     ] = False,
     seed: Annotated[int, typer.Option(min=0, help="Random seed (topics, map, clusters).")] = 0,
+    fit_sample: Annotated[
+        int,
+        typer.Option(
+            "--fit-sample",
+            min=1,
+            help="Fit topics and map on a random sample of this many items when there are "
+            "more, then place every item (docs/large-catalogues.md).",
+        ),
+    ] = 1_000_000,
 ) -> None:
     """Tag every image once (tags, ImageNet tags, embedding), then topics, map and clusters.
 
@@ -60,6 +69,7 @@ def build_cmd(
             batch_size=batch_size,
             refit=refit,
             seed=seed,
+            fit_sample=fit_sample,
         )
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))
@@ -109,6 +119,14 @@ def serve_cmd(
     queue: Annotated[
         int, typer.Option(help="Uploads that may wait for a worker; beyond that: 503.")
     ] = 8,
+    map_points: Annotated[
+        int,
+        typer.Option(
+            "--map-points",
+            help="Most points one map answer holds; a larger catalogue is shown as a sample "
+            "per view on a density layer.",
+        ),
+    ] = 50_000,
     allowed_host: Annotated[
         list[str] | None,
         typer.Option(
@@ -142,6 +160,7 @@ def serve_cmd(
             max_total_pixels=max_total_pixels,
             workers=workers,
             queue=queue,
+            map_points=map_points,
             allowed_hosts=hosts,
         )
     except (FileNotFoundError, ValueError) as err:

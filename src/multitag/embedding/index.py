@@ -1,6 +1,8 @@
 """``VectorIndex``: FAISS inner-product search over L2-normalised vectors + an item table.
 
-Exact (flat) search up to ``exact_max`` items, IVF (or HNSW on request) beyond, chosen at
+Exact (flat) search up to ``exact_max`` items, IVF (or HNSW on request) beyond, and from
+``compress_min`` items the compressed IVF-PQ index of :mod:`multitag.embedding.compressed`
+(trained on a sample, filled in chunks, ``nprobe`` tuned to ``recall_target``), chosen at
 build time. Items (id, path, attribute columns) live in ``items.parquet``; faiss row ``i`` is
 item row ``i``, so ``add`` appends to both without a rebuild. ``where`` filters by attribute
 with a faiss ``IDSelector`` (falling back to an exact scan of the allowed rows when the
@@ -23,9 +25,10 @@ import pandas as pd
 from multitag.core.io import atomic_path, write_json
 
 INDEX_FILE = "index.faiss"
+STORE_FILE = "vectors.npy"  # ivfpq: float16 vectors for exact re-ranking (memory-mapped)
 ITEMS_FILE = "items.parquet"
 META_FILE = "index.json"
-KINDS = ("auto", "exact", "ivf", "hnsw")
+KINDS = ("auto", "exact", "ivf", "hnsw", "ivfpq")
 
 
 def _as_matrix(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -65,6 +68,11 @@ class VectorIndex:
         hnsw_m: int = 32,
         ef_search: int = 128,
         train_size: int = 100_000,
+        compress_min: int = 1_000_000,
+        pq_m: int = 32,
+        recall_target: float = 0.95,
+        k_factor: int = 10,
+        workers: int = 1,
         seed: int = 0,
     ) -> None:
         if kind not in KINDS:
@@ -76,6 +84,11 @@ class VectorIndex:
         self.hnsw_m = hnsw_m
         self.ef_search = ef_search
         self.train_size = train_size
+        self.compress_min = compress_min
+        self.pq_m = pq_m
+        self.recall_target = recall_target
+        self.k_factor = k_factor
+        self.workers = workers
         self.seed = seed
         self.meta: dict = {}
 
@@ -83,7 +96,9 @@ class VectorIndex:
     def _choose(self, n: int) -> str:
         if self.kind != "auto":
             return self.kind
-        return "exact" if n <= self.exact_max else "ivf"
+        if n <= self.exact_max:
+            return "exact"
+        return "ivf" if n < self.compress_min else "ivfpq"
 
     def build(self, vectors: np.ndarray, items: pd.DataFrame | None = None) -> VectorIndex:
         """Index ``vectors`` (rows of ``items``: ``id``, ``path``, attributes)."""
@@ -91,6 +106,10 @@ class VectorIndex:
         x = _as_matrix(vectors)
         n, dim = x.shape
         kind = self._choose(n)
+        if kind == "ivfpq":
+            chunk = 100_000
+            chunks = (x[s : s + chunk] for s in range(0, n, chunk))
+            return self.build_chunks(chunks, n, self._sample(x), items, t0, store=x)
         if kind == "exact":
             index = faiss.IndexFlatIP(dim)
         elif kind == "hnsw":
@@ -129,8 +148,8 @@ class VectorIndex:
 
     @staticmethod
     def _items(items: pd.DataFrame | None, n: int, start: int) -> pd.DataFrame:
-        if items is None:
-            items = pd.DataFrame({"id": [str(i) for i in range(start, start + n)]})
+        if items is None:  # row numbers as ids, vectorised (compact string column)
+            items = pd.DataFrame({"id": pd.Series(np.arange(start, start + n)).astype(str)})
         if len(items) != n:
             raise ValueError(f"{n} vectors but {len(items)} item rows: they must match")
         items = items.reset_index(drop=True).copy()
@@ -139,12 +158,120 @@ class VectorIndex:
         items["id"] = items["id"].astype(str)
         return items
 
+    def _check_compression(self) -> None:
+        for name in ("compress_min", "pq_m", "k_factor", "workers", "train_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name}={value!r}: use a whole number >= 1")
+        if not 0 < self.recall_target <= 1:
+            raise ValueError(
+                f"recall_target={self.recall_target!r}: use a fraction in (0, 1], e.g. 0.95"
+            )
+
+    def _sample(self, x: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)
+        size = min(len(x), self.train_size)
+        return x[np.sort(rng.choice(len(x), size, replace=False))]
+
+    def build_chunks(
+        self,
+        chunks,
+        n: int,
+        sample: np.ndarray,
+        items: pd.DataFrame | None = None,
+        started: float | None = None,
+        store: np.ndarray | str | os.PathLike | None = None,
+    ) -> VectorIndex:
+        """The compressed (``ivfpq``) index of ``n`` vectors arriving as ``chunks`` (in row
+        order, never all in memory), trained on ``sample`` (rows of the same distribution,
+        e.g. a random subset); ``nprobe`` is tuned on 200 sample rows to ``recall_target``.
+
+        ``store`` keeps the full vectors for exact re-ranking: None (a float16 copy in
+        memory), a path (a float16 ``.npy`` memory map written there, read back row by row
+        at search time) or an array already holding the ``n`` rows (e.g. the catalogue's
+        embeddings)."""
+        from multitag.embedding import compressed
+
+        t0 = time.perf_counter() if started is None else started
+        self._check_compression()
+        sample = _as_matrix(sample)
+        dim = sample.shape[1]
+        path, fh, fill_store = None, None, True
+        if isinstance(store, (str, os.PathLike)):  # streamed to disk, memory-mapped after
+            path, store = Path(store), None
+            fh = open(path, "wb")  # noqa: SIM115 (closed below, after the fill)
+            header = {"descr": "<f2", "fortran_order": False, "shape": (n, dim)}
+            np.lib.format.write_array_header_2_0(fh, header)
+        elif store is None:
+            store = np.empty((n, dim), np.float16)
+        elif store.shape != (n, dim):
+            raise ValueError(f"store has shape {store.shape}; it must be ({n}, {dim})")
+        else:
+            fill_store = False  # the caller's array already holds the rows
+        nlist = self.nlist or compressed.default_nlist(n)
+        index = compressed.train(sample, n, m=self.pq_m, nlist=nlist, seed=self.seed)
+        rng = np.random.default_rng(self.seed + 1)
+        tune = compressed.TopK(sample[rng.choice(len(sample), min(200, len(sample)), False)])
+
+        def seen(chunk: np.ndarray) -> None:
+            if fill_store and tune.seen + len(chunk) <= n:
+                if fh is not None:
+                    fh.write(chunk.astype(np.float16).tobytes())
+                else:
+                    store[tune.seen : tune.seen + len(chunk)] = chunk
+            tune.update(chunk)
+
+        try:
+            compressed.fill(
+                index, (_as_matrix(c, dim) for c in chunks), workers=self.workers, on_chunk=seen
+            )
+        finally:
+            if fh is not None:
+                fh.close()
+        if index.ntotal != n:
+            raise ValueError(f"expected {n} vectors, the chunks held {index.ntotal}")
+        if path is not None:
+            store = np.load(path, mmap_mode="r")
+        if self.nprobe:
+            compressed.ivf_of(index).nprobe = self.nprobe
+            found = compressed.search(index, store, tune.queries, 10, self.k_factor)[1]
+            recall = compressed.recall_at(found, tune.rows)
+            sweep = [{"nprobe": self.nprobe, "recall": round(recall, 4)}]
+        else:
+            _, recall, sweep = compressed.tune_nprobe(
+                index, tune.queries, tune.rows, self.recall_target, 10, store, self.k_factor
+            )
+        self.store_ = store  # vectors() reads the store: no direct map needed
+        self.index_, self.dim_, self.kind_ = index, dim, "ivfpq"
+        self.items_ = self._items(items, n, start=0)
+        ivf = compressed.ivf_of(index)
+        self.meta = {
+            **self.meta,
+            "kind": "ivfpq",
+            "dim": dim,
+            "metric": "inner_product on L2-normalised vectors (cosine)",
+            "build_seconds": round(time.perf_counter() - t0, 3),
+            "exact_max": self.exact_max,
+            "compress_min": self.compress_min,
+            "factory": compressed.factory_string(n, dim, self.pq_m, ivf.nlist),
+            "nlist": int(ivf.nlist),
+            "nprobe": int(ivf.nprobe),
+            "train_rows": len(sample),
+            "recall_target": self.recall_target,
+            "k_factor": self.k_factor,
+            "tuned_recall@10": round(float(recall), 4),
+            "nprobe_sweep": sweep,
+        }
+        return self
+
     def add(self, vectors: np.ndarray, items: pd.DataFrame | None = None) -> VectorIndex:
         """Append items without a rebuild (IVF assigns them to the trained lists)."""
         self._check()
         x = _as_matrix(vectors, self.dim_)
         new = self._items(items, len(x), start=len(self.items_))
         self.index_.add(x)
+        if getattr(self, "store_", None) is not None:  # ivfpq: the re-ranking rows too
+            self.store_ = np.concatenate([self.store_, x.astype(self.store_.dtype)])
         self.items_ = pd.concat([self.items_, new], ignore_index=True)
         return self
 
@@ -162,6 +289,8 @@ class VectorIndex:
         rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return np.zeros((0, self.dim_), np.float32)
+        if getattr(self, "store_", None) is not None:  # ivfpq: the full vectors, not codes
+            return np.asarray(self.store_[rows], np.float32)
         return self.index_.reconstruct_batch(rows)
 
     def row_of(self, item_id: str) -> int:
@@ -190,9 +319,23 @@ class VectorIndex:
     def _params(self, selector):
         if self.kind_ == "ivf":
             return faiss.SearchParametersIVF(sel=selector, nprobe=self.index_.nprobe)
+        if self.kind_ == "ivfpq":  # the selector goes to the IVF under the transforms
+            ivf = faiss.SearchParametersIVF(
+                sel=selector, nprobe=faiss.extract_index_ivf(self.index_).nprobe
+            )
+            return faiss.SearchParametersPreTransform(index_params=ivf)
         if self.kind_ == "hnsw":
             return faiss.SearchParametersHNSW(sel=selector, efSearch=self.index_.hnsw.efSearch)
         return faiss.SearchParameters(sel=selector)
+
+    def _search(self, q: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
+        if getattr(self, "store_", None) is None:
+            return self.index_.search(q, k, params=params)
+        # ivfpq: k_factor candidates per result from the codes, re-ranked exactly
+        from multitag.embedding.compressed import rerank
+
+        _, cand = self.index_.search(q, min(len(self), k * self.k_factor), params=params)
+        return rerank(self.store_, q, cand, k)
 
     def search(
         self,
@@ -213,13 +356,13 @@ class VectorIndex:
         extra = len(exclude_rows) if exclude_rows is not None else 0
         kk = min(k + extra, len(self))
         if allowed is None:
-            scores, rows = self.index_.search(q, kk)
+            scores, rows = self._search(q, kk)
         elif len(allowed) == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1)
         else:
             kk = min(kk, len(allowed))
             sel = faiss.IDSelectorBatch(allowed.astype(np.int64))
-            scores, rows = self.index_.search(q, kk, params=self._params(sel))
+            scores, rows = self._search(q, kk, self._params(sel))
             short = (rows >= 0).sum(1) < kk
             if short.any():  # approximate search missed some: scan the allowed rows exactly
                 sub = self.vectors(allowed)
@@ -257,6 +400,13 @@ class VectorIndex:
             faiss.write_index(self.index_, str(tmp))
         with atomic_path(directory / ITEMS_FILE) as tmp:
             self.items_.to_parquet(tmp, index=False)
+        if getattr(self, "store_", None) is not None:
+            with atomic_path(directory / STORE_FILE) as tmp:
+                out = np.lib.format.open_memmap(tmp, "w+", np.float16, self.store_.shape)
+                for s in range(0, len(out), 100_000):  # chunked: the store may be on disk
+                    out[s : s + 100_000] = self.store_[s : s + 100_000]
+                out.flush()
+                del out
         write_json(directory / META_FILE, {**self.meta, "count": len(self)})
         return directory
 
@@ -271,13 +421,20 @@ class VectorIndex:
                 "create one with `multitag index build MODEL_DIR PATH... --out DIR`"
             )
         meta = json.loads(meta_path.read_text())
-        self = cls(meta["kind"], exact_max=meta.get("exact_max", 50_000))
+        self = cls(
+            meta["kind"],
+            exact_max=meta.get("exact_max", 50_000),
+            compress_min=meta.get("compress_min", 1_000_000),
+            k_factor=meta.get("k_factor", 10),
+        )
+        if (directory / STORE_FILE).is_file():
+            self.store_ = np.load(directory / STORE_FILE, mmap_mode="r")
         self.index_ = faiss.read_index(str(directory / INDEX_FILE))
-        if meta["kind"] == "ivf":
+        if meta["kind"] in ("ivf", "ivfpq"):
             ivf = faiss.extract_index_ivf(self.index_)
             ivf.nprobe = meta.get("nprobe", ivf.nprobe)
-            if ivf.direct_map.type == faiss.DirectMap.NoMap:
-                ivf.make_direct_map()
+            if ivf.direct_map.type == faiss.DirectMap.NoMap and meta["kind"] == "ivf":
+                ivf.make_direct_map()  # ivfpq reads vectors from its store instead
         self.items_ = pd.read_parquet(directory / ITEMS_FILE)
         self.items_["id"] = self.items_["id"].astype(str)
         self.dim_ = self.index_.d

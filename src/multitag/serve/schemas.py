@@ -73,8 +73,16 @@ class RecommendResponse(BaseModel):
     items: list[Recommendation]
 
 
+class Density(BaseModel):
+    """Point counts on a grid over ``box`` = [x0, x1, y0, y1]; ``counts[i][j]``: row i of
+    y, column j of x."""
+
+    box: list[float]
+    counts: list[list[int]]
+
+
 class MapData(BaseModel):
-    """Column-oriented points for the explorer map."""
+    """Column-oriented points for the explorer map (all, or a sample for the view box)."""
 
     ids: list[str]
     x: list[float]
@@ -83,6 +91,11 @@ class MapData(BaseModel):
         description="per field: {'categories': [...], 'codes': [...]} (code per point)"
     )
     tags: list[str] = Field(description="every tag (task:label) present, for filtering")
+    rows: list[int] = Field(description="catalogue row of each point (as /match returns)")
+    total: int = Field(description="points in the view box (and filter), returned or not")
+    n_items: int = Field(description="items in the catalogue")
+    sampled: bool = Field(description="true when only a sample of the view's points is here")
+    density: Density | None = Field(None, description="all the view's points, when sampled")
 
 
 class Match(BaseModel):

@@ -7,18 +7,22 @@ the model.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from fastapi import HTTPException
 
 from multitag.catalog import layout as layout_mod
 from multitag.catalog import topics as topics_mod
 from multitag.catalog.build import load_embedding
-from multitag.catalog.store import Catalog
+from multitag.catalog.columns import ItemColumns
+from multitag.catalog.store import ITEMS, Catalog
+from multitag.embedding import compressed
 from multitag.serve.uploads import Upload, check_budget
 from multitag.tagger import outputs
 
@@ -35,9 +39,13 @@ class CatalogService:
         self.ids = self.items["id"].astype(str).tolist()
         self.index = catalog.load_index()  # refused clearly when missing, unreadable or torn
         self.emb = np.ascontiguousarray(catalog.embeddings, np.float32)
+        index_meta = catalog.meta.get("index") or {}
+        # a compressed index's candidates are re-ranked exactly with the embeddings
+        self.k_factor = index_meta.get("k_factor") if index_meta.get("kind") == "ivfpq" else None
         self.task_names = [t["name"] for t in catalog.tasks]
         self.topic_names = {t["id"]: t["name"] for t in catalog.meta["topics"]["topics"]}
-        self.row_tags = [set(map(str, t)) for t in self.items["tags"]]
+        # filters and map views run on columns (the tag lists read with pyarrow)
+        self.columns = ItemColumns.from_parquet(self.items, catalog.data_dir / ITEMS)
         self.tagger = self.embed = None
         self.lock = threading.Lock()  # one forward pass at a time: the tagger is not reentrant
         if model_dir is not None:
@@ -67,6 +75,27 @@ class CatalogService:
             "labels": {t: str(r[t]) for t in self.task_names},
         }
 
+    @functools.cached_property
+    def colour_fields(self) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Per map colour field (each task, topic, cluster): ``(categories, code per row)``,
+        computed once (vectorised: the map asks for them on every view)."""
+        out = {}
+        for name in self.task_names:
+            values = self.items[name].astype(str).replace("", "(none)")
+            cats = values.value_counts().index.tolist()  # most common first
+            out[name] = (cats, pd.Categorical(values, categories=cats).codes.astype(np.int64))
+        topics = self.columns.topic
+        out["topic"] = (
+            [f"{i}: {self.topic_names.get(i, '')}" for i in range(int(topics.max(initial=0)) + 1)],
+            topics,
+        )
+        clusters = self.columns.cluster
+        out["cluster"] = (
+            [f"cluster {i}" for i in range(int(clusters.max(initial=0)) + 1)],
+            clusters,
+        )
+        return out
+
     def task_tags(self, probs: np.ndarray, k: int = 3) -> dict[str, list[dict]]:
         """The ``k`` most probable labels of each task, from one row of catalogue tagprobs."""
         per_task = outputs.split_tasks(probs, self.catalog.tasks)
@@ -87,14 +116,7 @@ class CatalogService:
         }
 
     def mask(self, tag: str | None, topic: int | None, cluster: int | None) -> np.ndarray:
-        keep = np.ones(len(self.ids), bool)
-        for t in split_tags(tag):
-            keep &= np.array([t in s for s in self.row_tags])
-        if topic is not None:
-            keep &= self.items["topic"].to_numpy() == topic
-        if cluster is not None:
-            keep &= self.items["cluster"].to_numpy() == cluster
-        return keep
+        return self.columns.mask(split_tags(tag), topic, cluster)
 
     def search(
         self,
@@ -105,7 +127,11 @@ class CatalogService:
     ) -> list[tuple[int, float]]:
         q = np.ascontiguousarray(query.reshape(1, -1), np.float32)
         if keep is None or keep.all():
-            scores, rows = self.index.search(q, min(len(self.ids), k + len(exclude)))
+            kk = min(len(self.ids), k + len(exclude))
+            if self.k_factor:
+                scores, rows = compressed.search(self.index, self.emb, q, kk, self.k_factor)
+            else:
+                scores, rows = self.index.search(q, kk)
             hits = [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
         else:
             rows = np.flatnonzero(keep)
@@ -228,7 +254,7 @@ class CatalogService:
                     **self.summary(r),
                     "score": round(s, 5),
                     "reason": {
-                        "shared_attributes": sorted(self.row_tags[r] & set(counts)),
+                        "shared_attributes": sorted(set(self.columns.tags_of(r)) & set(counts)),
                         "shared_topics": shared_topics,
                     },
                 }

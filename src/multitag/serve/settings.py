@@ -18,7 +18,9 @@ class ServeSettings:
     ``max_pixels`` every image's width x height read from its header before decoding,
     ``max_total_pixels`` the sum over one ``/recommend`` request. ``workers`` threads run the
     decoding and the model; ``queue`` more requests may wait for them, beyond that the answer
-    is ``503`` with ``Retry-After``. ``allowed_hosts`` are the Host header values accepted
+    is ``503`` with ``Retry-After``. ``map_points`` is the most points one ``/map`` answer
+    holds (a larger catalogue is shown as a sample per view on a density layer).
+    ``allowed_hosts`` are the Host header values accepted
     (``"*"``: any); ``api_key`` (``None``: open) is required in the ``X-API-Key`` header or the
     explorer's session cookie.
     """
@@ -29,6 +31,7 @@ class ServeSettings:
     max_total_pixels: int = 100_000_000
     workers: int = 2
     queue: int = 8
+    map_points: int = 50_000
     allowed_hosts: tuple[str, ...] = LOCAL_HOSTS
 
     def __post_init__(self) -> None:
@@ -37,7 +40,7 @@ class ServeSettings:
 
         if not self.max_upload_mb > 0:
             raise bad("max_upload_mb", self.max_upload_mb, "a positive number of megabytes")
-        for name in ("max_pixels", "max_total_pixels", "workers"):
+        for name in ("max_pixels", "max_total_pixels", "workers", "map_points"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, value, "an integer >= 1")

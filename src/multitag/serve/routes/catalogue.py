@@ -1,14 +1,16 @@
-"""Catalogue-wide views: topics, the map's points, the rows matching tags."""
+"""Catalogue-wide views: topics, the map's points (a sample per view on millions), the rows
+matching tags."""
 
 from __future__ import annotations
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 
 from multitag.serve import schemas
-from multitag.serve.deps import get_service
+from multitag.serve.deps import get_service, get_settings
 from multitag.serve.security import require_key
 from multitag.serve.service import CatalogService
+from multitag.serve.settings import ServeSettings
 
 router = APIRouter(dependencies=[Depends(require_key)], responses=schemas.errors(401))
 
@@ -22,31 +24,50 @@ def get_topics(service: CatalogService = Depends(get_service)):
 
 
 @router.get("/map", response_model=schemas.MapData)
-def get_map(service: CatalogService = Depends(get_service)):
-    items = service.items
-    colour = {}
-    for name in service.task_names:
-        codes, cats = _codes(items[name].astype(str).replace("", "(none)"))
-        colour[name] = {"categories": cats, "codes": codes}
-    topic_codes = items["topic"].astype(int)
-    colour["topic"] = {
-        "categories": [
-            f"{i}: {service.topic_names.get(i, '')}" for i in range(int(topic_codes.max()) + 1)
-        ],
-        "codes": topic_codes.tolist(),
-    }
-    clusters = items["cluster"].astype(int)
-    colour["cluster"] = {
-        "categories": [f"cluster {i}" for i in range(int(clusters.max()) + 1)],
-        "codes": clusters.tolist(),
-    }
-    tags = sorted(set().union(*service.row_tags)) if service.row_tags else []
+def get_map(
+    x0: float | None = Query(None, description="view box: left (with x1, y0, y1)"),
+    x1: float | None = None,
+    y0: float | None = None,
+    y1: float | None = None,
+    limit: int | None = Query(
+        None, ge=1, le=200_000, description="most points to return (default: --map-points)"
+    ),
+    tag: str | None = Query(None, description="only items with these task:label tags"),
+    bins: int = Query(64, ge=4, le=256, description="density grid size when sampled"),
+    service: CatalogService = Depends(get_service),
+    settings: ServeSettings = Depends(get_settings),
+):
+    """The map's points: every item when they fit in ``limit``, else for the view box (all
+    four of ``x0, x1, y0, y1``) a fixed random sample of ``limit`` and a density grid of all
+    (zooming in reveals more). ``rows`` are catalogue rows (as ``/match`` returns)."""
+    edges = (x0, x1, y0, y1)
+    if any(v is None for v in edges) and not all(v is None for v in edges):
+        raise HTTPException(422, "give all four of x0, x1, y0, y1 for a view box, or none")
+    box = None if x0 is None else edges
+    if box is not None and (x0 >= x1 or y0 >= y1):
+        raise HTTPException(
+            422, f"empty view box x {x0}..{x1}, y {y0}..{y1}: need x0 < x1, y0 < y1"
+        )
+    keep = service.mask(tag, None, None) if tag else None
+    view = service.columns.view(box, limit or settings.map_points, keep, bins)
+    rows = view["rows"]
+    density = view["density"]
+    if density is not None:
+        density = {"box": density["box"], "counts": density["counts"].tolist()}
     return {
-        "ids": service.ids,
-        "x": items["x"].astype(float).tolist(),
-        "y": items["y"].astype(float).tolist(),
-        "colour_by": colour,
-        "tags": tags,
+        "ids": [service.ids[r] for r in rows],
+        "x": service.columns.x[rows].astype(float).tolist(),
+        "y": service.columns.y[rows].astype(float).tolist(),
+        "colour_by": {
+            name: {"categories": cats, "codes": codes[rows].tolist()}
+            for name, (cats, codes) in service.colour_fields.items()
+        },
+        "tags": sorted(service.columns.tag_names),
+        "rows": rows.tolist(),
+        "total": view["total"],
+        "n_items": len(service.ids),
+        "sampled": view["total"] > len(rows),
+        "density": density,
     }
 
 
@@ -57,9 +78,3 @@ def match(
 ):
     rows = np.flatnonzero(service.mask(tag, None, None))
     return {"tag": tag, "total": len(rows), "rows": rows.tolist()}
-
-
-def _codes(values) -> tuple[list[int], list[str]]:
-    cats = values.value_counts().index.tolist()
-    lookup = {c: i for i, c in enumerate(cats)}
-    return [lookup[v] for v in values], cats

@@ -1,11 +1,14 @@
 // multitag explorer: the catalogue map (plotly.js scattergl), hover thumbnails, colour by
 // task/topic/cluster, tag filter, click -> similar items, upload -> tags + neighbours.
+// Catalogues too large for one response come as a sample of the view on a density layer:
+// panning or zooming fetches the points of the new view (/map?x0=..&x1=..&y0=..&y1=..).
 "use strict";
 
 const MAX_LEGEND = 24; // categories beyond this are drawn together as "other"
 const state = {
   key: "",  // kept in memory only; thumbnails authenticate with the session cookie
   map: null, colour: "topic", match: null, highlight: [], query: null, details: new Map(),
+  tag: "", box: null, viewTimer: null, views: 0,
 };
 const $ = (id) => document.getElementById(id);
 const status = (text) => { $("status").textContent = text; };
@@ -54,6 +57,17 @@ function traces() {
     marker: { size: 5, opacity: 0.75 },
   });
   const out = [];
+  const d = m.density;
+  if (d) {  // every point of the view, counted on a grid, under the sample drawn on top
+    const [x0, x1, y0, y1] = d.box, ny = d.counts.length, nx = d.counts[0].length;
+    out.push({
+      type: "heatmap", name: `density (${m.total} in view)`, hoverinfo: "skip", showscale: false,
+      x: Array.from({ length: nx }, (_, j) => x0 + (j + 0.5) * (x1 - x0) / nx),
+      y: Array.from({ length: ny }, (_, i) => y0 + (i + 0.5) * (y1 - y0) / ny),
+      z: d.counts.map((row) => row.map((c) => (c > 0 ? Math.log1p(c) : null))),
+      colorscale: [[0, "rgba(99,102,241,0.08)"], [1, "rgba(30,27,75,0.55)"]],
+    });
+  }
   if (hidden.length) {  // filtered out: kept as faint context, not hoverable
     out.push({
       type: "scattergl", mode: "markers", name: `not matching (${hidden.length})`, hoverinfo: "skip",
@@ -163,8 +177,43 @@ async function onUpload(ev) {
   } catch (e) { status(e.message); }
 }
 
+// large catalogues: the points of the current view (and tag filter) come from the server
+function viewQuery() {
+  const p = new URLSearchParams();
+  if (state.box) ["x0", "x1", "y0", "y1"].forEach((k, i) => p.set(k, String(state.box[i])));
+  if (state.tag) p.set("tag", state.tag);
+  const q = p.toString();
+  return "/map" + (q ? "?" + q : "");
+}
+
+async function loadView() {
+  const m = await api(viewQuery());
+  m.n_items = m.n_items || m.ids.length;
+  state.map = m; state.views += 1;
+  await draw();
+  window.__viewsLoaded = state.views;
+  status(m.sampled ? `showing ${m.ids.length} of ${m.total} item(s) in view (${m.n_items} in all)`
+    : `${m.total} item(s) in view`);
+}
+
+function onRelayout(ev) {
+  if (!state.large) return;
+  const x0 = ev["xaxis.range[0]"], x1 = ev["xaxis.range[1]"];
+  const y0 = ev["yaxis.range[0]"], y1 = ev["yaxis.range[1]"];
+  if (ev["xaxis.autorange"] || ev["yaxis.autorange"]) state.box = null;
+  else if ([x0, x1, y0, y1].every((v) => v !== undefined)) state.box = [x0, x1, y0, y1];
+  else return;
+  clearTimeout(state.viewTimer);
+  state.viewTimer = setTimeout(() => loadView().catch((e) => status(e.message)), 250);
+}
+
 async function applyFilter() {
   const tag = $("tag-filter").value.trim();
+  if (state.large) {  // filter on the server, then show the view's matching points
+    state.tag = tag;
+    try { await loadView(); } catch (e) { status(e.message); }
+    return;
+  }
   if (!tag) { state.match = null; await draw(); status(""); return; }
   try {
     const res = await api("/match?tag=" + encodeURIComponent(tag));
@@ -187,6 +236,7 @@ async function main() {
   const t0 = performance.now();
   status("loading the catalogue ...");
   state.map = await api("/map");
+  state.large = state.map.sampled;  // the server sent a sample: fetch points per view
   const select = $("colour-by");
   for (const name of Object.keys(state.map.colour_by)) select.add(new Option(name, name));
   select.value = state.colour;
@@ -199,14 +249,16 @@ async function main() {
   await draw();
   const gd = $("map");
   gd.on("plotly_hover", onHover);
+  gd.on("plotly_relayout", onRelayout);
   gd.on("plotly_click", (ev) => {
     const pt = ev.points && ev.points[0];
     if (pt && pt.customdata !== undefined) similarTo(state.map.ids[pt.customdata]);
   });
   window.__firstPaintMs = performance.now() - t0;
   window.__ready = true;
-  status(`${state.map.ids.length} items`);
+  status(state.large ? `showing ${state.map.ids.length} of ${state.map.n_items} items: zoom in for more`
+    : `${state.map.ids.length} items`);
 }
 
-window.explorer = { state, pointPixel, similarTo, draw };
+window.explorer = { state, pointPixel, similarTo, draw, loadView };
 main().catch((e) => status(e.message));
