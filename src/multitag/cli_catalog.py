@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from multitag.cli_common import ExtOpt, IdColOpt, ImagesOpt, PathColOpt
+from multitag.cli_common import ExtOpt, IdColOpt, ImagesOpt, PathColOpt, PrecisionOpt
 
 catalog_app = typer.Typer(help="Build a browsable catalogue: tags, topics, 2-D map, clusters.")
 
@@ -38,6 +38,7 @@ def build_cmd(
         bool, typer.Option("--refit", help="Refit topics, map and clusters over everything.")
     ] = False,
     seed: Annotated[int, typer.Option(min=0, help="Random seed (topics, map, clusters).")] = 0,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Tag every image once (tags, ImageNet tags, embedding), then topics, map and clusters.
 
@@ -117,6 +118,7 @@ def serve_cmd(
             "127.0.0.1 (repeatable; '*' accepts any).",
         ),
     ] = None,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Serve the catalogue API (docs at /docs) and the explorer page (at /)."""
     import uvicorn

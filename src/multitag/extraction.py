@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from multitag import runtime
-from multitag.engines import resolve_engine, runner_for
+from multitag.engines import inference_precision, resolve_engine, runner_for
 from multitag.features import FEATURE_VERSION, Encoder, PrefixEncoder, iter_batches
 from multitag.progress import bar
 
@@ -38,10 +37,15 @@ def encoder_cache_id(
     encoder: Encoder, backbone: str, weights, precision: str, engine: str = "auto"
 ) -> dict:
     """What identifies cached features of ``encoder``: backbone, weights, preprocessing,
-    stages, grid stages, colour bins, the resolved precision and engine. The tagger and the
-    embedder both key their caches with this, so one extraction serves both."""
+    stages, grid stages, colour bins, the resolved precision and engine (for int8, also the
+    calibration set: int8 features never mix with float ones, nor with another calibration's).
+    The tagger and the embedder both key their caches with this, so one extraction serves
+    both."""
     from multitag import backbones
 
+    precision = inference_precision(precision, engine)
+    calibration = getattr(encoder, "calibration", None)
+    int8 = {"calibration": calibration.digest} if precision == "int8" and calibration else {}
     return {
         "backbone": backbones.resolve_name(backbone),
         "weights": str(weights),
@@ -49,8 +53,9 @@ def encoder_cache_id(
         "stages": encoder.stages,
         "colour_bins": encoder.colour_bins,
         "grid_stages": encoder.grid_stages,
-        "precision": runtime.resolve_precision(precision, runtime.default_device()),
+        "precision": precision,
         "engine": resolve_engine(engine),
+        **int8,
     }
 
 

@@ -25,6 +25,7 @@ from multitag.io import atomic_path, remove_stale_temps, write_json
 from multitag.locks import writer_lock
 from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads
 from multitag.multitask.prior_shift import PriorShiftedHeads
+from multitag.quantize import Calibration
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -106,6 +107,8 @@ def _save_tagger(tagger, directory: Path) -> Path:
             if isinstance(v, (str, int, float, bool, list, type(None)))
         },
         "precision": tagger.precision,
+        # the training photos that calibrate the int8 encoder (multitag.quantize)
+        "calibration": _calibration_dict(enc),
         "versions": _versions(),
     }
     if hasattr(net, "sharing_config"):  # soft / cross-stitch models (multitag.multitask.sharing)
@@ -120,6 +123,11 @@ def _save_tagger(tagger, directory: Path) -> Path:
     files = [WEIGHTS] + ([SPLIT] if (directory / SPLIT).is_file() else [])
     write_json(directory / CONFIG, integrity.seal(config, directory, files))
     return directory
+
+
+def _calibration_dict(encoder) -> dict | None:
+    calibration = getattr(encoder, "calibration", None)
+    return calibration.to_dict() if calibration is not None else None
 
 
 def _write_split(split: dict, path: Path) -> None:
@@ -212,6 +220,7 @@ def load_tagger(directory: str | os.PathLike):
         colour_bins=bb.get("colour_bins", 0),
         grid_stages=bb.get("grid_stages", []),
     )
+    encoder.calibration = Calibration.from_dict(config.get("calibration"))
     tasks = [Task.from_dict(t) for t in config["tasks"]]
     h = config["heads"]
 

@@ -23,12 +23,13 @@ from multitag.data.manifest import default_stratify, split_indices
 from multitag.data.photo_profile import photo_profile
 from multitag.data.tasks import Task, encode_all, infer_tasks
 from multitag.data.validate import ValidationReport, validate
-from multitag.engines import release_runner, runner_for
+from multitag.engines import inference_precision, release_runner, runner_for
 from multitag.extraction import FeatureResult, encoder_cache_id, extract_features
 from multitag.features import Encoder, Preprocessing, iter_batches
 from multitag.held_out import photo_digests
 from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads, probabilities
 from multitag.params import ParamsMixin
+from multitag.quantize import Calibration
 from multitag.runtime import default_cache_dir
 from multitag.train import History, TrainConfig, fit_heads
 
@@ -342,6 +343,15 @@ class MultiTaskTagger(ParamsMixin):
         self.photo_profile_ = photo_profile(paths, self.seed)
         encoder = self._build_encoder(self.weights, framing, detail)
         self.net_ = TaggerNet(encoder, self._new_heads(encoder.out_dim, self.seed), self.tasks_)
+        if inference_precision(self.precision, self.engine) == "int8":
+            # int8 features need the calibration photos first: the same split, made early
+            digests = np.asarray(photo_digests(paths), dtype=object)
+            early, _ = split_indices(
+                frame, default_stratify(self.tasks_), self.val_fraction, self.seed, groups=digests
+            )
+            encoder.calibration = Calibration.sample(
+                [paths[i] for i in early], digests[early], seed=self.seed
+            )
         feats = extract_features(
             encoder,
             frame["path"].tolist(),
@@ -372,6 +382,10 @@ class MultiTaskTagger(ParamsMixin):
         val_rows = np.setdiff1d(val_rows, bad)
         if len(train_rows) == 0:
             raise ValueError("no usable training rows: every image is missing or unreadable")
+        if getattr(encoder, "calibration", None) is None:  # saved: what --precision int8 uses
+            encoder.calibration = Calibration.sample(
+                [paths[i] for i in train_rows], digests[train_rows], seed=self.seed
+            )
         return FitData(frame, feats, encode_all(frame, self.tasks_), digests, train_rows, val_rows)
 
     def _new_heads(self, in_dim: int, seed: int) -> MultiTaskHeads:
