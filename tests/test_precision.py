@@ -153,8 +153,10 @@ def test_int8_tagger_is_calibrated_once_and_tags_like_bf16(
     tagger = trained_tagger.__class__.load(model_dir)
     tagger.progress = False
     before = quantize.CALIBRATIONS
-    bf16 = tagger.set_params(precision="bf16").predict_proba(val_paths)
-    int8 = tagger.set_params(precision="int8").predict_proba(val_paths)
+    tagger.precision = "bf16"
+    bf16 = tagger.predict_proba(val_paths)["proba"]
+    tagger.precision = "int8"
+    int8 = tagger.predict_proba(val_paths)["proba"]
     assert before + 1 == quantize.CALIBRATIONS
     key = engine_cache.int8_key(
         engine_cache.content_key(tagger.net_.encoder, 96, True),
