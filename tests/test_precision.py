@@ -13,12 +13,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from multitag import engine_cache, engines, quantize
-from multitag.backbones import create_model
-from multitag.cli import app
-from multitag.extraction import encoder_cache_id
-from multitag.features import Encoder, Preprocessing
-from multitag.quantize import Calibration
+from multitag.cli.main import app
+from multitag.vision import engine_cache, engines, quantize
+from multitag.vision.backbones import create_model
+from multitag.vision.extraction import encoder_cache_id
+from multitag.vision.features import Encoder, Preprocessing
+from multitag.vision.quantize import Calibration
 
 from .conftest import requires_fashion
 
@@ -124,8 +124,8 @@ def test_calibration_sample_and_check(tmp_path):
 
 _BUILD_AGAIN = """
 import json, sys
-from multitag import quantize
-from multitag.tagger import MultiTaskTagger
+from multitag.vision import quantize
+from multitag.tagger.estimator import MultiTaskTagger
 t = MultiTaskTagger.load(sys.argv[1])
 t.progress = False
 p = t.predict_proba(json.loads(sys.argv[2]))
