@@ -228,6 +228,8 @@ def train_cmd(
     kwargs = {}
     if cache_dir is not None:
         kwargs["cache_dir"] = cache_dir
+    if precision is not None:  # recorded: the model then tags as it was trained
+        kwargs["precision"] = precision
     tagger = MultiTaskTagger(
         _task_list(frame, tasks),
         backbone=backbone,
