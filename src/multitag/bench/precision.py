@@ -219,8 +219,10 @@ def to_markdown(out: dict) -> str:
             *speed_rows,
             "",
             f"Naive loop (timm + PIL, one image at a time, eager fp32): "
-            f"{out['naive_loop_images_per_s']:.1f} images/s. Speeds: {out['n_tag']} "
-            "catalogue photos, two alternating rounds, the faster kept.",
+            f"{out['naive_loop_images_per_s']:.1f} images/s, measured once after the rounds "
+            "(on a loaded host its two torch threads can stall far more than the engines, "
+            "so read tag / naive against `bench/core.md` too). Speeds: "
+            f"{out['n_tag']} catalogue photos, two alternating rounds, the faster kept.",
             "",
             f"**Weighted F1, validation sample** ({out['n_validation']} photos of the "
             "model's validation split; in brackets: against bf16)",
