@@ -161,7 +161,7 @@ def test_int8_tagger_is_calibrated_once_and_tags_like_bf16(
     key = engine_cache.int8_key(
         engine_cache.content_key(tagger.net_.encoder, 96, True),
         tagger.net_.encoder.calibration.digest,
-        quantize.nncf_version(),
+        f"{quantize.nncf_version()}+{quantize.SCHEME}",
     )
     cached = Path(os.environ["MULTITAG_CACHE"]) / "openvino" / key / "model.bin"
     assert cached.is_file()

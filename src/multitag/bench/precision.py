@@ -159,6 +159,7 @@ def run(
             "digest": tagger.net_.encoder.calibration.digest,
             "nncf": quantize.nncf_version(),
         },
+        "scheme": quantize.SCHEME,
         "n_validation": len(val),
         "n_hires": len(hires),
         "n_tag": len(paths),
@@ -210,8 +211,7 @@ def to_markdown(out: dict) -> str:
             f"{out['model']['backbone']} at {out['model']['image_size']} px, trained on cached "
             "bf16 features) applied through each precision of the OpenVINO engine. int8: the "
             f"backbone quantized by NNCF {cal['nncf']} on {cal['photos']} of the model's "
-            "training photos (`multitag.vision.quantize`; depthwise convolutions, stage pooling and "
-            "the colour features stay in float).",
+            f"training photos (`multitag.vision.quantize`, scheme `{out.get('scheme', '?')}`).",
             "",
             "| precision | `tag` end to end (images/s) | forward only (images/s) | "
             "tag / naive (target >= 5) | tag / forward (target >= 0.85) |",
@@ -237,6 +237,7 @@ def to_markdown(out: dict) -> str:
             f"int8 is {verdict} {out['tolerance'] * 100:.1f} points of bf16 on every task "
             f"(largest change {worst[0] * 100:+.2f} points, {worst[2]} on {worst[1]}).",
             "",
+            *([f"Note: {out['note']}", ""] if out.get("note") else []),
         ]
     )
 

@@ -325,7 +325,8 @@ def _graph(encoder: nn.Module, content: str | None, size: int, with_logits: bool
     made and cached otherwise (int8 from the float conversion, itself cached)."""
     key = content
     if int8 and content is not None:
-        key = engine_cache.int8_key(content, encoder.calibration.digest, quantize.nncf_version())
+        scheme = f"{quantize.nncf_version()}+{quantize.SCHEME}"
+        key = engine_cache.int8_key(content, encoder.calibration.digest, scheme)
     on_disk = key is not None and engine_cache.enabled()
     graph = engine_cache.load(key) if on_disk else None
     if graph is None:

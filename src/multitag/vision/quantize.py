@@ -9,12 +9,14 @@ model is later scored on (a validation split, fashion-products-hires) never cali
 Only the CNN is quantized: the colour features (histograms, CIELAB layout) and the input
 normalisation are computed from the raw pixels and would lose their meaning in int8, so every
 node that no convolution feeds is left out (:func:`backbone_only_scope`), and so are the
-depthwise convolutions and the pooling of stage maps, whose int8 error is the largest for
-the least speed.
+stem and head convolutions (the first sees the raw photo, the second's pooled output is the
+heads' main input; in float they cut int8's loss against bf16 most, see docs/precision.md),
+the depthwise convolutions and the pooling of stage maps.
 
-Quantized models are cached beside the converted ones (:mod:`multitag.vision.engine_cache`), keyed
-by the converted model's key, the calibration set's digest and the NNCF version, so a second
-run (another process, the API) reuses it instead of calibrating again.
+Quantized models are cached beside the converted ones (:mod:`multitag.vision.engine_cache`),
+keyed by the converted model's key, the calibration set's digest, :data:`SCHEME` and the
+NNCF version, so a second run (another process, the API) reuses it instead of calibrating
+again.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import numpy as np
 
 CALIBRATION_SIZE = 300  # training photos that set the int8 ranges
 CALIBRATION_BATCH = 32
+#: what is quantized, in the int8 cache key: a change re-quantizes instead of reusing
+SCHEME = "v2-stem-head-depthwise-pool-colour-float"
 #: op types kept in float besides the colour branch (see the module docstring)
 KEEP_FLOAT_TYPES = ["GroupConvolution", "ReduceMean", "AdaptiveAvgPool"]
 CALIBRATIONS = 0  # quantizations run in this process (a cache hit does not count)
@@ -117,8 +121,9 @@ class Calibration:
 
 
 def backbone_only_scope(graph) -> list[str]:
-    """Names of the nodes no convolution feeds: the input normalisation and the colour
-    features, which must stay in float."""
+    """Names of the nodes to keep in float: those no convolution feeds (the input
+    normalisation and the colour features), the stem convolution (on the raw photo) and the
+    head convolution (whose pooled output is the heads' main input)."""
     fed: set[str] = set()
     stack = [op for op in graph.get_ordered_ops() if op.get_type_name() == "Convolution"]
     while stack:
@@ -129,7 +134,12 @@ def backbone_only_scope(graph) -> list[str]:
         fed.add(name)
         stack.extend(t.get_node() for out in op.outputs() for t in out.get_target_inputs())
     names = [op.get_friendly_name() for op in graph.get_ordered_ops()]
-    return [name for name in names if name not in fed]
+    convs = [
+        op.get_friendly_name()
+        for op in graph.get_ordered_ops()
+        if op.get_type_name() == "Convolution"
+    ]
+    return [name for name in names if name not in fed] + convs[:1] + convs[-1:]
 
 
 def quantize(graph, encoder, calibration: Calibration):
