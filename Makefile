@@ -39,8 +39,10 @@ test-fast: install
 test-reliability: install
 	$(BIN)/python -m pytest -q -m reliability
 
+## core tagger, then int8 / bf16 / fp32 side by side on the model it trained (bench/precision.md)
 bench: install
 	$(BIN)/python -m multitag.bench.core --out bench
+	$(BIN)/python -m multitag.bench.precision --out bench --model bench/bench-model
 
 ## every benchmark (source shift: ~25 min incl. training the default tagger if bench/bench-model-shift is missing; embeddings: ~25 min; k-means: see bench/kmeans.md; index: ~5 min incl. 1M vectors; catalogue: ~5 min incl. a headless browser; service load: ~3 min; full-size frozen vs fine-tuned taggers, each with 1 and 3 head sets: ~75 min)
 bench-all: bench

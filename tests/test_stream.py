@@ -15,9 +15,9 @@ import pyarrow as pa
 import pytest
 
 from multitag.core.faults import ENV as KILL_ENV
+from multitag.core.io import file_digest
 from multitag.tagger import shards
 from multitag.tagger.stream_job import tag_to_dataset
-from multitag.vision.extraction import file_digest
 from tests.conftest import requires_fashion
 
 

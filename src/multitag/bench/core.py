@@ -80,7 +80,7 @@ def _tag_speed(tagger: MultiTaskTagger, paths: list[str], out: Path, engine: str
     return len(paths) / (time.perf_counter() - start)
 
 
-def _naive_loop(paths: list[str], size: int) -> float:
+def naive_loop(paths: list[str], size: int) -> float:
     """Images/s of the textbook loop: timm model, PIL decode, one image at a time, fp32."""
     from PIL import Image
 
@@ -157,7 +157,7 @@ def run(
         start_up["convert_vs_cached"] = start_up["convert_seconds"] / start_up["cached_seconds"]
     framing = tagger.net_.encoder.preprocessing.framing
     decode_speed = _decode_only(paths, tagger.net_.encoder.preprocessing)
-    naive_speed = _naive_loop(paths[:n_naive], image_size)
+    naive_speed = naive_loop(paths[:n_naive], image_size)
     result = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from multitag.cli.common import ExtOpt, IdColOpt, ImagesOpt, PathColOpt
+from multitag.cli.common import ExtOpt, IdColOpt, ImagesOpt, PathColOpt, PrecisionOpt
 
 catalog_app = typer.Typer(help="Build a browsable catalogue: tags, topics, 2-D map, clusters.")
 
@@ -47,6 +47,7 @@ def build_cmd(
             "more, then place every item (docs/large-catalogues.md).",
         ),
     ] = 1_000_000,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Tag every image once (tags, ImageNet tags, embedding), then topics, map and clusters.
 
@@ -135,6 +136,7 @@ def serve_cmd(
             "127.0.0.1 (repeatable; '*' accepts any).",
         ),
     ] = None,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Serve the catalogue API (docs at /docs) and the explorer page (at /)."""
     import uvicorn

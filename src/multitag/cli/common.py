@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -70,6 +71,33 @@ DetailOpt = Annotated[
     ),
 ]
 CacheDirOpt = Annotated[Path | None, typer.Option(help="Feature cache folder.")]
+
+
+def _set_precision(value: str | None) -> str | None:
+    """``--precision``: this run's inference precision for every engine it starts, set in one
+    place (``MULTITAG_PRECISION``, read by :func:`multitag.vision.engines.inference_precision`, so
+    worker processes see it too)."""
+    from multitag.core.runtime import PRECISIONS
+
+    if value is None:
+        return None
+    if value not in PRECISIONS:
+        fail(f"--precision {value!r} is not a precision: use one of {', '.join(PRECISIONS)}")
+    os.environ["MULTITAG_PRECISION"] = value
+    return value
+
+
+# every command that runs an engine takes it (tag, evaluate, train, catalog build, serve)
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        callback=_set_precision,
+        help="Inference precision of the backbone: int8 (OpenVINO, quantized with NNCF on "
+        "the model's training photos; cached after the first run), bf16, fp32 or auto "
+        "(default: the model's own, auto = bf16 where the CPU has it). int8 features are "
+        "cached apart from float ones.",
+    ),
+]
 
 
 def split_names(value: str | None) -> list[str]:

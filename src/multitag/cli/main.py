@@ -27,6 +27,7 @@ from multitag.cli.common import (  # noqa: E402
     ImageSizeOpt,
     ImagesOpt,
     PathColOpt,
+    PrecisionOpt,
     TasksOpt,
     console,
     detail_setting,
@@ -211,6 +212,7 @@ def train_cmd(
     class_weight: Annotated[str, typer.Option(help="none, sqrt or balanced.")] = "none",
     seed: Annotated[int, typer.Option(min=0, help="Random seed (split, init, order).")] = 0,
     cache_dir: CacheDirOpt = None,
+    precision: PrecisionOpt = None,
     id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
@@ -223,6 +225,8 @@ def train_cmd(
     kwargs = {}
     if cache_dir is not None:
         kwargs["cache_dir"] = cache_dir
+    if precision is not None:  # recorded: the model then tags as it was trained
+        kwargs["precision"] = precision
     tagger = MultiTaskTagger(
         task_list(frame, tasks),
         backbone=backbone,
@@ -300,6 +304,7 @@ def evaluate_cmd(
             "validation rows of the manifest it was trained from.",
         ),
     ] = False,
+    precision: PrecisionOpt = None,
     id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
@@ -378,6 +383,7 @@ def tag_cmd(
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Tags per task.")] = 3,
     images: ImagesOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
+    precision: PrecisionOpt = None,
     id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",

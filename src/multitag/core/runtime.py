@@ -33,11 +33,22 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+PRECISIONS = ("auto", "int8", "bf16", "fp32")
+
+
+def check_precision(precision: str, where: str = "precision") -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError naming it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{where} must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return precision
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` where the hardware runs it fast, else ``fp32``."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16 or fp32, not {precision!r}")
-    if precision != "auto":
+    """The float precision PyTorch computes in: ``auto`` -> ``bf16`` where the hardware runs
+    it fast, else ``fp32``. ``int8`` is an inference engine's precision
+    (:func:`multitag.vision.engines.inference_precision`); training under it computes as
+    ``auto``."""
+    if check_precision(precision) not in ("auto", "int8"):
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"

@@ -32,7 +32,7 @@ from multitag.tagger.held_out import photo_digests
 from multitag.training.loop import History, TrainConfig, fit_heads
 from multitag.vision import backbones
 from multitag.vision.encoder_spec import EncoderSpec
-from multitag.vision.engines import release_runner, runner_for
+from multitag.vision.engines import inference_precision, release_runner, runner_for
 from multitag.vision.extraction import (
     FeatureResult,
     encode_batches,
@@ -40,6 +40,7 @@ from multitag.vision.extraction import (
     extract_features,
 )
 from multitag.vision.features import Encoder, iter_batches
+from multitag.vision.quantize import Calibration
 
 
 @dataclass
@@ -396,6 +397,15 @@ class MultiTaskTagger(ParamsMixin):
         self.photo_profile_ = photo_profile(paths, self.seed)
         encoder = self._build_encoder(self.weights, framing, detail)
         self.net_ = TaggerNet(encoder, self._new_heads(encoder.out_dim, self.seed), self.tasks_)
+        if inference_precision(self.precision, self.engine) == "int8":
+            # int8 features need the calibration photos first: the same split, made early
+            digests = np.asarray(photo_digests(paths), dtype=object)
+            early, _ = split_indices(
+                frame, default_stratify(self.tasks_), self.val_fraction, self.seed, groups=digests
+            )
+            encoder.calibration = Calibration.sample(
+                [paths[i] for i in early], digests[early], seed=self.seed
+            )
         feats = extract_features(
             encoder,
             frame["path"].tolist(),
@@ -426,6 +436,10 @@ class MultiTaskTagger(ParamsMixin):
         val_rows = np.setdiff1d(val_rows, bad)
         if len(train_rows) == 0:
             raise ValueError("no usable training rows: every image is missing or unreadable")
+        if getattr(encoder, "calibration", None) is None:  # saved: what --precision int8 uses
+            encoder.calibration = Calibration.sample(
+                [paths[i] for i in train_rows], digests[train_rows], seed=self.seed
+            )
         return FitData(frame, feats, encode_all(frame, self.tasks_), digests, train_rows, val_rows)
 
     def _new_heads(self, in_dim: int, seed: int) -> MultiTaskHeads:

@@ -28,6 +28,7 @@ from multitag.multitask.net import TaggerNet
 from multitag.multitask.prior_shift import PriorShiftedHeads
 from multitag.vision.encoder_spec import encoder_from_config, encoder_section
 from multitag.vision.features import FEATURE_VERSION, Preprocessing
+from multitag.vision.quantize import Calibration
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -98,6 +99,8 @@ def _save_tagger(tagger, directory: Path) -> Path:
             if isinstance(v, (str, int, float, bool, list, type(None)))
         },
         "precision": tagger.precision,
+        # the training photos that calibrate the int8 encoder (multitag.vision.quantize)
+        "calibration": _calibration_dict(enc),
         "versions": library_versions(),
     }
     if hasattr(net, "sharing_config"):  # soft / cross-stitch models (multitag.multitask.sharing)
@@ -112,6 +115,11 @@ def _save_tagger(tagger, directory: Path) -> Path:
     files = [WEIGHTS] + ([SPLIT] if (directory / SPLIT).is_file() else [])
     write_json(directory / CONFIG, integrity.seal(config, directory, files))
     return directory
+
+
+def _calibration_dict(encoder) -> dict | None:
+    calibration = getattr(encoder, "calibration", None)
+    return calibration.to_dict() if calibration is not None else None
 
 
 def _write_split(split: dict, path: Path) -> None:
@@ -205,6 +213,7 @@ def load_saved(directory: str | os.PathLike) -> SavedTagger:
             f"multitag computes v{FEATURE_VERSION}: retrain it with `multitag train`"
         )
     encoder = encoder_from_config(config)
+    encoder.calibration = Calibration.from_dict(config.get("calibration"))
     tasks = [Task.from_dict(t) for t in config["tasks"]]
     h = config["heads"]
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from multitag.core.io import file_digest
 from multitag.tagger import shards
-from multitag.vision.extraction import file_digest
 
 
 def set_threads(threads: int | None, torch_threads: int | None = None) -> None:

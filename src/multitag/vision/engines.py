@@ -10,6 +10,11 @@
 - ``auto`` (default): ``openvino`` on CPU when the package is installed, else ``torch``.
   ``MULTITAG_ENGINE`` overrides ``auto`` for a whole process.
 
+Precision (:func:`inference_precision`): ``bf16`` / ``fp32`` on either engine, ``int8`` on
+OpenVINO only (the backbone quantized by NNCF, :mod:`multitag.vision.quantize`).
+``MULTITAG_PRECISION`` (what the CLI's ``--precision`` sets) replaces a model's own setting
+for a whole process.
+
 Engines only run inference. Training (heads, fine-tuning, metric learning) stays in PyTorch;
 the feature cache keys include the engine, so cached features always match the engine that
 will compute features of new images at tagging time.
@@ -32,7 +37,7 @@ import torch
 from torch import nn
 
 from multitag.core import runtime
-from multitag.vision import engine_cache
+from multitag.vision import engine_cache, quantize
 
 ENGINES = ("auto", "torch", "openvino")
 T = TypeVar("T")
@@ -77,6 +82,26 @@ def resolve_engine(engine: str = "auto", device: torch.device | None = None) -> 
         if device.type != "cpu":
             raise ValueError(f"engine='openvino' runs on the CPU; this device is {device}")
     return engine
+
+
+def inference_precision(
+    precision: str = "auto", engine: str = "auto", device: torch.device | None = None
+) -> str:
+    """The precision an engine runs ``precision`` in: ``MULTITAG_PRECISION`` when set (the
+    CLI's ``--precision``: this run's choice beats the model's), then ``int8`` as is (the
+    OpenVINO engine only), else :func:`runtime.resolve_precision` (``auto`` -> bf16 / fp32)."""
+    override = os.environ.get("MULTITAG_PRECISION", "")
+    if override:
+        precision = runtime.check_precision(override, "MULTITAG_PRECISION (--precision)")
+    device = device or runtime.default_device()
+    if runtime.check_precision(precision) == "int8":
+        if resolve_engine(engine, device) != "openvino":
+            raise ValueError(
+                "precision 'int8' runs on the openvino engine (CPU, the fast extra); "
+                "with the torch engine use --precision bf16 or fp32"
+            )
+        return "int8"
+    return runtime.resolve_precision(precision, device)
 
 
 class TorchRunner:
@@ -133,8 +158,10 @@ class OpenVINORunner:
         import openvino as ov
 
         self.with_logits = with_logits
+        # int8: the quantized convolutions run int8, the rest bf16 where the CPU has it
+        bf16 = precision == "bf16" or (precision == "int8" and runtime.cpu_has_bf16())
         config = {
-            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
             "PERFORMANCE_HINT": "THROUGHPUT",
         }
         threads = os.environ.get("MULTITAG_THREADS")
@@ -240,10 +267,10 @@ def runner_for(
     """
     device = device or runtime.default_device()
     engine = resolve_engine(engine, device)
-    precision = runtime.resolve_precision(precision, device)
+    precision = inference_precision(precision, engine, device)
     if engine == "torch":
         return TorchRunner(encoder, precision, device)
-    key = (engine, precision, _fingerprint(encoder))
+    key = (engine, precision, _fingerprint(encoder), _calibration_digest(encoder, precision))
     cached = _RUNNERS.get(encoder)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -265,23 +292,53 @@ def release_runner(encoder: nn.Module) -> bool:
     return True
 
 
+def _calibration_digest(encoder: nn.Module, precision: str) -> str | None:
+    """The digest of ``encoder``'s int8 calibration set (``None`` below int8); a ValueError
+    saying what to do when an int8 run has none."""
+    if precision != "int8":
+        return None
+    calibration = getattr(encoder, "calibration", None)
+    if calibration is None:
+        raise ValueError(
+            "precision 'int8' needs calibration photos, which a model records when it is "
+            "trained: retrain it with this multitag (`multitag train`), or use --precision bf16"
+        )
+    return calibration.digest
+
+
 def _openvino_runner(encoder: nn.Module, precision: str) -> OpenVINORunner:
     with_logits = bool(getattr(encoder, "with_imagenet", True))
     size = encoder.preprocessing.image_size
     content = engine_cache.content_key(encoder, size, with_logits)
-    if content is not None and (content, precision) in _BY_CONTENT:
-        _BY_CONTENT.move_to_end((content, precision))
-        return _BY_CONTENT[content, precision]
-    on_disk = content is not None and engine_cache.enabled()
-    graph = engine_cache.load(content) if on_disk else None
-    if graph is None:
-        graph = convert(encoder, size, with_logits)
-        if on_disk:  # and read it back: the compiled model is then the same bit for bit
-            engine_cache.save(content, graph)  # as later processes', whose outputs match
-            graph = engine_cache.load(content) or graph
+    memo = (content, precision, _calibration_digest(encoder, precision))
+    if content is not None and memo in _BY_CONTENT:
+        _BY_CONTENT.move_to_end(memo)
+        return _BY_CONTENT[memo]
+    graph = _graph(encoder, content, size, with_logits, precision == "int8")
     runner = OpenVINORunner(graph, precision, with_logits)
     if content is not None:
-        _BY_CONTENT[content, precision] = runner
+        _BY_CONTENT[memo] = runner
         while len(_BY_CONTENT) > _BY_CONTENT_KEEP:
             _BY_CONTENT.popitem(last=False)
     return runner
+
+
+def _graph(encoder: nn.Module, content: str | None, size: int, with_logits: bool, int8: bool):
+    """The converted (``int8``: and quantized) encoder, from the on-disk cache when there;
+    made and cached otherwise (int8 from the float conversion, itself cached)."""
+    key = content
+    if int8 and content is not None:
+        scheme = f"{quantize.nncf_version()}+{quantize.SCHEME}"
+        key = engine_cache.int8_key(content, encoder.calibration.digest, scheme)
+    on_disk = key is not None and engine_cache.enabled()
+    graph = engine_cache.load(key) if on_disk else None
+    if graph is None:
+        if int8:
+            float_graph = _graph(encoder, content, size, with_logits, False)
+            graph = quantize.quantize(float_graph, encoder, encoder.calibration)
+        else:
+            graph = convert(encoder, size, with_logits)
+        if on_disk:  # and read it back: the compiled model is then the same bit for bit
+            engine_cache.save(key, graph)  # as later processes', whose outputs match
+            graph = engine_cache.load(key) or graph
+    return graph

@@ -19,29 +19,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from multitag.core import runtime
+from multitag.core.io import file_digest
 from multitag.core.progress import bar
-from multitag.vision.engines import resolve_engine, runner_for
+from multitag.vision.engines import inference_precision, resolve_engine, runner_for
 from multitag.vision.features import FEATURE_VERSION, Encoder, PrefixEncoder, iter_batches
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """Content hash of a file (blake2b, 128 bits): the cache key part that follows the pixels."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def encoder_cache_id(
     encoder: Encoder, backbone: str, weights, precision: str, engine: str = "auto"
 ) -> dict:
     """What identifies cached features of ``encoder``: backbone, weights, preprocessing,
-    stages, grid stages, colour bins, the resolved precision and engine. The tagger and the
-    embedder both key their caches with this, so one extraction serves both."""
+    stages, grid stages, colour bins, the resolved precision and engine (for int8, also the
+    calibration set: int8 features never mix with float ones, nor with another calibration's).
+    The tagger and the embedder both key their caches with this, so one extraction serves
+    both."""
     from multitag.vision import backbones
 
+    precision = inference_precision(precision, engine)
+    calibration = getattr(encoder, "calibration", None)
+    int8 = {"calibration": calibration.digest} if precision == "int8" and calibration else {}
     return {
         "backbone": backbones.resolve_name(backbone),
         "weights": str(weights),
@@ -49,8 +45,9 @@ def encoder_cache_id(
         "stages": encoder.stages,
         "colour_bins": encoder.colour_bins,
         "grid_stages": encoder.grid_stages,
-        "precision": runtime.resolve_precision(precision, runtime.default_device()),
+        "precision": precision,
         "engine": resolve_engine(engine),
+        **int8,
     }
 
 
