@@ -64,9 +64,8 @@ for _new in MOVES.values():
 
 
 def _dotted(old: str) -> re.Pattern:
-    guard = ""
-    if old in _SUBMODULES:
-        guard = r"(?!\.(?:" + "|".join(sorted(_SUBMODULES[old])) + r")\b)"
+    # an old module that is now a package: ``multitag.tagger.<module>`` is already new
+    guard = r"(?!\.[a-z_])" if old in _SUBMODULES else ""
     return re.compile(r"\bmultitag\." + re.escape(old) + r"\b" + guard)
 
 
