@@ -107,10 +107,34 @@ def _split_from_package(match: re.Match) -> str:
     return "\n".join(lines)
 
 
+_PACKAGE_DIR = Path(__file__).resolve().parents[1] / "src" / "multitag"
+_FROM_NEW_PACKAGE = re.compile(
+    r"\bfrom multitag\.(?P<pkg>[a-z_]+) import (?P<names>[a-z_, ]+)$", re.M
+)
+
+
+def _is_new_style(match: re.Match) -> bool:
+    """``from multitag.tagger import outputs``: every name is a module of the package."""
+    names = [n.strip().split(" as ")[0] for n in match["names"].split(",") if n.strip()]
+    folder = _PACKAGE_DIR / match["pkg"]
+    return bool(names) and all((folder / f"{n}.py").is_file() for n in names)
+
+
 def rewrite(text: str) -> str:
     text = _FROM_PKG.sub(_split_from_package, text)
+    kept: list[str] = []
+
+    def hide(match: re.Match) -> str:
+        if not _is_new_style(match):
+            return match.group(0)
+        kept.append(match.group(0))
+        return f"\0KEPT{len(kept) - 1}\0"
+
+    text = _FROM_NEW_PACKAGE.sub(hide, text)
     for pattern, new in _PATTERNS:
         text = pattern.sub(new, text)
+    for i, original in enumerate(kept):
+        text = text.replace(f"\0KEPT{i}\0", original)
     for pattern, new in _PATHS:
         text = pattern.sub(new, text)
     return text
