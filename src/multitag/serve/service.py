@@ -40,7 +40,7 @@ class CatalogService:
         self.tagger = self.embed = None
         self.lock = threading.Lock()  # one forward pass at a time: the tagger is not reentrant
         if model_dir is not None:
-            from multitag.tagger import MultiTaskTagger
+            from multitag.tagger.estimator import MultiTaskTagger
 
             self.tagger = MultiTaskTagger.load(model_dir)
             self.tagger.progress = False
@@ -120,8 +120,8 @@ class CatalogService:
     def thumbnail(self, row: int) -> Path:
         """The cached thumbnail of ``row``, made on first use; ``404`` with a plain reason when
         the source image is gone or unreadable (never its path: that is the server's business)."""
+        from multitag.core.io import atomic_path
         from multitag.data.images import ImageDecodeError, load_image
-        from multitag.io import atomic_path
 
         cache = self.catalog.directory / "thumbs" / f"{row}.jpg"
         if cache.is_file():
@@ -188,7 +188,7 @@ class CatalogService:
                 )
         imagenet = []
         if a["imagenet"] is not None:
-            from multitag.tagging import imagenet_labels
+            from multitag.tagger.batch import imagenet_labels
 
             names = imagenet_labels()
             imagenet = [
