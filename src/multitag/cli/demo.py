@@ -37,9 +37,9 @@ DEMO_TASKS = [
 ]
 DEMO_IMAGE_SIZE = 224
 DEMO_STEPS = 6
-# the head-training schedule: the three head sets train as one batched model
-# (training/head_sets.py), in large batches on a short one-cycle schedule (bench/train.md)
-DEMO_TRAINING = {"epochs": 10, "batch_size": 2048, "lr": 4e-3, "patience": 4}
+# the head-training schedule (the tagger's default): the three head sets train as one
+# batched model (training/head_sets.py); shorter schedules lost weighted F1 (docs/demo.md)
+DEMO_TRAINING = {"epochs": 25, "batch_size": 512, "lr": 2e-3, "patience": 6}
 # "similar items" = the same type, colour and gender; the embedder trains on the tagger's
 # cached features (embedding/beside.py) and is saved beside it (bench/train.md)
 DEMO_SAME = ["articleType", "baseColour", "gender"]
