@@ -8,11 +8,14 @@ import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from multitag.cli.demo import run_demo
+from multitag.catalog.store import load_array, load_catalog
+from multitag.cli.demo import DEMO_SAME, run_demo
 from multitag.data.manifest import read_table
+from multitag.embedding.model import load_embedder
 
 from .conftest import FASHION, requires_fashion
 
@@ -45,13 +48,23 @@ def test_demo_runs_end_to_end_on_a_sample(fashion_frame, tmp_path, capsys):
     assert paths["report"].is_file()
     catalog = json.loads((paths["catalog"] / "catalog.json").read_text())
     assert catalog["complete"] and catalog["n_items"] == len(fashion_frame)
+    # similar items come from the embedder trained beside the tagger, from the same pass
+    embedding = json.loads((paths["model"] / "embedding.json").read_text())
+    assert embedding["same"] == DEMO_SAME and not embedding["finetuned"]
+    assert catalog["embedding"] == {"source": "embedder", "dim": embedding["dim"]}
+    emb = load_embedder(paths["model"])
+    store = load_catalog(paths["catalog"])
+    features = load_array(store.data_dir / "features.npy")
+    np.testing.assert_allclose(store.embeddings, emb.transform_features(features), atol=1e-5)
+    assert emb.tagger_ is not None  # one encoder: tags and embedding from one pass
 
-    steps = ["1/5 validate", "2/5 train", "3/5 evaluate", "4/5 tag", "5/5 catalogue"]
+    steps = ["1/6 validate", "2/6 train", "3/6 embed", "4/6 evaluate", "5/6 tag", "6/6 catalogue"]
     assert list(paths["seconds"]) == steps
     printed = capsys.readouterr().out
     assert [s for s in steps if s in printed] == steps  # each step's heading, numbered alike
     summary = printed[printed.rindex("summary") :]
     assert len(summary.splitlines()) <= 40  # one screen
+    assert re.search(r"embedding: .*recall@1 on the val split 0\.\d+, raw features 0\.\d+", summary)
     for line in ("model:", "tags:", "report:", "catalogue:", "| masterCategory |", "total"):
         assert line in summary
     for step in steps:

@@ -1,5 +1,6 @@
-"""The main job end to end on fashion-products: validate, train, evaluate, tag, catalogue;
-then (``multitag demo --explore``, what ``make explore`` runs) the explorer over its catalogue."""
+"""The main job end to end on fashion-products: validate, train, embed, evaluate, tag,
+catalogue; then (``multitag demo --explore``, what ``make explore`` runs) the explorer over
+its catalogue."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -34,14 +36,21 @@ DEMO_TASKS = [
     "pattern",
 ]
 DEMO_IMAGE_SIZE = 224
-DEMO_STEPS = 5
+DEMO_STEPS = 6
+# the head-training schedule (the tagger's default): the three head sets train as one
+# batched model (training/head_sets.py); shorter schedules lost weighted F1 (docs/demo.md)
+DEMO_TRAINING = {"epochs": 25, "batch_size": 512, "lr": 2e-3, "patience": 6}
+# "similar items" = the same type, colour and gender; the embedder trains on the tagger's
+# cached features (embedding/beside.py) and is saved beside it (bench/train.md)
+DEMO_SAME = ["articleType", "baseColour", "gender"]
+DEMO_EMBEDDER = {"epochs": 8, "batch_size": 512, "lr": 2e-3}
 EXPLORE_MAKE_TARGET = "make explore"  # the Makefile target that runs `multitag demo --explore`
 
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 class _Steps:
-    """Numbered steps (``1/5 validate`` ... ``5/5 catalogue``) and how long each took."""
+    """Numbered steps (``1/6 validate`` ... ``6/6 catalogue``) and how long each took."""
 
     def __init__(self, total: int) -> None:
         self.total = total
@@ -97,24 +106,16 @@ def run_demo(data_root: Path, out: Path, image_size: int | None = None) -> dict:
 
     with steps.step("train", "frozen backbone: features once, then 3 sets of heads"):
         # three head sets from three seeds, averaged (BENCHMARKS.md, "Study targets at full
-        # size"), for a few more minutes of head training.
+        # size"), trained together as one batched model.
         # framing="auto": photos from other sources (square / landscape canvas, tight crop,
         # wide margins) are tagged like catalogue photos, for a small loss on the catalogue
         # itself (research/LOG.md, "Photos framed differently: product framing").
         # prior_shift="auto": a shift towards rare classes where it raises weighted F1 out of
-        # fold; refit=True: each head set then trains again on train + val for the epochs it
+        # fold; refit=True: the head sets then train again on train + val for the epochs they
         # chose, so the saved model learns from every labelled photo (BENCHMARKS.md, "Refit on
-        # train + val, scored on unseen photos"), for about twice the head-training time.
-        # Step 3 reports the heads before the refit.
-        tagger = MultiTaskTagger(
-            DEMO_TASKS,
-            multilabel=["pattern"],
-            image_size=image_size or DEMO_IMAGE_SIZE,
-            ensemble=3,
-            framing="auto",
-            prior_shift="auto",
-            refit=True,
-        )
+        # train + val, scored on unseen photos"). The evaluate step reports the heads before
+        # the refit.
+        tagger = demo_tagger(image_size)
         tagger.fit(frame, validation=report)
         model_dir = out / "model"
         tagger.save(model_dir)
@@ -129,8 +130,11 @@ def run_demo(data_root: Path, out: Path, image_size: int | None = None) -> dict:
         if tagger.refit_:
             console.print(
                 f"refit: every head set trained again on {tagger.refit_['rows_after']} rows "
-                f"(train + val); step 3 scores the heads before the refit"
+                f"(train + val); the evaluate step scores the heads before the refit"
             )
+
+    with steps.step("embed", "similar-items embedding on the same cached features"):
+        embedding = _train_embedder(tagger, frame, model_dir)
 
     with steps.step("evaluate", "validation split, heads before the refit"):
         metrics = evaluate_split(tagger)
@@ -144,7 +148,7 @@ def run_demo(data_root: Path, out: Path, image_size: int | None = None) -> dict:
 
     with steps.step("tag", "the validation images, with the saved model reloaded"):
         val_manifest = out / "val.csv"
-        val = frame[frame["path"].isin(set(tagger.val_paths_))]  # the rows step 3 scored
+        val = frame[frame["path"].isin(set(tagger.val_paths_))]  # the rows the evaluate step scored
         write_table(val[["id"]], val_manifest)
         reloaded = MultiTaskTagger.load(model_dir)
         tags_path, rejects, n_ok, n_bad = tag_to_file(
@@ -172,7 +176,9 @@ def run_demo(data_root: Path, out: Path, image_size: int | None = None) -> dict:
         "tags": f"{tags_path} ({n_ok} images"
         + (f", {n_bad} rejected -> {rejects})" if rejects else ")"),
         "report": f"{model_dir / 'report.html'} (metrics: {model_dir / 'metrics.json'})",
-        "catalogue": f"{catalog_dir} ({catalog['n_items']} items)",
+        "embedding": f"{model_dir / 'embedding.json'} ({embedding})",
+        "catalogue": f"{catalog_dir} ({catalog['n_items']} items, similar items by "
+        f"{catalog['embedding']['source']})",
     }
     _summary(where, metrics, steps.seconds, time.perf_counter() - started)
     print_command(
@@ -185,6 +191,47 @@ def run_demo(data_root: Path, out: Path, image_size: int | None = None) -> dict:
         after="   then open http://127.0.0.1:8000/",
     )
     return paths
+
+
+def demo_tagger(image_size: int | None = None, **overrides) -> MultiTaskTagger:
+    """The tagger the demo trains (``overrides``: any of its parameters, e.g. for a
+    benchmark of another schedule)."""
+    params = dict(
+        multilabel=["pattern"],
+        image_size=image_size or DEMO_IMAGE_SIZE,
+        ensemble=3,
+        framing="auto",
+        prior_shift="auto",
+        refit=True,
+        **DEMO_TRAINING,
+    )
+    return MultiTaskTagger(DEMO_TASKS, **{**params, **overrides})
+
+
+def _train_embedder(tagger: MultiTaskTagger, frame, model_dir: Path) -> str:
+    """Train the similar-items embedder on the tagger's train rows (its cached features: no
+    second encoder pass), save it beside the tagger and score it on the val rows; returns
+    the line the summary prints."""
+    from multitag.embedding.beside import fit_beside
+    from multitag.embedding.evaluate import retrieval_metrics
+    from multitag.embedding.model import same_key
+
+    val = frame["path"].isin(set(tagger.val_paths_)).to_numpy()
+    emb = fit_beside(tagger, frame, DEMO_SAME, rows=np.flatnonzero(~val), **DEMO_EMBEDDER)
+    emb.save(model_dir)
+    key = same_key(frame.set_index("path").loc[tagger.val_paths_], DEMO_SAME).to_numpy()
+    has = key != ""
+    feats = tagger.val_features_[has]
+    scores = {
+        name: retrieval_metrics(vectors, key[has], ks=(1,), nmi=False)["recall@1"]
+        for name, vectors in (("trained", emb.transform_features(feats)), ("raw", feats))
+    }
+    line = (
+        f"{emb.dim}-d, same {'+'.join(DEMO_SAME)}: recall@1 on the val split "
+        f"{scores['trained']:.3f}, raw features {scores['raw']:.3f}"
+    )
+    console.print(f"embedder -> {model_dir / 'embedding.json'}; {line}", soft_wrap=True)
+    return line
 
 
 def _summary(where: dict[str, str], metrics: dict, seconds: dict[str, float], total: float):

@@ -297,25 +297,28 @@ class MultiTaskTagger(ParamsMixin):
         data = self._prepare_fit(frame, validation)
         frame, feats, targets = data.frame, data.features, data.targets
         train_rows, val_rows, heads = data.train_rows, data.val_rows, self.net_.heads
-        heads.fit_scaler(feats.features[train_rows])
-        self.history_ = fit_heads(
-            heads,
-            feats.features,
-            targets,
-            self.tasks_,
-            train_rows,
-            val_rows,
-            self._train_config(),
-            progress=self.progress,
-        )
-        if self.freeze != "all":
-            from multitag.training.finetune import fine_tune
+        if self._batched():  # every head set at once (training/head_sets.py)
+            self._fit_sets_batched(feats.features, targets, train_rows, val_rows)
+        else:
+            heads.fit_scaler(feats.features[train_rows])
+            self.history_ = fit_heads(
+                heads,
+                feats.features,
+                targets,
+                self.tasks_,
+                train_rows,
+                val_rows,
+                self._train_config(),
+                progress=self.progress,
+            )
+            if self.freeze != "all":
+                from multitag.training.finetune import fine_tune
 
-            fine_tune(self, frame, targets, train_rows, val_rows)
-            feats.features = self.__dict__.pop("finetuned_features_", feats.features)
-        self.member_histories_ = [self.history_]
-        if self.ensemble > 1:  # more members on the final (frozen or tuned) features
-            self._fit_members(heads, feats.features, targets, train_rows, val_rows)
+                fine_tune(self, frame, targets, train_rows, val_rows)
+                feats.features = self.__dict__.pop("finetuned_features_", feats.features)
+            self.member_histories_ = [self.history_]
+            if self.ensemble > 1:  # more members on the final (frozen or tuned) features
+                self._fit_members(heads, feats.features, targets, train_rows, val_rows)
         self.prior_shift_ = {}
         if self.prior_shift == "auto" and len(val_rows):
             self._fit_prior_shift(feats.features, targets, train_rows, val_rows)
@@ -456,6 +459,29 @@ class MultiTaskTagger(ParamsMixin):
                 trunk=self.trunk,
             )
 
+    def _batched(self) -> bool:
+        """Whether the head sets train together as one batched model: frozen backbone and
+        linear heads (:func:`~multitag.training.head_sets.can_batch`)."""
+        return self.freeze == "all" and self.head == "linear"
+
+    def _fit_sets_batched(self, features, targets, train_rows, val_rows, run_epochs=None):
+        """Train all ``ensemble`` head sets from seeds ``seed, seed+1, ...`` at once
+        (:func:`~multitag.training.head_sets.fit_head_sets`); with ``run_epochs``, a refit.
+        Sets ``history_`` / ``member_histories_`` (not for a refit); returns the heads."""
+        from multitag.training.head_sets import fit_head_sets
+
+        seeds = [self.seed + i for i in range(self.ensemble)]
+        members = [self._new_heads(features.shape[1], s) for s in seeds]
+        histories = fit_head_sets(
+            members, features, targets, self.tasks_, train_rows, val_rows,
+            self._train_config(), seeds, run_epochs=run_epochs, progress=self.progress,
+        )  # fmt: skip
+        heads = members[0] if len(members) == 1 else HeadEnsemble(members, self.tasks_)
+        if run_epochs is None:
+            self.history_, self.member_histories_ = histories[0], histories
+            self.net_.heads = heads
+        return heads
+
     def _fit_members(self, first, features, targets, train_rows, val_rows) -> None:
         """Fit members 2..n from seeds ``seed+1, ...``; the heads become their ensemble."""
         members = [first]
@@ -505,11 +531,14 @@ class MultiTaskTagger(ParamsMixin):
 
         rows = np.union1d(train_rows, val_rows)
         epochs = [h.best_epoch + 1 for h in self.member_histories_]
-        members = [
-            self._refit_head_set(features, targets, train_rows, val_rows, self.seed + i, n)
-            for i, n in enumerate(epochs)
-        ]
-        new = members[0] if len(members) == 1 else HeadEnsemble(members, self.tasks_)
+        if self._batched():
+            new = self._fit_sets_batched(features, targets, rows, rows[:0], run_epochs=epochs)
+        else:
+            members = [
+                self._refit_head_set(features, targets, train_rows, val_rows, self.seed + i, n)
+                for i, n in enumerate(epochs)
+            ]
+            new = members[0] if len(members) == 1 else HeadEnsemble(members, self.tasks_)
         if isinstance(self.net_.heads, PriorShiftedHeads):
             self.net_.heads.base = new
         else:

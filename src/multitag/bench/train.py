@@ -1,0 +1,231 @@
+"""Head-training benchmark: everything the demo trains on cached features, before and after.
+
+On the demo's cached features (its tasks, 224 px, product framing; the features are
+extracted first if the cache lacks them), in one run:
+
+- **separate sets, 25 epochs**: the demo's training before batching: three head sets one after
+  another (``fit_heads``, batch 512), then each refitted on train + val for its best epochs;
+- **batched, 25 epochs**: the same schedule, the three sets as one batched model
+  (:mod:`multitag.training.head_sets`);
+- **batched, demo schedule**: the demo's schedule (:data:`multitag.cli.demo.DEMO_TRAINING`),
+  when it differs from the one before;
+- the embedder the demo trains beside the tagger (:data:`multitag.cli.demo.DEMO_EMBEDDER`).
+
+Wall and process CPU seconds per phase, best epochs, per-task weighted F1 of each ensemble
+(before its refit) on the val split, and the embedder's recall@1 on the val rows against the
+raw features. ``--rows`` subsamples the manifest for a quick run (the table says so).
+
+    python -m multitag.bench.train --out bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from multitag.cli.demo import DEMO_EMBEDDER, DEMO_TASKS, DEMO_TRAINING, demo_tagger
+from multitag.core import runtime
+from multitag.core.io import write_json, write_text
+from multitag.data.derive import keyword_tags
+from multitag.data.manifest import load_manifest
+from multitag.evaluation.report import report_from_arrays
+from multitag.multitask.heads import HeadEnsemble
+
+SAME = ["articleType", "baseColour", "gender"]
+BEFORE = {"epochs": 25, "batch_size": 512, "lr": 2e-3, "patience": 6}  # the demo's schedule before
+
+
+def _demo_run(runs: dict) -> str:
+    """The run that is the demo's training now."""
+    return "batched, demo schedule" if "batched, demo schedule" in runs else "batched, 25 epochs"
+
+
+@dataclass
+class _Clock:
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    def __enter__(self) -> _Clock:
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self._w
+        self.cpu = time.process_time() - self._c
+
+
+def _f1(tagger, heads, data) -> dict[str, float]:
+    tagger.net_.heads = heads
+    val = data.val_rows
+    proba = tagger.predict_proba_features(data.features.features[val])
+    report = report_from_arrays(tagger.tasks_, {k: v[val] for k, v in data.targets.items()}, proba)
+    return {name: round(m["weighted_f1"], 4) for name, m in report["tasks"].items()}
+
+
+def _separate(tagger, data) -> dict:
+    """Three head sets one after another, then three refits (the pre-batching path)."""
+    x, y, tr, va = data.features.features, data.targets, data.train_rows, data.val_rows
+    seeds = [tagger.seed + i for i in range(tagger.ensemble)]
+    with _Clock() as fit:
+        sets = [tagger._fit_head_set(x, y, tr, va, s, tagger.progress) for s in seeds]
+    epochs = [h.best_epoch + 1 for _, h in sets]
+    with _Clock() as refit:
+        for s, n in zip(seeds, epochs):
+            tagger._refit_head_set(x, y, tr, va, s, n)
+    heads = HeadEnsemble([h for h, _ in sets], tagger.tasks_)
+    return _record(fit, refit, epochs, _f1(tagger, heads, data))
+
+
+def _batched(tagger, data) -> dict:
+    x, y, tr, va = data.features.features, data.targets, data.train_rows, data.val_rows
+    with _Clock() as fit:
+        heads = tagger._fit_sets_batched(x, y, tr, va)
+    epochs = [h.best_epoch + 1 for h in tagger.member_histories_]
+    rows = np.union1d(tr, va)
+    with _Clock() as refit:
+        tagger._fit_sets_batched(x, y, rows, rows[:0], run_epochs=epochs)
+    return _record(fit, refit, epochs, _f1(tagger, heads, data))
+
+
+def _record(fit: _Clock, refit: _Clock, epochs, f1) -> dict:
+    return {
+        "fit_seconds": round(fit.wall, 1),
+        "refit_seconds": round(refit.wall, 1),
+        "seconds": round(fit.wall + refit.wall, 1),
+        "cpu_seconds": round(fit.cpu + refit.cpu, 1),
+        "best_epochs": epochs,
+        "weighted_f1": f1,
+        "mean_f1": round(float(np.mean(list(f1.values()))), 4),
+    }
+
+
+def _embedder(tagger, frame, data) -> dict:
+    from multitag.embedding.beside import fit_beside
+    from multitag.embedding.evaluate import retrieval_metrics
+    from multitag.embedding.model import same_key
+
+    with _Clock() as clock:
+        emb = fit_beside(tagger, frame, SAME, rows=data.train_rows, **DEMO_EMBEDDER)
+    key = same_key(frame, SAME).to_numpy()
+    val = np.array([r for r in data.val_rows if key[r]])
+    x = data.features.features[val]
+    trained = retrieval_metrics(emb.transform_features(x), key[val], ks=(1,), nmi=False)
+    raw = retrieval_metrics(x, key[val], ks=(1,), nmi=False)
+    return {
+        "params": DEMO_EMBEDDER,
+        "seconds": round(clock.wall, 1),
+        "cpu_seconds": round(clock.cpu, 1),
+        "recall@1": round(trained["recall@1"], 4),
+        "raw_recall@1": round(raw["recall@1"], 4),
+    }
+
+
+def run(data_root: Path, rows: int | None = None, skip_separate: bool = False) -> dict:
+    frame = load_manifest(data_root / "styles.csv", data_root / "images")
+    if rows:
+        frame = frame.sample(n=min(rows, len(frame)), random_state=0).reset_index(drop=True)
+    frame["pattern"] = keyword_tags(frame["productDisplayName"])
+    old = demo_tagger(**BEFORE)
+    old.progress = False
+    data = old._prepare_fit(frame)
+    result: dict = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+        f"bf16: {runtime.cpu_has_bf16()}, torch {torch.__version__}",
+        "n_rows": len(frame),
+        "n_train": int(len(data.train_rows)),
+        "n_val": int(len(data.val_rows)),
+        "feature_dim": int(data.features.features.shape[1]),
+        "tasks": DEMO_TASKS,
+        "demo_training": DEMO_TRAINING,
+        "runs": {},
+    }
+    if not skip_separate:
+        result["runs"]["separate sets, 25 epochs"] = _separate(old, data)
+    result["runs"]["batched, 25 epochs"] = _batched(old, data)
+    new = demo_tagger()
+    new.progress = False
+    new.tasks_, new.net_ = old.tasks_, old.net_
+    if DEMO_TRAINING != BEFORE:
+        result["runs"]["batched, demo schedule"] = _batched(new, data)
+    result["embedder"] = _embedder(new, frame, data)
+    return result
+
+
+def to_markdown(result: dict) -> str:
+    runs = result["runs"]
+    names = list(runs)
+    tasks = list(next(iter(runs.values()))["weighted_f1"])
+    t = result["demo_training"]
+    lines = [
+        "## Head training (`python -m multitag.bench.train`)",
+        "",
+        f"Everything the demo trains on cached features: {len(tasks)} tasks, 3 head sets "
+        f"(`ensemble=3`) and their refit on train + val, then the similar-items embedder. "
+        f"{result['n_rows']} fashion-products images ({result['n_train']} train / "
+        f"{result['n_val']} val rows), {result['feature_dim']}-d cached features (224 px, "
+        f"product framing). Machine: {result['machine']}. Demo schedule: {t['epochs']} epochs, "
+        f"batch {t['batch_size']}, lr {t['lr']}, patience {t['patience']}. Weighted F1 on the "
+        "val split of the three sets averaged, before their refit. Seconds are wall time; "
+        "CPU is the process's CPU time (all its threads), steadier on a shared host.",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for key, label in (
+        ("fit_seconds", "3 head sets, s"),
+        ("refit_seconds", "refit on train + val, s"),
+        ("seconds", "**all head training, s**"),
+        ("cpu_seconds", "CPU s"),
+    ):
+        lines.append(f"| {label} | " + " | ".join(f"{runs[n][key]:.1f}" for n in names) + " |")
+    lines.append("| best epochs | " + " | ".join(
+        ", ".join(map(str, runs[n]["best_epochs"])) for n in names) + " |")  # fmt: skip
+    for task in tasks:
+        lines.append(
+            f"| {task} | " + " | ".join(f"{runs[n]['weighted_f1'][task]:.4f}" for n in names) + " |"
+        )
+    lines.append("| mean weighted F1 | " + " | ".join(f"{runs[n]['mean_f1']:.4f}" for n in names)
+                 + " |")  # fmt: skip
+    e = result["embedder"]
+    demo = _demo_run(runs)
+    demo_total = runs[demo]["seconds"] + e["seconds"]
+    lines += [
+        "",
+        f"Embedder beside the tagger ({e['params']}): {e['seconds']:.1f} s ({e['cpu_seconds']:.1f} "
+        f"CPU s); recall@1 on the val rows (same {'+'.join(SAME)}) {e['recall@1']:.4f} against "
+        f"{e['raw_recall@1']:.4f} with the raw features. "
+        f"**All the demo's training on cached features: {demo_total:.1f} s** (target <= 60 s).",
+    ]
+    first = names[0]
+    if "separate" in first:
+        speed = runs[first]["seconds"] / max(runs[demo]["seconds"], 1e-9)
+        cpu = runs[first]["cpu_seconds"] / max(runs[demo]["cpu_seconds"], 1e-9)
+        lines.append(
+            f"The demo's head training ({demo}) against {first}, in this run: {speed:.1f}x "
+            f"less wall time, {cpu:.1f}x less CPU time."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-root", type=Path, default=Path("../shared/datasets/fashion-products"))
+    ap.add_argument("--out", type=Path, default=Path("bench"))
+    ap.add_argument("--rows", type=int, default=None, help="subsample the manifest (quick run)")
+    ap.add_argument("--skip-separate", action="store_true", help="skip the slow pre-batching run")
+    args = ap.parse_args(argv)
+    result = run(args.data_root, args.rows, args.skip_separate)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "train.json", result)
+    write_text(args.out / "train.md", to_markdown(result))
+    print(to_markdown(result))
+
+
+if __name__ == "__main__":
+    main()
