@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from multitag import runtime
+from multitag.data.views import view_id
 from multitag.engines import resolve_engine, runner_for
 from multitag.features import FEATURE_VERSION, Encoder, PrefixEncoder, iter_batches
 from multitag.progress import bar
@@ -143,8 +144,11 @@ def run_encoder(
     device: torch.device | None = None,
     progress: bool = True,
     description: str = "features",
+    view: str | None = None,
+    view_seed: int = 0,
 ) -> FeatureResult:
-    """Encode ``paths`` (no cache) with ``engine`` (see :mod:`multitag.engines`).
+    """Encode ``paths`` (no cache) with ``engine`` (see :mod:`multitag.engines`), each photo
+    as the extra ``view`` makes it when given (:mod:`multitag.data.views`).
     Bad files are reported in ``errors``, never raised."""
     runner = runner_for(encoder, engine, precision, device)
     feats = np.zeros((len(paths), encoder.out_dim), dtype=np.float32)
@@ -152,7 +156,14 @@ def run_encoder(
     errors: dict[int, str] = {}
     prep = encoder.preprocessing
     loader = iter_batches(
-        paths, prep.image_size, batch_size, workers, framing=prep.framing, detail=prep.detail
+        paths,
+        prep.image_size,
+        batch_size,
+        workers,
+        framing=prep.framing,
+        detail=prep.detail,
+        view=view,
+        view_seed=view_seed,
     )
     with bar(description, len(paths), enabled=progress and len(paths) > batch_size) as pbar:
         batches = (((indices, errs), images) for indices, images, errs in loader)
@@ -177,16 +188,23 @@ def extract_features(
     encoder_id: dict | None = None,
     shard_size: int = 4096,
     progress: bool = True,
+    view: str | None = None,
+    view_seed: int = 0,
     **kwargs,
 ) -> FeatureResult:
     """Encode ``paths``, reusing and filling the on-disk cache when ``cache_dir`` is given.
 
     ``encoder_id`` must identify the encoder's weights and settings (see ``Encoder`` users).
+    An extra ``view`` (:mod:`multitag.data.views`) is cached apart from the photos as they
+    are: its :func:`~multitag.data.views.view_id` joins the cache key.
     """
+    kwargs.update(view=view, view_seed=view_seed)
     if cache_dir is None:
         return run_encoder(encoder, paths, progress=progress, **kwargs)
     if encoder_id is None:
         raise ValueError("extract_features: encoder_id is required with cache_dir")
+    if view is not None:  # absent for the photos as they are: their existing caches still match
+        encoder_id = {**encoder_id, "view": view_id(view, view_seed)}
     cache = FeatureCache(cache_dir, encoder_id)
     errors: dict[int, str] = {}
     keys: list[str | None] = []
