@@ -168,6 +168,20 @@ def train_cmd(
     image_size: ImageSizeOpt = None,
     framing: FramingOpt = "auto",
     detail: DetailOpt = "auto",
+    views: Annotated[
+        str | None,
+        typer.Option(
+            help="Extra views of the training photos to also train the heads on (cached "
+            "features, comma-separated): flip, jpeg60, grey, down2 (docs/robustness.md)."
+        ),
+    ] = None,
+    flip_invariant: Annotated[
+        bool,
+        typer.Option(
+            help="Average every feature with its mirror-image feature before the heads, so a "
+            "photo and its mirror image get the same tags."
+        ),
+    ] = False,
     epochs: Annotated[
         int, typer.Option(min=1, help="Maximum epochs (early stopping on val).")
     ] = 25,
@@ -236,6 +250,8 @@ def train_cmd(
         image_size=image_size,
         framing=framing,
         detail=_detail_setting(detail),
+        views=_split(views) or None,
+        flip_invariant=flip_invariant,
         epochs=epochs,
         head=head,
         ensemble=ensemble,

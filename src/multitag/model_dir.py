@@ -91,6 +91,7 @@ def _save_tagger(tagger, directory: Path) -> Path:
             "dropout": tagger.dropout,
             "input_dropout": tagger.input_dropout,
             "ensemble": getattr(tagger, "ensemble", 1),
+            "flip_invariant": bool(getattr(tagger, "flip_invariant", False)),
             "prior_shift": getattr(tagger, "prior_shift_", {}),
         },
         "tasks": [t.to_dict() for t in tagger.tasks_],
@@ -99,6 +100,8 @@ def _save_tagger(tagger, directory: Path) -> Path:
             **tagger.train_config(),
             "history": tagger.history_.to_dict() if hasattr(tagger, "history_") else None,
             "refit": getattr(tagger, "refit_", None),
+            # extra views of the training photos the heads also learnt from (multitag.data.views)
+            "views": getattr(tagger, "views_", None),
         },
         "params": {
             k: v
@@ -224,6 +227,7 @@ def load_tagger(directory: str | os.PathLike):
             h["dropout"],
             input_dropout=0.0,
             trunk=h.get("trunk", 0),
+            mirror=encoder.mirror_index() if h.get("flip_invariant") else None,
         )
 
     n = int(h.get("ensemble", 1))
@@ -261,6 +265,7 @@ def load_tagger(directory: str | os.PathLike):
     tagger.net_ = net.eval()
     tagger.prior_shift_ = h.get("prior_shift", {})
     tagger.refit_ = config.get("training", {}).get("refit")
+    tagger.views_ = config.get("training", {}).get("views")
     tagger.config_ = config
     tagger.photo_profile_ = config.get("training_photos")
     split = _read_split(directory / SPLIT)
