@@ -260,6 +260,8 @@ def load_tagger(directory: str | os.PathLike):
     params.setdefault("framing", encoder.preprocessing.framing or "none")
     # likewise detail (None before it existed: photos of any size reach the square resize)
     params.setdefault("detail", encoder.preprocessing.detail or "none")
+    # and flip_invariant (off before it existed): what the saved heads do, whatever the default
+    params.setdefault("flip_invariant", bool(h.get("flip_invariant", False)))
     tagger = MultiTaskTagger(**params)
     tagger.tasks_ = tasks
     tagger.net_ = net.eval()
