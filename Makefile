@@ -40,22 +40,24 @@ test-reliability: install
 	$(BIN)/python -m pytest -q -m reliability
 
 bench: install
-	$(BIN)/python -m multitag.bench --out bench
+	$(BIN)/python -m multitag.bench.core --out bench
 
 ## every benchmark (source shift: ~25 min incl. training the default tagger if bench/bench-model-shift is missing; extra views: heads of that tagger on a 3,000-row sample, see bench/views.md; embeddings: ~25 min; k-means: see bench/kmeans.md; index: ~5 min incl. 1M vectors; catalogue: ~5 min incl. a headless browser; service load: ~3 min; full-size frozen vs fine-tuned taggers, each with 1 and 3 head sets: ~75 min)
 bench-all: bench
-	$(BIN)/python -m multitag.bench_embed --out bench
-	$(BIN)/python -m multitag.bench_kmeans --out bench --tree
-	$(BIN)/python -m multitag.bench_index --out bench
-	$(BIN)/python -m multitag.bench_catalog --out bench
-	$(BIN)/python -m multitag.bench_serve --out bench
-	$(BIN)/python -m multitag.bench_study --out bench
-	$(BIN)/python -m multitag.bench_shift --out bench
-	$(BIN)/python -m multitag.bench_views --out bench --train-rows 3000 --stop-rows 1000 --epochs 8 --shifts "mirror,JPEG q60,JPEG q30,grey background,upscale 4x,white canvas 2x"
-	$(BIN)/python -c "from pathlib import Path; from multitag.bench import write_benchmarks_md; write_benchmarks_md(Path('bench'))"
+	$(BIN)/python -m multitag.bench.embed --out bench
+	$(BIN)/python -m multitag.bench.kmeans --out bench --tree
+	$(BIN)/python -m multitag.bench.index --out bench
+	$(BIN)/python -m multitag.bench.catalog --out bench
+	$(BIN)/python -m multitag.bench.serve --out bench
+	$(BIN)/python -m multitag.bench.study --out bench
+	$(BIN)/python -m multitag.bench.shift --out bench
+	$(BIN)/python -m multitag.bench.views --out bench --train-rows 3000 --stop-rows 1000 --epochs 8 --shifts "mirror,JPEG q60,JPEG q30,grey background,upscale 4x,white canvas 2x"
+	$(BIN)/python -c "from pathlib import Path; from multitag.bench.core import write_benchmarks_md; write_benchmarks_md(Path('bench'))"
 
+## style (ruff) and the package's layer / cycle / torch-free contracts (import-linter, pyproject.toml)
 lint: install
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests research examples
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from multitag import backbones
-from multitag.extraction import FeatureCache, extract_features, run_encoder
-from multitag.features import Encoder, Preprocessing
-from multitag.held_out import photo_digests
+from multitag.tagger.held_out import photo_digests
+from multitag.vision import backbones
+from multitag.vision.extraction import FeatureCache, extract_features, run_encoder
+from multitag.vision.features import Encoder, Preprocessing
 from tests.conftest import FASHION, make_image, requires_fashion
 
 
 def test_torchvision_imports_after_patch():
-    code = "import multitag, torchvision, timm; print(torchvision.__version__)"
+    code = "import multitag.vision, torchvision, timm; print(torchvision.__version__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
 
@@ -49,7 +49,7 @@ def test_packaged_weights_are_real(name):
 @requires_fashion
 def test_lite0_imagenet_head_recognises_real_products():
     """The packaged ImageNet head works on real photos: T-shirts are 'jersey', shoes are shoes."""
-    from multitag.tagging import imagenet_labels
+    from multitag.tagger.batch import imagenet_labels
 
     model = backbones.create_model("lite0")
     enc = Encoder(model, Preprocessing.for_model(model, 224))
@@ -195,9 +195,16 @@ def test_feature_cache_reuses_and_reports_bad_files(encoder, tmp_path):
     assert list(first.errors) == [5] and "bad.jpg" not in first.errors[5]
     assert first.digests == photo_digests([*paths, bad])  # the split reuses them, no re-read
     assert len(FeatureCache(cache_dir, ident)) == 5
+    from multitag.vision import extraction
+
     calls = []
-    orig = encoder.forward
-    encoder.forward = lambda x: calls.append(len(x)) or orig(x)
+    run = extraction.run_encoder
+
+    def spy(enc, todo, **kwargs):  # whatever the engine, a miss goes through run_encoder
+        calls.append(len(todo))
+        return run(enc, todo, **kwargs)
+
+    extraction.run_encoder = spy
     try:
         again = extract_features(
             encoder,
@@ -207,9 +214,19 @@ def test_feature_cache_reuses_and_reports_bad_files(encoder, tmp_path):
             progress=False,
             precision="fp32",
         )
+        assert calls == []  # everything came from the cache
+        new = make_image(tmp_path / "new.png", (50, 60), (10, 200, 10))
+        extract_features(
+            encoder,
+            [new, *paths],
+            cache_dir=cache_dir,
+            encoder_id=ident,
+            progress=False,
+            precision="fp32",
+        )
+        assert calls == [1]  # the spy sees a miss: only the new photo was encoded
     finally:
-        del encoder.forward
-    assert calls == []  # everything came from the cache
+        extraction.run_encoder = run
     assert again.digests == first.digests[:5][::-1]
     np.testing.assert_allclose(again.features[::-1], first.features[:5], atol=2e-3, rtol=2e-3)
     other = FeatureCache(cache_dir, {"test": 2})

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multitag import backbones
 from multitag.data.views import GREY_LEVELS, VIEWS, apply_view, check_views, view_id
-from multitag.extraction import FeatureCache, extract_features
-from multitag.features import Encoder, ImageDataset, Preprocessing
+from multitag.vision import backbones
+from multitag.vision.extraction import FeatureCache, extract_features
+from multitag.vision.features import Encoder, ImageDataset, Preprocessing
 from tests.conftest import requires_fashion
 
 

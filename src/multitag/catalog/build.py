@@ -20,12 +20,13 @@ import pandas as pd
 from multitag.catalog import layout as layout_mod
 from multitag.catalog import store
 from multitag.catalog import topics as topics_mod
+from multitag.core.faults import kill_point
+from multitag.core.io import remove_stale_temps
+from multitag.core.locks import writer_lock
+from multitag.core.progress import bar
 from multitag.data.inputs import Inputs
 from multitag.embedding.kmeans import KMeans, nearest_centroid
-from multitag.faults import kill_point
-from multitag.io import remove_stale_temps
-from multitag.locks import writer_lock
-from multitag.progress import bar
+from multitag.tagger import outputs
 
 log = logging.getLogger(__name__)
 ChunkHook = Callable[[int, int, int], None]
@@ -66,29 +67,19 @@ def tag_columns(tasks) -> list[str]:
 
 def _tag_chunk(tagger, frame: pd.DataFrame, batch_size: int, labels: Sequence[str]):
     """Tag one chunk: rows (top tags per task), arrays (tag probabilities, features), rejects."""
-    from multitag.tagging import _top_k
-
     paths = frame["path"].tolist()
     out = tagger.predict_proba(paths, batch_size=batch_size, return_features=True, use_cache=True)
     ok = np.array([i not in out["errors"] for i in range(len(paths))], dtype=bool)
     rows = pd.DataFrame({"id": frame["id"].to_numpy()[ok], "path": np.asarray(paths)[ok]})
-    tags: list[list[str]] = [[] for _ in range(int(ok.sum()))]
+    proba = {name: p[ok] for name, p in out["proba"].items()}
+    columns = outputs.tag_columns(proba, tagger.tasks_, top=None)
     for task in tagger.tasks_:
-        p = out["proba"][task.name][ok]
-        if task.kind == "multiclass":
-            best = p.argmax(1) if len(p) else np.zeros(0, int)
-            chosen = [[j] for j in best]
-            rows[f"{task.name}_prob"] = p[np.arange(len(p)), best].round(6)
-        else:
-            chosen = [list(np.flatnonzero(r >= 0.5)) for r in p]
-            rows[f"{task.name}_prob"] = p.max(1).round(6) if p.size else []
-        rows[task.name] = ["|".join(task.classes[j] for j in c) for c in chosen]
-        for t, c in zip(tags, chosen):
-            t.extend(f"{task.name}:{task.classes[j]}" for j in c)
-    rows["tags"] = tags
+        rows[f"{task.name}_prob"] = columns[f"{task.name}_prob"]
+        rows[task.name] = columns[task.name]
+    rows["tags"] = outputs.tag_strings(proba, tagger.tasks_) or [[] for _ in range(len(rows))]
     imagenet = out["imagenet"]
     rows["imagenet"] = (
-        [[d["label"] for d in top] for top in _top_k(imagenet[ok], labels, 5)]
+        [[d["label"] for d in top] for top in outputs.top_k(imagenet[ok], labels, 5)]
         if imagenet is not None
         else [[] for _ in range(len(rows))]
     )
@@ -107,7 +98,7 @@ def _tag_chunk(tagger, frame: pd.DataFrame, batch_size: int, labels: Sequence[st
 def _inputs(inputs, images, options) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rows to catalogue (one per id: later duplicates are skipped, and reported) and the
     skipped inputs (``id, path, reason``)."""
-    from multitag.tagging import as_inputs
+    from multitag.tagger.batch import as_inputs
 
     found = as_inputs(inputs, images, **options).unique_ids()
     frame = found.frame[["id", "path"]]
@@ -164,12 +155,12 @@ def build_catalog(
     to ``out/parts`` so a killed build resumes where it stopped. If ``out`` already holds a
     finished catalogue, only new ids are tagged and placed with the fitted state, unless
     ``refit`` asks to refit topics, map and clusters over everything. ``inputs`` are resolved
-    with ``images`` and ``options`` (:func:`multitag.tagging.as_inputs`); the inputs skipped
+    with ``images`` and ``options`` (:func:`multitag.tagger.batch.as_inputs`); the inputs skipped
     there, and every id after its first, are listed in ``rejects.parquet`` with the images
     that could not be read.
     """
-    from multitag.tagger import MultiTaskTagger
-    from multitag.tagging import check_at_least, imagenet_labels
+    from multitag.tagger.batch import check_at_least, imagenet_labels
+    from multitag.tagger.estimator import MultiTaskTagger
 
     for name, value in (
         ("n_topics", n_topics),

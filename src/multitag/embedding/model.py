@@ -21,25 +21,27 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from multitag import backbones, integrity
+from multitag.core import integrity
+from multitag.core.io import atomic_path, write_json
+from multitag.core.locks import writer_lock
+from multitag.core.params import ParamsMixin
+from multitag.core.progress import bar
 from multitag.data.detail import resolve_detail
 from multitag.data.framing import Framing, resolve_framing
 from multitag.embedding import losses as loss_registry
-from multitag.extraction import (
+from multitag.tagger.persistence import CONFIG, FORMAT_VERSION, library_versions, read_config
+from multitag.training.finetune import StageData, tuned_features
+from multitag.training.loop import one_cycle
+from multitag.vision import backbones
+from multitag.vision.encoder_spec import EncoderSpec, encoder_from_config, encoder_section
+from multitag.vision.extraction import (
     FeatureResult,
     encoder_cache_id,
     extract_features,
     extract_prefix,
     run_encoder,
 )
-from multitag.features import Encoder, Preprocessing
-from multitag.finetune import StageData, tuned_features
-from multitag.io import atomic_path, write_json
-from multitag.locks import writer_lock
-from multitag.model_dir import CONFIG, FORMAT_VERSION, _versions, read_config
-from multitag.params import ParamsMixin
-from multitag.progress import bar
-from multitag.train import one_cycle
+from multitag.vision.features import Encoder, Preprocessing
 
 EMBED_CONFIG = "embedding.json"
 EMBED_WEIGHTS = "embedding.safetensors"
@@ -192,21 +194,24 @@ class Embedder(ParamsMixin):
     def _cache(self):
         if self.cache_dir is not None:
             return self.cache_dir
-        from multitag.runtime import default_cache_dir
+        from multitag.core.runtime import default_cache_dir
 
         return default_cache_dir() / "features"
 
     def build_encoder(self, paths: Sequence[str | os.PathLike] = ()) -> Encoder:
         """The encoder these settings describe (``paths``: the images ``framing="auto"`` and
         ``detail="auto"`` are measured on)."""
-        spec = backbones.get_spec(self.backbone)
-        model = backbones.create_model(spec.name, weights=self.weights)
         framing = resolve_framing(self.framing, list(paths), self.seed)
         detail = resolve_detail(self.detail, list(paths), framing, self.seed)
-        prep = Preprocessing.for_model(model, self.image_size, framing, detail)
-        return Encoder(
-            model, prep, self.stages, spec.has_classifier, self.colour_bins, self.grid_stages
+        spec = EncoderSpec(
+            self.backbone,
+            self.weights,
+            self.image_size,
+            self.stages,
+            self.colour_bins,
+            self.grid_stages,
         )
+        return spec.build(framing, detail)
 
     def encoder_id(self) -> dict:
         return encoder_cache_id(
@@ -501,7 +506,7 @@ class Embedder(ParamsMixin):
                 "loss_history": getattr(self, "history_", []),
             },  # fmt: skip
             "precision": self.precision,
-            "versions": _versions(),
+            "versions": library_versions(),
         }
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -567,24 +572,16 @@ def _tagger_mismatch(tagger_cfg: dict, emb_cfg: dict) -> str | None:
 
 def _embedder_model_config(emb: Embedder) -> dict:
     enc = emb.encoder_
-    spec = backbones.get_spec(emb.backbone)
     return {
         "format_version": FORMAT_VERSION,
         "kind": "multitag-embedder",
         "backbone": {
-            "name": spec.name,
-            "timm_name": spec.timm_name,
-            "weights": str(emb.weights),
-            "stages": enc.stages,
-            "with_imagenet": enc.with_imagenet,
-            "colour_bins": enc.colour_bins,
-            "grid_stages": enc.grid_stages,
-            "feature_dim": enc.out_dim,
+            **encoder_section(enc, emb.backbone, emb.weights),
             "finetuned": bool(emb.finetuned_),
         },
         "preprocessing": {**enc.preprocessing.to_dict(), "input": "uint8 RGB NCHW"},
         "embedding": EMBED_CONFIG,
-        "versions": _versions(),
+        "versions": library_versions(),
     }
 
 
@@ -616,7 +613,7 @@ def load_embedder(model_dir: str | os.PathLike, *, allow_raw: bool = True) -> Em
         except (SafetensorError, OSError) as err:
             raise integrity.unreadable(model_dir / EMBED_WEIGHTS, err) from None
     if kind == "multitag-tagger":
-        from multitag.model_dir import load_tagger
+        from multitag.tagger.loading import load_tagger
 
         tagger = load_tagger(model_dir)
         encoder = tagger.net_.encoder
@@ -624,15 +621,7 @@ def load_embedder(model_dir: str | os.PathLike, *, allow_raw: bool = True) -> Em
     else:
         finetuned = bool(emb_cfg and emb_cfg.get("finetuned"))
         weights = bb["weights"] if bb["weights"] != "None" else None
-        model = backbones.create_model(bb["timm_name"], weights=None if finetuned else weights)
-        encoder = Encoder(
-            model,
-            Preprocessing.from_dict(config["preprocessing"]),
-            bb["stages"],
-            with_imagenet=bb["with_imagenet"],
-            colour_bins=bb.get("colour_bins", 0),
-            grid_stages=bb.get("grid_stages", []),
-        )
+        encoder = encoder_from_config(config, weights=None if finetuned else weights)
         if finetuned:
             enc_state = {k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}
             encoder.load_state_dict(enc_state, strict=True)
