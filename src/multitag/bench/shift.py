@@ -208,7 +208,7 @@ def run(
     speed = tagging_speed(before, after, val["path"].tolist()[:1024])
     out = {
         "date": date.today().isoformat(),
-        "commit": _commit(),
+        "commit": git_commit(),
         "command": "python -m multitag.bench.shift"
         + (f" --model {model_dir}" if model_dir != out_dir / "bench-model-shift" else ""),
         "model": {
@@ -229,7 +229,8 @@ def run(
     return out
 
 
-def _commit() -> str:
+def git_commit() -> str:
+    """The short hash of the checked-out commit ('unknown' outside a git checkout)."""
     try:
         return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True

@@ -166,6 +166,20 @@ def train_cmd(
     image_size: ImageSizeOpt = None,
     framing: FramingOpt = "auto",
     detail: DetailOpt = "auto",
+    views: Annotated[
+        str | None,
+        typer.Option(
+            help="Extra views of the training photos to also train the heads on (cached "
+            "features, comma-separated): flip, jpeg60, grey, down2 (docs/robustness.md)."
+        ),
+    ] = None,
+    flip_invariant: Annotated[
+        bool,
+        typer.Option(
+            help="Average every feature with its mirror-image feature before the heads, so a "
+            "photo and its mirror image get the same tags."
+        ),
+    ] = False,
     epochs: Annotated[
         int, typer.Option(min=1, help="Maximum epochs (early stopping on val).")
     ] = 25,
@@ -237,6 +251,8 @@ def train_cmd(
         image_size=image_size,
         framing=framing,
         detail=detail_setting(detail),
+        views=split_names(views) or None,
+        flip_invariant=flip_invariant,
         epochs=epochs,
         head=head,
         ensemble=ensemble,
@@ -357,7 +373,7 @@ def evaluate_cmd(
 
 
 def _load_model(model_dir: Path):
-    from multitag.tagger.loading import load_any_tagger
+    from multitag.tagger.estimator.loading import load_any_tagger
 
     try:
         model = load_any_tagger(model_dir)

@@ -58,7 +58,9 @@ class MultiTaskHeads(nn.Module):
     """Standardise the shared feature vector, then one head per task.
 
     The standardisation statistics are buffers fitted on the training features
-    (:meth:`fit_scaler`): stages of a CNN have very different activation scales.
+    (:meth:`fit_scaler`): stages of a CNN have very different activation scales. With
+    ``mirror`` (:meth:`~multitag.vision.features.Encoder.mirror_index`), every feature is first
+    averaged with its mirror-image feature, so the heads see a photo and its mirror image alike.
     """
 
     def __init__(
@@ -70,9 +72,13 @@ class MultiTaskHeads(nn.Module):
         dropout: float = 0.2,
         input_dropout: float = 0.1,
         trunk: int = 0,
+        mirror: torch.Tensor | np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.task_names = [t.name for t in tasks]
+        # a None buffer is not in the state dict: weight files saved without it still load
+        index = None if mirror is None else torch.as_tensor(np.asarray(mirror), dtype=torch.long)
+        self.register_buffer("mirror", index)
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("scale", torch.ones(in_dim))
         self.input_dropout = Dropout(input_dropout) if input_dropout else nn.Identity()
@@ -90,14 +96,21 @@ class MultiTaskHeads(nn.Module):
     @torch.no_grad()
     def fit_scaler(self, features: np.ndarray) -> None:
         """Set the per-dimension mean/std from training features."""
-        x = torch.as_tensor(features, dtype=torch.float32)
+        x = self.symmetrise(torch.as_tensor(features, dtype=torch.float32))
         self.mean.copy_(x.mean(0))
         std = x.std(0)
         # near-constant dimensions (sparse histogram bins) must not blow up to huge values
         self.scale.copy_(std.clamp_min(0.1 * float(std.median()) + 1e-6))
 
+    def symmetrise(self, features: torch.Tensor) -> torch.Tensor:
+        """Each feature averaged with its mirror-image feature (as is without ``mirror``)."""
+        if self.mirror is None:
+            return features
+        return (features + features[:, self.mirror]) / 2
+
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.trunk(self.input_dropout((features.float() - self.mean) / self.scale))
+        x = self.symmetrise(features.float())
+        x = self.trunk(self.input_dropout((x - self.mean) / self.scale))
         return {name: head(x) for name, head in self.heads.items()}
 
 

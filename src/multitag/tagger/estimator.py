@@ -26,6 +26,7 @@ from multitag.data.manifest import default_stratify, split_indices
 from multitag.data.photo_profile import photo_profile
 from multitag.data.tasks import encode_all, infer_tasks
 from multitag.data.validate import ValidationReport, validate
+from multitag.data.views import check_views
 from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads, probabilities
 from multitag.multitask.net import TaggerNet
 from multitag.tagger.held_out import photo_digests
@@ -173,6 +174,8 @@ class MultiTaskTagger(ParamsMixin):
         stages: Sequence[int] | None = None,
         colour_bins: int = 6,
         grid_stages: Sequence[int] | str = "auto",
+        views: Sequence[str] | None = None,
+        flip_invariant: bool = False,
         freeze: str = "all",
         finetune_epochs: int | None = None,
         finetune_lr: float = 5e-4,
@@ -211,6 +214,8 @@ class MultiTaskTagger(ParamsMixin):
         self.stages = stages
         self.colour_bins = colour_bins
         self.grid_stages = grid_stages
+        self.views = views
+        self.flip_invariant = flip_invariant
         self.freeze = freeze
         self.finetune_epochs = finetune_epochs
         self.finetune_lr = finetune_lr
@@ -295,6 +300,7 @@ class MultiTaskTagger(ParamsMixin):
         task stop training with a message naming them.
         """
         data = self._prepare_fit(frame, validation)
+        self._add_views(data)  # extra views' rows after the frame's rows; val rows unchanged
         frame, feats, targets = data.frame, data.features, data.targets
         train_rows, val_rows, heads = data.train_rows, data.val_rows, self.net_.heads
         if self._batched():  # every head set at once (training/head_sets.py)
@@ -329,6 +335,7 @@ class MultiTaskTagger(ParamsMixin):
             self.val_proba_ = self.predict_proba_features(feats.features[val_rows])
             trained = self._refit_heads(feats.features, targets, train_rows, val_rows)
             held = val_rows[:0]
+        trained = trained[trained < len(frame)]  # the photos, not their extra views
         self.split_ = {  # saved as split.csv: which photos this model has seen
             "train_ids": frame["id"].iloc[trained].tolist(),
             "val_ids": frame["id"].iloc[held].tolist(),
@@ -362,6 +369,14 @@ class MultiTaskTagger(ParamsMixin):
                 f"refit=True retrains the heads on frozen features; with freeze={self.freeze!r} "
                 "the fine-tuned backbone would need its own refit. Use freeze='all' or "
                 "refit=False."
+            )
+        if not isinstance(self.flip_invariant, bool):
+            raise ValueError(f"flip_invariant must be True or False, not {self.flip_invariant!r}")
+        if check_views(self.views) and self.freeze != "all":
+            raise ValueError(
+                f"views={list(self.views)} adds cached features of extra views to frozen-feature "
+                f"training; with freeze={self.freeze!r} the backbone changes and they would not "
+                "match. Use freeze='all' or views=None."
             )
         if self.prior_shift not in ("none", "auto"):
             raise ValueError(
@@ -399,7 +414,8 @@ class MultiTaskTagger(ParamsMixin):
         detail = resolve_detail(self.detail, paths, framing, self.seed)
         self.photo_profile_ = photo_profile(paths, self.seed)
         encoder = self._build_encoder(self.weights, framing, detail)
-        self.net_ = TaggerNet(encoder, self._new_heads(encoder.out_dim, self.seed), self.tasks_)
+        heads = self._new_heads(encoder.out_dim, self.seed, encoder)
+        self.net_ = TaggerNet(encoder, heads, self.tasks_)
         if inference_precision(self.precision, self.engine) == "int8":
             # int8 features need the calibration photos first: the same split, made early
             digests = np.asarray(photo_digests(paths), dtype=object)
@@ -445,8 +461,48 @@ class MultiTaskTagger(ParamsMixin):
             )
         return FitData(frame, feats, encode_all(frame, self.tasks_), digests, train_rows, val_rows)
 
-    def _new_heads(self, in_dim: int, seed: int) -> MultiTaskHeads:
-        """Heads initialised from ``seed`` alone (not from whatever used the global RNG)."""
+    def _add_views(self, data: FitData) -> None:
+        """Append one row per training row and extra view (:mod:`multitag.data.views`) to
+        ``data``: the view's cached features, the row's labels, its index added to the training
+        rows. Validation rows stay the photos as they are, so epochs and scores are chosen on
+        them. Sets ``views_`` (what ``config.json`` records)."""
+        views = check_views(self.views)
+        self.views_ = None
+        if not views:
+            return
+        train = data.train_rows
+        paths = data.frame["path"].iloc[train].tolist()
+        blocks, sources, added = [data.features.features], [np.arange(len(data.frame))], {}
+        cache = self.feature_cache_dir()
+        for view in views:
+            res = extract_features(
+                self.net_.encoder,
+                paths,
+                cache_dir=cache,
+                encoder_id=self.encoder_id() if cache else None,
+                precision=self.precision,
+                engine=self.engine,
+                workers=self.workers,
+                progress=self.progress,
+                view=view,
+                view_seed=self.seed,
+            )
+            ok = np.setdiff1d(np.arange(len(train)), list(res.errors))
+            blocks.append(res.features[ok])
+            sources.append(train[ok])
+            added[view] = int(len(ok))
+        start = len(data.frame)
+        data.features.features = np.concatenate(blocks)
+        source = np.concatenate(sources)
+        data.targets = {name: t[source] for name, t in data.targets.items()}
+        data.train_rows = np.concatenate([train, np.arange(start, len(source))])
+        self.views_ = {"views": views, "seed": self.seed, "rows": added}
+
+    def _new_heads(self, in_dim: int, seed: int, encoder: Encoder | None = None) -> MultiTaskHeads:
+        """Heads initialised from ``seed`` alone (not from whatever used the global RNG);
+        mirror-symmetric with ``flip_invariant`` (the layout of ``encoder``, default ``net_``'s)."""
+        encoder = encoder or self.net_.encoder
+        mirror = encoder.mirror_index() if self.flip_invariant else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return MultiTaskHeads(
@@ -457,6 +513,7 @@ class MultiTaskTagger(ParamsMixin):
                 self.dropout,
                 input_dropout=self.input_dropout,
                 trunk=self.trunk,
+                mirror=mirror,
             )
 
     def _batched(self) -> bool:
@@ -741,11 +798,14 @@ class MultiTaskTagger(ParamsMixin):
         preprocessing = saved.net.encoder.preprocessing
         params.setdefault("framing", preprocessing.framing or "none")
         params.setdefault("detail", preprocessing.detail or "none")
+        # and flip_invariant (off before it existed): what the saved heads do, whatever the default
+        params.setdefault("flip_invariant", bool(config["heads"].get("flip_invariant", False)))
         tagger = cls(**params)
         tagger.tasks_ = saved.tasks
         tagger.net_ = saved.net
         tagger.prior_shift_ = config["heads"].get("prior_shift", {})
         tagger.refit_ = config.get("training", {}).get("refit")
+        tagger.views_ = config.get("training", {}).get("views")
         tagger.config_ = config
         tagger.photo_profile_ = config.get("training_photos")
         if saved.split is not None:

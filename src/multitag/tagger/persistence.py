@@ -84,6 +84,7 @@ def _save_tagger(tagger, directory: Path) -> Path:
             "dropout": tagger.dropout,
             "input_dropout": tagger.input_dropout,
             "ensemble": getattr(tagger, "ensemble", 1),
+            "flip_invariant": bool(getattr(tagger, "flip_invariant", False)),
             "prior_shift": getattr(tagger, "prior_shift_", {}),
         },
         "tasks": [t.to_dict() for t in tagger.tasks_],
@@ -92,6 +93,8 @@ def _save_tagger(tagger, directory: Path) -> Path:
             **tagger.train_config(),
             "history": tagger.history_.to_dict() if hasattr(tagger, "history_") else None,
             "refit": getattr(tagger, "refit_", None),
+            # extra views of the training photos the heads also learnt from (multitag.data.views)
+            "views": getattr(tagger, "views_", None),
         },
         "params": {
             k: v
@@ -226,6 +229,7 @@ def load_saved(directory: str | os.PathLike) -> SavedTagger:
             h["dropout"],
             input_dropout=0.0,
             trunk=h.get("trunk", 0),
+            mirror=encoder.mirror_index() if h.get("flip_invariant") else None,
         )
 
     n = int(h.get("ensemble", 1))

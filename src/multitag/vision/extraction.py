@@ -21,6 +21,7 @@ import torch
 
 from multitag.core.io import file_digest
 from multitag.core.progress import bar
+from multitag.data.views import view_id
 from multitag.vision.engines import inference_precision, resolve_engine, runner_for
 from multitag.vision.features import FEATURE_VERSION, Encoder, PrefixEncoder, iter_batches
 
@@ -140,15 +141,25 @@ def encode_batches(
     device: torch.device | None = None,
     progress: bool = True,
     description: str = "features",
+    view: str | None = None,
+    view_seed: int = 0,
 ) -> Iterator[tuple[np.ndarray, dict[int, str], torch.Tensor | None, torch.Tensor | None]]:
-    """The one encoder loop: decode ``paths`` in threads and run ``engine`` (see
+    """The one encoder loop: decode ``paths`` in threads (each photo as the extra ``view``
+    makes it when given, :mod:`multitag.data.views`) and run ``engine`` (see
     :mod:`multitag.vision.engines`), yielding per batch ``(rows, errors, features, logits)``
     (``features`` None when no image of the batch decoded; ``logits`` None without an
     ImageNet classifier). Bad files are reported in ``errors``, never raised."""
     runner = runner_for(encoder, engine, precision, device)
     prep = encoder.preprocessing
     loader = iter_batches(
-        paths, prep.image_size, batch_size, workers, framing=prep.framing, detail=prep.detail
+        paths,
+        prep.image_size,
+        batch_size,
+        workers,
+        framing=prep.framing,
+        detail=prep.detail,
+        view=view,
+        view_seed=view_seed,
     )
     with bar(description, len(paths), enabled=progress and len(paths) > batch_size) as pbar:
         batches = (((indices, errs), images) for indices, images, errs in loader)
@@ -182,16 +193,23 @@ def extract_features(
     encoder_id: dict | None = None,
     shard_size: int = 4096,
     progress: bool = True,
+    view: str | None = None,
+    view_seed: int = 0,
     **kwargs,
 ) -> FeatureResult:
     """Encode ``paths``, reusing and filling the on-disk cache when ``cache_dir`` is given.
 
     ``encoder_id`` must identify the encoder's weights and settings (see ``Encoder`` users).
+    An extra ``view`` (:mod:`multitag.data.views`) is cached apart from the photos as they
+    are: its :func:`~multitag.data.views.view_id` joins the cache key.
     """
+    kwargs.update(view=view, view_seed=view_seed)
     if cache_dir is None:
         return run_encoder(encoder, paths, progress=progress, **kwargs)
     if encoder_id is None:
         raise ValueError("extract_features: encoder_id is required with cache_dir")
+    if view is not None:  # absent for the photos as they are: their existing caches still match
+        encoder_id = {**encoder_id, "view": view_id(view, view_seed)}
     cache = FeatureCache(cache_dir, encoder_id)
     errors: dict[int, str] = {}
     keys: list[str | None] = []

@@ -27,6 +27,7 @@ from multitag.data.detail import match_detail
 from multitag.data.framing import Framing, reframe
 from multitag.data.images import ImageDecodeError, load_image
 from multitag.data.resize import resize_to_square
+from multitag.data.views import apply_view
 
 FEATURE_VERSION = 5  # bump when the meaning of cached features changes
 
@@ -77,9 +78,9 @@ class Preprocessing:
 
 class ImageDataset(Dataset):
     """Decode ``paths`` to uint8 HxWx3 arrays at their own size (:func:`_collate` resizes a
-    batch at once), reframed when ``framing`` is given and brought down to ``detail`` pixels
-    when larger (:mod:`multitag.data.detail`); a bad file yields an error string, never
-    raises."""
+    batch at once), as the extra ``view`` makes them when given (:mod:`multitag.data.views`),
+    reframed when ``framing`` is given and brought down to ``detail`` pixels when larger
+    (:mod:`multitag.data.detail`); a bad file yields an error string, never raises."""
 
     def __init__(
         self,
@@ -88,12 +89,16 @@ class ImageDataset(Dataset):
         max_pixels=None,
         framing: Framing | None = None,
         detail: int | None = None,
+        view: str | None = None,
+        view_seed: int = 0,
     ):
         self.paths = [str(p) for p in paths]
         self.image_size = image_size
         self.max_pixels = max_pixels
         self.framing = framing
         self.detail = detail
+        self.view = view
+        self.view_seed = view_seed
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -106,6 +111,8 @@ class ImageDataset(Dataset):
         except ImageDecodeError as err:
             return index, None, err.reason
         array = np.asarray(img)
+        if self.view is not None:
+            array = apply_view(array, self.view, self.view_seed)
         if self.framing is not None:
             array = reframe(array, self.framing)
         return index, match_detail(array, self.detail), ""
@@ -128,15 +135,18 @@ def iter_batches(
     max_pixels: int | None = None,
     framing: Framing | None = None,
     detail: int | None = None,
+    view: str | None = None,
+    view_seed: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, list[tuple[int, str]]]]:
-    """Batches of ``(indices, uint8 images, [(index, reason), ...])``, decoded (reframed when
-    ``framing`` is given, brought down to ``detail`` pixels when larger) ahead.
+    """Batches of ``(indices, uint8 images, [(index, reason), ...])``, decoded (as ``view``
+    makes them when given, reframed when ``framing`` is given, brought down to ``detail``
+    pixels when larger) ahead.
 
     Decoding runs in a thread pool (Pillow releases the GIL while decoding and resizing), so
     it overlaps the forward pass without the start-up and copy costs of worker processes;
     at most ``prefetch`` batches wait in memory.
     """
-    dataset = ImageDataset(paths, image_size, max_pixels, framing, detail)
+    dataset = ImageDataset(paths, image_size, max_pixels, framing, detail, view, view_seed)
     starts = range(0, len(dataset), batch_size)
 
     def decode(start: int):
@@ -313,6 +323,36 @@ class Encoder(nn.Module):
             "product_lab": 3,
             "skin_share": 1,
         }
+
+    def mirror_index(self) -> np.ndarray:
+        """For each feature, the index of the same feature of the mirror image, as far as the
+        layout says: a ``STAGE_GRID`` cell's pool maps to the cell in the mirrored column, a
+        colour-layout cell likewise; global pools and histograms map to themselves. So
+        ``features[:, mirror_index()]`` is nearly what a mirrored photo gives (the network's
+        own filters are not exactly mirror-symmetric), and averaging the two removes what
+        keeps left and right apart (:class:`~multitag.multitask.heads.MultiTaskHeads`)."""
+        info = list(self.model.feature_info)
+        rows, cols = STAGE_GRID
+        cell = np.arange(rows * cols).reshape(rows, cols)[:, ::-1].ravel()
+        parts: list[np.ndarray] = []
+        for stage in self.stages:
+            c = info[stage]["num_chs"]
+            parts.append(np.arange(c))
+            if stage in self.grid_stages:  # channel-major, each channel's cells row-major
+                parts.append((np.arange(c)[:, None] * rows * cols + cell).ravel())
+        parts.append(np.arange(self.model.num_features))
+        for name, width in self.colour_parts().items():
+            if name == "layout":  # cell-major (row, column), 4 values per cell
+                r, k = COLOUR_GRID
+                cells = np.arange(r * k).reshape(r, k)[:, ::-1].ravel()
+                parts.append((cells[:, None] * 4 + np.arange(4)).ravel())
+            else:
+                parts.append(np.arange(width))
+        index, offset = [], 0
+        for part in parts:
+            index.append(part + offset)
+            offset += len(part)
+        return np.concatenate(index)
 
     def colour_features(self, images: torch.Tensor) -> torch.Tensor:
         """Colour, which CNN features blur (``colour_bins=0`` turns it off):
