@@ -31,7 +31,7 @@ from multitag.core.progress import bar
 from multitag.data.tasks import Task
 from multitag.multitask.heads import Dropout, MultiTaskHeads
 from multitag.multitask.losses import class_weights
-from multitag.training.loop import History, TrainConfig, _val_score, one_cycle
+from multitag.training.loop import History, TrainConfig, one_cycle, validation_score
 
 
 def can_batch(heads: MultiTaskHeads) -> bool:
@@ -316,7 +316,7 @@ def _standardised(features: np.ndarray, heads: MultiTaskHeads, dtype) -> torch.T
 
 @torch.no_grad()
 def _score(model: StackedHeads, x: torch.Tensor, y, tasks, weights, precision):
-    """Each set's validation score (:func:`multitag.training.loop._val_score`) and loss."""
+    """Each set's validation score (:func:`multitag.training.loop.validation_score`) and loss."""
     model.eval()
     with runtime.autocast(precision, torch.device("cpu")):
         logits = model(x)
@@ -325,7 +325,7 @@ def _score(model: StackedHeads, x: torch.Tensor, y, tasks, weights, precision):
     scores = []
     for k in range(logits.shape[0]):
         out = {t.name: logits[k, :, slice(*model.slices[t.name])] for t in tasks}
-        scores.append(_val_score(out, y, tasks))
+        scores.append(validation_score(out, y, tasks))
     return scores, losses
 
 
