@@ -76,7 +76,7 @@ def main() -> None:
     tagger.epochs = MultiTaskTagger().epochs
 
     def fit(features, rows, seed, tgt=targets):
-        heads = tagger._new_heads(features.shape[1], seed)
+        heads = tagger.new_heads(features.shape[1], seed)
         heads.fit_scaler(features[rows])
         config = TrainConfig(**tagger.train_config())
         config.seed = seed

@@ -92,7 +92,7 @@ def bench_heads(data_root: Path) -> SimpleNamespace:
     targets = encode_all(frame, tasks)
     train, val = split_indices(frame, default_stratify(tasks), 0.2, 0)
     tagger.epochs = MultiTaskTagger().epochs
-    heads = tagger._new_heads(feats.shape[1], 0)
+    heads = tagger.new_heads(feats.shape[1], 0)
     heads.fit_scaler(feats[train])
     fit_heads(heads, feats, targets, tasks, train, val, TrainConfig(**tagger.train_config()))
     with torch.no_grad():

@@ -51,7 +51,7 @@ def main() -> None:
     results = {}
     for seed in args.seeds:
         tagger = MultiTaskTagger(TASKS, framing=framing, seed=seed, progress=False)
-        data = tagger._prepare_fit(train)
+        data = tagger.prepare_fit(train)
         x, y, rows, val = data.features.features, data.targets, data.train_rows, data.val_rows
         test_x = extract_features(
             tagger.net_.encoder, test["path"].tolist(), cache_dir=tagger.feature_cache_dir(),
@@ -61,10 +61,10 @@ def main() -> None:
         test_y = encode_all(test, tagger.tasks_)
 
         start = time.perf_counter()
-        heads, history = tagger._fit_head_set(x, y, rows, val, seed, False)
+        heads, history = tagger.fit_head_set(x, y, rows, val, seed, False)
         before = _score(tagger, heads, test_x, test_y)
         fitted = time.perf_counter()
-        refit = tagger._refit_head_set(x, y, rows, val, seed, history.best_epoch + 1)
+        refit = tagger.refit_head_set(x, y, rows, val, seed, history.best_epoch + 1)
         after = _score(tagger, refit, test_x, test_y)
         results[seed] = {
             "before": before, "after": after, "best_epoch": history.best_epoch,

@@ -34,10 +34,10 @@ TASKS = ["gender", "masterCategory", "subCategory", "articleType", "baseColour",
 class KeepsPlainCopy(MultiTaskTagger):
     """A tagger that keeps a deep copy of itself, taken just before the refit, in ``plain_``."""
 
-    def _refit_heads(self, features, targets, train_rows, val_rows):
+    def refit_heads(self, features, targets, train_rows, val_rows):
         self.plain_ = copy.deepcopy(self)
         self.plain_rows_ = (train_rows, val_rows)
-        return super()._refit_heads(features, targets, train_rows, val_rows)
+        return super().refit_heads(features, targets, train_rows, val_rows)
 
 
 def plain_model(tagger: KeepsPlainCopy) -> MultiTaskTagger:

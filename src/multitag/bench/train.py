@@ -73,11 +73,11 @@ def _separate(tagger, data) -> dict:
     x, y, tr, va = data.features.features, data.targets, data.train_rows, data.val_rows
     seeds = [tagger.seed + i for i in range(tagger.ensemble)]
     with _Clock() as fit:
-        sets = [tagger._fit_head_set(x, y, tr, va, s, tagger.progress) for s in seeds]
+        sets = [tagger.fit_head_set(x, y, tr, va, s, tagger.progress) for s in seeds]
     epochs = [h.best_epoch + 1 for _, h in sets]
     with _Clock() as refit:
         for s, n in zip(seeds, epochs):
-            tagger._refit_head_set(x, y, tr, va, s, n)
+            tagger.refit_head_set(x, y, tr, va, s, n)
     heads = HeadEnsemble([h for h, _ in sets], tagger.tasks_)
     return _record(fit, refit, epochs, _f1(tagger, heads, data))
 
@@ -133,7 +133,7 @@ def run(data_root: Path, rows: int | None = None, skip_separate: bool = False) -
     frame["pattern"] = keyword_tags(frame["productDisplayName"])
     old = demo_tagger(**BEFORE)
     old.progress = False
-    data = old._prepare_fit(frame)
+    data = old.prepare_fit(frame)
     result: dict = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
         f"bf16: {runtime.cpu_has_bf16()}, torch {torch.__version__}",

@@ -6,7 +6,7 @@ encoder, its tasks and its split, and trains one set of heads per variant (``bef
 the tagger trains them; others with ``flip_invariant`` and/or extra ``views``,
 :mod:`multitag.data.views`) on the same seeded sample of its training rows, choosing the
 epoch on a sample of its other validation rows, exactly as ``fit`` trains heads
-(:meth:`~multitag.tagger.estimator.MultiTaskTagger._fit_head_set`). Every variant is scored on the
+(:meth:`~multitag.tagger.estimator.MultiTaskTagger.fit_head_set`). Every variant is scored on the
 photo sets of :mod:`multitag.bench.shift`: a seeded sample of the validation photos,
 fashion-products-hires as supplied and at 60x80, and synthetic shifts of the validation
 photos. The encoder is frozen and shared, so every photo set is encoded once (feature cache).
@@ -107,7 +107,7 @@ def _variant(base: MultiTaskTagger, params: dict, data: FitData, epochs: int | N
     start = time.perf_counter()
     tagger._add_views(data)
     view_seconds = time.perf_counter() - start
-    heads, history = tagger._fit_head_set(
+    heads, history = tagger.fit_head_set(
         data.features.features, data.targets, data.train_rows, data.val_rows, tagger.seed, False
     )
     tagger.net_.heads = heads.eval()

@@ -274,7 +274,7 @@ def learning_curve(
             "learning_curve scores every size on the val split; refit=True would train on it. "
             "Use refit=False (the curve then also says what a refit on train + val buys)."
         )
-    data = tagger._prepare_fit(frame)
+    data = tagger.prepare_fit(frame)
     feats, targets, tasks = data.features.features, data.targets, tagger.tasks_
     train, val = data.train_rows, data.val_rows
     if len(val) == 0:
@@ -286,7 +286,7 @@ def learning_curve(
             order = np.random.default_rng(tagger.seed + s).permutation(train)
             for fraction, size in zip(fractions, sizes):
                 rows = np.sort(order[:size])
-                tagger.net_.heads, _ = tagger._fit_head_set(
+                tagger.net_.heads, _ = tagger.fit_head_set(
                     feats, targets, rows, val, tagger.seed + s, progress=False
                 )
                 proba = tagger.predict_proba_features(feats[val])

@@ -46,7 +46,7 @@ from multitag.vision.quantize import Calibration
 
 @dataclass
 class FitData:
-    """What training starts from (:meth:`MultiTaskTagger._prepare_fit`): the frame (index
+    """What training starts from (:meth:`MultiTaskTagger.prepare_fit`): the frame (index
     reset), features of every row, encoded targets, photo digests and the row split (rows
     whose image is missing or unreadable are in neither)."""
 
@@ -306,7 +306,7 @@ class MultiTaskTagger(ParamsMixin):
         unreadable are skipped and reported in ``validation_``; duplicate ids or an empty
         task stop training with a message naming them.
         """
-        data = self._prepare_fit(frame, validation)
+        data = self.prepare_fit(frame, validation)
         self._add_views(data)  # extra views' rows after the frame's rows; val rows unchanged
         frame, feats, targets = data.frame, data.features, data.targets
         train_rows, val_rows, heads = data.train_rows, data.val_rows, self.net_.heads
@@ -340,7 +340,7 @@ class MultiTaskTagger(ParamsMixin):
         trained, held = train_rows, val_rows
         if self.refit and len(val_rows):
             self.val_proba_ = self.predict_proba_features(feats.features[val_rows])
-            trained = self._refit_heads(feats.features, targets, train_rows, val_rows)
+            trained = self.refit_heads(feats.features, targets, train_rows, val_rows)
             held = val_rows[:0]
         trained = trained[trained < len(frame)]  # the photos, not their extra views
         self.split_ = {  # saved as split.csv: which photos this model has seen
@@ -391,7 +391,7 @@ class MultiTaskTagger(ParamsMixin):
                 f"frequent or rare classes on the val split), not {self.prior_shift!r}"
             )
 
-    def _prepare_fit(
+    def prepare_fit(
         self, frame: pd.DataFrame, validation: ValidationReport | None = None
     ) -> FitData:
         """Everything ``fit`` does before training: check the parameters and the frame,
@@ -421,7 +421,7 @@ class MultiTaskTagger(ParamsMixin):
         detail = resolve_detail(self.detail, paths, framing, self.seed)
         self.photo_profile_ = photo_profile(paths, self.seed)
         encoder = self._build_encoder(self.weights, framing, detail)
-        heads = self._new_heads(encoder.out_dim, self.seed, encoder)
+        heads = self.new_heads(encoder.out_dim, self.seed, encoder)
         self.net_ = TaggerNet(encoder, heads, self.tasks_)
         if inference_precision(self.precision, self.engine) == "int8":
             # int8 features need the calibration photos first: the same split, made early
@@ -505,7 +505,7 @@ class MultiTaskTagger(ParamsMixin):
         data.train_rows = np.concatenate([train, np.arange(start, len(source))])
         self.views_ = {"views": views, "seed": self.seed, "rows": added}
 
-    def _new_heads(self, in_dim: int, seed: int, encoder: Encoder | None = None) -> MultiTaskHeads:
+    def new_heads(self, in_dim: int, seed: int, encoder: Encoder | None = None) -> MultiTaskHeads:
         """Heads initialised from ``seed`` alone (not from whatever used the global RNG);
         mirror-symmetric with ``flip_invariant`` (the layout of ``encoder``, default ``net_``'s)."""
         encoder = encoder or self.net_.encoder
@@ -535,7 +535,7 @@ class MultiTaskTagger(ParamsMixin):
         from multitag.training.head_sets import fit_head_sets
 
         seeds = [self.seed + i for i in range(self.ensemble)]
-        members = [self._new_heads(features.shape[1], s) for s in seeds]
+        members = [self.new_heads(features.shape[1], s) for s in seeds]
         histories = fit_head_sets(
             members, features, targets, self.tasks_, train_rows, val_rows,
             self._train_config(), seeds, run_epochs=run_epochs, progress=self.progress,
@@ -550,14 +550,14 @@ class MultiTaskTagger(ParamsMixin):
         """Fit members 2..n from seeds ``seed+1, ...``; the heads become their ensemble."""
         members = [first]
         for i in range(1, self.ensemble):
-            member, history = self._fit_head_set(
+            member, history = self.fit_head_set(
                 features, targets, train_rows, val_rows, self.seed + i, self.progress
             )
             self.member_histories_.append(history)
             members.append(member)
         self.net_.heads = HeadEnsemble(members, self.tasks_)
 
-    def _fit_head_set(
+    def fit_head_set(
         self,
         features,
         targets,
@@ -570,7 +570,7 @@ class MultiTaskTagger(ParamsMixin):
         """A fresh set of heads, initialised and trained from ``seed`` on ``train_rows``
         (best epoch on ``val_rows``, or exactly ``run_epochs``): one ensemble member, one
         learning-curve point, or one refitted member."""
-        heads = self._new_heads(features.shape[1], seed)
+        heads = self.new_heads(features.shape[1], seed)
         heads.fit_scaler(features[train_rows])
         config = self._train_config()
         config.seed = seed
@@ -580,15 +580,15 @@ class MultiTaskTagger(ParamsMixin):
         )  # fmt: skip
         return heads, history
 
-    def _refit_head_set(self, features, targets, train_rows, val_rows, seed: int, epochs: int):
+    def refit_head_set(self, features, targets, train_rows, val_rows, seed: int, epochs: int):
         """One head set trained from ``seed`` on train + val rows for exactly ``epochs``
         epochs of the schedule (no rows left to score): one refitted member."""
         rows = np.union1d(train_rows, val_rows)
-        return self._fit_head_set(
+        return self.fit_head_set(
             features, targets, rows, rows[:0], seed, self.progress, run_epochs=epochs
         )[0]
 
-    def _refit_heads(self, features, targets, train_rows, val_rows) -> np.ndarray:
+    def refit_heads(self, features, targets, train_rows, val_rows) -> np.ndarray:
         """Retrain every head set from its seed on train + val rows for the epochs it chose
         on val (``refit=True``); a prior shift chosen before stays. Returns the rows used."""
         from multitag.multitask.prior_shift import PriorShiftedHeads
@@ -599,7 +599,7 @@ class MultiTaskTagger(ParamsMixin):
             new = self._fit_sets_batched(features, targets, rows, rows[:0], run_epochs=epochs)
         else:
             members = [
-                self._refit_head_set(features, targets, train_rows, val_rows, self.seed + i, n)
+                self.refit_head_set(features, targets, train_rows, val_rows, self.seed + i, n)
                 for i, n in enumerate(epochs)
             ]
             new = members[0] if len(members) == 1 else HeadEnsemble(members, self.tasks_)
