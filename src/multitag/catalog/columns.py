@@ -98,8 +98,11 @@ class ItemColumns:
         hits = np.flatnonzero(inside)
         rows = np.sort(self._perm[hits[:limit]])  # chosen in the fixed order, listed in row order
         out = {"rows": rows, "total": len(hits), "density": None}
-        if len(hits) > limit:
-            x0, x1, y0, y1 = box or (-1.0, 1.0, -1.0, 1.0)
+        if len(hits) > limit:  # the grid covers the box, cut to where the points are
+            x0, x1, y0, y1 = box or (-np.inf, np.inf, -np.inf, np.inf)
+            x0, x1 = max(x0, float(self._px[hits].min())), min(x1, float(self._px[hits].max()))
+            y0, y1 = max(y0, float(self._py[hits].min())), min(y1, float(self._py[hits].max()))
+            x1, y1 = max(x1, x0 + 1e-6), max(y1, y0 + 1e-6)
             counts, _, _ = np.histogram2d(
                 self._py[hits], self._px[hits], bins=bins, range=[[y0, y1], [x0, x1]]
             )

@@ -4,7 +4,7 @@ matching tags."""
 from __future__ import annotations
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, Query
 
 from multitag.serve import schemas
 from multitag.serve.deps import get_service, get_settings
@@ -25,7 +25,7 @@ def get_topics(service: CatalogService = Depends(get_service)):
 
 @router.get("/map", response_model=schemas.MapData)
 def get_map(
-    x0: float | None = Query(None, description="view box: left (with x1, y0, y1)"),
+    x0: float | None = Query(None, description="view box: left edge (left out: open)"),
     x1: float | None = None,
     y0: float | None = None,
     y1: float | None = None,
@@ -37,17 +37,14 @@ def get_map(
     service: CatalogService = Depends(get_service),
     settings: ServeSettings = Depends(get_settings),
 ):
-    """The map's points: every item when they fit in ``limit``, else for the view box (all
-    four of ``x0, x1, y0, y1``) a fixed random sample of ``limit`` and a density grid of all
-    (zooming in reveals more). ``rows`` are catalogue rows (as ``/match`` returns)."""
-    edges = (x0, x1, y0, y1)
-    if any(v is None for v in edges) and not all(v is None for v in edges):
-        raise HTTPException(422, "give all four of x0, x1, y0, y1 for a view box, or none")
-    box = None if x0 is None else edges
-    if box is not None and (x0 >= x1 or y0 >= y1):
-        raise HTTPException(
-            422, f"empty view box x {x0}..{x1}, y {y0}..{y1}: need x0 < x1, y0 < y1"
-        )
+    """The map's points: every item when they fit in ``limit``, else for the view box a
+    fixed random sample of ``limit`` and a density grid of all (zooming in reveals more).
+    A missing edge of the box is open (``x0`` alone: every point right of it); an empty box
+    has no points. ``rows`` are catalogue rows (as ``/match`` returns)."""
+    edges, inf = (x0, x1, y0, y1), float("inf")
+    box = None
+    if any(v is not None for v in edges):
+        box = tuple(o if v is None else v for v, o in zip(edges, (-inf, inf, -inf, inf)))
     keep = service.mask(tag, None, None) if tag else None
     view = service.columns.view(box, limit or settings.map_points, keep, bins)
     rows = view["rows"]
