@@ -55,8 +55,10 @@ bench-all: bench
 	$(BIN)/python -m multitag.bench.shift --out bench
 	$(BIN)/python -c "from pathlib import Path; from multitag.bench.core import write_benchmarks_md; write_benchmarks_md(Path('bench'))"
 
+## style (ruff) and the package's layer / cycle / torch-free contracts (import-linter, pyproject.toml)
 lint: install
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests research examples tools
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""Shared, build-once real catalogue for the catalogue, API and browser tests."""
+"""Shared, build-once catalogues (real photos, or generated ones for the fast tier) for the
+catalogue, API and browser tests."""
 
 from __future__ import annotations
 
@@ -32,6 +33,20 @@ def built_catalog(tmp_path_factory, trained_tagger, fashion_frame) -> tuple[Path
         build_catalog(model, [manifest], root / "catalog", **BUILD)
         _CACHE.update(catalog=root / "catalog", model=Path(model), manifest=manifest)
     return _CACHE["catalog"], _CACHE["model"], _CACHE["manifest"]
+
+
+def built_synthetic_catalog(tmp_path_factory, synthetic_tagger, rows) -> tuple[Path, Path, Path]:
+    """``(catalog_dir, model_dir, manifest)`` over the generated photos, built once per session."""
+    if "synthetic" not in _CACHE:
+        from multitag.catalog import build_catalog
+
+        root = tmp_path_factory.mktemp("synthetic-catalog")
+        model = synthetic_tagger.save(root / "model")
+        manifest = write_manifest(rows, root / "items.csv")
+        # t-SNE: UMAP's JIT compilation would cost more than the whole fast catalogue
+        build_catalog(model, [manifest], root / "catalog", **{**BUILD, "layout": "tsne"})
+        _CACHE.update(synthetic=(root / "catalog", Path(model), manifest))
+    return _CACHE["synthetic"]
 
 
 def synthetic_catalog_dir(root: Path, n: int = 300, n_images: int = 6) -> Path:

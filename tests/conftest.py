@@ -63,6 +63,27 @@ def trained_tagger(fashion_frame, cache_dir):
     return tagger.fit(fashion_frame)
 
 
+@pytest.fixture(scope="session")
+def synthetic_rows(tmp_path_factory) -> pd.DataFrame:
+    """160 generated product photos with learnable labels (no real data needed)."""
+    from tests.synthetic import synthetic_frame
+
+    return synthetic_frame(tmp_path_factory.mktemp("synthetic-photos"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_tagger(synthetic_rows, cache_dir):
+    """A tagger fitted on the generated photos (real Lite0 weights, 64-px input)."""
+    from multitag import MultiTaskTagger
+    from tests.synthetic import TASKS
+
+    # PyTorch engine: converting to OpenVINO costs more than these few photos take to encode
+    tagger = MultiTaskTagger(
+        TASKS, image_size=64, epochs=8, cache_dir=cache_dir, engine="torch", progress=False
+    )
+    return tagger.fit(synthetic_rows)
+
+
 def make_image(path: Path, size=(40, 30), colour=(200, 30, 30), mode="RGB") -> Path:
     """Write a small solid image (product-like: coloured square on white)."""
     img = Image.new("RGB", size, (255, 255, 255))

@@ -1,5 +1,6 @@
-"""The catalogue API on a real catalogue (real images, real Lite0 weights): every endpoint,
-bad uploads, path traversal attempts, the API key."""
+"""The catalogue API on a catalogue of generated photos (real Lite0 weights, no real data set
+needed, so it runs in the fast tier): every endpoint, bad uploads, path traversal attempts,
+the API key. tests/test_catalog.py covers a catalogue of real photos."""
 
 from __future__ import annotations
 
@@ -10,16 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.catalog_util import built_catalog, sample_rows
-from tests.conftest import requires_fashion
+from tests.catalog_util import built_synthetic_catalog
 
-pytestmark = [pytest.mark.slow, requires_fashion]
 LOCAL = "http://localhost"  # the Host allow-list accepts localhost, not TestClient's default
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory, trained_tagger, fashion_frame):
-    return built_catalog(tmp_path_factory, trained_tagger, fashion_frame)
+def catalog(tmp_path_factory, synthetic_tagger, synthetic_rows):
+    return built_synthetic_catalog(tmp_path_factory, synthetic_tagger, synthetic_rows)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +33,8 @@ def client(catalog):
 
 
 @pytest.fixture(scope="module")
-def rows(fashion_frame):
-    return sample_rows(fashion_frame)
+def rows(synthetic_rows):
+    return synthetic_rows
 
 
 def _upload(path, name=None, ctype="image/jpeg"):

@@ -195,9 +195,16 @@ def test_feature_cache_reuses_and_reports_bad_files(encoder, tmp_path):
     assert list(first.errors) == [5] and "bad.jpg" not in first.errors[5]
     assert first.digests == photo_digests([*paths, bad])  # the split reuses them, no re-read
     assert len(FeatureCache(cache_dir, ident)) == 5
+    from multitag.vision import extraction
+
     calls = []
-    orig = encoder.forward
-    encoder.forward = lambda x: calls.append(len(x)) or orig(x)
+    run = extraction.run_encoder
+
+    def spy(enc, todo, **kwargs):  # whatever the engine, a miss goes through run_encoder
+        calls.append(len(todo))
+        return run(enc, todo, **kwargs)
+
+    extraction.run_encoder = spy
     try:
         again = extract_features(
             encoder,
@@ -207,9 +214,19 @@ def test_feature_cache_reuses_and_reports_bad_files(encoder, tmp_path):
             progress=False,
             precision="fp32",
         )
+        assert calls == []  # everything came from the cache
+        new = make_image(tmp_path / "new.png", (50, 60), (10, 200, 10))
+        extract_features(
+            encoder,
+            [new, *paths],
+            cache_dir=cache_dir,
+            encoder_id=ident,
+            progress=False,
+            precision="fp32",
+        )
+        assert calls == [1]  # the spy sees a miss: only the new photo was encoded
     finally:
-        del encoder.forward
-    assert calls == []  # everything came from the cache
+        extraction.run_encoder = run
     assert again.digests == first.digests[:5][::-1]
     np.testing.assert_allclose(again.features[::-1], first.features[:5], atol=2e-3, rtol=2e-3)
     other = FeatureCache(cache_dir, {"test": 2})

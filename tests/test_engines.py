@@ -260,7 +260,7 @@ def test_a_new_process_reuses_the_conversion_and_matches_bit_for_bit(
     import subprocess
     import sys
 
-    from multitag.bench.core import _start_up_seconds
+    from multitag.bench.core import start_up_seconds
 
     monkeypatch.delenv("MULTITAG_ENGINE", raising=False)
     monkeypatch.setenv("MULTITAG_CACHE", str(tmp_path / "cache"))  # inherited by the child
@@ -285,4 +285,4 @@ np.savez({str(tmp_path / "there.npz")!r}, **out)
     there = np.load(tmp_path / "there.npz")
     for task, p in here.items():
         np.testing.assert_array_equal(there[task], p)
-    assert _start_up_seconds(tmp_path / "model", conversion_cache=True) > 0  # bench helper
+    assert start_up_seconds(tmp_path / "model", conversion_cache=True) > 0  # bench helper

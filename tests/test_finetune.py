@@ -13,7 +13,6 @@ from multitag.multitask.heads import MultiTaskHeads
 from multitag.multitask.sharing import HardSharing
 from multitag.training.finetune import FineTuneConfig, StageData, augment_images, train_sharing
 from multitag.vision.extraction import extract_prefix
-from multitag.vision.features import iter_batches
 from tests.conftest import requires_fashion
 
 TASKS = ["gender", "articleType"]
@@ -30,7 +29,7 @@ def test_augment_keeps_white_and_colour():
     out = augment_images(red, gen).float()
     fg = out[:, 0] > out[:, 1] + 100
     assert fg.sum() > 4 * 150  # the red object survives: no hue change, small geometry jitter
-    assert out.dtype == torch.float32 and out.shape == red.shape
+    assert out.shape == red.shape
 
 
 @pytest.mark.slow
@@ -111,7 +110,6 @@ def test_tagger_fine_tunes_and_reloads(fashion_frame, tmp_path):
     p1, p2 = tagger.predict_proba(paths)["proba"], loaded.predict_proba(paths)["proba"]
     for name in p1:
         np.testing.assert_array_equal(p1[name], p2[name])
-    _ = iter_batches
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from multitag.evaluation.metrics import (
-    _confusion_view,
+    confusion_view,
     evaluate_tasks,
     format_table,
     multiclass_metrics,
@@ -269,7 +269,7 @@ def test_write_json_round_trip(report, tmp_path):
 def test_confusion_view_truncates_with_other_column():
     cm = np.diag(np.arange(1, 36))
     cm[34, 0] = 5  # most frequent class (index 34) sometimes predicted as class 0 (dropped)
-    norm, rows, cols, trunc = _confusion_view(cm, [str(i) for i in range(35)], 30)
+    norm, rows, cols, trunc = confusion_view(cm, [str(i) for i in range(35)], 30)
     assert trunc and len(rows) == 30 and cols[-1] == "(other)"
     assert rows[0] == "5" and rows[-1] == "34"  # classes 0..4 are the least frequent
     assert norm.shape == (30, 31)

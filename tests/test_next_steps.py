@@ -96,7 +96,7 @@ def _message_strings() -> list[tuple[str, str]]:
     """Every string constant of the package but the benchmark scripts (their own options)."""
     found = []
     for path in sorted((REPO / "src" / "multitag").rglob("*.py")):
-        if path.name.startswith("bench"):
+        if "bench" in path.relative_to(REPO / "src" / "multitag").parts[:1]:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):

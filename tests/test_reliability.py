@@ -396,7 +396,7 @@ def _same_weights(a: Path, b: Path) -> bool:
 
 
 def test_train_killed_then_rerun_is_identical(tiny, tmp_path):
-    from multitag.tagger.persistence import load_tagger
+    from multitag.tagger.loading import load_tagger
 
     data = ["--data", tiny["manifest"], *TRAIN_ARGS]
     ref = runner.invoke(app, list(map(str, ["train", *data, "--out", tmp_path / "ref"])))

@@ -13,8 +13,8 @@ from multitag.multitask.sharing import UpperPart, build_sharing, tagger_net
 from multitag.training.finetune import (
     FineTuneConfig,
     StageData,
-    _losses,
     predict_logits,
+    task_losses,
     train_sharing,
 )
 from multitag.vision.extraction import extract_prefix
@@ -86,7 +86,7 @@ def test_prefix_cache_round_trip(setup, tmp_path):
 def _train_loss(model, stage, targets, tasks, rows):
     out = predict_logits(model, stage, rows, precision="fp32")
     t = {k: torch.as_tensor(v[rows]) for k, v in targets.items()}
-    return float(sum(_losses(tasks, out, t, 0.0).values()))
+    return float(sum(task_losses(tasks, out, t, 0.0).values()))
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from multitag.core.io import read_table_any
 from multitag.evaluation.report import evaluate_frame
 from multitag.tagger.export import export_onnx
 from multitag.tagger.held_out import held_out_rows, training_keys
-from multitag.tagger.persistence import load_any_tagger, load_tagger
+from multitag.tagger.loading import load_any_tagger, load_tagger
 from multitag.vision import engines
 from tests.conftest import FASHION, make_image, requires_fashion
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import pandas as pd
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared/datasets/fashion-products"
 TASKS = "gender,masterCategory,articleType,baseColour"
+IMAGENET_ATOL = 5e-3
 
 
 def _cli(*args: str | Path) -> None:
@@ -37,18 +39,57 @@ def record(out: Path, reuse_model: Path | None) -> None:
     images = DATA / "images"
     model = reuse_model or out / "model"
     if reuse_model is None:
-        _cli("train", "--data", out / "train.csv", "--images", images, "--tasks", TASKS,
-             "--out", model, "--epochs", "5", "--seed", "0")
+        _cli(
+            "train",
+            "--data",
+            out / "train.csv",
+            "--images",
+            images,
+            "--tasks",
+            TASKS,
+            "--out",
+            model,
+            "--epochs",
+            "5",
+            "--seed",
+            "0",
+        )
     _cli("tag", model, out / "query.csv", "--images", images, "--out", out / "tags.parquet")
-    _cli("evaluate", model, "--data", out / "query.csv", "--images", images,
-         "--json", out / "evaluate.json")
+    _cli(
+        "evaluate",
+        model,
+        "--data",
+        out / "query.csv",
+        "--images",
+        images,
+        "--json",
+        out / "evaluate.json",
+    )
     _cli("index", "build", model, out / "query.csv", "--images", images, "--out", out / "index")
     first = str(styles.iloc[2000]["id"])
     result = subprocess.run(
         [sys.executable, "-m", "multitag", "similar", str(out / "index"), "--id", first, "--json"],
-        check=True, capture_output=True, text=True)
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     (out / "similar.json").write_text(result.stdout)
     _cli("catalog", "build", model, out / "query.csv", "--images", images, "--out", out / "catalog")
+
+
+def _tops_equal(a: list, b: list, what: str, atol: float) -> list[str]:
+    """Top-k lists: the same labels in the same order where probabilities are not tied within
+    ``atol``, and probabilities within ``atol``."""
+    for i, (ra, rb) in enumerate(zip(a, b)):
+        pa_ = np.array([d["prob"] for d in ra])
+        pb_ = np.array([d["prob"] for d in rb])
+        if len(pa_) != len(pb_) or not np.allclose(pa_, pb_, atol=atol):
+            return [f"{what}: row {i} probabilities differ beyond {atol}"]
+        for j, (da, db) in enumerate(zip(ra, rb)):
+            tied = any(abs(da["prob"] - d["prob"]) <= atol for k, d in enumerate(ra) if k != j)
+            if da["label"] != db["label"] and not tied:
+                return [f"{what}: row {i} rank {j}: {da['label']} vs {db['label']}"]
+    return []
 
 
 def _frames_equal(a: pd.DataFrame, b: pd.DataFrame, what: str, atol: float) -> list[str]:
@@ -60,14 +101,23 @@ def _frames_equal(a: pd.DataFrame, b: pd.DataFrame, what: str, atol: float) -> l
         if x.dtype.kind == "f":
             if not np.allclose(x.to_numpy(), y.to_numpy(), atol=atol, equal_nan=True):
                 problems.append(f"{what}.{col}: max diff {np.nanmax(np.abs(x - y))}")
+        elif col.endswith(("_top", "_top5")):  # [{label, prob}, ...] per row
+            # ImageNet probabilities come from the inference engine (bf16) since the reshape,
+            # no longer from a PyTorch fp32 recomputation: a looser tolerance for them
+            tol = IMAGENET_ATOL if col.startswith("imagenet") else atol
+            problems += _tops_equal(x.tolist(), y.tolist(), f"{what}.{col}", tol)
+        elif col == "path":  # the same photos, whichever link to the data folder was used
+            if [os.path.realpath(v) for v in x] != [os.path.realpath(v) for v in y]:
+                problems.append(f"{what}.path: values differ")
         elif x.astype(str).tolist() != y.astype(str).tolist():
             problems.append(f"{what}.{col}: values differ")
     return problems
 
 
 def compare(old: Path, new: Path, atol: float) -> int:
-    problems = _frames_equal(pd.read_parquet(old / "tags.parquet"),
-                             pd.read_parquet(new / "tags.parquet"), "tags", atol)
+    problems = _frames_equal(
+        pd.read_parquet(old / "tags.parquet"), pd.read_parquet(new / "tags.parquet"), "tags", atol
+    )
     e_old, e_new = (json.loads((d / "evaluate.json").read_text()) for d in (old, new))
     for task, m in e_old.get("tasks", e_old).items():
         if isinstance(m, dict):

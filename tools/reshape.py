@@ -70,12 +70,19 @@ def _dotted(old: str) -> re.Pattern:
     return re.compile(r"\bmultitag\." + re.escape(old) + r"\b" + guard)
 
 
-_PATTERNS = [(_dotted(old), "multitag." + MOVES[old]) for old in sorted(MOVES, key=len, reverse=True)]
+_PATTERNS = [
+    (_dotted(old), "multitag." + MOVES[old]) for old in sorted(MOVES, key=len, reverse=True)
+]
 _PATHS = [
-    (re.compile(r"\bmultitag/" + re.escape(old) + r"\.py\b"), "multitag/" + new.replace(".", "/") + ".py")
+    (
+        re.compile(r"\bmultitag/" + re.escape(old) + r"\.py\b"),
+        "multitag/" + new.replace(".", "/") + ".py",
+    )
     for old, new in MOVES.items()
 ]
-_FROM_PKG = re.compile(r"^(?P<indent>[ \t]*)from multitag import (?P<names>[^(\n#]+?)(?P<comment>[ \t]*#.*)?$", re.M)
+_FROM_PKG = re.compile(
+    r"^(?P<indent>[ \t]*)from multitag import (?P<names>[^(\n#]+?)(?P<comment>[ \t]*#.*)?$", re.M
+)
 
 
 def _split_from_package(match: re.Match) -> str:
@@ -116,7 +123,11 @@ def main(argv: list[str]) -> int:
         root = Path(arg)
         files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
         for path in files:
-            if root.is_dir() and path.suffix not in suffixes and path.name not in {"Makefile", "run"}:
+            if (
+                root.is_dir()
+                and path.suffix not in suffixes
+                and path.name not in {"Makefile", "run"}
+            ):
                 continue
             try:
                 text = path.read_text()

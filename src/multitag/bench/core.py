@@ -107,7 +107,7 @@ print("SECONDS", time.perf_counter() - t0)
 """
 
 
-def _start_up_seconds(model_dir: Path, conversion_cache: bool) -> float:
+def start_up_seconds(model_dir: Path, conversion_cache: bool) -> float:
     """Load a saved model and prepare its engine in a new process (what a CLI run or an API
     worker pays before its first image), with or without the on-disk OpenVINO cache."""
     env = {**os.environ, "MULTITAG_OPENVINO_CACHE": "1" if conversion_cache else "0"}
@@ -147,12 +147,12 @@ def run(
     start_up = {}
     if engine == "openvino":
         # One untimed reloaded start-up first, so that "cached" times a cache hit on every
-        # host: a 2026-12-04 run on a fresh host, without it, timed 5.2 s "cached" against
-        # 5.3 s converting (that process converted and wrote the cache entry itself).
-        _start_up_seconds(model_dir, conversion_cache=True)
+        # host: a run on a fresh host, without it, timed "cached" as long as converting
+        # (that process converted and wrote the cache entry itself).
+        start_up_seconds(model_dir, conversion_cache=True)
         start_up = {
-            "convert_seconds": _start_up_seconds(model_dir, conversion_cache=False),
-            "cached_seconds": _start_up_seconds(model_dir, conversion_cache=True),
+            "convert_seconds": start_up_seconds(model_dir, conversion_cache=False),
+            "cached_seconds": start_up_seconds(model_dir, conversion_cache=True),
         }
         start_up["convert_vs_cached"] = start_up["convert_seconds"] / start_up["cached_seconds"]
     framing = tagger.net_.encoder.preprocessing.framing

@@ -128,7 +128,7 @@ CONFIGS = {
     },
     "ArcFace": {"loss": "arcface"},
 }
-FINETUNE_CONFIGS = {  # --finetune: ~45 min more on 2 cores (prefix extraction + 3 epochs)
+FINETUNE_CONFIGS = {  # --finetune: much longer (prefix extraction + 3 epochs of fine-tuning)
     "multi-similarity, tuned above blocks.5": {"freeze": "blocks.5"},
 }
 

@@ -30,7 +30,7 @@ MODES = ("keep", "release")
 
 def _child(mode: str, models: list[str], paths_file: str, out: str) -> None:
     from multitag.tagger.ensemble import TaggerEnsemble
-    from multitag.tagger.persistence import load_tagger
+    from multitag.tagger.loading import load_tagger
 
     paths = Path(paths_file).read_text().splitlines()[: 8 if mode == "warm-up" else None]
     ensemble = TaggerEnsemble([load_tagger(m) for m in models])

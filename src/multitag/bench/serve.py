@@ -31,7 +31,7 @@ DATA = Path(os.environ.get("MULTITAG_FASHION", "../shared/datasets/fashion-produ
 HOST = "127.0.0.1"
 PHASE_SECONDS = 180  # no request of a phase starts later than this
 UPLOAD_SECONDS = 60  # the large-upload throughput phase
-LARGE_SIZE = (4000, 5333)  # 21.3 Mpx: under the default 25 Mpx budget, ~0.5 s to decode
+LARGE_SIZE = (4000, 5333)  # 21.3 Mpx: just under the default 25 Mpx budget, slow to decode
 N_LARGE = 4
 
 

@@ -87,7 +87,7 @@ def run_one(
 ) -> dict:
     """Fit, score and save one tagger (frozen for ``freeze="all"``); return its record.
     ``tasks``: the single model's scores; ``ensemble_tasks``: with all ``ensemble`` head sets."""
-    tagger = MultiTaskTagger(  # squash-resize, as bench/study.md and docs/study.md measured
+    tagger = MultiTaskTagger(  # squash-resize, as bench/study.md and research/LOG.md measured
         TASKS, backbone=backbone, image_size=image_size, freeze=freeze, finetune_epochs=epochs,
         ensemble=ensemble, framing="none",
     )  # fmt: skip

@@ -26,6 +26,7 @@ from multitag.core.locks import writer_lock
 from multitag.core.progress import bar
 from multitag.data.inputs import Inputs
 from multitag.embedding.kmeans import KMeans, nearest_centroid
+from multitag.tagger import outputs
 
 log = logging.getLogger(__name__)
 ChunkHook = Callable[[int, int, int], None]
@@ -66,29 +67,19 @@ def tag_columns(tasks) -> list[str]:
 
 def _tag_chunk(tagger, frame: pd.DataFrame, batch_size: int, labels: Sequence[str]):
     """Tag one chunk: rows (top tags per task), arrays (tag probabilities, features), rejects."""
-    from multitag.tagger.batch import _top_k
-
     paths = frame["path"].tolist()
     out = tagger.predict_proba(paths, batch_size=batch_size, return_features=True, use_cache=True)
     ok = np.array([i not in out["errors"] for i in range(len(paths))], dtype=bool)
     rows = pd.DataFrame({"id": frame["id"].to_numpy()[ok], "path": np.asarray(paths)[ok]})
-    tags: list[list[str]] = [[] for _ in range(int(ok.sum()))]
+    proba = {name: p[ok] for name, p in out["proba"].items()}
+    columns = outputs.tag_columns(proba, tagger.tasks_, top=None)
     for task in tagger.tasks_:
-        p = out["proba"][task.name][ok]
-        if task.kind == "multiclass":
-            best = p.argmax(1) if len(p) else np.zeros(0, int)
-            chosen = [[j] for j in best]
-            rows[f"{task.name}_prob"] = p[np.arange(len(p)), best].round(6)
-        else:
-            chosen = [list(np.flatnonzero(r >= 0.5)) for r in p]
-            rows[f"{task.name}_prob"] = p.max(1).round(6) if p.size else []
-        rows[task.name] = ["|".join(task.classes[j] for j in c) for c in chosen]
-        for t, c in zip(tags, chosen):
-            t.extend(f"{task.name}:{task.classes[j]}" for j in c)
-    rows["tags"] = tags
+        rows[f"{task.name}_prob"] = columns[f"{task.name}_prob"]
+        rows[task.name] = columns[task.name]
+    rows["tags"] = outputs.tag_strings(proba, tagger.tasks_) or [[] for _ in range(len(rows))]
     imagenet = out["imagenet"]
     rows["imagenet"] = (
-        [[d["label"] for d in top] for top in _top_k(imagenet[ok], labels, 5)]
+        [[d["label"] for d in top] for top in outputs.top_k(imagenet[ok], labels, 5)]
         if imagenet is not None
         else [[] for _ in range(len(rows))]
     )

@@ -45,9 +45,9 @@ def build_cmd(
     Resumable after a kill; on an existing catalogue only new images are tagged and placed.
     """
     from multitag.catalog import build_catalog
-    from multitag.cli.common import _fail, _resolve, console
+    from multitag.cli.common import console, fail, resolve_photos
 
-    found = _resolve(paths, images, id_col, path_col, ext)
+    found = resolve_photos(paths, images, id_col, path_col, ext)
     try:
         meta = build_catalog(
             model_dir,
@@ -63,7 +63,7 @@ def build_cmd(
             seed=seed,
         )
     except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     lb = meta["last_build"]
     console.print(
         f"catalogue {out}: {meta['n_items']} items ({lb['new_items']} new, "
@@ -124,11 +124,11 @@ def serve_cmd(
     import uvicorn
 
     from multitag.catalog.store import read_meta
-    from multitag.cli.common import _check_port, _fail, console
+    from multitag.cli.common import check_port, console, fail
     from multitag.serve.app import create_app
     from multitag.serve.settings import default_hosts
 
-    _check_port(host, port)
+    check_port(host, port)
     try:
         if model is None:
             built_with = (read_meta(catalog_dir) or {}).get("model_dir")
@@ -147,7 +147,7 @@ def serve_cmd(
             allowed_hosts=hosts,
         )
     except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(
         f"explorer: http://{host}:{port}/   API docs: http://{host}:{port}/docs"
         + ("" if model else "   (no model: uploads disabled, pass --model)")

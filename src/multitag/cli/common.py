@@ -82,7 +82,7 @@ def _set_precision(value: str | None) -> str | None:
     if value is None:
         return None
     if value not in PRECISIONS:
-        _fail(f"--precision {value!r} is not a precision: use one of {', '.join(PRECISIONS)}")
+        fail(f"--precision {value!r} is not a precision: use one of {', '.join(PRECISIONS)}")
     os.environ["MULTITAG_PRECISION"] = value
     return value
 
@@ -100,22 +100,22 @@ PrecisionOpt = Annotated[
 ]
 
 
-def _split(value: str | None) -> list[str]:
+def split_names(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
     # a message is text, not markup; one unbroken line, so a command in it pastes as printed
     console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
 
 
-def _detail_setting(value: str) -> str | int:
+def detail_setting(value: str) -> str | int:
     """``--detail``: 'auto', 'none' or a pixel count (validated by the estimator)."""
     return int(value) if value.strip().isdigit() else value.strip()
 
 
-def _resolve(
+def resolve_photos(
     inputs,
     images: Path | None,
     id_col: str | None,
@@ -131,7 +131,7 @@ def _resolve(
     try:
         found = resolve_inputs(inputs, images, id_col=id_col, path_col=path_col, ext=ext)
     except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     for line in found.summary():
         console.print(f"[yellow]inputs:[/yellow] {escape(line)}")
     if rejects is not None and found.skipped:
@@ -141,7 +141,7 @@ def _resolve(
     return found
 
 
-def _load_frame(
+def load_frame(
     data: Path,
     images: Path | None,
     id_col: str | None,
@@ -149,8 +149,8 @@ def _load_frame(
     ext: str,
     rejects: Path | None = None,
 ):
-    """The rows of ``--data`` (see :func:`_resolve`)."""
-    return _resolve([data], images, id_col, path_col, ext, rejects).frame
+    """The rows of ``--data`` (see :func:`resolve_photos`)."""
+    return resolve_photos([data], images, id_col, path_col, ext, rejects).frame
 
 
 def _bindable(host: str, port: int) -> bool:
@@ -164,7 +164,7 @@ def _bindable(host: str, port: int) -> bool:
         return False
 
 
-def _check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int) -> None:
     """Fail before any slow work when ``host:port`` is taken, with a free port to rerun on."""
     from multitag.core.next_step import rerun_with
 
@@ -172,7 +172,20 @@ def _check_port(host: str, port: int) -> None:
         return
     free = next((p for p in range(port + 1, port + 100) if _bindable(host, p)), None)
     rerun = rerun_with("--port", str(free)) if free else None
-    _fail(
+    fail(
         f"{host}:{port} is already in use (another server?): "
         + (f"rerun on a free port, {rerun}" if rerun else "pass another --port")
     )
+
+
+def task_list(frame, tasks: str | None) -> list[str]:
+    """The label columns to learn: ``--tasks`` as given, else a folder tree's ``label``."""
+    from multitag.data.manifest import FOLDER_TASK
+
+    names = split_names(tasks)
+    if names:
+        return names
+    if FOLDER_TASK in frame.columns:
+        return [FOLDER_TASK]
+    fail("name the label columns to learn with --tasks col1,col2,...")
+    return []

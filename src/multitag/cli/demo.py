@@ -96,16 +96,16 @@ def run_demo(data_root: Path, out: Path, image_size: int | None = None) -> dict:
             )
 
     with steps.step("train", "frozen backbone: features once, then 3 sets of heads"):
-        # three head sets from three seeds, averaged: +0.004 mean weighted F1 over one set on
-        # the full-size benchmark (bench/study.md) for about 3 more minutes of head training.
+        # three head sets from three seeds, averaged (BENCHMARKS.md, "Study targets at full
+        # size"), for a few more minutes of head training.
         # framing="auto": photos from other sources (square / landscape canvas, tight crop,
-        # wide margins) are tagged like catalogue photos: 0.885 mean weighted F1 on each,
-        # against 0.77-0.85 squash-resized, for -0.0014 on the catalogue itself (docs/study.md)
+        # wide margins) are tagged like catalogue photos, for a small loss on the catalogue
+        # itself (research/LOG.md, "Photos framed differently: product framing").
         # prior_shift="auto": a shift towards rare classes where it raises weighted F1 out of
-        # fold (articleType +0.005 on unseen photos); refit=True: each head set then trains
-        # again on train + val for the epochs it chose, so the saved model learns from every
-        # labelled photo (articleType 0.8811 -> 0.8924 on unseen photos, docs/study.md), for
-        # about twice the head-training time. Step 3 reports the heads before the refit.
+        # fold; refit=True: each head set then trains again on train + val for the epochs it
+        # chose, so the saved model learns from every labelled photo (BENCHMARKS.md, "Refit on
+        # train + val, scored on unseen photos"), for about twice the head-training time.
+        # Step 3 reports the heads before the refit.
         tagger = MultiTaskTagger(
             DEMO_TASKS,
             multilabel=["pattern"],

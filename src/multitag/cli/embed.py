@@ -19,12 +19,12 @@ from multitag.cli.common import (
     IdColOpt,
     ImagesOpt,
     PathColOpt,
-    _fail,
-    _load_frame,
-    _resolve,
-    _split,
     console,
+    fail,
+    load_frame,
     out_console,
+    resolve_photos,
+    split_names,
 )
 
 embed_app = typer.Typer(help="Train and evaluate image embeddings (metric learning).")
@@ -36,9 +36,9 @@ SameOpt = Annotated[
 
 
 def _same(value: str) -> list[str]:
-    cols = _split(value)
+    cols = split_names(value)
     if not cols:
-        _fail("--same: name at least one label column, e.g. --same articleType,baseColour")
+        fail("--same: name at least one label column, e.g. --same articleType,baseColour")
     return cols
 
 
@@ -103,7 +103,7 @@ def embed_train(
     from multitag.tagger.persistence import tagger_preprocessing
     from multitag.vision import backbones
 
-    frame = _load_frame(data, images, id_col, path_col, ext, out / "inputs.rejects.csv")
+    frame = load_frame(data, images, id_col, path_col, ext, out / "inputs.rejects.csv")
     cols = _same(same)
     beside = tagger_preprocessing(out)
     detail = "auto"
@@ -120,7 +120,7 @@ def embed_train(
             hidden=hidden,
             loss=loss or DEFAULT_LOSS,
             miner=miner,
-            coarse=_split(coarse) if coarse else None,
+            coarse=split_names(coarse) if coarse else None,
             coarse_loss=coarse_loss,
             coarse_weight=coarse_weight,
             backbone=backbone or backbones.DEFAULT_BACKBONE,
@@ -135,7 +135,7 @@ def embed_train(
         emb.fit(frame, rows=rows)
         emb.save(out)
     except ValueError as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(f"embedder ({emb.loss}, miner {emb.miner_}, {emb.dim}-d) saved to {out}")
 
 
@@ -160,12 +160,12 @@ def embed_evaluate(
     from multitag.tagger.batch import rejects_path
 
     rejects = rejects_path(json_out) if json_out else None
-    frame = _load_frame(data, images, id_col, path_col, ext, rejects)
+    frame = load_frame(data, images, id_col, path_col, ext, rejects)
     try:
         emb = load_embedder(model_dir)
-        result = evaluate_embedding(emb, frame, _same(same), knn_columns=_split(knn) or None)
+        result = evaluate_embedding(emb, frame, _same(same), knn_columns=split_names(knn) or None)
     except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     table = Table(title=f"retrieval on {result['split']['val']} val images")
     keys = ["recall@1", "recall@5", "recall@10", "map@r", "nmi"]
     table.add_column("vectors")
@@ -201,11 +201,11 @@ def index_build(
     """Embed images and save a searchable index (manifest columns become filters)."""
     from multitag.embedding.search import build_index_dir
 
-    found = _resolve(paths, images, id_col, path_col, ext, out / "inputs.rejects.csv")
+    found = resolve_photos(paths, images, id_col, path_col, ext, out / "inputs.rejects.csv")
     try:
         index, errors = build_index_dir(model_dir, found, out, kind=kind, exact_max=exact_max)
     except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(
         f"{len(index)} items indexed ({index.kind_}, {index.dim_}-d, {index.meta['vectors']}) "
         f"in {out}" + (f"; {len(errors)} unreadable images skipped" if errors else "")
@@ -229,11 +229,11 @@ def index_add(
     """Append images to an index without rebuilding it."""
     from multitag.embedding.search import add_to_index_dir
 
-    found = _resolve(paths, images, id_col, path_col, ext)
+    found = resolve_photos(paths, images, id_col, path_col, ext)
     try:
         index, errors = add_to_index_dir(index_dir, found)
     except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(
         f"index now holds {len(index)} items" + (f"; {len(errors)} skipped" if errors else "")
     )
@@ -255,7 +255,7 @@ def similar_cmd(
     try:
         results = similar(index_dir, image, item_id=item_id, k=k, where=where)
     except (FileNotFoundError, KeyError, ValueError) as err:
-        _fail(str(err).strip("'\""))
+        fail(str(err).strip("'\""))
     if as_json:
         print(json.dumps(results.to_dict(orient="records"), indent=2, default=str))
         return
@@ -290,7 +290,7 @@ def cluster_cmd(
     from multitag.embedding.kmeans import suggest_k
 
     if k is None and max_k < 2:
-        _fail(f"--max-k {max_k}: use 2 or more, or choose the number of clusters with -k")
+        fail(f"--max-k {max_k}: use 2 or more, or choose the number of clusters with -k")
     try:
         index = VectorIndex.load(index_dir)
         if k is None:
@@ -302,7 +302,7 @@ def cluster_cmd(
             )
         _, summaries, assign = write_cluster_report(index, k, html, seed=seed)
     except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     if assignments:
         write_table(assign.reset_index(), assignments)
     for s in summaries:

@@ -29,26 +29,15 @@ from multitag.cli.common import (  # noqa: E402
     PathColOpt,
     PrecisionOpt,
     TasksOpt,
-    _detail_setting,
-    _fail,
-    _load_frame,
-    _resolve,
-    _split,
     console,
+    detail_setting,
+    fail,
+    load_frame,
     out_console,
+    resolve_photos,
+    split_names,
+    task_list,
 )
-
-
-def _task_list(frame, tasks: str | None) -> list[str]:
-    from multitag.data.manifest import FOLDER_TASK
-
-    names = _split(tasks)
-    if names:
-        return names
-    if FOLDER_TASK in frame.columns:
-        return [FOLDER_TASK]
-    _fail("name the label columns to learn with --tasks col1,col2,...")
-    return []
 
 
 @app.command("validate")
@@ -75,9 +64,9 @@ def validate_cmd(
     from multitag.data.tasks import infer_tasks
     from multitag.data.validate import validate
 
-    found = _resolve([data], images, id_col, path_col, ext)
+    found = resolve_photos([data], images, id_col, path_col, ext)
     frame = found.frame
-    names = _task_list(frame, tasks)
+    names = task_list(frame, tasks)
     report = validate(frame, names)
     task_objs = []
     if report.ok:
@@ -85,12 +74,12 @@ def validate_cmd(
             task_objs = infer_tasks(
                 frame,
                 names,
-                multilabel=_split(multilabel),
+                multilabel=split_names(multilabel),
                 delimiter=delimiter,
                 min_count=min_count,
             )
         except ValueError as err:
-            _fail(str(err))
+            fail(str(err))
         report.tasks = validate(frame, task_objs, decode=False, progress=False).tasks
     table = Table(title=f"{data}: {report.n_rows} rows")
     for col in ("task", "kind", "labelled", "missing", "classes", "top classes", "rare (folded)"):
@@ -224,14 +213,14 @@ def train_cmd(
     from multitag import MultiTaskTagger
     from multitag.evaluation.report import evaluate_split, write_reports
 
-    frame = _load_frame(data, images, id_col, path_col, ext, out / "inputs.rejects.csv")
+    frame = load_frame(data, images, id_col, path_col, ext, out / "inputs.rejects.csv")
     kwargs = {}
     if cache_dir is not None:
         kwargs["cache_dir"] = cache_dir
     if precision is not None:  # recorded: the model then tags as it was trained
         kwargs["precision"] = precision
     tagger = MultiTaskTagger(
-        _task_list(frame, tasks),
+        task_list(frame, tasks),
         backbone=backbone,
         weights=weights,
         freeze=freeze,
@@ -239,13 +228,13 @@ def train_cmd(
         finetune_lr=finetune_lr,
         image_size=image_size,
         framing=framing,
-        detail=_detail_setting(detail),
+        detail=detail_setting(detail),
         epochs=epochs,
         head=head,
         ensemble=ensemble,
         prior_shift=prior_shift,
         refit=refit,
-        multilabel=_split(multilabel),
+        multilabel=split_names(multilabel),
         delimiter=delimiter,
         min_count=min_count,
         rare=rare,
@@ -261,7 +250,7 @@ def train_cmd(
             tagger.fit(frame)
             tagger.save(out)
     except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+        fail(str(err))
     for problem in tagger.validation_.problems()[:20]:
         console.print(f"[yellow]skipped:[/yellow] {problem}")
     _print_rare_classes(tagger.tasks_, min_count)
@@ -319,12 +308,12 @@ def evaluate_cmd(
     from multitag.tagger.held_out import held_out_rows, seen_rows
 
     tagger = _load_model(model_dir)
-    frame = _load_frame(data, images, id_col, path_col, ext, rejects_path(json_out))
+    frame = load_frame(data, images, id_col, path_col, ext, rejects_path(json_out))
     if held_out:
         try:
             rows = held_out_rows(tagger, frame, str(data))
         except ValueError as err:
-            _fail(str(err))
+            fail(str(err))
         frame = rows.frame
         console.print(rows.summary("scoring"))
     elif n_seen := len(seen_rows(tagger, frame)):
@@ -335,7 +324,7 @@ def evaluate_cmd(
     try:
         report = evaluate_frame(tagger, frame)
     except ValueError as err:
-        _fail(f"{data}: {err}")
+        fail(f"{data}: {err}")
     write_reports(report, json_out, html, title=f"{model_dir.name} on {data.name}")
     console.print(format_table(report))
     if report.get("skipped_tasks"):
@@ -360,12 +349,12 @@ def evaluate_cmd(
 
 
 def _load_model(model_dir: Path):
-    from multitag.tagger.persistence import load_any_tagger
+    from multitag.tagger.loading import load_any_tagger
 
     try:
         model = load_any_tagger(model_dir)
     except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     if hasattr(model, "release_engines"):  # an ensemble: one member's engine in memory at once
         model.release_engines = True
     return model
@@ -391,15 +380,15 @@ def tag_cmd(
     try:
         check_table_suffix(out)
     except ValueError as err:
-        _fail(str(err))
+        fail(str(err))
     tagger = _load_model(model_dir)
-    found = _resolve(paths, images, id_col, path_col, ext)
+    found = resolve_photos(paths, images, id_col, path_col, ext)
     try:
         written, rejects, n_ok, n_bad = tag_to_file(
             tagger, found, out, top_k=top_k, batch_size=batch_size
         )
     except (FileNotFoundError, ValueError, OutputNotWritten) as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(f"tagged {n_ok} image(s) -> {written}")
     if rejects:
         console.print(
@@ -420,7 +409,7 @@ def export_cmd(
     try:
         path = export_onnx(tagger, onnx)
     except (ValueError, RuntimeError) as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(
         f"ONNX model -> {path} (inputs, outputs and classes in {path.with_suffix('.json')})"
     )
@@ -455,17 +444,17 @@ def combine_cmd(
     from multitag.tagger.ensemble import TaggerEnsemble
 
     if len(model_dirs) < 2:
-        _fail("combine needs two or more model directories")
+        fail("combine needs two or more model directories")
     try:
         ensemble = TaggerEnsemble.from_dirs(model_dirs, weight or None)
         ensemble.release_engines = True
         if prior_shift_data is not None:
-            frame = _load_frame(prior_shift_data, images, id_col, path_col, ext)
+            frame = load_frame(prior_shift_data, images, id_col, path_col, ext)
             ensemble.fit_prior_shift(frame)
             console.print(ensemble.prior_shift_rows_.summary("prior shift fitted on"))
         ensemble.save(out)
     except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     _print_prior_shift(ensemble.prior_shift_)
     console.print(f"ensemble of {len(model_dirs)} taggers -> {out}  ({escape(repr(ensemble))})")
 
@@ -527,13 +516,13 @@ def demo_cmd(
         run_demo(data_root, out, image_size=image_size)
         return
     from multitag.cli.catalog import serve_cmd
-    from multitag.cli.common import _check_port
+    from multitag.cli.common import check_port
 
-    _check_port(host, port)  # before the demo or the catalogue build, not after
+    check_port(host, port)  # before the demo or the catalogue build, not after
     try:
         catalog_dir, model_dir = prepare_explore(data_root, out, image_size=image_size)
     except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     serve_cmd(catalog_dir, model=model_dir, host=host, port=port)
 
 

@@ -25,7 +25,7 @@ from multitag.cli.common import (
 
 
 def _parse_targets(values: list[str]) -> dict[str, float]:
-    from multitag.cli.common import _fail
+    from multitag.cli.common import fail
 
     out = {}
     for value in values:
@@ -35,7 +35,7 @@ def _parse_targets(values: list[str]) -> dict[str, float]:
         except ValueError:
             out[task.strip()] = -1.0  # not a number: fails the range check below
         if not task.strip() or not 0 < out[task.strip()] <= 1:
-            _fail(f"--target {value!r}: write TASK=F1 with F1 in (0, 1], e.g. articleType=0.9")
+            fail(f"--target {value!r}: write TASK=F1 with F1 in (0, 1], e.g. articleType=0.9")
     return out
 
 
@@ -50,16 +50,16 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Backbones x freeze points x sharing x loss balancing: table + HTML report."""
-        from multitag.cli.common import _fail, out_console
+        from multitag.cli.common import fail, out_console
         from multitag.research.study import StudyConfig, run_study
 
         if not config.is_file():
-            _fail(f"{config}: no such study config")
+            fail(f"{config}: no such study config")
         try:
             cfg = StudyConfig.load(config)
             table = run_study(cfg, out)
         except (ValueError, FileNotFoundError) as err:
-            _fail(str(err))
+            fail(str(err))
             return
         cols = [c for c in table.columns if not c.endswith("_acc")]
         out_console.print(table[cols].to_string(index=False))
@@ -104,31 +104,37 @@ def register(app: typer.Typer) -> None:
         frozen features, refitted on growing shares of the training split, scored on one
         fixed validation split; a power-law fit says what more labels would buy."""
         from multitag import MultiTaskTagger
-        from multitag.cli.common import _detail_setting, _fail, _load_frame, _split, out_console
-        from multitag.cli.main import _task_list
+        from multitag.cli.common import (
+            detail_setting,
+            fail,
+            load_frame,
+            out_console,
+            split_names,
+            task_list,
+        )
         from multitag.research.learning_curve import check_targets, learning_curve
 
         targets = _parse_targets(target or [])
         try:
-            shares = [float(f) for f in _split(fractions)]
+            shares = [float(f) for f in split_names(fractions)]
         except ValueError:
-            _fail(f"--fractions {fractions!r}: comma-separated numbers in (0, 1], e.g. 0.25,0.5,1")
-        frame = _load_frame(data, images, id_col, path_col, ext, out / "inputs.rejects.csv")
+            fail(f"--fractions {fractions!r}: comma-separated numbers in (0, 1], e.g. 0.25,0.5,1")
+        frame = load_frame(data, images, id_col, path_col, ext, out / "inputs.rejects.csv")
         kwargs = {"cache_dir": cache_dir} if cache_dir is not None else {}
         tagger = MultiTaskTagger(
-            _task_list(frame, tasks), backbone=backbone, image_size=image_size,
-            framing=framing, detail=_detail_setting(detail), epochs=epochs,
+            task_list(frame, tasks), backbone=backbone, image_size=image_size,
+            framing=framing, detail=detail_setting(detail), epochs=epochs,
             val_fraction=val_fraction, min_count=min_count,
             seed=seed, **kwargs,
         )  # fmt: skip
         try:  # before the run, not after minutes of fitting
             check_targets(targets, tagger.tasks)
         except ValueError as err:
-            _fail(f"--target: {err}")
+            fail(f"--target: {err}")
         try:
             curve = learning_curve(tagger, frame, shares, seeds)
         except (ValueError, FileNotFoundError) as err:
-            _fail(str(err))
+            fail(str(err))
             return
         curve.save(out, targets)
         table = curve.extrapolate(targets)

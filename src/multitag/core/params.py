@@ -1,15 +1,14 @@
-"""scikit-learn's parameter convention for multitag's estimators: constructor arguments are
-stored unchanged under their own names, so ``get_params`` can read them back."""
+"""scikit-learn's parameter convention for multitag's estimators.
+
+Constructor arguments are stored unchanged under their own names, so scikit-learn's
+``get_params`` / ``set_params`` / ``clone`` / ``repr`` work on them as on any estimator.
+"""
 
 from __future__ import annotations
 
-import inspect
+from sklearn.base import BaseEstimator
 
 
-class ParamsMixin:
-    """``get_params()``: the constructor's arguments as currently set."""
-
-    def get_params(self) -> dict:
-        """Constructor parameters (scikit-learn convention)."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {n: getattr(self, n) for n in names}
+class ParamsMixin(BaseEstimator):
+    """``get_params``, ``set_params`` and ``sklearn.base.clone`` support (scikit-learn's
+    ``BaseEstimator``): fitted state ends in ``_`` and is not a parameter."""

@@ -2,7 +2,7 @@
 
 Photos from another source frame the product differently from the training catalogue
 (a square or landscape canvas, a tight crop, wide margins). The square resize then changes
-the product's shape and size on the network's input, and the tags suffer (docs/study.md,
+the product's shape and size on the network's input, and the tags suffer (research/LOG.md,
 "Photos framed differently"). :func:`reframe` removes that difference: it finds the product
 (pixels that differ from the background colour, the median of the border pixels), crops to
 its bounding box and pads it with the background colour onto a canvas of the catalogue's
@@ -78,7 +78,7 @@ def product_box(
     if background is None:
         background = background_colour(image)
     diff = np.abs(image.astype(np.int16) - np.asarray(background, np.int16))
-    mask = (diff[..., 0] + diff[..., 1] + diff[..., 2]) > threshold  # 4x faster than sum(-1)
+    mask = (diff[..., 0] + diff[..., 1] + diff[..., 2]) > threshold  # faster than sum(-1)
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if len(rows) == 0:
         return None

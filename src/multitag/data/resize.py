@@ -1,7 +1,7 @@
 """Squash-resize decoded images to ``size x size`` (bicubic, antialiased) in batches.
 
 The result equals Pillow's ``Image.resize(..., BICUBIC, reducing_gap=None)`` up to rounding
-(a few pixel values in a million differ by 1-2 levels), but runs ~3x faster: images of one
+(a few pixel values in a million differ by 1-2 levels), but runs faster: images of one
 shape are stacked and resized by one vectorised uint8 kernel (PyTorch's antialiased bicubic,
 the same filter as Pillow's). Resizing was two thirds of the per-image decoding cost, which on
 a 2-core machine competes with the forward pass for the same cores.

@@ -20,7 +20,7 @@ from multitag.core import runtime
 from multitag.core.progress import bar
 from multitag.embedding.losses import MetricObjective
 from multitag.multitask.sharing import UpperPart, keep_batchnorm_frozen
-from multitag.training.finetune import StageData, _lr_factor
+from multitag.training.finetune import StageData, lr_factor
 from multitag.vision.features import Encoder
 
 
@@ -94,7 +94,7 @@ def train_upper_embedding(
             model.train()
             total = 0.0
             for rows in plan[epoch]:
-                factor = _lr_factor(step, total_steps, warmup)
+                factor = lr_factor(step, total_steps, warmup)
                 for g, base in zip(opt.param_groups, base_lrs):
                     g["lr"] = base * factor
                 acts, prefix = data.batch(rows, gen)

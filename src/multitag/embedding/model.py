@@ -29,10 +29,11 @@ from multitag.core.progress import bar
 from multitag.data.detail import resolve_detail
 from multitag.data.framing import Framing, resolve_framing
 from multitag.embedding import losses as loss_registry
-from multitag.tagger.persistence import CONFIG, FORMAT_VERSION, _versions, read_config
+from multitag.tagger.persistence import CONFIG, FORMAT_VERSION, library_versions, read_config
 from multitag.training.finetune import StageData, tuned_features
 from multitag.training.loop import one_cycle
 from multitag.vision import backbones
+from multitag.vision.encoder_spec import EncoderSpec, encoder_from_config, encoder_section
 from multitag.vision.extraction import (
     FeatureResult,
     encoder_cache_id,
@@ -200,14 +201,17 @@ class Embedder(ParamsMixin):
     def build_encoder(self, paths: Sequence[str | os.PathLike] = ()) -> Encoder:
         """The encoder these settings describe (``paths``: the images ``framing="auto"`` and
         ``detail="auto"`` are measured on)."""
-        spec = backbones.get_spec(self.backbone)
-        model = backbones.create_model(spec.name, weights=self.weights)
         framing = resolve_framing(self.framing, list(paths), self.seed)
         detail = resolve_detail(self.detail, list(paths), framing, self.seed)
-        prep = Preprocessing.for_model(model, self.image_size, framing, detail)
-        return Encoder(
-            model, prep, self.stages, spec.has_classifier, self.colour_bins, self.grid_stages
+        spec = EncoderSpec(
+            self.backbone,
+            self.weights,
+            self.image_size,
+            self.stages,
+            self.colour_bins,
+            self.grid_stages,
         )
+        return spec.build(framing, detail)
 
     def encoder_id(self) -> dict:
         return encoder_cache_id(
@@ -502,7 +506,7 @@ class Embedder(ParamsMixin):
                 "loss_history": getattr(self, "history_", []),
             },  # fmt: skip
             "precision": self.precision,
-            "versions": _versions(),
+            "versions": library_versions(),
         }
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -568,24 +572,16 @@ def _tagger_mismatch(tagger_cfg: dict, emb_cfg: dict) -> str | None:
 
 def _embedder_model_config(emb: Embedder) -> dict:
     enc = emb.encoder_
-    spec = backbones.get_spec(emb.backbone)
     return {
         "format_version": FORMAT_VERSION,
         "kind": "multitag-embedder",
         "backbone": {
-            "name": spec.name,
-            "timm_name": spec.timm_name,
-            "weights": str(emb.weights),
-            "stages": enc.stages,
-            "with_imagenet": enc.with_imagenet,
-            "colour_bins": enc.colour_bins,
-            "grid_stages": enc.grid_stages,
-            "feature_dim": enc.out_dim,
+            **encoder_section(enc, emb.backbone, emb.weights),
             "finetuned": bool(emb.finetuned_),
         },
         "preprocessing": {**enc.preprocessing.to_dict(), "input": "uint8 RGB NCHW"},
         "embedding": EMBED_CONFIG,
-        "versions": _versions(),
+        "versions": library_versions(),
     }
 
 
@@ -617,7 +613,7 @@ def load_embedder(model_dir: str | os.PathLike, *, allow_raw: bool = True) -> Em
         except (SafetensorError, OSError) as err:
             raise integrity.unreadable(model_dir / EMBED_WEIGHTS, err) from None
     if kind == "multitag-tagger":
-        from multitag.tagger.persistence import load_tagger
+        from multitag.tagger.loading import load_tagger
 
         tagger = load_tagger(model_dir)
         encoder = tagger.net_.encoder
@@ -625,15 +621,7 @@ def load_embedder(model_dir: str | os.PathLike, *, allow_raw: bool = True) -> Em
     else:
         finetuned = bool(emb_cfg and emb_cfg.get("finetuned"))
         weights = bb["weights"] if bb["weights"] != "None" else None
-        model = backbones.create_model(bb["timm_name"], weights=None if finetuned else weights)
-        encoder = Encoder(
-            model,
-            Preprocessing.from_dict(config["preprocessing"]),
-            bb["stages"],
-            with_imagenet=bb["with_imagenet"],
-            colour_bins=bb.get("colour_bins", 0),
-            grid_stages=bb.get("grid_stages", []),
-        )
+        encoder = encoder_from_config(config, weights=None if finetuned else weights)
         if finetuned:
             enc_state = {k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}
             encoder.load_state_dict(enc_state, strict=True)

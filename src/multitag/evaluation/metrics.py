@@ -382,7 +382,7 @@ def _fig_to_data_uri(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _confusion_view(
+def confusion_view(
     confusion: Sequence[Sequence[int]], classes: Sequence[str], max_classes: int
 ) -> tuple[np.ndarray, list[str], list[str], bool]:
     """Row-normalised confusion matrix, limited to the ``max_classes`` most frequent true classes.
@@ -528,7 +528,7 @@ def _task_section(idx: int, name: str, m: dict) -> str:
 
     if m.get("support"):
         if kind == "multiclass" and m.get("confusion") is not None:
-            norm, rows, cols, trunc = _confusion_view(
+            norm, rows, cols, trunc = confusion_view(
                 m["confusion"], list(per_class), MAX_CONFUSION_CLASSES
             )
             cap = "Confusion matrix, row-normalised (rows: true class, columns: predicted)."

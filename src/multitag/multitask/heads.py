@@ -14,10 +14,9 @@ HEAD_TYPES = ("linear", "mlp")
 
 
 class Dropout(nn.Module):
-    """Inverted dropout with a mask from ``torch.rand``: the maths of ``nn.Dropout``, about
-    twice as fast on CPU (measured 2.7 vs 4.9 ms forward+backward on 512x1024), where
-    torch's Bernoulli sampler is the slow part of head training. No parameters, so saved
-    models are unaffected."""
+    """Inverted dropout with a mask from ``torch.rand``: the maths of ``nn.Dropout``, faster
+    on CPU, where torch's Bernoulli sampler is the slow part of head training. No parameters,
+    so saved models are unaffected."""
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
@@ -107,9 +106,7 @@ class HeadEnsemble(nn.Module):
 
     The output of each task is the log of the members' mean probability (log-odds for
     multi-label tasks), so :func:`probabilities` of it is that mean: callers see one set of
-    heads. Each member costs about 1 % of a 224-px Lite0 pass (bench/study.md). Measured on
-    fashion-products (frozen Lite0, 224 px, val split): three members raise mean weighted F1
-    by 0.002 over the average single member, articleType by 0.003, baseColour by 0.004.
+    heads. What members cost and gain: BENCHMARKS.md, "Study targets at full size".
     """
 
     def __init__(self, members: Sequence[MultiTaskHeads], tasks: Sequence[Task]) -> None:

@@ -9,11 +9,10 @@ validation split.
 
 ``tau`` is kept only where it helps on rows it was not chosen on: the validation rows are cut
 into 2 folds, ``tau`` chosen on one is scored on the other, over 3 fold draws. If that
-cross-fitted gain is not positive, the task keeps ``tau = 0``. Measured on fashion-products
-(frozen Lite0, 224 px, bench split; ``examples/class_bias.py``): articleType +0.0058 weighted
-F1 (every draw between +0.0051 and +0.0064; ``tau = +0.2`` on all val rows, which also lifts
-macro F1 from 0.685 to 0.733), baseColour and usage +0.0013, season -0.0034 (so it keeps
-``tau = 0``).
+cross-fitted gain is not positive, the task keeps ``tau = 0``. What it gains on
+fashion-products, per task: research/LOG.md, "Shifting decisions between frequent and rare
+classes (prior shift)" (``research/class_bias.py``), and BENCHMARKS.md, "Study targets:
+ensembles of backbones".
 """
 
 from __future__ import annotations

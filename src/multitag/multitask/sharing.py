@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from multitag.multitask.heads import MultiTaskHeads
+from multitag.multitask.net import TaggerNet
 from multitag.vision.features import Encoder, pool_stage
 
 STRATEGIES = ("hard", "soft", "cross_stitch")
@@ -295,7 +296,5 @@ def tagger_net(encoder: Encoder, sharing: Sharing, tasks) -> nn.Module:
     encoder's own blocks, so it is a plain ``TaggerNet``; soft / cross-stitch need
     :class:`SharedTaggerNet` (saved with a ``sharing`` section in ``config.json``)."""
     if isinstance(sharing, HardSharing):
-        from multitag.tagger.estimator import TaggerNet
-
         return TaggerNet(encoder, sharing.heads, tasks)
     return SharedTaggerNet(encoder, sharing, tasks)

@@ -39,9 +39,9 @@ from multitag.multitask.sharing import build_sharing
 from multitag.tagger.held_out import photo_digests
 from multitag.training.finetune import FineTuneConfig, StageData, predict_logits, train_sharing
 from multitag.training.loop import TrainConfig, fit_heads
-from multitag.vision import backbones
+from multitag.vision.encoder_spec import EncoderSpec
 from multitag.vision.extraction import encoder_cache_id, extract_prefix
-from multitag.vision.features import Encoder, Preprocessing, iter_batches
+from multitag.vision.features import Encoder, iter_batches
 
 SHARINGS = ("single", "hard", "soft", "cross_stitch")
 
@@ -181,9 +181,7 @@ def split_fingerprint(data: StudyData) -> str:
 
 
 def _encoder(backbone: str, cfg: StudyConfig) -> Encoder:
-    spec = backbones.get_spec(backbone)
-    model = backbones.create_model(spec.name)
-    return Encoder(model, Preprocessing.for_model(model, cfg.image_size), None, False)
+    return EncoderSpec(backbone, image_size=cfg.image_size, with_imagenet=False).build()
 
 
 # ------------------------------------------------------------------------------ one run

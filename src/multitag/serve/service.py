@@ -20,6 +20,7 @@ from multitag.catalog import topics as topics_mod
 from multitag.catalog.build import load_embedding
 from multitag.catalog.store import Catalog
 from multitag.serve.uploads import Upload, check_budget
+from multitag.tagger import outputs
 
 THUMB_SIZE = 160
 _SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -67,15 +68,12 @@ class CatalogService:
         }
 
     def task_tags(self, probs: np.ndarray, k: int = 3) -> dict[str, list[dict]]:
-        out, start = {}, 0
-        for task in self.catalog.tasks:
-            p = probs[start : start + len(task["classes"])]
-            start += len(task["classes"])
-            order = np.argsort(-p, kind="stable")[:k]
-            out[task["name"]] = [
-                {"label": task["classes"][j], "prob": round(float(p[j]), 4)} for j in order
-            ]
-        return out
+        """The ``k`` most probable labels of each task, from one row of catalogue tagprobs."""
+        per_task = outputs.split_tasks(probs, self.catalog.tasks)
+        return {
+            name: outputs.top_k(p, task["classes"], k, decimals=4)[0]
+            for (name, p), task in zip(per_task.items(), self.catalog.tasks)
+        }
 
     def detail(self, row: int) -> dict:
         r = self.items.iloc[row]
@@ -178,23 +176,15 @@ class CatalogService:
 
     def tag_response(self, a: dict) -> dict:
         tags = self.task_tags(a["tagprobs"])
-        top = {}
-        for task in self.catalog.tasks:
-            if task["kind"] == "multiclass":
-                top[task["name"]] = tags[task["name"]][0]["label"]
-            else:
-                top[task["name"]] = "|".join(
-                    d["label"] for d in tags[task["name"]] if d["prob"] >= 0.5
-                )
+        columns = outputs.tag_columns(
+            outputs.split_tasks(a["tagprobs"], self.catalog.tasks), self.catalog.tasks, top=None
+        )
+        top = {task["name"]: columns[task["name"]][0] for task in self.catalog.tasks}
         imagenet = []
         if a["imagenet"] is not None:
             from multitag.tagger.batch import imagenet_labels
 
-            names = imagenet_labels()
-            imagenet = [
-                {"label": names[j], "prob": round(float(a["imagenet"][j]), 4)}
-                for j in np.argsort(-a["imagenet"])[:5]
-            ]
+            imagenet = outputs.top_k(a["imagenet"], imagenet_labels(), 5, decimals=4)[0]
         return {"tags": tags, "top": top, "imagenet": imagenet}
 
     def topic_of(self, a: dict) -> int:
@@ -212,12 +202,9 @@ class CatalogService:
         return float(xy[0, 0]), float(xy[0, 1])
 
     def chosen(self, probs: np.ndarray) -> list[str]:
-        """The ``task:label`` tags an upload gets (top label; multi-label: p >= 0.5)."""
-        out = []
-        top = self.tag_response({"tagprobs": probs, "imagenet": None})["top"]
-        for name, labels in top.items():
-            out.extend(f"{name}:{label}" for label in labels.split("|") if label)
-        return out
+        """The ``task:label`` tags an upload gets (:mod:`multitag.tagger.outputs`)."""
+        per_task = outputs.split_tasks(probs, self.catalog.tasks)
+        return outputs.tag_strings(per_task, self.catalog.tasks)[0]
 
     def recommend(self, photos: list[dict], k: int) -> dict:
         """Items near the mean embedding of a shopper's photos, each with its reasons."""

@@ -22,6 +22,7 @@ from multitag.core.io import (
 from multitag.core.locks import writer_lock
 from multitag.data import inputs as _inputs
 from multitag.data.inputs import Inputs
+from multitag.tagger import outputs
 
 
 def as_inputs(
@@ -42,22 +43,6 @@ def resolve_inputs(
     """Rows ``id``, ``path`` (+ a manifest's label columns) of ``inputs``: the frame of
     :func:`as_inputs` (kept for older callers; new code wants the skipped inputs too)."""
     return as_inputs(inputs, images, **options).frame
-
-
-def _top_k(proba: np.ndarray, classes: Sequence[str], k: int) -> list[list[dict]]:
-    """Per row, the ``k`` most probable ``{label, prob}`` (vectorised: the ImageNet tags pick
-    5 of 1,000 columns for every image)."""
-    k = min(k, proba.shape[1])
-    if k < proba.shape[1]:
-        top = np.argpartition(-proba, k - 1, axis=1)[:, :k]
-        order = np.take_along_axis(top, np.argsort(-np.take_along_axis(proba, top, 1), 1), 1)
-    else:
-        order = np.argsort(-proba, axis=1, kind="stable")
-    probs = np.take_along_axis(proba, order, 1).astype(np.float64).round(6).tolist()
-    return [
-        [{"label": classes[j], "prob": p} for j, p in zip(idx, ps)]
-        for idx, ps in zip(order.tolist(), probs)
-    ]
 
 
 @functools.cache
@@ -84,20 +69,13 @@ def tag_frame(
     out = tagger.predict_proba(paths, batch_size=batch_size)
     ok = np.array([i not in out["errors"] for i in range(len(paths))], dtype=bool)
     tags = pd.DataFrame({"id": frame["id"].to_numpy()[ok], "path": np.asarray(paths)[ok]})
-    for task in tagger.tasks_:
-        p = out["proba"][task.name][ok]
-        if task.kind == "multiclass":
-            best = p.argmax(1)
-            tags[task.name] = [task.classes[j] for j in best]
-            tags[f"{task.name}_prob"] = p[np.arange(len(p)), best].round(6)
-        else:
-            tags[task.name] = [
-                "|".join(task.classes[j] for j in np.flatnonzero(row >= threshold)) for row in p
-            ]
-            tags[f"{task.name}_prob"] = p.max(1).round(6) if p.size else []
-        tags[f"{task.name}_top"] = _top_k(p, task.classes, top_k)
+    proba = {name: p[ok] for name, p in out["proba"].items()}
+    for column, values in outputs.tag_columns(
+        proba, tagger.tasks_, top=top_k, threshold=threshold
+    ).items():
+        tags[column] = values
     if out["imagenet"] is not None:
-        tags["imagenet_top5"] = _top_k(out["imagenet"][ok], imagenet_labels(), 5)
+        tags["imagenet_top5"] = outputs.top_k(out["imagenet"][ok], imagenet_labels(), 5)
     rejects = pd.DataFrame(
         [
             {"id": frame["id"].iloc[i], "path": paths[i], "reason": r}

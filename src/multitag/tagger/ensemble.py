@@ -1,5 +1,5 @@
 """Several fitted taggers, their probabilities averaged: e.g. Lite0 and Lite2, or a frozen and
-a fine-tuned model (docs/study.md, "Targets from the issue: the gap").
+a fine-tuned model (research/LOG.md, "Averaging backbones").
 
 Not to be confused with ``MultiTaskTagger(ensemble=n)``, which averages ``n`` sets of heads on
 one backbone's features (one encoder pass). A :class:`TaggerEnsemble` runs every member's own
@@ -8,7 +8,7 @@ members' inference and is worth it where accuracy matters more than throughput.
 
 Saved as a directory with ``config.json`` (``kind: multitag-ensemble``) and one model
 directory per member (``member-0``, ...);
-:func:`multitag.tagger.persistence.load_any_tagger` loads either kind, so ``multitag tag``
+:func:`multitag.tagger.loading.load_any_tagger` loads either kind, so ``multitag tag``
 and ``evaluate`` take an ensemble like any model (a catalogue, the explorer and ONNX export
 need one tagger: use a member).
 """
@@ -28,11 +28,12 @@ from multitag.core import integrity
 from multitag.core.io import write_json
 from multitag.core.locks import writer_lock
 from multitag.data.tasks import Task
+from multitag.tagger.estimator import MultiTaskTagger
 from multitag.tagger.persistence import (
     CONFIG,
     ENSEMBLE_KIND,
     FORMAT_VERSION,
-    _versions,
+    library_versions,
     read_config,
 )
 
@@ -229,20 +230,20 @@ class TaggerEnsemble:
             "weights": self.weights,
             "prior_shift": self.prior_shift_,
             "tasks": [t.to_dict() for t in self.tasks_],
-            "versions": _versions(),
+            "versions": library_versions(),
         }
         write_json(directory / CONFIG, integrity.seal(config, directory, []))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> TaggerEnsemble:
         """Rebuild a saved ensemble (every member reloads exactly)."""
-        from multitag.tagger.persistence import load_tagger
-
         directory = Path(directory)
         config = read_config(directory)
         if config.get("kind") != ENSEMBLE_KIND:
             raise ValueError(f"{directory} holds a {config.get('kind')!r}, not an ensemble")
-        ensemble = cls([load_tagger(directory / n) for n in config["members"]], config["weights"])
+        ensemble = cls(
+            [MultiTaskTagger.load(directory / n) for n in config["members"]], config["weights"]
+        )
         ensemble.prior_shift_ = config.get("prior_shift", {})
         return ensemble
 
@@ -251,9 +252,7 @@ class TaggerEnsemble:
         cls, directories: Sequence[str | os.PathLike], weights: Sequence[float] | None = None
     ) -> TaggerEnsemble:
         """An ensemble of saved taggers (``multitag train ... --out DIR`` each)."""
-        from multitag.tagger.persistence import load_tagger
-
-        return cls([load_tagger(d) for d in directories], weights)
+        return cls([MultiTaskTagger.load(d) for d in directories], weights)
 
     def __repr__(self) -> str:
         names = ", ".join(

@@ -18,20 +18,28 @@ from torch import nn
 
 from multitag.core import runtime
 from multitag.core.params import ParamsMixin
+from multitag.core.progress import bar
 from multitag.core.runtime import default_cache_dir
 from multitag.data.detail import resolve_detail
 from multitag.data.framing import Framing, resolve_framing
 from multitag.data.manifest import default_stratify, split_indices
 from multitag.data.photo_profile import photo_profile
-from multitag.data.tasks import Task, encode_all, infer_tasks
+from multitag.data.tasks import encode_all, infer_tasks
 from multitag.data.validate import ValidationReport, validate
 from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads, probabilities
+from multitag.multitask.net import TaggerNet
 from multitag.tagger.held_out import photo_digests
 from multitag.training.loop import History, TrainConfig, fit_heads
 from multitag.vision import backbones
+from multitag.vision.encoder_spec import EncoderSpec
 from multitag.vision.engines import inference_precision, release_runner, runner_for
-from multitag.vision.extraction import FeatureResult, encoder_cache_id, extract_features
-from multitag.vision.features import Encoder, Preprocessing, iter_batches
+from multitag.vision.extraction import (
+    FeatureResult,
+    encode_batches,
+    encoder_cache_id,
+    extract_features,
+)
+from multitag.vision.features import Encoder, iter_batches
 from multitag.vision.quantize import Calibration
 
 
@@ -49,65 +57,108 @@ class FitData:
     val_rows: np.ndarray
 
 
-class TaggerNet(nn.Module):
-    """Encoder + heads: uint8 images -> per-task probabilities, ImageNet logits, features."""
-
-    def __init__(self, encoder: Encoder, heads: MultiTaskHeads, tasks: Sequence[Task]) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.heads = heads
-        self.tasks = list(tasks)
-
-    def forward(self, images: torch.Tensor):
-        features, imagenet = self.encoder(images)
-        logits = self.heads(features)
-        probs = {t.name: probabilities(t, logits[t.name].float()) for t in self.tasks}
-        return probs, imagenet, features
-
-    def from_features(self, features: torch.Tensor):
-        """The same outputs from encoder features (e.g. cached ones): the ImageNet classifier
-        reads the head-pool segment of the feature vector."""
-        logits = self.heads(features)
-        probs = {t.name: probabilities(t, logits[t.name].float()) for t in self.tasks}
-        imagenet = None
-        if self.encoder.with_imagenet:
-            start, stop = self.encoder.head_slice
-            imagenet = self.encoder.model.get_classifier()(features[:, start:stop].float())
-        return probs, imagenet, features
-
-
 class MultiTaskTagger(ParamsMixin):
-    """One pretrained backbone, one head per task, trained together.
+    """One pretrained backbone, one head per task, trained together (scikit-learn style).
 
-    Parameters are stored as given (scikit-learn convention); fitted state ends in ``_``.
-    ``freeze="all"`` trains heads on cached backbone features (the fast path); a stage name
-    such as ``"blocks.5"`` also fine-tunes every stage after it end to end, for
-    ``finetune_epochs`` (default ``min(epochs, 5)``) at backbone learning rate ``finetune_lr``.
-    ``framing="auto"`` (default) crops every photo (training and inference) to its product and
-    centres it on the catalogue's canvas, measured on 500 training photos
-    (:mod:`multitag.data.framing`), so photos from other sources framed differently are tagged
-    like catalogue photos (docs/study.md: 0.885 mean weighted F1 on square, landscape, tight
-    and wide-margin copies, against 0.77-0.85 squash-resized, for -0.0014 on the catalogue);
-    ``"none"`` squash-resizes only. ``detail="auto"`` (default) measures the training photos'
-    level of detail (:mod:`multitag.data.detail`: nearly all of them have at most that many
-    pixels after framing) and first brings every larger photo down to it, antialiased, so a
-    sharp photo from another source reaches the network like a training photo
-    (docs/robustness.md); an int sets the pixel count, ``"none"`` turns it off.
-    ``grid_stages`` (``"auto"``: the stride-8 and stride-16 stages) are also pooled on a 3x2
-    grid, so heads know where things are in the photo; ``input_dropout`` drops features
-    before the shared trunk (measured with these features: baseColour weighted F1
-    0.671 -> 0.683, and the mean over the other tasks rose too). ``ensemble=n`` fits n sets
-    of heads from seeds ``seed, seed+1, ...`` on the same (frozen or fine-tuned) features and
-    averages their probabilities (:class:`~multitag.multitask.heads.HeadEnsemble`): n times
-    the head-training time, about 1 % of a 224-px Lite0 pass more inference per extra member.
-    ``refit=True`` (frozen backbones), once every set of heads has chosen its number of epochs
-    on the val split, trains each again from its seed on train + val rows for that many epochs
-    of the same schedule, so the saved model has learnt from every labelled photo (measured on
-    unseen test photos, 25 % more rows: +0.004..+0.006 mean weighted F1, articleType
-    +0.003..+0.011; docs/study.md). The val split then no longer scores the saved heads:
-    ``fit`` keeps the scores of the heads before the refit (``val_proba_``, what
-    ``evaluate_split`` reports), ``refit_`` records the epochs and row counts, and ``split_``
-    lists every row as trained on.
+    Parameters are stored as given; fitted state ends in ``_``. ``freeze="all"`` (default)
+    trains heads on cached backbone features (the fast path); docs/architecture.md shows the
+    pipeline and BENCHMARKS.md what each choice measured.
+
+    Parameters
+    ----------
+    tasks : sequence of str, optional
+        Label columns to learn; ``None`` = every column but ``id`` and ``path``.
+    backbone : str, default "tf_efficientnet_lite0"
+        A registered backbone (``multitag backbones``) or any timm name.
+    weights : str or None, default "auto"
+        ``"auto"``, ``"package"``, ``"hub"``, a state-dict file, or ``None`` (random init).
+    image_size : int, optional
+        Square network input; ``None`` = the backbone's pretrained size.
+    framing : {"auto", "none"} or Framing or dict, default "auto"
+        ``"auto"`` crops every photo to its product and centres it on the catalogue's canvas,
+        measured on training photos (:mod:`multitag.data.framing`); ``"none"`` squashes only.
+    detail : "auto", "none" or int, default "auto"
+        Bring photos with more pixels than the training photos down to their level of detail
+        before the square resize (:mod:`multitag.data.detail`); an int sets the pixel count.
+    stages : sequence of int, optional
+        Backbone stages whose pooled outputs join the features; ``None`` = every stage.
+    colour_bins : int, default 6
+        Bins per channel of the colour histograms (0 = no colour features).
+    grid_stages : sequence of int or "auto", default "auto"
+        Stages also pooled on a 3x2 grid (``"auto"``: the stride-8 and stride-16 stages).
+    freeze : str, default "all"
+        ``"all"`` trains heads only; a stage name such as ``"blocks.5"`` also fine-tunes every
+        stage after it (:mod:`multitag.training.finetune`).
+    finetune_epochs : int, optional
+        Fine-tuning epochs; ``None`` = ``min(epochs, 5)``.
+    finetune_lr : float, default 5e-4
+        Backbone learning rate when fine-tuning.
+    head : {"linear", "mlp"}, default "linear"
+        One linear layer per task on the shared trunk, or a hidden layer per task.
+    trunk : int, default 1024
+        Width of the shared trunk (0 = none).
+    hidden : int, default 512
+        Hidden width of ``"mlp"`` heads.
+    dropout : float, default 0.2
+        Dropout inside the trunk and heads.
+    input_dropout : float, default 0.2
+        Dropout on the standardised features before the trunk.
+    ensemble : int, default 1
+        Head sets fitted from seeds ``seed, seed+1, ...`` on the same features, their
+        probabilities averaged (:class:`~multitag.multitask.heads.HeadEnsemble`); not to be
+        confused with :class:`~multitag.tagger.ensemble.TaggerEnsemble` (whole models).
+    prior_shift : {"none", "auto"}, default "none"
+        ``"auto"`` shifts each multi-class task's decisions towards rare classes where a
+        cross-fitted gain says it helps (:mod:`multitag.multitask.prior_shift`).
+    refit : bool, default False
+        Frozen backbones: once each head set has chosen its epochs on the val split, train it
+        again on train + val for that many epochs. ``val_proba_`` keeps the scores of the heads
+        before it, ``refit_`` records epochs and rows, ``split_`` lists every row as trained on.
+    multilabel : mapping or sequence of str, optional
+        Multi-label columns (a mapping gives each its own delimiter).
+    delimiter : str, default "|"
+        Delimiter inside multi-label cells.
+    min_count : int, default 5
+        Classes rarer than this are folded into ``other`` or dropped (``rare``).
+    rare : {"other", "drop"}, default "other"
+        What happens to rare classes.
+    val_fraction : float, default 0.2
+        Validation share of the stratified split (copies of a photo stay on one side).
+    epochs : int, default 25
+        Maximum head-training epochs (early stopping on the val score).
+    batch_size : int, default 512
+        Head-training batch size.
+    lr : float, default 2e-3
+        Head learning rate (AdamW, one-cycle schedule).
+    class_weight : {"none", "sqrt", "balanced"}, default "none"
+        Loss weights per class.
+    label_smoothing : float, default 0.1
+        Label smoothing of the multi-class losses.
+    patience : int, default 6
+        Epochs without a better val score before training stops.
+    seed : int, default 0
+        Seed of the split, initialisation and batch order.
+    cache_dir : path, "default" or None, default "default"
+        Feature cache folder (``"default"``: ``$MULTITAG_CACHE/features``; ``None``: no cache).
+    precision : {"auto", "bf16", "fp32"}, default "auto"
+        Training and inference precision (``"auto"``: bf16 where the CPU has it).
+    engine : {"auto", "torch", "openvino"}, default "auto"
+        Inference engine of the frozen encoder (:mod:`multitag.vision.engines`).
+    workers : int, optional
+        Decode threads; ``None`` = one per core.
+    progress : bool, default True
+        Show progress bars.
+
+    Attributes
+    ----------
+    tasks_ : list of Task
+        The schema of every learnt task (classes in output order).
+    net_ : torch.nn.Module
+        Encoder and heads: uint8 images in, per-task probabilities out.
+    history_ : History
+        Head-training curves (val score per epoch, best epoch).
+    split_ : dict
+        Training and validation rows (ids and photo digests).
     """
 
     def __init__(
@@ -202,20 +253,21 @@ class MultiTaskTagger(ParamsMixin):
             precision=self.precision,
         )
 
+    def encoder_spec(self) -> EncoderSpec:
+        """The encoder these parameters describe."""
+        return EncoderSpec(
+            self.backbone,
+            self.weights,
+            self.image_size,
+            self.stages,
+            self.colour_bins,
+            self.grid_stages,
+        )
+
     def _build_encoder(
         self, weights, framing: Framing | None = None, detail: int | None = None
     ) -> Encoder:
-        spec = backbones.get_spec(self.backbone)
-        model = backbones.create_model(spec.name, weights=weights)
-        prep = Preprocessing.for_model(model, self.image_size, framing, detail)
-        return Encoder(
-            model,
-            prep,
-            self.stages,
-            with_imagenet=spec.has_classifier,
-            colour_bins=self.colour_bins,
-            grid_stages=self.grid_stages,
-        )
+        return self.encoder_spec().build(framing, detail, weights=weights)
 
     def feature_cache_dir(self) -> Path | None:
         """Where cached features live: ``cache_dir``; ``"default"`` = ``$MULTITAG_CACHE``
@@ -519,31 +571,17 @@ class MultiTaskTagger(ParamsMixin):
         imagenet = np.zeros((n, 1000), np.float32) if net.encoder.with_imagenet else None
         features = np.zeros((n, net.encoder.out_dim), np.float32) if return_features else None
         errors: dict[int, str] = {}
-        from multitag.core.progress import bar
-
-        prep = net.encoder.preprocessing
-        with bar("tagging", n, enabled=self.progress and n > batch_size) as pbar:
-            loader = iter_batches(
-                paths,
-                prep.image_size,
-                batch_size,
-                self.workers,
-                framing=prep.framing,
-                detail=prep.detail,
-            )
-            batches = (((idx, errs), images) for idx, images, errs in loader)
-            for (idx, errs), out in self._run_net(net, batches, device):
-                errors.update(errs)
-                if out is not None:
-                    rows = idx.numpy()
-                    probs, logits, feats = out
-                    for name, p in probs.items():
-                        proba[name][rows] = p.float().cpu().numpy()
-                    if imagenet is not None and logits is not None:
-                        imagenet[rows] = logits.float().softmax(-1).cpu().numpy()
-                    if features is not None:
-                        features[rows] = feats.float().cpu().numpy()
-                pbar.advance(len(idx) + len(errs))
+        for rows, errs, out in self._run_net(net, paths, batch_size, device):
+            errors.update(errs)
+            if out is None:
+                continue
+            probs, logits, feats = out
+            for name, p in probs.items():
+                proba[name][rows] = p.float().cpu().numpy()
+            if imagenet is not None and logits is not None:
+                imagenet[rows] = logits.float().softmax(-1).cpu().numpy()
+            if features is not None:
+                features[rows] = feats.float().cpu().numpy()
         out = {"proba": proba, "imagenet": imagenet, "errors": errors}
         if return_features:
             out["features"] = features
@@ -565,25 +603,51 @@ class MultiTaskTagger(ParamsMixin):
             release_runner(self.net_.encoder)
         return self
 
-    def _run_net(self, net: nn.Module, batches, device: torch.device):
-        """``(meta, images)`` -> ``(meta, (probs, imagenet logits, features) or None)``.
+    def _run_net(self, net: nn.Module, paths, batch_size: int, device: torch.device):
+        """Per batch of ``paths``: ``(rows, errors, (probs, imagenet logits, features) or None)``.
 
-        Hard sharing runs the encoder on the inference engine and the heads in PyTorch;
-        soft / cross-stitch sharing (per-task columns) runs the whole net in PyTorch.
+        Hard sharing runs the encoder on the inference engine (the shared loop,
+        :func:`~multitag.vision.extraction.encode_batches`, which also gives the ImageNet
+        logits) and the heads in PyTorch; soft / cross-stitch sharing (per-task columns) runs
+        the whole net in PyTorch.
         """
         if hasattr(net, "from_features"):
-            runner = runner_for(net.encoder, self.engine, self.precision, device)
-            for meta, out in runner.stream(batches):
-                yield meta, None if out is None else net.from_features(out[0].to(device))
+            for rows, errs, feats, logits in encode_batches(
+                net.encoder,
+                paths,
+                batch_size=batch_size,
+                workers=self.workers,
+                precision=self.precision,
+                engine=self.engine,
+                device=device,
+                progress=self.progress,
+                description="tagging",
+            ):
+                if feats is None:
+                    yield rows, errs, None
+                    continue
+                probs, _, feats = net.from_features(feats.to(device), imagenet=False)
+                yield rows, errs, (probs, logits, feats)
             return
         precision = runtime.resolve_precision(self.precision, device)
-        for meta, images in batches:
-            if images is None:
-                yield meta, None
-                continue
-            with runtime.autocast(precision, device):
-                out = net(images.to(device))
-            yield meta, out
+        prep = net.encoder.preprocessing
+        loader = iter_batches(
+            paths,
+            prep.image_size,
+            batch_size,
+            self.workers,
+            framing=prep.framing,
+            detail=prep.detail,
+        )
+        n = len(paths)
+        with bar("tagging", n, enabled=self.progress and n > batch_size) as pbar:
+            for idx, images, errs in loader:
+                out = None
+                if images is not None:
+                    with runtime.autocast(precision, device):
+                        out = net(images.to(device))
+                yield idx.numpy(), errs, out
+                pbar.advance(len(idx) + len(errs))
 
     @torch.inference_mode()
     def _predict_from_cache(self, paths, return_features: bool) -> dict:
@@ -636,9 +700,28 @@ class MultiTaskTagger(ParamsMixin):
     @classmethod
     def load(cls, directory: str | os.PathLike) -> MultiTaskTagger:
         """Rebuild a tagger saved by :meth:`save`; predictions are identical."""
-        from multitag.tagger.persistence import load_tagger
+        from multitag.tagger.persistence import load_saved
 
-        return load_tagger(directory)
+        saved = load_saved(directory)
+        config = saved.config
+        backbone = config["backbone"]
+        params = {k: v for k, v in config.get("params", {}).items() if k in cls().get_params()}
+        params.update(backbone=backbone["name"], weights=backbone["weights"])
+        # a Framing / dict setting is not a JSON scalar; its measured value is in preprocessing
+        # (None before framing existed: squash-resize only); likewise detail
+        preprocessing = saved.net.encoder.preprocessing
+        params.setdefault("framing", preprocessing.framing or "none")
+        params.setdefault("detail", preprocessing.detail or "none")
+        tagger = cls(**params)
+        tagger.tasks_ = saved.tasks
+        tagger.net_ = saved.net
+        tagger.prior_shift_ = config["heads"].get("prior_shift", {})
+        tagger.refit_ = config.get("training", {}).get("refit")
+        tagger.config_ = config
+        tagger.photo_profile_ = config.get("training_photos")
+        if saved.split is not None:
+            tagger.split_ = saved.split
+        return tagger
 
     def train_config(self) -> dict:
         return asdict(self._train_config())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -23,9 +24,10 @@ from multitag.core.io import atomic_path, remove_stale_temps, write_json
 from multitag.core.locks import writer_lock
 from multitag.data.tasks import Task
 from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads
+from multitag.multitask.net import TaggerNet
 from multitag.multitask.prior_shift import PriorShiftedHeads
-from multitag.vision import backbones
-from multitag.vision.features import FEATURE_VERSION, Encoder, Preprocessing
+from multitag.vision.encoder_spec import encoder_from_config, encoder_section
+from multitag.vision.features import FEATURE_VERSION, Preprocessing
 from multitag.vision.quantize import Calibration
 
 FORMAT_VERSION = 1
@@ -38,7 +40,7 @@ SPLIT = "split.csv"
 ENSEMBLE_KIND = "multitag-ensemble"
 
 
-def _versions() -> dict:
+def library_versions() -> dict:
     return {
         "multitag": multitag.__version__,
         "torch": torch.__version__,
@@ -67,18 +69,7 @@ def _save_tagger(tagger, directory: Path) -> Path:
     config = {
         "format_version": FORMAT_VERSION,
         "kind": "multitag-tagger",
-        "backbone": {
-            "name": backbones.resolve_name(tagger.backbone),
-            "timm_name": backbones.get_spec(tagger.backbone).timm_name,
-            "weights": str(tagger.weights),
-            "stages": enc.stages,
-            "stage_names": [enc.stage_names[i] for i in enc.stages],
-            "with_imagenet": enc.with_imagenet,
-            "colour_bins": enc.colour_bins,
-            "grid_stages": enc.grid_stages,
-            "feature_version": FEATURE_VERSION,
-            "feature_dim": enc.out_dim,
-        },
+        "backbone": encoder_section(enc, tagger.backbone, tagger.weights),
         "preprocessing": {
             **enc.preprocessing.to_dict(),
             "resize": _resize_steps(enc.preprocessing),
@@ -110,7 +101,7 @@ def _save_tagger(tagger, directory: Path) -> Path:
         "precision": tagger.precision,
         # the training photos that calibrate the int8 encoder (multitag.vision.quantize)
         "calibration": _calibration_dict(enc),
-        "versions": _versions(),
+        "versions": library_versions(),
     }
     if hasattr(net, "sharing_config"):  # soft / cross-stitch models (multitag.multitask.sharing)
         config["sharing"] = net.sharing_config()
@@ -193,10 +184,20 @@ def tagger_preprocessing(directory: str | os.PathLike) -> Preprocessing | None:
     return Preprocessing.from_dict(config["preprocessing"])
 
 
-def load_tagger(directory: str | os.PathLike):
-    """Rebuild a :class:`~multitag.tagger.estimator.MultiTaskTagger` from a model directory."""
-    from multitag.tagger.estimator import MultiTaskTagger, TaggerNet
+@dataclass
+class SavedTagger:
+    """What a tagger's model directory holds, rebuilt: its config, tasks, network (weights
+    loaded and checked) and training split (``None`` when not recorded)."""
 
+    config: dict
+    tasks: list[Task]
+    net: torch.nn.Module
+    split: dict | None
+
+
+def load_saved(directory: str | os.PathLike) -> SavedTagger:
+    """Read a tagger's model directory: the estimator
+    (:meth:`~multitag.tagger.estimator.MultiTaskTagger.load`) sets itself up from it."""
     directory = Path(directory)
     config = read_config(directory)
     if config.get("kind") == ENSEMBLE_KIND:
@@ -211,16 +212,7 @@ def load_tagger(directory: str | os.PathLike):
             f"{directory} was saved with feature layout v{bb.get('feature_version', 3)}; this "
             f"multitag computes v{FEATURE_VERSION}: retrain it with `multitag train`"
         )
-    model = backbones.create_model(bb["timm_name"], weights=None)
-    prep = Preprocessing.from_dict(config["preprocessing"])
-    encoder = Encoder(
-        model,
-        prep,
-        bb["stages"],
-        with_imagenet=bb["with_imagenet"],
-        colour_bins=bb.get("colour_bins", 0),
-        grid_stages=bb.get("grid_stages", []),
-    )
+    encoder = encoder_from_config(config)
     encoder.calibration = Calibration.from_dict(config.get("calibration"))
     tasks = [Task.from_dict(t) for t in config["tasks"]]
     h = config["heads"]
@@ -257,34 +249,4 @@ def load_tagger(directory: str | os.PathLike):
         load_model(net, str(directory / WEIGHTS), strict=True)
     except (safetensors.SafetensorError, OSError, RuntimeError) as err:
         raise integrity.unreadable(directory / WEIGHTS, err) from None
-    params = {
-        k: v for k, v in config.get("params", {}).items() if k in MultiTaskTagger().get_params()
-    }
-    params.update(backbone=bb["name"], weights=bb["weights"])
-    # a Framing / dict setting is not a JSON scalar; its measured value is in preprocessing
-    # (None before framing existed: squash-resize only)
-    params.setdefault("framing", encoder.preprocessing.framing or "none")
-    # likewise detail (None before it existed: photos of any size reach the square resize)
-    params.setdefault("detail", encoder.preprocessing.detail or "none")
-    tagger = MultiTaskTagger(**params)
-    tagger.tasks_ = tasks
-    tagger.net_ = net.eval()
-    tagger.prior_shift_ = h.get("prior_shift", {})
-    tagger.refit_ = config.get("training", {}).get("refit")
-    tagger.config_ = config
-    tagger.photo_profile_ = config.get("training_photos")
-    split = _read_split(directory / SPLIT)
-    if split is not None:
-        tagger.split_ = split
-    return tagger
-
-
-def load_any_tagger(directory: str | os.PathLike):
-    """The tagger saved in ``directory``: a
-    :class:`~multitag.tagger.estimator.MultiTaskTagger`, or a
-    :class:`~multitag.tagger.ensemble.TaggerEnsemble` for an ensemble directory."""
-    if read_config(directory).get("kind") == ENSEMBLE_KIND:
-        from multitag.tagger.ensemble import TaggerEnsemble
-
-        return TaggerEnsemble.load(directory)
-    return load_tagger(directory)
+    return SavedTagger(config, tasks, net.eval(), _read_split(directory / SPLIT))

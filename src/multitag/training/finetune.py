@@ -31,7 +31,7 @@ from multitag.data.tasks import Task
 from multitag.multitask.balancing import Balancer, build_balancer
 from multitag.multitask.losses import task_loss
 from multitag.multitask.sharing import Sharing
-from multitag.training.loop import History, _targets_to_tensors, _val_score
+from multitag.training.loop import History, targets_to_tensors, validation_score
 from multitag.vision.engines import resolve_engine
 
 if TYPE_CHECKING:
@@ -183,14 +183,14 @@ def _write_checkpoint(directory: Path, epoch: int, model, balancer, opt, state: 
 
 
 # ------------------------------------------------------------------------------ training
-def _lr_factor(step: int, total: int, warmup: int) -> float:
+def lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _losses(tasks: Sequence[Task], logits: Mapping, targets: Mapping, smoothing: float) -> dict:
+def task_losses(tasks: Sequence[Task], logits: Mapping, targets: Mapping, smoothing: float) -> dict:
     out = {}
     for t in tasks:
         loss = task_loss(
@@ -258,7 +258,7 @@ def train_sharing(
     total_steps = config.epochs * steps_per_epoch
     warmup = max(1, int(config.warmup * total_steps))
     shared = model.shared_parameters()
-    val_t = _targets_to_tensors(targets, val_rows) if len(val_rows) else None
+    val_t = targets_to_tensors(targets, val_rows) if len(val_rows) else None
 
     history, best, start_epoch, seconds = History(), -math.inf, 0, 0.0
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -293,15 +293,15 @@ def train_sharing(
             total, n = 0.0, 0
             for s in range(0, len(order), config.batch_size):
                 step = epoch * steps_per_epoch + s // config.batch_size
-                factor = _lr_factor(step, total_steps, warmup)
+                factor = lr_factor(step, total_steps, warmup)
                 for g, lr in zip(opt.param_groups, base_lrs):
                     g["lr"] = lr * factor
                 rows = order[s : s + config.batch_size]
                 acts, prefix = data.batch(rows, gen if config.augment else None)
-                batch_t = _targets_to_tensors(targets, rows)
+                batch_t = targets_to_tensors(targets, rows)
                 with runtime.autocast(precision, device):
                     logits = model(acts, prefix)
-                losses = _losses(tasks, logits, batch_t, config.label_smoothing)
+                losses = task_losses(tasks, logits, batch_t, config.label_smoothing)
                 if not losses:
                     continue
                 opt.zero_grad(set_to_none=True)
@@ -317,8 +317,8 @@ def train_sharing(
             score, val_loss = -history.train_loss[-1], history.train_loss[-1]
             if val_t is not None:
                 out = predict_logits(model, data, val_rows, precision=config.precision)
-                score = _val_score(out, val_t, tasks)
-                val_loss = float(sum(_losses(tasks, out, val_t, 0.0).values()))
+                score = validation_score(out, val_t, tasks)
+                val_loss = float(sum(task_losses(tasks, out, val_t, 0.0).values()))
             history.val_score.append(score)
             history.val_loss.append(val_loss)
             if score > best + 1e-4:

@@ -31,7 +31,7 @@ class TrainConfig:
     class_weight: str = "none"
     label_smoothing: float = 0.1
     seed: int = 0
-    precision: str = "auto"  # bf16 where the CPU has it: ~1.8x faster steps (AMX), same F1
+    precision: str = "auto"  # bf16 where the CPU has it: faster steps (AMX), same F1
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
@@ -68,7 +68,7 @@ def one_cycle(
     )
 
 
-def _targets_to_tensors(targets: Mapping[str, np.ndarray], rows: np.ndarray) -> dict:
+def targets_to_tensors(targets: Mapping[str, np.ndarray], rows: np.ndarray) -> dict:
     return {
         k: torch.as_tensor(v[rows], dtype=torch.long if v.ndim == 1 else torch.float32)
         for k, v in targets.items()
@@ -96,7 +96,7 @@ def _batch_loss(
     return torch.stack(losses).sum() if losses else torch.zeros((), requires_grad=True)
 
 
-def _val_score(outputs, targets, tasks: Sequence[Task]) -> float:
+def validation_score(outputs, targets, tasks: Sequence[Task]) -> float:
     """Mean over tasks of accuracy (multi-class) or label-wise F1 (multi-label): what early
     stopping watches (tracks the F1 we report better than the loss does)."""
     scores = []
@@ -128,7 +128,7 @@ def fit_heads(
     run_epochs: int | None = None,
 ) -> History:
     """Train ``heads`` on precomputed features with AdamW + one-cycle schedule; keep the epoch
-    with the best validation score (:func:`_val_score`); stop after ``patience`` epochs
+    with the best validation score (:func:`validation_score`); stop after ``patience`` epochs
     without improvement.
 
     ``run_epochs`` instead trains exactly that many epochs of the ``config.epochs`` schedule
@@ -152,7 +152,7 @@ def fit_heads(
     precision = runtime.resolve_precision(config.precision, device)
     history = History()
     best_state, best = None, -math.inf
-    val_t = _targets_to_tensors(targets, val_rows) if len(val_rows) else None
+    val_t = targets_to_tensors(targets, val_rows) if len(val_rows) else None
     start = time.perf_counter()
     n_epochs = config.epochs if run_epochs is None else run_epochs
     with bar("training heads", n_epochs, enabled=progress) as pbar:
@@ -165,7 +165,7 @@ def fit_heads(
                 with runtime.autocast(precision, device):
                     out = heads(x_all[rows])
                 loss = _batch_loss(
-                    out, _targets_to_tensors(targets, rows), tasks, weights, config.label_smoothing
+                    out, targets_to_tensors(targets, rows), tasks, weights, config.label_smoothing
                 )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -180,7 +180,7 @@ def fit_heads(
                 with torch.no_grad():
                     out = heads(x_all[val_rows])
                     val_loss = float(_batch_loss(out, val_t, tasks, weights, 0.0))
-                    score = _val_score(out, val_t, tasks)
+                    score = validation_score(out, val_t, tasks)
             history.val_loss.append(val_loss)
             history.val_score.append(score)
             if run_epochs is not None:  # a refit keeps the last epoch: no snapshot needed

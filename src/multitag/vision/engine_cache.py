@@ -1,9 +1,9 @@
 """Converted OpenVINO models on disk, keyed by what the encoder computes (not which object).
 
-``openvino.convert_model`` traces the encoder and takes ~6-9 s for Lite0 on 2 cores, while
-reading the saved IR back takes ~0.04 s. Every process that tags with a reloaded model (the
-CLI, the API, a Ray worker, each member of an ensemble) would pay the conversion again; this
-cache pays it once per machine.
+``openvino.convert_model`` traces the encoder and takes seconds, while reading the saved IR
+back is almost free (BENCHMARKS.md, "Core tagger", start-up of a new process). Every process
+that tags with a reloaded model (the CLI, the API, a Ray worker, each member of an ensemble)
+would pay the conversion again; this cache pays it once per machine.
 
 The key (:func:`content_key`) is a hash of everything the traced graph depends on: the
 weights (every parameter and buffer, byte for byte), each submodule's class, source file and
@@ -38,7 +38,7 @@ from torch import nn
 
 from multitag.core import runtime
 
-KEEP = 16  # converted models kept on disk (Lite0 ~14 MB, Lite2 ~25 MB each)
+KEEP = 16  # converted models kept on disk
 # calibration: the int8 photos, keyed separately (:func:`int8_key`), not in the float key
 _SKIP_ATTRS = {"_parameters", "_buffers", "_modules", "training", "calibration"}
 

@@ -4,9 +4,9 @@
 - ``torch``: the module itself under bf16 autocast + channels_last (see :mod:`runtime`);
 - ``openvino``: the same graph converted with ``openvino.convert_model`` and run by OpenVINO's
   CPU plugin (bf16 where the CPU has it); :meth:`OpenVINORunner.stream` keeps one whole batch
-  per inference request with several in flight, so every core stays busy. On the 2-core
-  AVX-512 dev machine the forward pass runs ~3.5x the PyTorch bf16 speed for Lite0 at 160 px
-  (``bench/core.md``); outputs differ from PyTorch's only by bf16 rounding.
+  per inference request with several in flight, so every core stays busy. It is several
+  times faster than PyTorch on CPU (BENCHMARKS.md, "Core tagger", the ``engine="torch"``
+  rows); outputs differ from PyTorch's only by bf16 rounding.
 - ``auto`` (default): ``openvino`` on CPU when the package is installed, else ``torch``.
   ``MULTITAG_ENGINE`` overrides ``auto`` for a whole process.
 
@@ -201,8 +201,8 @@ class OpenVINORunner:
         """``(meta, images)`` in -> ``(meta, outputs or None)`` out, in order, with several
         requests in flight: no stream waits for another between batches (the decode thread
         fills the queue meanwhile). A batch larger than :attr:`request_batch` is split across
-        requests: one request of 64 images at 224 px ran ~15% slower per image than two of
-        32 on the 2-core dev machine (its activations no longer fit the caches)."""
+        requests: one request of 64 images at 224 px ran slower per image than two of 32 on
+        the 2-core dev machine (its activations no longer fit the caches)."""
         pending: collections.deque = collections.deque()  # (meta, keys or None)
 
         def ready() -> bool:
@@ -260,7 +260,7 @@ def runner_for(
 
     OpenVINO runners are memoised per encoder object (redone when its weights change), shared
     between encoders that compute the same function, and their conversions are cached on disk
-    across processes (:mod:`multitag.vision.engine_cache`): a reloaded model skips the ~6-9 s trace.
+    across processes (:mod:`multitag.vision.engine_cache`): a reloaded model skips the trace.
     """
     device = device or runtime.default_device()
     engine = resolve_engine(engine, device)

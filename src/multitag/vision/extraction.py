@@ -12,25 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from multitag.core.digest import file_digest
 from multitag.core.progress import bar
 from multitag.vision.engines import inference_precision, resolve_engine, runner_for
 from multitag.vision.features import FEATURE_VERSION, Encoder, PrefixEncoder, iter_batches
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """Content hash of a file (blake2b, 128 bits): the cache key part that follows the pixels."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def encoder_cache_id(
@@ -137,7 +129,7 @@ class FeatureResult:
 
 
 @torch.inference_mode()
-def run_encoder(
+def encode_batches(
     encoder: Encoder,
     paths: Sequence[str | os.PathLike],
     *,
@@ -148,13 +140,12 @@ def run_encoder(
     device: torch.device | None = None,
     progress: bool = True,
     description: str = "features",
-) -> FeatureResult:
-    """Encode ``paths`` (no cache) with ``engine`` (see :mod:`multitag.vision.engines`).
-    Bad files are reported in ``errors``, never raised."""
+) -> Iterator[tuple[np.ndarray, dict[int, str], torch.Tensor | None, torch.Tensor | None]]:
+    """The one encoder loop: decode ``paths`` in threads and run ``engine`` (see
+    :mod:`multitag.vision.engines`), yielding per batch ``(rows, errors, features, logits)``
+    (``features`` None when no image of the batch decoded; ``logits`` None without an
+    ImageNet classifier). Bad files are reported in ``errors``, never raised."""
     runner = runner_for(encoder, engine, precision, device)
-    feats = np.zeros((len(paths), encoder.out_dim), dtype=np.float32)
-    logits = None
-    errors: dict[int, str] = {}
     prep = encoder.preprocessing
     loader = iter_batches(
         paths, prep.image_size, batch_size, workers, framing=prep.framing, detail=prep.detail
@@ -162,15 +153,24 @@ def run_encoder(
     with bar(description, len(paths), enabled=progress and len(paths) > batch_size) as pbar:
         batches = (((indices, errs), images) for indices, images, errs in loader)
         for (indices, errs), out in runner.stream(batches):
-            errors.update(errs)
-            if out is not None:
-                f, lg = out
-                feats[indices.numpy()] = f.numpy()
-                if lg is not None:
-                    if logits is None:
-                        logits = np.zeros((len(paths), lg.shape[1]), dtype=np.float32)
-                    logits[indices.numpy()] = lg.numpy()
+            features, logits = (None, None) if out is None else out
+            yield indices.numpy(), errs, features, logits
             pbar.advance(len(indices) + len(errs))
+
+
+def run_encoder(encoder: Encoder, paths: Sequence[str | os.PathLike], **kwargs) -> FeatureResult:
+    """Encode ``paths`` (no cache) into arrays: :func:`encode_batches` collected."""
+    feats = np.zeros((len(paths), encoder.out_dim), dtype=np.float32)
+    logits = None
+    errors: dict[int, str] = {}
+    for rows, errs, f, lg in encode_batches(encoder, paths, **kwargs):
+        errors.update(errs)
+        if f is not None:
+            feats[rows] = f.numpy()
+            if lg is not None:
+                if logits is None:
+                    logits = np.zeros((len(paths), lg.shape[1]), dtype=np.float32)
+                logits[rows] = lg.numpy()
     return FeatureResult(feats, errors, logits)
 
 
@@ -243,7 +243,7 @@ def extract_prefix(
 
     Cached like features (fp16 on disk, keyed by ``encoder_id`` + the stage + the engine +
     image content), so training the upper stages never re-runs the frozen ones. Computed by
-    the inference ``engine`` (OpenVINO where installed: ~3x PyTorch here; in fp32 the maps
+    the inference ``engine`` (OpenVINO where installed, faster than PyTorch; in fp32 the maps
     match PyTorch's within 1e-4, and they are stored as fp16 anyway)."""
     prefix_encoder = PrefixEncoder(encoder, block)
     kwargs["engine"] = engine = resolve_engine(engine)

@@ -1,6 +1,6 @@
-"""Do the heads gain from per-class decision biases?  Scored on the bench split (docs/study.md).
+"""Do the heads gain from per-class decision biases?  Scored on the bench split (research/LOG.md).
 
-    python examples/class_bias.py ../shared/datasets/fashion-products [--folds 2 --repeats 3]
+    python research/class_bias.py ../shared/datasets/fashion-products [--folds 2 --repeats 3]
 
 A head trained with cross-entropy (and label smoothing) on an imbalanced catalogue learns the
 class prior: in a close call the frequent class wins. Weighted F1 need not be highest there,

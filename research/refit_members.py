@@ -1,10 +1,10 @@
-"""Train ensemble members with and without refit in one run (docs/study.md, "Refitted members in
+"""Train ensemble members with and without refit in one run (research/LOG.md, "Refitted members in
 an ensemble").
 
-    python examples/hold_out_split.py ../shared/datasets/fashion-products runs/held-out
-    python examples/refit_members.py ../shared/datasets/fashion-products runs/held-out \
+    python research/hold_out_split.py ../shared/datasets/fashion-products runs/held-out
+    python research/refit_members.py ../shared/datasets/fashion-products runs/held-out \
         runs/members --backbone tf_efficientnet_lite1 --framing auto
-    python examples/held_out_ensemble.py runs/members/refit/* --train runs/held-out/train.csv \
+    python research/held_out_ensemble.py runs/members/refit/* --train runs/held-out/train.csv \
         --test runs/held-out/test.csv --images ../shared/datasets/fashion-products/images
 
 Fits ``MultiTaskTagger(ensemble=3, prior_shift="auto", refit=True)`` on ``train.csv``, as

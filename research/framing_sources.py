@@ -5,7 +5,7 @@ wide margins. This simulates each from the validation photos (the same product, 
 background colour), tags them with the model's own preprocessing and reports weighted F1
 per task and source: compare a squash-only model with one trained with ``framing="auto"``.
 
-    python examples/framing_sources.py MODEL_DIR [MODEL_DIR ...] --n 1000 --out framing.json
+    python research/framing_sources.py MODEL_DIR [MODEL_DIR ...] --n 1000 --out framing.json
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Taggers alone and averaged, scored on the bench split (docs/study.md, "Targets from the
+"""Taggers alone and averaged, scored on the bench split (research/LOG.md, "Targets from the
 issue: the gap").
 
-    python examples/backbone_ensemble.py ../shared/datasets/fashion-products \
+    python research/backbone_ensemble.py ../shared/datasets/fashion-products \
         [--backbones tf_efficientnet_lite0 tf_efficientnet_lite2] [--head-sets 3] \
         [--models bench/bench-model-blocks.4 ...] [--prior-shift] [--out F.json]
 
@@ -9,7 +9,7 @@ Each of ``--backbones`` is trained here, frozen at its native input size (Lite0 
 240, Lite2 260; features cached, so a second run only trains heads) with the tagger's 20 %
 validation split (seed 0: the same rows for every backbone) and squash-resize, as the
 study's full-size tables were measured; ``NAME:auto`` frames the photos first (the product's
-framing, docs/study.md "Photos framed differently"), so one backbone can be a member twice
+framing, research/LOG.md "Photos framed differently"), so one backbone can be a member twice
 with two views of each photo. Each of ``--models`` is a saved tagger trained on
 the same split (e.g. ``python -m multitag.bench.study``'s fine-tuned ``bench-model-blocks.4``)
 and is run on the val photos. Prints weighted F1 per task for every model alone, for the

@@ -1,8 +1,8 @@
 """What training the heads on the validation rows too buys on photos nobody trained on
-(docs/study.md, "Training on the validation rows too: refit").
+(research/LOG.md, "Training on the validation rows too: refit").
 
-    python examples/hold_out_split.py ../shared/datasets/fashion-products runs/held-out
-    python examples/refit_held_out.py ../shared/datasets/fashion-products runs/held-out \
+    python research/hold_out_split.py ../shared/datasets/fashion-products runs/held-out
+    python research/refit_held_out.py ../shared/datasets/fashion-products runs/held-out \
         [--seeds 0 1] [--framing-fill 0.87]
 
 For each seed: the default tagger's preparation on ``train.csv`` (Lite0 frozen, 224 px,

@@ -1,6 +1,6 @@
-"""Cheap variants of the frozen-feature tagger, scored on the bench split (docs/study.md).
+"""Cheap variants of the frozen-feature tagger, scored on the bench split (research/LOG.md).
 
-    python examples/head_variants.py ../shared/datasets/fashion-products [--flip-cache F.npy]
+    python research/head_variants.py ../shared/datasets/fashion-products [--flip-cache F.npy]
 
 Everything here reuses the cached Lite0 224-px features of the core benchmark and the same
 20 % validation split; only heads are trained (about 1.5 min each on 2 cores). It compares:
@@ -20,7 +20,6 @@ keeps them in a .npy file between runs.
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +27,14 @@ import torch
 from sklearn.metrics import f1_score
 
 from multitag.bench.core import TASKS
+from multitag.core.progress import bar
 from multitag.data.manifest import default_stratify, load_manifest, split_indices
 from multitag.data.tasks import encode_all
+from multitag.tagger.estimator import MultiTaskTagger
+from multitag.training.loop import TrainConfig, fit_heads
 from multitag.vision.engines import runner_for
 from multitag.vision.extraction import extract_features
 from multitag.vision.features import iter_batches
-from multitag.core.progress import bar
-from multitag.tagger.estimator import MultiTaskTagger
-from multitag.training.loop import fit_heads
 
 
 def mirrored_features(tagger: MultiTaskTagger, paths: list[str]) -> np.ndarray:
@@ -58,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     frame = load_manifest(args.data_root / "styles.csv", args.data_root / "images")
     frame = frame.reset_index(drop=True)
-    # squash-resize, as the docs/study.md numbers were measured
+    # squash-resize, as the research/LOG.md numbers were measured
     tagger = MultiTaskTagger(TASKS, image_size=224, epochs=1, framing="none")
     tagger.fit(frame)
     tasks, paths = tagger.tasks_, frame["path"].tolist()
@@ -79,7 +78,7 @@ def main() -> None:
     def fit(features, rows, seed, tgt=targets):
         heads = tagger._new_heads(features.shape[1], seed)
         heads.fit_scaler(features[rows])
-        config = copy.copy(tagger._train_config())
+        config = TrainConfig(**tagger.train_config())
         config.seed = seed
         fit_heads(heads, features, tgt, tasks, rows, val, config, progress=False)
         return heads.eval()

@@ -1,7 +1,7 @@
-"""Saved taggers alone and averaged, scored on a test set none of them saw (docs/study.md,
+"""Saved taggers alone and averaged, scored on a test set none of them saw (research/LOG.md,
 "The product path on a held-out test set").
 
-    python examples/held_out_ensemble.py MODEL_DIR MODEL_DIR [...] --train train.csv \
+    python research/held_out_ensemble.py MODEL_DIR MODEL_DIR [...] --train train.csv \
         --test test.csv --images IMAGES [--out F.json]
 
 The taggers (``multitag train --data train.csv``, same seed, so the same validation split)
@@ -33,9 +33,9 @@ from multitag.bench.study import STUDY_TARGETS
 from multitag.data.manifest import load_manifest
 from multitag.data.tasks import encode_all
 from multitag.evaluation.report import report_from_arrays
+from multitag.multitask.prior_shift import choose_shifts
 from multitag.tagger.held_out import held_out_rows, seen_rows
 from multitag.tagger.persistence import load_tagger
-from multitag.multitask.prior_shift import choose_shifts
 
 
 def scores(tasks, targets, proba) -> dict[str, float]:

@@ -1,7 +1,7 @@
-"""Hold out a test set before training anything (docs/study.md, "The product path on a
+"""Hold out a test set before training anything (research/LOG.md, "The product path on a
 held-out test set").
 
-    python examples/hold_out_split.py ../shared/datasets/fashion-products OUT_DIR \
+    python research/hold_out_split.py ../shared/datasets/fashion-products OUT_DIR \
         [--fraction 0.15] [--seed 7] [--stratify articleType] [--no-group-copies]
 
 Writes ``OUT_DIR/train.csv`` and ``OUT_DIR/test.csv``: the rows of ``styles.csv`` (all its

@@ -1,6 +1,6 @@
-"""Do the heads gain from a k-nearest-neighbour vote?  Scored on the bench split (docs/study.md).
+"""Do the heads gain from a k-nearest-neighbour vote?  Scored on the bench split (research/LOG.md).
 
-    python examples/knn_blend.py ../shared/datasets/fashion-products [--embedding]
+    python research/knn_blend.py ../shared/datasets/fashion-products [--embedding]
         [--folds 5 --repeats 3]
 
 Reuses the cached Lite0 224-px features of the core benchmark and its 20 % validation split.
@@ -22,7 +22,6 @@ how stable the gain is), so the blended score is not tuned on the rows it is sco
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,12 +31,12 @@ import torch
 from sklearn.metrics import f1_score
 
 from multitag.bench.core import TASKS
+from multitag.core.progress import bar
 from multitag.data.manifest import default_stratify, load_manifest, split_indices
 from multitag.data.tasks import encode_all
-from multitag.vision.extraction import extract_features
-from multitag.core.progress import bar
 from multitag.tagger.estimator import MultiTaskTagger
-from multitag.training.loop import fit_heads
+from multitag.training.loop import TrainConfig, fit_heads
+from multitag.vision.extraction import extract_features
 
 KS = (5, 10, 20, 40)
 TEMPERATURES = (0.02, 0.05, 0.1, 10.0)  # 10 ~ an unweighted vote
@@ -95,7 +94,7 @@ def bench_heads(data_root: Path) -> SimpleNamespace:
     tagger.epochs = MultiTaskTagger().epochs
     heads = tagger._new_heads(feats.shape[1], 0)
     heads.fit_scaler(feats[train])
-    fit_heads(heads, feats, targets, tasks, train, val, copy.copy(tagger._train_config()))
+    fit_heads(heads, feats, targets, tasks, train, val, TrainConfig(**tagger.train_config()))
     with torch.no_grad():
         out = heads.eval()(torch.as_tensor(feats[val]))
         head_p = {k: v.softmax(-1).numpy() for k, v in out.items()}

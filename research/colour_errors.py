@@ -1,6 +1,6 @@
-"""Where the baseColour errors of a tagger go: exact shade vs colour family (docs/study.md).
+"""Where the baseColour errors of a tagger go: exact shade vs colour family (research/LOG.md).
 
-    python examples/colour_errors.py bench/bench-model ../shared/datasets/fashion-products
+    python research/colour_errors.py bench/bench-model ../shared/datasets/fashion-products
 
 Scores the model on its validation split (recomputed as ``fit`` makes it: stratified on the
 task with most classes, the model's val fraction and seed) from the feature cache, then
@@ -19,8 +19,8 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from multitag.data.manifest import load_manifest
-from multitag.tagger.held_out import held_out_rows
 from multitag.tagger.estimator import MultiTaskTagger
+from multitag.tagger.held_out import held_out_rows
 
 FAMILIES = {
     "black": ["Black"],

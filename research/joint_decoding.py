@@ -1,6 +1,6 @@
-"""Do the heads gain from each other's answers?  Scored on the bench split (docs/study.md).
+"""Do the heads gain from each other's answers?  Scored on the bench split (research/LOG.md).
 
-    python examples/joint_decoding.py ../shared/datasets/fashion-products [--folds 2 --repeats 3]
+    python research/joint_decoding.py ../shared/datasets/fashion-products [--folds 2 --repeats 3]
 
 Each head predicts its own task, but the catalogue's labels go together: Kurtis are women's,
 Tops are mostly women's and Tshirts both, Formal Shoes are rarely for Sports. If the heads'

@@ -1,11 +1,11 @@
-"""Can the product names teach the image heads? (docs/study.md, "baseColour is not a matter of
+"""Can the product names teach the image heads? (research/LOG.md, "baseColour is not a matter of
 more training"). Trains the default heads (one set, no shift, no refit) on ``train.csv`` with
 and without an extra multi-label task: the words of ``productDisplayName`` (the most frequent
 ``--vocabulary`` words of three letters or more). The words only shape the heads' shared trunk
 in training; the photo alone is tagged. Scores the seven image tasks on ``test.csv``.
 
-    python examples/hold_out_split.py ../shared/datasets/fashion-products runs/held-out
-    python examples/aux_text_task.py ../shared/datasets/fashion-products runs/held-out \
+    python research/hold_out_split.py ../shared/datasets/fashion-products runs/held-out
+    python research/aux_text_task.py ../shared/datasets/fashion-products runs/held-out \
         --seed 0 [--no-words]
 """
 
