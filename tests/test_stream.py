@@ -14,8 +14,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from multitag.core.digest import file_digest
 from multitag.core.faults import ENV as KILL_ENV
-from multitag.core.io import file_digest
 from multitag.tagger import shards
 from multitag.tagger.stream_job import tag_to_dataset
 from tests.conftest import requires_fashion

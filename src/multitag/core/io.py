@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -110,13 +109,3 @@ def read_table_any(path: str | os.PathLike) -> pd.DataFrame:
     if suffix == ".jsonl":
         return pd.read_json(path, lines=True, dtype=False)
     return pd.read_csv(path, dtype=str, keep_default_na=False)
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """Content hash of a file (blake2b, 128 bits): what feature caches, splits and resumable
-    outputs key a photo by, so renaming a file keeps its key and editing it does not."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

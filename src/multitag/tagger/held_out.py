@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from multitag.core.io import file_digest
+from multitag.core.digest import file_digest
 
 
 def photo_digests(paths: Sequence[str | os.PathLike]) -> list[str]:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from multitag.core.io import file_digest
+from multitag.core.digest import file_digest
 from multitag.tagger import shards
 
 

@@ -38,7 +38,7 @@ from torch import nn
 
 from multitag.core import runtime
 
-KEEP = 16  # converted models kept on disk (Lite0 ~14 MB, Lite2 ~25 MB each)
+KEEP = 16  # converted models kept on disk
 # calibration: the int8 photos, keyed separately (:func:`int8_key`), not in the float key
 _SKIP_ATTRS = {"_parameters", "_buffers", "_modules", "training", "calibration"}
 

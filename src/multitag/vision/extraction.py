@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from multitag.core.io import file_digest
+from multitag.core.digest import file_digest
 from multitag.core.progress import bar
 from multitag.data.views import view_id
 from multitag.vision.engines import inference_precision, resolve_engine, runner_for

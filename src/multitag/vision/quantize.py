@@ -84,7 +84,7 @@ class Calibration:
     ) -> Calibration:
         """A seeded sample of ``n`` of ``paths`` (training photos), with their digests
         (given, e.g. by the feature cache, or read here; unreadable photos are left out)."""
-        from multitag.core.io import file_digest
+        from multitag.core.digest import file_digest
 
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(paths))
@@ -105,7 +105,7 @@ class Calibration:
     def check(self) -> None:
         """Every photo present and unchanged, else a ValueError naming the first that is not
         and what to do."""
-        from multitag.core.io import file_digest
+        from multitag.core.digest import file_digest
 
         for path, digest in zip(self.paths, self.digests):
             try:
