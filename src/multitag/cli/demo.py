@@ -41,7 +41,7 @@ DEMO_STEPS = 6
 # batched model (training/head_sets.py); shorter schedules lost weighted F1 (docs/demo.md)
 DEMO_TRAINING = {"epochs": 25, "batch_size": 512, "lr": 2e-3, "patience": 6}
 # "similar items" = the same type, colour and gender; the embedder trains on the tagger's
-# cached features (embedding/beside.py) and is saved beside it (bench/train.md)
+# cached features (embedding/beside.py) and is saved beside it (docs/demo.md)
 DEMO_SAME = ["articleType", "baseColour", "gender"]
 DEMO_EMBEDDER = {"epochs": 8, "batch_size": 512, "lr": 2e-3}
 EXPLORE_MAKE_TARGET = "make explore"  # the Makefile target that runs `multitag demo --explore`
