@@ -88,12 +88,14 @@ class MultiTaskTagger(ParamsMixin):
     grid_stages : sequence of int or "auto", default "auto"
         Stages also pooled on a 3x2 grid (``"auto"``: the stride-8 and stride-16 stages).
     views : sequence of str, optional
-        Extra views of the training photos whose cached features the heads also train on:
-        ``"flip"``, ``"jpeg60"``, ``"grey"``, ``"down2"`` (:mod:`multitag.data.views`; frozen
-        backbones only).
+        Extra views of every training photo (``"flip"``, ``"jpeg60"``, ``"grey"``,
+        ``"down2"``; :mod:`multitag.data.views`) whose cached features the heads also train
+        on, labelled like the photo: one more extraction pass each and more head-training
+        rows (docs/robustness.md). Frozen backbones only.
     flip_invariant : bool, default False
-        Average every feature with its mirror-image feature before the heads, so a photo and
-        its mirror image get the same tags.
+        Average every feature with its mirror-image feature before the heads
+        (:meth:`~multitag.vision.features.Encoder.mirror_index`), so a photo and its mirror
+        image get the same tags.
     freeze : str, default "all"
         ``"all"`` trains heads only; a stage name such as ``"blocks.5"`` also fine-tunes every
         stage after it (:mod:`multitag.training.finetune`).
