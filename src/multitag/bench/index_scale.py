@@ -232,16 +232,20 @@ def to_markdown(result: dict) -> str:
         "process's so far. Command: "
         f"`{result.get('index_command', '')}`.",
         "",
-        "| items | factory | nprobe | recall@10 | p50 ms | p99 ms | build s | index MB "
-        "| float vectors MB | peak RSS MB |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| items | factory | nprobe | recall@10 | codes-only recall@10 | p50 ms | p99 ms "
+        "| build s | index MB | float16 store MB (disk) | float vectors MB | peak RSS MB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in result["index"]:
         lines.append(
             f"| {c['items']:,} | `{c['factory']}` | {c['nprobe']} | {c['recall@10']:.3f} | "
+            f"{c.get('codes_only_recall@10', float('nan')):.3f} | "
             f"{c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {c['build_seconds']:.0f} | "
-            f"{c['index_mb']:.0f} | {c['float_vectors_mb']:.0f} | {c['peak_rss_mb']:.0f} |"
+            f"{c['index_mb']:.1f} | {c.get('store_mb_on_disk', 0):.0f} | "
+            f"{c['float_vectors_mb']:.0f} | {c['peak_rss_mb']:.0f} |"
         )
+    if result.get("not_finished"):
+        lines += ["", f"Not finished: {result['not_finished']}"]
     lines += ["", "nprobe tuning (recall@10 on 200 sample rows, smallest meeting 0.95):", ""]
     for c in result["index"]:
         sweep = ", ".join(f"{s['nprobe']}: {s['recall']:.3f}" for s in c["nprobe_sweep"])
