@@ -373,7 +373,7 @@ def evaluate_cmd(
 
 
 def _load_model(model_dir: Path):
-    from multitag.tagger.estimator.loading import load_any_tagger
+    from multitag.tagger.loading import load_any_tagger
 
     try:
         model = load_any_tagger(model_dir)
