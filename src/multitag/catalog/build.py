@@ -20,6 +20,7 @@ import pandas as pd
 from multitag.catalog import layout as layout_mod
 from multitag.catalog import store
 from multitag.catalog import topics as topics_mod
+from multitag.catalog import unlabelled as unl
 from multitag.data.inputs import Inputs
 from multitag.embedding.kmeans import KMeans, nearest_centroid
 from multitag.faults import kill_point
@@ -116,12 +117,6 @@ def _inputs(inputs, images, options) -> tuple[pd.DataFrame, pd.DataFrame]:
     return frame.assign(id=frame["id"].astype(str), path=paths), skipped
 
 
-def _topic_input(on: str, tagprobs: np.ndarray, features: np.ndarray, offset=None):
-    if on == "tags":
-        return tagprobs, None
-    return topics_mod.nonnegative(features, offset)
-
-
 def _one_writer(build):
     """Run ``build`` holding the writer lock of its ``out`` folder, after removing the temp
     files a killed build left there (only a lock holder may: others' are not stale)."""
@@ -146,8 +141,10 @@ def build_catalog(
     *,
     images: str | os.PathLike | None = None,
     n_topics: int = 12,
-    topics_on: str = "tags",
+    topics_on: str = "auto",
     layout: str = "umap",
+    maps: Sequence[str] | None = None,
+    embedder: str | os.PathLike | None = None,
     n_clusters: int = 20,
     chunk_size: int = 2048,
     batch_size: int = 64,
@@ -160,6 +157,12 @@ def build_catalog(
 ) -> dict:
     """Build (or resume, or extend) the catalogue in ``out``; returns its ``catalog.json``.
 
+    ``model_dir`` is a trained model directory, or a backbone name for a catalogue without
+    one (:mod:`multitag.catalog.unlabelled`: ImageNet tags, ``embedder``'s embedding if
+    given); a model directory given for such a catalogue adds its tags. ``topics_on``:
+    ``auto``, ``tags``, ``features`` or ``imagenet``; ``maps``: what the 2-D maps are drawn
+    from (``embedding``, ``topics``), the first one being the items' ``x``, ``y``.
+
     Images go through the model in chunks of ``chunk_size``; each finished chunk is committed
     to ``out/parts`` so a killed build resumes where it stopped. If ``out`` already holds a
     finished catalogue, only new ids are tagged and placed with the fitted state, unless
@@ -168,7 +171,6 @@ def build_catalog(
     there, and every id after its first, are listed in ``rejects.parquet`` with the images
     that could not be read.
     """
-    from multitag.tagger import MultiTaskTagger
     from multitag.tagging import check_at_least, imagenet_labels
 
     for name, value in (
@@ -178,25 +180,28 @@ def build_catalog(
         ("batch_size", batch_size),
     ):
         check_at_least(name, value, 1)
-    if topics_on not in ("tags", "features"):
-        raise ValueError(f"topics_on={topics_on!r}: use 'tags' or 'features'")
+    unl.check_options(topics_on, tuple(maps or ("embedding",)))
     if layout not in layout_mod.LAYOUTS:
         raise ValueError(f"layout={layout!r}: use one of {', '.join(layout_mod.LAYOUTS)}")
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model_dir = Path(model_dir).resolve()
     frame, skipped = _inputs(inputs, images, options)
     built = store.is_built(out)
+    prior = store.read_meta(out) if built else None
+    source = unl.resolve_source(model_dir, prior, embedder)
+    model_dir = source.model_dir
+    if maps is None:
+        maps = ("embedding", "topics") if source.backbone is not None else ("embedding",)
+    maps = tuple(maps)
     if built:
-        prior = store.read_meta(out)
         try:
             old = store.load_catalog(out)
         except store.CatalogError as err:  # torn by a pre-state-folder build: redo it
             log.warning("%s\nbuilding it again from its committed parts", err)
             built = False
         else:
-            if Path(old.meta["model_dir"]) != model_dir and not refit:
+            if source.backbone is None and Path(old.meta["model_dir"]) != model_dir and not refit:
                 raise ValueError(
                     f"{out} was built with {old.meta['model_dir']}, not {model_dir}: use "
                     "that model, or a new --out folder"
@@ -204,9 +209,12 @@ def build_catalog(
         if not refit:  # keep how it was built
             n_topics, topics_on = prior["topics"]["k"], prior["topics"]["on"]
             layout, n_clusters = prior["layout"]["method"], prior["clusters"]["k"]
+            maps = tuple(prior["layout"].get("maps", ["embedding"]))
+    topics_on = unl.resolve_topics_on(topics_on, source)
     done = store.done_ids(out)
     pending = frame[~frame["id"].isin(done)].reset_index(drop=True)
-    tagger = MultiTaskTagger.load(model_dir)
+    tagger = source.chunk_tagger
+    tag_chunk = _tag_chunk if source.backbone is None else unl.tag_chunk
     tagger.progress = False  # one bar over all chunks below, not one per chunk
     labels = imagenet_labels()
     numbers = store.finished_parts(out)
@@ -217,7 +225,7 @@ def build_catalog(
         for c in range(n_chunks):
             chunk = pending.iloc[c * chunk_size : (c + 1) * chunk_size]
             t0 = time.perf_counter()
-            rows, arrays, rejects = _tag_chunk(tagger, chunk, batch_size, labels)
+            rows, arrays, rejects = tag_chunk(tagger, chunk, batch_size, labels)
             tag_seconds += time.perf_counter() - t0
             store.write_part(out, next_part, rows, arrays, rejects)
             next_part += 1
@@ -235,40 +243,59 @@ def build_catalog(
             f"no readable images among {len(frame)} input(s)"
             + (f"; e.g. {first['path']}: {first['reason']}" if first is not None else "")
         )
-    embed, source = load_embedding(model_dir)
-    embeddings = embed(arrays["features"])
-    tagprobs, features = arrays["tagprobs"], arrays["features"]
-    columns = tag_columns(tagger.tasks_)
+    features, imagenet = arrays["features"], arrays.get("imagenet")
+    if source.backbone is None:
+        embed, embedding_source = load_embedding(model_dir)
+        tagprobs = arrays["tagprobs"]
+    else:
+        embed = source.backbone.embed
+        embedding_source = "embedder" if source.backbone.embedder else "features"
+        rows, tagprobs = unl.add_task_tags(rows, features, source, old if built else None)
+    embeddings = embed(features)
+    columns = tag_columns(source.tasks)
+    topic_x = (topics_on, tagprobs, features, imagenet)
     if built and not refit:
-        items, fit, topic_list = _extend(old, rows, embeddings, tagprobs, features)
+        items, fit, topic_list = _extend(old, rows, embeddings, topic_x, maps)
+        if source.backbone is not None:  # tags follow an attached tagger
+            items = unl.refresh_rows(items, rows)
     else:
         items, fit, topic_list = _fit_all(
             rows,
             embeddings,
-            tagprobs,
-            features,
+            topic_x,
             columns,
             n_topics,
-            topics_on,
             layout,
+            maps,
             n_clusters,
             seed,
             umap_epochs,
         )
     order = items["id"].map({v: i for i, v in enumerate(rows["id"])}).to_numpy()
+    items = unl.extra_maps(
+        items,
+        maps,
+        lambda name: unl.map_vectors(name, embeddings[order], fit["topic_weights"]),
+        layout,
+        seed,
+        umap_epochs,
+        old if built and not refit else None,
+    )
     index, index_meta = build_index(embeddings[order])
     meta = {
         "format_version": store.FORMAT_VERSION,
         "kind": "multitag-catalog",
-        "model_dir": str(model_dir),
-        "tasks": [{"name": t.name, "kind": t.kind, "classes": t.classes} for t in tagger.tasks_],
+        "model_dir": str(model_dir) if model_dir is not None else None,
+        "source": source.backbone.source() if source.backbone is not None else None,
+        "tasks": [{"name": t.name, "kind": t.kind, "classes": t.classes} for t in source.tasks],
         "tag_columns": columns,
-        "embedding": {"source": source, "dim": int(embeddings.shape[1])},
+        "embedding": {"source": embedding_source, "dim": int(embeddings.shape[1])},
         "topics": {"k": n_topics, "on": topics_on, "method": "nmf", "topics": topic_list},
         "layout": {
             "method": layout,
             "seed": seed,
             "n_epochs": umap_epochs,
+            "maps": list(maps),
             "new_points": "knn-average of the 10 nearest existing items",
         },
         "clusters": {
@@ -288,15 +315,18 @@ def build_catalog(
             "refit": bool(refit or not built),
         },
     }
+    saved = {
+        "embeddings": embeddings[order],
+        "tagprobs": tagprobs[order],
+        "features": features[order],
+    }
+    if imagenet is not None:
+        saved["imagenet"] = imagenet[order]
     return store.save_catalog(
         out,
         meta,
         items,
-        {
-            "embeddings": embeddings[order],
-            "tagprobs": tagprobs[order],
-            "features": features[order],
-        },
+        saved,
         fit,
         index=index,
         rejects=rejects,
@@ -304,32 +334,24 @@ def build_catalog(
 
 
 def _fit_all(
-    rows,
-    embeddings,
-    tagprobs,
-    features,
-    columns,
-    n_topics,
-    topics_on,
-    layout,
-    n_clusters,
-    seed,
-    umap_epochs,
+    rows, embeddings, topic_x, columns, n_topics, layout, maps, n_clusters, seed, umap_epochs
 ):
-    x, offset = _topic_input(topics_on, tagprobs, features)
+    """Fit topics, the first map, and clusters over every row (``topic_x``: the topic
+    input's ``(on, tagprobs, features, imagenet)``)."""
+    on, tagprobs, features, imagenet = topic_x
+    x, offset = unl.topic_input(on, tagprobs, features, imagenet)
     w, h = topics_mod.fit_topics(x, n_topics, seed)
-    profiles = h if topics_on == "tags" else topics_mod.topic_profiles(w, tagprobs)
-    topic_list = topics_mod.name_topics(profiles, columns)
-    xy = layout_mod.fit_layout(embeddings, layout, seed, umap_epochs)
+    topic_list, profiles = unl.name_topics(on, w, h, tagprobs, columns, imagenet)
+    xy = layout_mod.fit_layout(unl.map_vectors(maps[0], embeddings, w), layout, seed, umap_epochs)
     km = KMeans(max(1, min(n_clusters, len(embeddings))), random_state=seed).fit(embeddings)
     labels, centroids = km.labels_, km.cluster_centers_
     items = _place(rows, w, xy, labels)
     for t in topic_list:
         t["size"] = int((items["topic"] == t["id"]).sum())
-    fit = {"nmf_components": h, "centroids": centroids}
+    fit = {"nmf_components": h, "centroids": centroids, "topic_weights": w}
     if offset is not None:
         fit["nmf_offset"] = offset
-    if topics_on == "tags":
+    if profiles is not None:
         fit["nmf_profiles"] = profiles
     return items, fit, topic_list
 
@@ -348,21 +370,37 @@ def _place(rows: pd.DataFrame, w: np.ndarray, xy: np.ndarray, clusters: np.ndarr
     return items
 
 
-def _extend(old: store.Catalog, rows, embeddings, tagprobs, features):
+def _extend(old: store.Catalog, rows, embeddings, topic_x, maps):
     """Place rows not yet in ``old`` with its fitted state; old rows keep their values."""
+    on, tagprobs, features, imagenet = topic_x
     known = set(old.items["id"].astype(str))
     new = ~rows["id"].astype(str).isin(known).to_numpy()
     fit = dict(old.fit)
-    x, _ = _topic_input(
-        old.meta["topics"]["on"], tagprobs[new], features[new], fit.get("nmf_offset")
+    x, _ = unl.topic_input(
+        old.meta["topics"]["on"],
+        tagprobs[new],
+        features[new],
+        None if imagenet is None else imagenet[new],
+        fit.get("nmf_offset"),
     )
     w = topics_mod.transform_topics(x, fit["nmf_components"])
+    old_w = fit.get("topic_weights")
+    if old_w is None:  # a catalogue from before topic weights were kept
+        x_old, _ = unl.topic_input(
+            on, tagprobs[~new], features[~new],
+            None if imagenet is None else imagenet[~new], fit.get("nmf_offset"),
+        )  # fmt: skip
+        old_w = topics_mod.transform_topics(x_old, fit["nmf_components"])
+    old_vectors = unl.map_vectors(maps[0], old.embeddings, old_w)
     xy = layout_mod.place_new(
-        embeddings[new], old.embeddings, old.items[["x", "y"]].to_numpy(np.float32)
+        unl.map_vectors(maps[0], embeddings[new], w),
+        old_vectors,
+        old.items[["x", "y"]].to_numpy(np.float32),
     )
     clusters = nearest_centroid(embeddings[new], fit["centroids"])[0]
     added = _place(rows[new].reset_index(drop=True), w, xy, clusters)
     items = pd.concat([old.items, added], ignore_index=True)
+    fit["topic_weights"] = np.concatenate([old_w, w]).astype(np.float32)
     topic_list = old.meta["topics"]["topics"]
     for t in topic_list:
         t["size"] = int((items["topic"] == t["id"]).sum())
