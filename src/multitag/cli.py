@@ -368,7 +368,10 @@ def _load_model(model_dir: Path):
 
 @app.command("tag")
 def tag_cmd(
-    model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
+    model_dir: Annotated[
+        Path,
+        typer.Argument(help="Model directory, or a backbone name for its ImageNet tags only."),
+    ],
     paths: Annotated[list[Path], typer.Argument(help="Image files, folders or manifests.")],
     out: Annotated[Path, typer.Option("--out", help="Output .parquet, .csv or .jsonl.")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Tags per task.")] = 3,
@@ -386,7 +389,12 @@ def tag_cmd(
         check_table_suffix(out)
     except ValueError as err:
         _fail(str(err))
-    tagger = _load_model(model_dir)
+    from multitag.catalog.backbone_tagger import BackboneTagger, is_backbone_name
+
+    if is_backbone_name(model_dir):  # no trained model: the backbone's ImageNet tags
+        tagger = BackboneTagger(str(model_dir))
+    else:
+        tagger = _load_model(model_dir)
     found = _resolve(paths, images, id_col, path_col, ext)
     try:
         written, rejects, n_ok, n_bad = tag_to_file(

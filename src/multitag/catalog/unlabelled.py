@@ -64,6 +64,14 @@ def resolve_source(
             f"this catalogue was built with the model {prior.get('model_dir')}, not from a "
             f"backbone: use that model, or a new --out folder for {model}"
         )
+    if not backbone_name and not Path(model).exists():
+        from multitag import backbones
+
+        names = ", ".join(s.name for s in backbones.registered() if s.has_classifier)
+        raise FileNotFoundError(
+            f"{model}: neither a model directory nor a backbone name; give a folder made by "
+            f"`multitag train`, or a backbone ({names}, or any timm model name)"
+        )
     if old is None and not backbone_name:  # a trained model's catalogue, as before
         if embedder is not None:
             raise ValueError(
@@ -288,3 +296,30 @@ def extra_maps(items, maps, vectors_of, method, seed, umap_epochs, old=None):
             xy = np.concatenate([old_xy, layout_mod.place_new(vectors[new], vectors[~new], old_xy)])
         items[f"x_{name}"], items[f"y_{name}"] = xy[:, 0].round(5), xy[:, 1].round(5)
     return items
+
+
+def add_tagger(catalog_dir: str | os.PathLike, model_dir: str | os.PathLike, **kwargs) -> dict:
+    """Add a trained tagger's tags to a catalogue built from a backbone name, keeping
+    everything else it has; returns the new ``catalog.json``. ``kwargs`` go to
+    :func:`~multitag.catalog.build.build_catalog` (e.g. ``progress``)."""
+    from multitag.catalog import store
+    from multitag.catalog.build import build_catalog
+    from multitag.data.inputs import Inputs
+
+    meta = store.read_meta(catalog_dir)
+    if not (meta and meta.get("complete")):
+        raise FileNotFoundError(
+            f"{catalog_dir}: no finished catalogue here; build one first with "
+            "`multitag catalog build BACKBONE PHOTOS... --out`"
+        )
+    if not meta.get("source"):
+        raise ValueError(
+            f"{catalog_dir} was built with the model {meta.get('model_dir')}; add-tagger is for "
+            "catalogues built from a backbone name (build a new one with your model instead)"
+        )
+    if not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{model_dir}: not a model directory (no config.json); train one with `multitag train`"
+        )
+    nothing_new = Inputs(pd.DataFrame({"id": pd.Series([], dtype=str), "path": []}))
+    return build_catalog(model_dir, nothing_new, catalog_dir, **kwargs)

@@ -28,6 +28,9 @@ class ItemSummary(BaseModel):
 class ItemDetail(ItemSummary):
     tags: dict[str, list[Tag]]
     imagenet: list[str]
+    imagenet_prob: list[float] = Field(
+        default_factory=list, description="the ImageNet tags' probabilities (backbone builds)"
+    )
     topic_name: str
     topic_weight: float
     thumb: str
@@ -83,6 +86,11 @@ class MapData(BaseModel):
         description="per field: {'categories': [...], 'codes': [...]} (code per point)"
     )
     tags: list[str] = Field(description="every tag (task:label) present, for filtering")
+    layouts: dict[str, dict[str, list[float]]] = Field(
+        default_factory=dict,
+        description="every map built, by what it is drawn from: {'x': [...], 'y': [...]}; "
+        "the first is the one in x, y",
+    )
 
 
 class Match(BaseModel):

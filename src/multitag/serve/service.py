@@ -39,7 +39,21 @@ class CatalogService:
         self.row_tags = [set(map(str, t)) for t in self.items["tags"]]
         self.tagger = self.embed = None
         self.lock = threading.Lock()  # one forward pass at a time: the tagger is not reentrant
-        if model_dir is not None:
+        source = catalog.meta.get("source")
+        if source:  # built from a backbone: it tags uploads (plus an attached tagger's tasks)
+            from multitag.catalog.backbone_tagger import BackboneTagger
+
+            trained = None
+            if model_dir is not None:
+                from multitag.tagger import MultiTaskTagger
+
+                trained = MultiTaskTagger.load(model_dir)
+            self.tagger = BackboneTagger.from_source(
+                source, tagger=trained, progress=False, workers=0
+            )
+            self.tagger.warm_up()
+            self.embed = self.tagger.embed
+        elif model_dir is not None:
             from multitag.tagger import MultiTaskTagger
 
             self.tagger = MultiTaskTagger.load(model_dir)
@@ -83,6 +97,7 @@ class CatalogService:
             **self.summary(row),
             "tags": self.task_tags(self.catalog.tagprobs[row]),
             "imagenet": [str(v) for v in r["imagenet"]],
+            "imagenet_prob": [float(v) for v in r.get("imagenet_prob", [])],
             "topic_name": self.topic_names.get(int(r["topic"]), ""),
             "topic_weight": float(r["topic_weight"]),
             "thumb": f"/thumbs/{self.ids[row]}",
@@ -168,7 +183,9 @@ class CatalogService:
         if out["errors"]:  # the temporary path is the server's business, not the client's
             reason = str(out["errors"][0]).replace(str(path), up.name)
             raise HTTPException(422, f"unreadable image {up.name!r}: {reason}")
-        probs = np.concatenate([out["proba"][t][0] for t in self.task_names])
+        probs = np.concatenate(
+            [out["proba"][t][0] for t in self.task_names] or [np.zeros(0, np.float32)]
+        )
         return {
             "tagprobs": probs.astype(np.float32),
             "embedding": self.embed(out["features"])[0],
@@ -198,11 +215,14 @@ class CatalogService:
         return {"tags": tags, "top": top, "imagenet": imagenet}
 
     def topic_of(self, a: dict) -> int:
+        from multitag.catalog.unlabelled import topic_input
+
         meta, fit = self.catalog.meta["topics"], self.catalog.fit
-        x = a["tagprobs"] if meta["on"] == "tags" else a["features"]
-        if meta["on"] != "tags":
-            x, _ = topics_mod.nonnegative(x[None], fit.get("nmf_offset"))
-        w = topics_mod.transform_topics(np.atleast_2d(x), fit["nmf_components"])
+        imagenet = None if a["imagenet"] is None else a["imagenet"][None]
+        x, _ = topic_input(
+            meta["on"], a["tagprobs"][None], a["features"][None], imagenet, fit.get("nmf_offset")
+        )
+        w = topics_mod.transform_topics(x, fit["nmf_components"])
         return int(w[0].argmax())
 
     def place(self, embedding: np.ndarray) -> tuple[float, float]:
@@ -219,6 +239,17 @@ class CatalogService:
             out.extend(f"{name}:{label}" for label in labels.split("|") if label)
         return out
 
+    def imagenet_tags(self, a: dict) -> list[str]:
+        """An upload's ``imagenet:label`` tags, in a catalogue whose items carry them (built
+        from a backbone): its top-k ImageNet classes."""
+        if not self.catalog.meta.get("source") or a.get("imagenet") is None:
+            return []
+        from multitag.catalog.unlabelled import TOP_K
+        from multitag.tagging import imagenet_labels
+
+        names = imagenet_labels()
+        return [f"imagenet:{names[j]}" for j in np.argsort(-a["imagenet"])[:TOP_K]]
+
     def recommend(self, photos: list[dict], k: int) -> dict:
         """Items near the mean embedding of a shopper's photos, each with its reasons."""
         embs = np.stack([p["embedding"] for p in photos])
@@ -226,7 +257,7 @@ class CatalogService:
         profile /= max(float(np.linalg.norm(profile)), 1e-12)
         counts: dict[str, int] = {}
         for p in photos:
-            for t in set(self.chosen(p["tagprobs"])):
+            for t in set(self.chosen(p["tagprobs"])) | set(self.imagenet_tags(p)):
                 counts[t] = counts.get(t, 0) + 1
         common = sorted(t for t, c in counts.items() if c * 2 >= len(photos))
         topics = {self.topic_of(p) for p in photos}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from fastapi import APIRouter, Depends, Query
 
 from multitag.serve import schemas
@@ -35,6 +36,10 @@ def get_map(service: CatalogService = Depends(get_service)):
         ],
         "codes": topic_codes.tolist(),
     }
+    if "imagenet" in items and service.catalog.meta.get("source"):  # built from a backbone
+        top1 = [str(v[0]) if len(v) else "(none)" for v in items["imagenet"]]
+        codes, cats = _codes(pd.Series(top1))
+        colour["imagenet"] = {"categories": cats, "codes": codes}
     clusters = items["cluster"].astype(int)
     colour["cluster"] = {
         "categories": [f"cluster {i}" for i in range(int(clusters.max()) + 1)],
@@ -47,7 +52,23 @@ def get_map(service: CatalogService = Depends(get_service)):
         "y": items["y"].astype(float).tolist(),
         "colour_by": colour,
         "tags": tags,
+        "layouts": _layouts(service),
     }
+
+
+def _layouts(service: CatalogService) -> dict[str, dict[str, list[float]]]:
+    """Each map the catalogue holds (``--maps``), the items' own ``x``, ``y`` first."""
+    items, names = service.items, service.catalog.meta["layout"].get("maps", ["embedding"])
+    out = {
+        names[0]: {"x": items["x"].astype(float).tolist(), "y": items["y"].astype(float).tolist()}
+    }
+    for name in names[1:]:
+        if f"x_{name}" in items:
+            out[name] = {
+                "x": items[f"x_{name}"].astype(float).tolist(),
+                "y": items[f"y_{name}"].astype(float).tolist(),
+            }
+    return out
 
 
 @router.get("/match", response_model=schemas.Match)

@@ -1,11 +1,13 @@
 // multitag explorer: the catalogue map (plotly.js scattergl), hover thumbnails, colour by
-// task/topic/cluster, tag filter, click -> similar items, upload -> tags + neighbours.
+// task/topic/cluster, tag filter, click -> similar items, upload -> tags + neighbours, and a
+// switch between the maps the catalogue holds (e.g. of the embedding, of the topic weights).
 "use strict";
 
 const MAX_LEGEND = 24; // categories beyond this are drawn together as "other"
 const state = {
   key: "",  // kept in memory only; thumbnails authenticate with the session cookie
   map: null, colour: "topic", match: null, highlight: [], query: null, details: new Map(),
+  layout: null,  // which of map.layouts is drawn; an upload's star belongs to the first one
 };
 const $ = (id) => document.getElementById(id);
 const status = (text) => { $("status").textContent = text; };
@@ -113,7 +115,9 @@ async function onHover(ev) {
     if (!state.details.has(id)) state.details.set(id, await api("/items/" + encodeURIComponent(id)));
     if ($("hover-id").textContent !== id) return;
     const d = state.details.get(id);
-    renderTags($("hover-tags"), Object.assign({}, d.tags, { topic: [{ label: d.topic_name, prob: d.topic_weight }] }));
+    const imagenet = (d.imagenet_prob || []).map((p, j) => ({ label: d.imagenet[j], prob: p }));
+    renderTags($("hover-tags"), Object.assign({}, d.tags, imagenet.length ? { imagenet } : {},
+      { topic: [{ label: d.topic_name, prob: d.topic_weight }] }));
   } catch (e) { status(e.message); }
 }
 
@@ -155,8 +159,10 @@ async function onUpload(ev) {
     const res = await api("/similar", { method: "POST", body: form });
     $("upload-panel").hidden = false;
     $("upload-thumb").src = URL.createObjectURL(file);
-    renderTags($("upload-tags"), res.query_tags.tags);
-    state.query = res.query_xy;
+    const imagenet = res.query_tags.imagenet;
+    renderTags($("upload-tags"), Object.assign({}, res.query_tags.tags, imagenet.length ? { imagenet } : {}));
+    state.uploadXy = res.query_xy;
+    state.query = state.layout === firstLayout() ? res.query_xy : null;
     showSimilar("neighbours of your photo", res.items);
     await draw();
     status("");
@@ -183,6 +189,19 @@ function pointPixel(row) {
   };
 }
 
+function firstLayout() {
+  return Object.keys(state.map.layouts || {})[0] || null;
+}
+
+// switch the drawn map: the points keep their colours, filter and rings
+function setLayout(name) {
+  const xy = state.map.layouts[name];
+  state.layout = name;
+  state.map.x = xy.x; state.map.y = xy.y;
+  state.query = name === firstLayout() ? state.uploadXy || null : null;
+  return draw();
+}
+
 async function main() {
   const t0 = performance.now();
   status("loading the catalogue ...");
@@ -191,6 +210,15 @@ async function main() {
   for (const name of Object.keys(state.map.colour_by)) select.add(new Option(name, name));
   select.value = state.colour;
   select.addEventListener("change", () => { state.colour = select.value; draw(); });
+  const layouts = Object.keys(state.map.layouts || {});
+  state.layout = firstLayout();
+  if (layouts.length > 1) {
+    const pick = $("layout-by");
+    for (const name of layouts) pick.add(new Option(name, name));
+    pick.value = state.layout;
+    pick.addEventListener("change", () => setLayout(pick.value));
+    $("layout-label").hidden = false;
+  }
   const tagList = $("tag-list");
   for (const t of state.map.tags) tagList.append(new Option(t));
   $("tag-filter").addEventListener("change", applyFilter);
@@ -208,5 +236,5 @@ async function main() {
   status(`${state.map.ids.length} items`);
 }
 
-window.explorer = { state, pointPixel, similarTo, draw };
+window.explorer = { state, pointPixel, similarTo, draw, setLayout };
 main().catch((e) => status(e.message));
