@@ -165,6 +165,13 @@ def test_tag_command_with_a_backbone_name(built, tmp_path):
     assert len(rows) == 40 and all(len(t) == 5 for t in rows["imagenet_top5"])
 
 
+def test_another_backbone_for_a_built_catalogue_is_refused(built):
+    from multitag.catalog import build_catalog
+
+    with pytest.raises(ValueError, match="built from tf_efficientnet_lite0, not lite1"):
+        build_catalog("lite1", [built / "photos"], built / "cat", **BUILD)
+
+
 def test_bad_model_argument_is_one_clear_line(tmp_path):
     from typer.testing import CliRunner
 
@@ -191,7 +198,7 @@ def test_incremental_add_then_a_tagger_later(built, tmp_path, monkeypatch):
     before = load_catalog(cat_dir)
     # incremental: only the new photos go through the backbone; old items keep their places
     new = make_photos(tmp_path / "more", 40, 8)
-    meta = build_catalog("tf_efficientnet_lite0", [built / "photos", *new], cat_dir, **BUILD)
+    meta = build_catalog("lite0", [built / "photos", *new], cat_dir, **BUILD)  # an alias
     assert meta["n_items"] == 48 and meta["last_build"]["new_items"] == 8  # not the broken one
     after = load_catalog(cat_dir)
     pd.testing.assert_frame_equal(after.items.iloc[:40], before.items)
@@ -243,3 +250,56 @@ def test_incremental_add_then_a_tagger_later(built, tmp_path, monkeypatch):
 
 def _refuse(*args, **kwargs):
     raise AssertionError("a photo was encoded again")
+
+
+@pytest.mark.browser
+def test_explorer_in_a_browser(built, tmp_path):
+    """The explorer on the unlabelled catalogue in Debian chromium: the map, topics in the
+    legend, the switch to the map of topic weights, hover tags, an upload's ImageNet tags."""
+    from multitag.bench_catalog import CHROMIUM, CHROMIUM_ARGS
+    from multitag.serve.app import create_app
+    from multitag.serve.background import BackgroundServer
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} missing (make browser)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    photo = make_photos(tmp_path / "up", 300, 1)[0]
+    with (
+        BackgroundServer(create_app(built / "cat")) as url,
+        playwright.sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        page.wait_for_function("window.__ready === true", timeout=30_000)
+        assert page.evaluate("window.explorer.state.map.ids.length") == 40
+        legend = page.locator("#map .legend").text_content()
+        topics = [t["name"] for t in json.loads((built / "cat" / "catalog.json").read_text())[
+            "topics"]["topics"]]  # fmt: skip
+        assert any(name in legend for name in topics)  # coloured by topic, named by tags
+        # switch maps: the points move to the map of topic weights
+        assert page.locator("#layout-label").is_visible()
+        first_x = page.evaluate("window.explorer.state.map.x.slice(0, 5)")
+        page.select_option("#layout-by", "topics")
+        page.wait_for_function("window.explorer.state.layout === 'topics'", timeout=10_000)
+        topics_x = page.evaluate("window.explorer.state.map.x.slice(0, 5)")
+        assert topics_x != first_x
+        # hover a point: its ImageNet tags with probabilities
+        xy = page.evaluate("window.explorer.pointPixel(7)")
+        page.mouse.move(xy["x"], xy["y"])
+        page.wait_for_function(
+            "document.querySelectorAll('#hover-tags li').length > 0", timeout=15_000
+        )
+        assert "imagenet" in page.locator("#hover-tags").inner_text()
+        # back to the first map, upload a photo: ImageNet tags, neighbours, its star
+        page.select_option("#layout-by", "embedding")
+        page.set_input_files("#upload", str(photo))
+        page.wait_for_selector("#similar-list .similar-item", timeout=30_000)
+        assert "imagenet" in page.locator("#upload-tags").inner_text()
+        assert "%" in page.locator("#upload-tags").inner_text()
+        assert page.evaluate("window.explorer.state.query.length") == 2
+        assert page.locator("#similar-list .similar-item").count() == 12
+        assert errors == []
+        browser.close()

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from multitag import backbones
 from multitag.catalog import topics as topics_mod
 from multitag.catalog.backbone_tagger import BackboneTagger, is_backbone_name, tagger_probabilities
 
@@ -65,8 +66,6 @@ def resolve_source(
             f"backbone: use that model, or a new --out folder for {model}"
         )
     if not backbone_name and not Path(model).exists():
-        from multitag import backbones
-
         names = ", ".join(s.name for s in backbones.registered() if s.has_classifier)
         raise FileNotFoundError(
             f"{model}: neither a model directory nor a backbone name; give a folder made by "
@@ -83,7 +82,7 @@ def resolve_source(
     if old is None:
         return Source(BackboneTagger(str(model), embedder=embedder), None, None)
     backbone = BackboneTagger.from_source(old)
-    if backbone_name and backbone.source()["backbone"] != old["backbone"]:
+    if backbone_name and backbones.resolve_name(str(model)) != old["backbone"]:
         raise ValueError(
             f"this catalogue was built from {old['backbone']}, not {model}: use that backbone "
             "(or a trained model to add its tags), or a new --out folder"
