@@ -40,19 +40,19 @@ test-reliability: install
 	$(BIN)/python -m pytest -q -m reliability
 
 bench: install
-	$(BIN)/python -m multitag.bench --out bench
+	$(BIN)/python -m multitag.bench.core --out bench
 
 ## every benchmark (source shift: ~25 min incl. training the default tagger if bench/bench-model-shift is missing; embeddings: ~25 min; k-means: see bench/kmeans.md; index: ~5 min incl. 1M vectors; catalogue: ~5 min incl. a headless browser; service load: ~3 min; full-size frozen vs fine-tuned taggers, each with 1 and 3 head sets: ~75 min; unlabelled catalogue: see bench/unlabelled.md)
 bench-all: bench
-	$(BIN)/python -m multitag.bench_embed --out bench
-	$(BIN)/python -m multitag.bench_kmeans --out bench --tree
-	$(BIN)/python -m multitag.bench_index --out bench
-	$(BIN)/python -m multitag.bench_catalog --out bench
-	$(BIN)/python -m multitag.bench_serve --out bench
-	$(BIN)/python -m multitag.bench_study --out bench
-	$(BIN)/python -m multitag.bench_shift --out bench
-	$(BIN)/python -m multitag.bench_unlabelled --out bench --layouts umap,tsne
-	$(BIN)/python -c "from pathlib import Path; from multitag.bench import write_benchmarks_md; write_benchmarks_md(Path('bench'))"
+	$(BIN)/python -m multitag.bench.embed --out bench
+	$(BIN)/python -m multitag.bench.kmeans --out bench --tree
+	$(BIN)/python -m multitag.bench.index --out bench
+	$(BIN)/python -m multitag.bench.catalog --out bench
+	$(BIN)/python -m multitag.bench.serve --out bench
+	$(BIN)/python -m multitag.bench.study --out bench
+	$(BIN)/python -m multitag.bench.shift --out bench
+	$(BIN)/python -m multitag.bench.unlabelled --out bench --layouts umap,tsne
+	$(BIN)/python -c "from pathlib import Path; from multitag.bench.core import write_benchmarks_md; write_benchmarks_md(Path('bench'))"
 
 lint: install
 	$(BIN)/ruff check src tests

@@ -22,7 +22,7 @@ import numpy as np
 from multitag import MultiTaskTagger
 from multitag.data.manifest import load_manifest
 from multitag.data.tasks import encode_all
-from multitag.evaluate import report_from_arrays
+from multitag.evaluation.report import report_from_arrays
 
 TASKS = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
 

@@ -11,7 +11,7 @@ validation split (seed 0: the same rows for every backbone) and squash-resize, a
 study's full-size tables were measured; ``NAME:auto`` frames the photos first (the product's
 framing, docs/study.md "Photos framed differently"), so one backbone can be a member twice
 with two views of each photo. Each of ``--models`` is a saved tagger trained on
-the same split (e.g. ``python -m multitag.bench_study``'s fine-tuned ``bench-model-blocks.4``)
+the same split (e.g. ``python -m multitag.bench.study``'s fine-tuned ``bench-model-blocks.4``)
 and is run on the val photos. Prints weighted F1 per task for every model alone, for the
 average of the probabilities of every combination of two or more, and the targets of
 issue 3; ``--out`` also writes them as JSON. ``--prior-shift`` adds, for every model and
@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from multitag.bench import TASKS
-from multitag.bench_study import STUDY_TARGETS
+from multitag.bench.core import TASKS
+from multitag.bench.study import STUDY_TARGETS
 from multitag.data.manifest import load_manifest
 from multitag.data.tasks import encode_all
-from multitag.evaluate import report_from_arrays
+from multitag.evaluation.report import report_from_arrays
 from multitag.multitask.prior_shift import choose_shifts
-from multitag.tagger import MultiTaskTagger
+from multitag.tagger.estimator import MultiTaskTagger
 
 
 def weighted_f1(tagger: MultiTaskTagger, proba: dict[str, np.ndarray]) -> dict[str, float]:

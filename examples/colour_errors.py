@@ -19,8 +19,8 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from multitag.data.manifest import load_manifest
-from multitag.held_out import held_out_rows
-from multitag.tagger import MultiTaskTagger
+from multitag.tagger.held_out import held_out_rows
+from multitag.tagger.estimator import MultiTaskTagger
 
 FAMILIES = {
     "black": ["Black"],

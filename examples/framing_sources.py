@@ -22,7 +22,7 @@ from sklearn.metrics import f1_score
 from multitag import MultiTaskTagger
 from multitag.data.framing import background_colour, place_on_canvas, product_box
 from multitag.data.manifest import load_manifest
-from multitag.held_out import held_out_rows
+from multitag.tagger.held_out import held_out_rows
 
 
 def _canvas(a: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -27,15 +27,15 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
-from multitag.bench import TASKS
+from multitag.bench.core import TASKS
 from multitag.data.manifest import default_stratify, load_manifest, split_indices
 from multitag.data.tasks import encode_all
-from multitag.engines import runner_for
-from multitag.extraction import extract_features
-from multitag.features import iter_batches
-from multitag.progress import bar
-from multitag.tagger import MultiTaskTagger
-from multitag.train import fit_heads
+from multitag.vision.engines import runner_for
+from multitag.vision.extraction import extract_features
+from multitag.vision.features import iter_batches
+from multitag.core.progress import bar
+from multitag.tagger.estimator import MultiTaskTagger
+from multitag.training.loop import fit_heads
 
 
 def mirrored_features(tagger: MultiTaskTagger, paths: list[str]) -> np.ndarray:

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from multitag.bench_study import STUDY_TARGETS
+from multitag.bench.study import STUDY_TARGETS
 from multitag.data.manifest import load_manifest
 from multitag.data.tasks import encode_all
-from multitag.evaluate import report_from_arrays
-from multitag.held_out import held_out_rows, seen_rows
-from multitag.model_dir import load_tagger
+from multitag.evaluation.report import report_from_arrays
+from multitag.tagger.held_out import held_out_rows, seen_rows
+from multitag.tagger.persistence import load_tagger
 from multitag.multitask.prior_shift import choose_shifts
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from multitag.data.manifest import load_manifest, split_indices
 from multitag.data.tasks import infer_tasks
-from multitag.held_out import photo_digests
+from multitag.tagger.held_out import photo_digests
 
 
 def main() -> None:

@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
-from multitag.bench import TASKS
+from multitag.bench.core import TASKS
 from multitag.data.manifest import default_stratify, load_manifest, split_indices
 from multitag.data.tasks import encode_all
-from multitag.extraction import extract_features
-from multitag.progress import bar
-from multitag.tagger import MultiTaskTagger
-from multitag.train import fit_heads
+from multitag.vision.extraction import extract_features
+from multitag.core.progress import bar
+from multitag.tagger.estimator import MultiTaskTagger
+from multitag.training.loop import fit_heads
 
 KS = (5, 10, 20, 40)
 TEMPERATURES = (0.02, 0.05, 0.1, 10.0)  # 10 ~ an unweighted vote

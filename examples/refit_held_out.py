@@ -23,8 +23,8 @@ from pathlib import Path
 from multitag import MultiTaskTagger
 from multitag.data.manifest import load_manifest
 from multitag.data.tasks import encode_all
-from multitag.evaluate import report_from_arrays
-from multitag.extraction import extract_features
+from multitag.evaluation.report import report_from_arrays
+from multitag.vision.extraction import extract_features
 
 TASKS = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
 

@@ -37,7 +37,7 @@ def built_catalog(tmp_path_factory, trained_tagger, fashion_frame) -> tuple[Path
 def synthetic_catalog_dir(root: Path, n: int = 300, n_images: int = 6) -> Path:
     """A catalogue of ``n`` made-up items (no model needed) whose thumbnails cycle through
     ``n_images`` small generated photos under ``root/images``."""
-    from multitag.bench_catalog import synthetic_catalog
+    from multitag.bench.catalog import synthetic_catalog
     from tests.conftest import make_image
 
     images = root / "images"

@@ -235,7 +235,7 @@ def test_api_key(catalog):
 def test_serve_cli_errors_clearly(tmp_path):
     from typer.testing import CliRunner
 
-    from multitag.cli import app
+    from multitag.cli.main import app
 
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "nothing")])
     assert result.exit_code == 2

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from multitag import backbones
-from multitag.extraction import FeatureCache, extract_features, run_encoder
-from multitag.features import Encoder, Preprocessing
-from multitag.held_out import photo_digests
+from multitag.tagger.held_out import photo_digests
+from multitag.vision import backbones
+from multitag.vision.extraction import FeatureCache, extract_features, run_encoder
+from multitag.vision.features import Encoder, Preprocessing
 from tests.conftest import FASHION, make_image, requires_fashion
 
 
 def test_torchvision_imports_after_patch():
-    code = "import multitag, torchvision, timm; print(torchvision.__version__)"
+    code = "import multitag.vision, torchvision, timm; print(torchvision.__version__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
 
@@ -49,7 +49,7 @@ def test_packaged_weights_are_real(name):
 @requires_fashion
 def test_lite0_imagenet_head_recognises_real_products():
     """The packaged ImageNet head works on real photos: T-shirts are 'jersey', shoes are shoes."""
-    from multitag.tagging import imagenet_labels
+    from multitag.tagger.batch import imagenet_labels
 
     model = backbones.create_model("lite0")
     enc = Encoder(model, Preprocessing.for_model(model, 224))

@@ -152,7 +152,7 @@ def test_cli_catalog_build_tsne_topics_on_features(catalog, tmp_path, fashion_fr
     from typer.testing import CliRunner
 
     from multitag.catalog import load_catalog
-    from multitag.cli import app
+    from multitag.cli.main import app
 
     _, model_dir, _ = catalog
     rows = sample_rows(fashion_frame).iloc[:40]

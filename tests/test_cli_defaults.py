@@ -8,8 +8,8 @@ import inspect
 import pytest
 
 from multitag import MultiTaskTagger
-from multitag.cli import train_cmd
-from multitag.cli_embed import embed_train
+from multitag.cli.embed import embed_train
+from multitag.cli.main import train_cmd
 from multitag.embedding.model import Embedder
 
 HANDLED_ELSEWHERE = {"cache_dir"}  # None on the CLI = the library's "default" cache
@@ -38,7 +38,7 @@ def test_cli_defaults_match_the_library(command, estimator):
 
 def test_benchmarks_md_is_written_beside_its_bench_folder(tmp_path, monkeypatch):
     """A benchmark run with --out elsewhere must not overwrite the repo's BENCHMARKS.md."""
-    from multitag.bench import write_benchmarks_md
+    from multitag.bench.core import write_benchmarks_md
 
     bench = tmp_path / "elsewhere" / "bench"
     bench.mkdir(parents=True)
@@ -56,7 +56,7 @@ def test_a_cpu_without_bf16_gets_its_own_core_section(tmp_path):
     import json
     from pathlib import Path
 
-    from multitag.bench import core_markdown, core_stem, write_benchmarks_md
+    from multitag.bench.core import core_markdown, core_stem, write_benchmarks_md
 
     reference = json.loads((Path(__file__).parents[1] / "bench" / "core.json").read_text())
     other = {**reference, "machine": {**reference["machine"], "bf16": False}}

@@ -8,8 +8,8 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from multitag.cli import app
-from multitag.tagging import check_at_least
+from multitag.cli.main import app
+from multitag.tagger.batch import check_at_least
 
 runner = CliRunner()
 

@@ -92,7 +92,7 @@ def test_split_keeps_copies_of_a_photo_on_one_side(fashion_frame, tmp_path):
     digest, every copy lands on the side of its smallest id, and stratification holds."""
     import shutil
 
-    from multitag.held_out import photo_digests
+    from multitag.tagger.held_out import photo_digests
 
     base = fashion_frame.iloc[:120]
     copies = []

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from multitag.cli.demo import run_demo
 from multitag.data.manifest import read_table
-from multitag.demo import run_demo
 
 from .conftest import FASHION, requires_fashion
 

@@ -16,7 +16,7 @@ from multitag.data.detail import match_detail, measure_detail, resolve_detail
 from multitag.data.framing import Framing
 from multitag.data.photo_profile import photo_profile, profile_warnings
 from multitag.data.resize import resize_to_square
-from multitag.features import ImageDataset, Preprocessing
+from multitag.vision.features import ImageDataset, Preprocessing
 from tests.conftest import requires_fashion
 
 
@@ -209,7 +209,7 @@ def test_evaluate_scores_present_tasks_and_warns_about_other_photos(
     ]
     manifest = tmp_path / "m.csv"
     rows.drop(columns=["season"]).to_csv(manifest, index=False)
-    cli = [sys.executable, "-m", "multitag.cli"]
+    cli = [sys.executable, "-m", "multitag.cli.main"]
     done = subprocess.run(
         [*cli, "evaluate", str(model_dir), "--data", str(manifest), "--path-col", "path",
          "--json", str(tmp_path / "m.json"), "--html", str(tmp_path / "m.html")],

@@ -225,7 +225,7 @@ def test_finetune_above_freeze_point(fashion_frame, cache_dir, tmp_path):
 
 
 def test_cli_end_to_end(fashion_frame, cache_dir, tmp_path, monkeypatch):
-    from multitag.cli import app
+    from multitag.cli.main import app
 
     monkeypatch.setenv("MULTITAG_CACHE", str(cache_dir.parent / "cli-cache"))
     csv = tmp_path / "styles.csv"

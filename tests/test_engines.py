@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from multitag import engines
-from multitag.backbones import create_model
-from multitag.extraction import run_encoder
-from multitag.features import Encoder, Preprocessing
+from multitag.vision import engines
+from multitag.vision.backbones import create_model
+from multitag.vision.extraction import run_encoder
+from multitag.vision.features import Encoder, Preprocessing
 
 from .conftest import requires_fashion
 
@@ -132,7 +132,7 @@ def test_stream_splits_large_batches_across_requests(encoder, monkeypatch):
 def test_prefix_activations_from_openvino_match_torch(encoder, fashion_frame, tmp_path):
     """The frozen prefix that fine-tuning trains on comes from the inference engine: the same
     maps as PyTorch's (up to rounding), cached under a key of their own per engine."""
-    from multitag.extraction import encoder_cache_id, extract_prefix
+    from multitag.vision.extraction import encoder_cache_id, extract_prefix
 
     paths = fashion_frame["path"].tolist()[:24]
     key = encoder_cache_id(encoder, "tf_efficientnet_lite0", "package", "fp32")
@@ -169,7 +169,7 @@ def test_equal_encoders_share_one_conversion_across_processes(monkeypatch, tmp_p
     """A reloaded model is a new object with the same weights: it must not be traced again,
     in this process (shared runner) or the next one (IR cached on disk), and its outputs
     are bit for bit those of the first conversion."""
-    from multitag import engine_cache
+    from multitag.vision import engine_cache
 
     monkeypatch.setenv("MULTITAG_CACHE", str(tmp_path))
     monkeypatch.setattr(engines, "_BY_CONTENT", type(engines._BY_CONTENT)())
@@ -208,7 +208,7 @@ def test_equal_encoders_share_one_conversion_across_processes(monkeypatch, tmp_p
 
 @needs_openvino
 def test_engine_cache_survives_damage_and_can_be_turned_off(monkeypatch, tmp_path):
-    from multitag import engine_cache
+    from multitag.vision import engine_cache
 
     monkeypatch.setenv("MULTITAG_CACHE", str(tmp_path))
     damaged = tmp_path / "openvino" / "abc"
@@ -260,7 +260,7 @@ def test_a_new_process_reuses_the_conversion_and_matches_bit_for_bit(
     import subprocess
     import sys
 
-    from multitag.bench import _start_up_seconds
+    from multitag.bench.core import _start_up_seconds
 
     monkeypatch.delenv("MULTITAG_ENGINE", raising=False)
     monkeypatch.setenv("MULTITAG_CACHE", str(tmp_path / "cache"))  # inherited by the child
@@ -271,8 +271,8 @@ def test_a_new_process_reuses_the_conversion_and_matches_bit_for_bit(
     here = trained_tagger.predict_proba(paths)["proba"]
     code = f"""
 import numpy as np
-import multitag.engines as engines
-from multitag.tagger import MultiTaskTagger
+import multitag.vision.engines as engines
+from multitag.tagger.estimator import MultiTaskTagger
 
 def no_trace(*a, **k):
     raise SystemExit("converted again in the new process")

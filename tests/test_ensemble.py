@@ -72,8 +72,8 @@ def test_ensemble_averages_members_from_different_seeds(ensemble_tagger):
 
 def test_ensemble_save_reload_and_onnx(ensemble_tagger, frame, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from multitag.export import export_onnx
-    from multitag.features import iter_batches
+    from multitag.tagger.export import export_onnx
+    from multitag.vision.features import iter_batches
 
     model_dir = ensemble_tagger.save(tmp_path / "m")
     assert json.loads((model_dir / "config.json").read_text())["heads"]["ensemble"] == 3

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from multitag.bench_catalog import CHROMIUM, CHROMIUM_ARGS  # one place for the launch flags
+from multitag.bench.catalog import CHROMIUM, CHROMIUM_ARGS  # one place for the launch flags
 from tests.catalog_util import built_catalog, sample_rows
 from tests.conftest import requires_fashion
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from multitag.cli import app
-from multitag.features import iter_batches
+from multitag.cli.main import app
+from multitag.vision.features import iter_batches
 
 from .conftest import requires_fashion
 
@@ -52,7 +52,7 @@ def test_onnx_export_matches_pytorch(trained_tagger, fashion_frame, tmp_path):
 
 
 def test_export_refuses_a_wrong_suffix(trained_tagger, tmp_path):
-    from multitag.export import export_onnx
+    from multitag.tagger.export import export_onnx
 
     with pytest.raises(ValueError, match="must end in .onnx"):
         export_onnx(trained_tagger, tmp_path / "model.bin")

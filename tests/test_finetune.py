@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from multitag.data.tasks import encode_all, infer_tasks
-from multitag.extraction import extract_prefix
-from multitag.features import iter_batches
-from multitag.finetune import FineTuneConfig, StageData, augment_images, train_sharing
 from multitag.multitask.heads import MultiTaskHeads
 from multitag.multitask.sharing import HardSharing
+from multitag.training.finetune import FineTuneConfig, StageData, augment_images, train_sharing
+from multitag.vision.extraction import extract_prefix
+from multitag.vision.features import iter_batches
 from tests.conftest import requires_fashion
 
 TASKS = ["gender", "articleType"]

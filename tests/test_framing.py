@@ -139,7 +139,7 @@ def test_embedder_beside_a_framed_tagger_uses_its_framing(fashion_frame, tmp_pat
     from typer.testing import CliRunner
 
     from multitag import MultiTaskTagger
-    from multitag.cli import app
+    from multitag.cli.main import app
     from multitag.embedding import Embedder, load_embedder
     from multitag.embedding.model import encode_model_dir
     from tests.conftest import FASHION

@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from multitag import integrity
 from multitag.catalog import store
+from multitag.core import integrity
+from multitag.core.locks import WriterLocked, lock_file, writer_lock
 from multitag.data.validate import label_variants, validate
-from multitag.locks import WriterLocked, lock_file, writer_lock
 
 HOLD = (
     "import sys, time\n"
-    "from multitag.locks import writer_lock\n"
+    "from multitag.core.locks import writer_lock\n"
     "with writer_lock(sys.argv[1], 'catalogue build', folder=True):\n"
     "    print('held', flush=True)\n"
     "    time.sleep(60)\n"
@@ -187,7 +187,7 @@ def test_validate_flags_labels_differing_only_by_case_or_spaces(tmp_path):
 def test_serve_refuses_a_corrupt_catalog_json_in_one_line(tmp_path):
     from typer.testing import CliRunner
 
-    from multitag.cli import app
+    from multitag.cli.main import app
 
     (tmp_path / "catalog.json").write_text('{"complete": tr')
     res = CliRunner().invoke(app, ["serve", str(tmp_path)])

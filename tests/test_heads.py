@@ -25,7 +25,7 @@ def test_dropout_matches_nn_dropout_statistics():
 
 def test_one_cycle_survives_a_one_step_warm_up():
     """10 steps in all (10 epochs of one batch) made OneCycleLR divide by zero."""
-    from multitag.train import one_cycle
+    from multitag.training.loop import one_cycle
 
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([param], lr=1e-2)
@@ -54,7 +54,7 @@ def test_run_epochs_trains_the_first_epochs_of_the_same_schedule_and_keeps_the_l
     import numpy as np
 
     from multitag.multitask.heads import MultiTaskHeads
-    from multitag.train import TrainConfig, fit_heads
+    from multitag.training.loop import TrainConfig, fit_heads
 
     x, targets, tasks = _toy_problem()
     rows, val = np.arange(240), np.arange(240, 300)

@@ -214,7 +214,7 @@ def test_every_photo_command_has_the_same_input_options(name):
     """One declaration (cli_common) of --images / --id-col / --path-col / --ext everywhere."""
     import typer
 
-    from multitag.cli import app
+    from multitag.cli.main import app
 
     group = typer.main.get_command(app)
     command = group
@@ -229,14 +229,14 @@ def test_every_photo_command_has_the_same_input_options(name):
 
 
 def test_study_config_takes_the_same_input_settings():
-    from multitag.study import StudyConfig
+    from multitag.research.study import StudyConfig
 
     cfg = StudyConfig.from_dict({"data": "m.csv", "id_col": "sku", "path_col": "photo"})
     assert (cfg.id_col, cfg.path_col, cfg.ext) == ("sku", "photo", ".jpg")
 
 
 def test_tagging_resolve_inputs_still_returns_the_frame(photos):
-    from multitag.tagging import resolve_inputs as old_resolve
+    from multitag.tagger.batch import resolve_inputs as old_resolve
 
     root, frame = photos
     write_manifest(frame, root / "m.parquet")

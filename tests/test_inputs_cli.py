@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from multitag.catalog.store import load_catalog
-from multitag.cli import app
+from multitag.cli.main import app
 from tests.test_inputs import write_manifest
 
 pytestmark = pytest.mark.slow  # ~80 CLI runs, each through the real backbone

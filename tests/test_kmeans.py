@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import normalized_mutual_info_score
 from typer.testing import CliRunner
 
-from multitag.cli import app
+from multitag.cli.main import app
 from multitag.embedding.cluster import cluster_index
 from multitag.embedding.evaluate import retrieval_metrics
 from multitag.embedding.index import VectorIndex
@@ -152,7 +152,7 @@ def test_cluster_cli_suggests_k_without_k(tmp_path):
 @requires_fashion
 def test_issue_folder_tree_through_the_cli():
     """Issue #39: 3 classes x 60 real photos, train / embed train / index build / cluster."""
-    from multitag.bench_kmeans import tree_scenario
+    from multitag.bench.kmeans import tree_scenario
 
     out = tree_scenario(FASHION)
     assert out["suggested_k"] == 3

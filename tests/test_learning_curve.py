@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from multitag.learning_curve import (
+from multitag.research.learning_curve import (
     LearningCurve,
     fit_power_law,
     learning_curve,
@@ -78,7 +78,7 @@ def test_learning_curve_on_real_images(fashion_frame, cache_dir, tmp_path):
     fitted = tagger().fit(fashion_frame)
     assert len(fitted.split_["val_ids"]) == curve.n_val
     first = curve.scores.query("seed == 0 and n_train == @sizes[-1] and task == 'articleType'")
-    from multitag.evaluate import evaluate_split
+    from multitag.evaluation.report import evaluate_split
 
     report = evaluate_split(fitted)
     assert first["weighted_f1"].item() == pytest.approx(
@@ -102,7 +102,7 @@ def test_learning_curve_on_real_images(fashion_frame, cache_dir, tmp_path):
 def test_learning_curve_cli(tmp_path):
     from typer.testing import CliRunner
 
-    from multitag.cli import app
+    from multitag.cli.main import app
     from multitag.data.manifest import load_manifest
 
     frame = load_manifest(FASHION / "styles.csv", FASHION / "images")

@@ -1,4 +1,4 @@
-"""Tests for multitag.metrics (synthetic arrays, hand-computed expectations)."""
+"""Tests for multitag.evaluation.metrics (synthetic arrays, hand-computed expectations)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from multitag.metrics import (
+from multitag.evaluation.metrics import (
     _confusion_view,
     evaluate_tasks,
     format_table,

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from multitag.next_step import command, install_extra, install_package
+from multitag.core.next_step import command, install_extra, install_package
 
 from .catalog_util import sample_rows
 from .conftest import FASHION, REPO, requires_fashion
@@ -80,7 +80,7 @@ def _cli_tree() -> tuple[dict, set[str]]:
     """``{command: {subcommand: ...}}`` and every ``--option`` of the multitag command line."""
     import typer
 
-    from multitag.cli import app
+    from multitag.cli.main import app
 
     options: set[str] = set()
 
@@ -313,7 +313,7 @@ def test_make_explore_builds_the_missing_catalogue_then_serves(demo_like):
 @pytest.mark.slow
 @requires_fashion
 def test_explore_without_the_demo_manifest_names_the_demo_command(demo_like, tmp_path):
-    from multitag.demo import prepare_explore
+    from multitag.cli.demo import prepare_explore
 
     out = tmp_path / "out"
     out.mkdir()

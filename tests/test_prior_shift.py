@@ -116,8 +116,8 @@ def test_a_shifted_tagger_predicts_the_shifted_argmax_and_reloads_exactly(
         np.testing.assert_array_equal(again[name], now[name])
 
     ort = pytest.importorskip("onnxruntime")
-    from multitag.export import export_onnx
-    from multitag.features import iter_batches
+    from multitag.tagger.export import export_onnx
+    from multitag.vision.features import iter_batches
 
     onnx_path = export_onnx(reloaded, tmp_path / "shifted.onnx")
     size = reloaded.net_.encoder.preprocessing.image_size

@@ -9,11 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from multitag import MultiTaskTagger
-from multitag.cli import app
-from multitag.evaluate import evaluate_split
-from multitag.held_out import held_out_rows
-from multitag.learning_curve import learning_curve
+from multitag.cli.main import app
+from multitag.evaluation.report import evaluate_split
 from multitag.multitask.prior_shift import PriorShiftedHeads
+from multitag.research.learning_curve import learning_curve
+from multitag.tagger.held_out import held_out_rows
 
 from .conftest import FASHION, requires_fashion
 

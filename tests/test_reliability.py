@@ -2,7 +2,7 @@
 
 A tiny tagger (three colours, two shapes, generated product photos, real Lite0 weights at
 64 px) keeps every run to seconds. Processes are killed with SIGKILL at deterministic points
-(``MULTITAG_TEST_KILL_AT``, :mod:`multitag.faults`) inside chunk commits and the publish step;
+(``MULTITAG_TEST_KILL_AT``, :mod:`multitag.core.faults`) inside chunk commits and the publish step;
 each kill is followed by a rerun that must end identical to an uninterrupted run. Two writers
 at once, corrupt model files, disk full and a corpus of hostile image files complete it.
 """
@@ -27,11 +27,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from multitag.catalog import build_catalog, load_catalog, store
-from multitag.cli import app
-from multitag.faults import ENV as KILL_ENV
-from multitag.integrity import ModelFileError
-from multitag.io import read_table_any
-from multitag.locks import WriterLocked, lock_file
+from multitag.cli.main import app
+from multitag.core.faults import ENV as KILL_ENV
+from multitag.core.integrity import ModelFileError
+from multitag.core.io import read_table_any
+from multitag.core.locks import WriterLocked, lock_file
 from tests.hostile import write_corpus
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]  # minutes: not in the fast tier
@@ -90,7 +90,7 @@ def _env(kill_at: str | None = None) -> dict:
 def _cli(args: list, kill_at: str | None = None, timeout: float = 300):
     """Run ``multitag ARGS`` in a fresh process (SIGKILLed at ``kill_at``)."""
     return subprocess.run(
-        [sys.executable, "-m", "multitag.cli", *map(str, args)],
+        [sys.executable, "-m", "multitag.cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         env=_env(kill_at),
@@ -195,7 +195,7 @@ def test_catalog_build_killed_at_a_moment_then_rerun_is_identical(delay, tiny, c
     too: the rerun removes their temp files and ends identical."""
     out = tmp_path / "cat"
     build = subprocess.Popen(
-        [sys.executable, "-m", "multitag.cli", "catalog", "build", str(tiny["model"]),
+        [sys.executable, "-m", "multitag.cli.main", "catalog", "build", str(tiny["model"]),
          str(tiny["manifest"]), "--out", str(out), *BUILD_ARGS],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(),
     )  # fmt: skip
@@ -246,7 +246,7 @@ def test_torn_flat_catalogue_is_refused_then_rebuilt(tiny, catalogs, tmp_path):
 def test_two_catalog_builds_at_once(tiny, catalogs, tmp_path):
     out = tmp_path / "cat"
     first = subprocess.Popen(
-        [sys.executable, "-m", "multitag.cli", "catalog", "build", str(tiny["model"]),
+        [sys.executable, "-m", "multitag.cli.main", "catalog", "build", str(tiny["model"]),
          str(tiny["manifest"]), "--out", str(out), *BUILD_ARGS],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
     )  # fmt: skip
@@ -302,7 +302,7 @@ def test_tag_killed_in_publish_then_rerun_is_identical(tiny, tmp_path):
 def test_tag_second_writer_fails_fast(tiny, tmp_path):
     out = tmp_path / "tags.parquet"
     hold = (
-        "import sys, time\nfrom multitag.locks import writer_lock\n"
+        "import sys, time\nfrom multitag.core.locks import writer_lock\n"
         "with writer_lock(sys.argv[1], 'tag', folder=False):\n"
         "    print('held', flush=True); time.sleep(60)\n"
     )
@@ -324,7 +324,7 @@ def test_tag_second_writer_fails_fast(tiny, tmp_path):
 
 
 def test_disk_full_during_tag_is_one_line_and_keeps_the_old_output(tiny, tmp_path, monkeypatch):
-    import multitag.tagging as tagging
+    import multitag.tagger.batch as tagging
 
     out = tmp_path / "tags.jsonl"
     out.write_text('{"old": 1}\n')
@@ -396,7 +396,7 @@ def _same_weights(a: Path, b: Path) -> bool:
 
 
 def test_train_killed_then_rerun_is_identical(tiny, tmp_path):
-    from multitag.model_dir import load_tagger
+    from multitag.tagger.persistence import load_tagger
 
     data = ["--data", tiny["manifest"], *TRAIN_ARGS]
     ref = runner.invoke(app, list(map(str, ["train", *data, "--out", tmp_path / "ref"])))
@@ -508,7 +508,7 @@ def test_evaluate_names_labels_the_model_does_not_know(tiny, tmp_path):
 def test_second_train_into_one_model_folder_fails_fast(tiny, tmp_path):
     out = tmp_path / "model"
     hold = (
-        "import sys, time\nfrom multitag.locks import writer_lock\n"
+        "import sys, time\nfrom multitag.core.locks import writer_lock\n"
         "with writer_lock(sys.argv[1], 'model (train)', folder=True):\n"
         "    print('held', flush=True); time.sleep(60)\n"
     )

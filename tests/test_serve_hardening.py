@@ -382,7 +382,7 @@ def test_missing_or_torn_index_is_refused_at_start(tmp_path):
 
     from multitag.catalog.build import build_index
     from multitag.catalog.store import CatalogError, load_catalog
-    from multitag.cli import app as cli
+    from multitag.cli.main import app as cli
 
     catalog = synthetic_catalog_dir(tmp_path, n=30, n_images=2)
     index = load_catalog(catalog).data_dir / "index.faiss"  # in the published state folder
@@ -410,7 +410,7 @@ def test_missing_or_torn_index_is_refused_at_start(tmp_path):
 def test_serve_options_are_validated(catalog, option, value):
     from typer.testing import CliRunner
 
-    from multitag.cli import app as cli
+    from multitag.cli.main import app as cli
 
     result = CliRunner().invoke(cli, ["serve", str(catalog), option, value])
     assert result.exit_code == 2 and option in result.output and value in result.output

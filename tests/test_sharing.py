@@ -7,11 +7,17 @@ import pytest
 import torch
 
 from multitag.data.tasks import encode_all, infer_tasks
-from multitag.extraction import extract_prefix
-from multitag.finetune import FineTuneConfig, StageData, _losses, predict_logits, train_sharing
 from multitag.multitask.balancing import build_balancer
 from multitag.multitask.heads import MultiTaskHeads
 from multitag.multitask.sharing import UpperPart, build_sharing, tagger_net
+from multitag.training.finetune import (
+    FineTuneConfig,
+    StageData,
+    _losses,
+    predict_logits,
+    train_sharing,
+)
+from multitag.vision.extraction import extract_prefix
 from tests.conftest import requires_fashion
 
 pytestmark = [pytest.mark.slow, requires_fashion]
@@ -42,7 +48,7 @@ def _heads(encoder, tasks, stage):
 
 def test_forward_from_matches_forward(setup):
     _, encoder, frame, *_ = setup
-    from multitag.features import iter_batches
+    from multitag.vision.features import iter_batches
 
     images = next(iter_batches(frame["path"].tolist()[:8], 64, 8))[1]
     with torch.no_grad():
@@ -117,7 +123,7 @@ def test_strategy_trains_and_round_trips(setup, tmp_path, sharing, balancing):
     tagger.net_ = tagger_net(encoder, model, tasks).eval()
     tagger.save(tmp_path / "model")
     from multitag import MultiTaskTagger
-    from multitag.model_dir import read_config
+    from multitag.tagger.persistence import read_config
 
     config = read_config(tmp_path / "model")
     assert config.get("sharing", {"kind": "hard"})["kind"] == sharing

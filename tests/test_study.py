@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.slow, requires_fashion]
 
 
 def test_config_validation(tmp_path):
-    from multitag.study import StudyConfig
+    from multitag.research.study import StudyConfig
 
     with pytest.raises(ValueError, match="unknown keys"):
         StudyConfig.from_dict({"data": "x.csv", "epoch": 3})
@@ -38,7 +38,7 @@ def test_config_validation(tmp_path):
 def test_two_run_study(tmp_path):
     from typer.testing import CliRunner
 
-    from multitag.cli import app
+    from multitag.cli.main import app
 
     config = tmp_path / "study.yaml"
     config.write_text(

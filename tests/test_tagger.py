@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from multitag import MultiTaskTagger
-from multitag.cli import app
-from multitag.evaluate import evaluate_frame
-from multitag.io import read_table_any
-from multitag.tagging import tag_to_file
+from multitag.cli.main import app
+from multitag.core.io import read_table_any
+from multitag.evaluation.report import evaluate_frame
+from multitag.tagger.batch import tag_to_file
 from tests.conftest import FASHION, requires_fashion
 
 pytestmark = [requires_fashion, pytest.mark.slow]

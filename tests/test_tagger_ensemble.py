@@ -15,13 +15,14 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from multitag import MultiTaskTagger, TaggerEnsemble, engines
-from multitag.cli import app
-from multitag.evaluate import evaluate_frame
-from multitag.export import export_onnx
-from multitag.held_out import held_out_rows, training_keys
-from multitag.io import read_table_any
-from multitag.model_dir import load_any_tagger, load_tagger
+from multitag import MultiTaskTagger, TaggerEnsemble
+from multitag.cli.main import app
+from multitag.core.io import read_table_any
+from multitag.evaluation.report import evaluate_frame
+from multitag.tagger.export import export_onnx
+from multitag.tagger.held_out import held_out_rows, training_keys
+from multitag.tagger.persistence import load_any_tagger, load_tagger
+from multitag.vision import engines
 from tests.conftest import FASHION, make_image, requires_fashion
 
 pytestmark = [requires_fashion, pytest.mark.slow]

@@ -49,7 +49,7 @@ def built(tmp_path_factory):
     """A catalogue built by the CLI from a folder (no CSV) and a backbone name."""
     from typer.testing import CliRunner
 
-    from multitag.cli import app
+    from multitag.cli.main import app
 
     root = tmp_path_factory.mktemp("unlabelled")
     make_photos(root / "photos", 0, 40)
@@ -64,7 +64,7 @@ def built(tmp_path_factory):
 
 def test_build_from_a_backbone_name(built):
     from multitag.catalog import load_catalog
-    from multitag.tagging import imagenet_labels
+    from multitag.tagger.batch import imagenet_labels
 
     cat = load_catalog(built / "cat")
     meta = cat.meta
@@ -154,7 +154,7 @@ def test_api_and_upload(built):
 def test_tag_command_with_a_backbone_name(built, tmp_path):
     from typer.testing import CliRunner
 
-    from multitag.cli import app
+    from multitag.cli.main import app
 
     out = tmp_path / "tags.jsonl"
     result = CliRunner().invoke(
@@ -175,7 +175,7 @@ def test_another_backbone_for_a_built_catalogue_is_refused(built):
 def test_bad_model_argument_is_one_clear_line(tmp_path):
     from typer.testing import CliRunner
 
-    from multitag.cli import app
+    from multitag.cli.main import app
 
     make_photos(tmp_path / "p", 0, 4)
     args = ["catalog", "build", "no_such_backbone", str(tmp_path / "p"), "--out"]
@@ -191,7 +191,7 @@ def test_incremental_add_then_a_tagger_later(built, tmp_path, monkeypatch):
     from multitag.catalog import build_catalog, load_catalog
     from multitag.catalog.backbone_tagger import BackboneTagger
     from multitag.catalog.unlabelled import add_tagger
-    from multitag.tagger import MultiTaskTagger
+    from multitag.tagger.estimator import MultiTaskTagger
 
     cat_dir = tmp_path / "cat"
     shutil.copytree(built / "cat", cat_dir)
@@ -256,7 +256,7 @@ def _refuse(*args, **kwargs):
 def test_explorer_in_a_browser(built, tmp_path):
     """The explorer on the unlabelled catalogue in Debian chromium: the map, topics in the
     legend, the switch to the map of topic weights, hover tags, an upload's ImageNet tags."""
-    from multitag.bench_catalog import CHROMIUM, CHROMIUM_ARGS
+    from multitag.bench.catalog import CHROMIUM, CHROMIUM_ARGS
     from multitag.serve.app import create_app
     from multitag.serve.background import BackgroundServer
 

@@ -1,12 +1,22 @@
-"""multitag: multi-task tagging and visual search for product images."""
+"""multitag: multi-task tagging and visual search for product images.
 
-from multitag import _torchvision_compat
+The estimators load lazily, so ``import multitag`` (and the torch-free modules: metrics, index,
+k-means, the catalogue store) does not import torch.
+"""
 
-_torchvision_compat.patch()
+from __future__ import annotations
 
 __version__ = "0.1.0"
-
-from multitag.tagger import MultiTaskTagger  # noqa: E402
-from multitag.tagger_ensemble import TaggerEnsemble  # noqa: E402
-
 __all__ = ["MultiTaskTagger", "TaggerEnsemble", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "MultiTaskTagger":
+        from multitag.tagger.estimator import MultiTaskTagger
+
+        return MultiTaskTagger
+    if name == "TaggerEnsemble":
+        from multitag.tagger.ensemble import TaggerEnsemble
+
+        return TaggerEnsemble
+    raise AttributeError(f"module 'multitag' has no attribute {name!r}")

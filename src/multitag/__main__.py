@@ -1,5 +1,5 @@
 """``python -m multitag``: the command line, for shells where ``multitag`` is not on the PATH."""
 
-from multitag.cli import main
+from multitag.cli.main import main
 
 main()

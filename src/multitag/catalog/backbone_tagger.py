@@ -7,8 +7,8 @@ directory the encoder is the embedder's (same backbone, same preprocessing), so 
 comes from that same pass. A trained tagger attached later adds its tasks: from the stored
 features when it uses the same encoder, else through its own content-keyed feature cache.
 
-It offers the part of :class:`~multitag.tagger.MultiTaskTagger`'s interface that batch tagging,
-the catalogue build and the API use: ``tasks_``, ``predict_proba``, ``warm_up``.
+It offers the part of :class:`~multitag.tagger.estimator.MultiTaskTagger`'s interface that
+batch tagging, the catalogue build and the API use: ``tasks_``, ``predict_proba``, ``warm_up``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from multitag import backbones
-from multitag.extraction import encoder_cache_id, extract_features, run_encoder
-from multitag.features import Encoder, Preprocessing
+from multitag.vision import backbones
+from multitag.vision.extraction import encoder_cache_id, extract_features, run_encoder
+from multitag.vision.features import Encoder, Preprocessing
 
 
 def is_backbone_name(value: str | os.PathLike) -> bool:
@@ -144,14 +144,14 @@ class BackboneTagger:
         if self.cache_dir is None:
             return None
         if str(self.cache_dir) == "default":
-            from multitag.runtime import default_cache_dir
+            from multitag.core.runtime import default_cache_dir
 
             return default_cache_dir() / "features"
         return Path(self.cache_dir)
 
     def warm_up(self) -> BackboneTagger:
         """Prepare the inference engine now, not in a service's first request."""
-        from multitag.engines import runner_for
+        from multitag.vision.engines import runner_for
 
         self._build()
         runner_for(self.encoder_, self.engine, self.precision)

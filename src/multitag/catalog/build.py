@@ -21,12 +21,12 @@ from multitag.catalog import layout as layout_mod
 from multitag.catalog import store
 from multitag.catalog import topics as topics_mod
 from multitag.catalog import unlabelled as unl
+from multitag.core.faults import kill_point
+from multitag.core.io import remove_stale_temps
+from multitag.core.locks import writer_lock
+from multitag.core.progress import bar
 from multitag.data.inputs import Inputs
 from multitag.embedding.kmeans import KMeans, nearest_centroid
-from multitag.faults import kill_point
-from multitag.io import remove_stale_temps
-from multitag.locks import writer_lock
-from multitag.progress import bar
 
 log = logging.getLogger(__name__)
 ChunkHook = Callable[[int, int, int], None]
@@ -67,7 +67,7 @@ def tag_columns(tasks) -> list[str]:
 
 def _tag_chunk(tagger, frame: pd.DataFrame, batch_size: int, labels: Sequence[str]):
     """Tag one chunk: rows (top tags per task), arrays (tag probabilities, features), rejects."""
-    from multitag.tagging import _top_k
+    from multitag.tagger.batch import _top_k
 
     paths = frame["path"].tolist()
     out = tagger.predict_proba(paths, batch_size=batch_size, return_features=True, use_cache=True)
@@ -108,7 +108,7 @@ def _tag_chunk(tagger, frame: pd.DataFrame, batch_size: int, labels: Sequence[st
 def _inputs(inputs, images, options) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rows to catalogue (one per id: later duplicates are skipped, and reported) and the
     skipped inputs (``id, path, reason``)."""
-    from multitag.tagging import as_inputs
+    from multitag.tagger.batch import as_inputs
 
     found = as_inputs(inputs, images, **options).unique_ids()
     frame = found.frame[["id", "path"]]
@@ -167,11 +167,11 @@ def build_catalog(
     to ``out/parts`` so a killed build resumes where it stopped. If ``out`` already holds a
     finished catalogue, only new ids are tagged and placed with the fitted state, unless
     ``refit`` asks to refit topics, map and clusters over everything. ``inputs`` are resolved
-    with ``images`` and ``options`` (:func:`multitag.tagging.as_inputs`); the inputs skipped
+    with ``images`` and ``options`` (:func:`multitag.tagger.batch.as_inputs`); the inputs skipped
     there, and every id after its first, are listed in ``rejects.parquet`` with the images
     that could not be read.
     """
-    from multitag.tagging import check_at_least, imagenet_labels
+    from multitag.tagger.batch import check_at_least, imagenet_labels
 
     for name, value in (
         ("n_topics", n_topics),

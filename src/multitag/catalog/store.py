@@ -14,7 +14,7 @@ Layout of ``CATALOG_DIR``::
       rejects.parquet   unreadable inputs with reasons
     parts/part-NNNNN.*  resumable per-chunk results (rows + arrays), written atomically
     thumbs/<row>.jpg    thumbnail cache (named by row number, never by a user-supplied value)
-    .multitag.lock      held by the one build writing here (:mod:`multitag.locks`)
+    .multitag.lock      held by the one build writing here (:mod:`multitag.core.locks`)
 
 A build writes a whole new state folder beside the current one, then publishes it by
 replacing ``catalog.json`` in one rename, so a reader sees the old state or the new one,
@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from multitag.faults import kill_point
-from multitag.io import atomic_path, write_json, write_table
+from multitag.core.faults import kill_point
+from multitag.core.io import atomic_path, write_json, write_table
 
 FORMAT_VERSION = 1
 META = "catalog.json"

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from multitag import backbones
 from multitag.catalog import topics as topics_mod
 from multitag.catalog.backbone_tagger import BackboneTagger, is_backbone_name, tagger_probabilities
+from multitag.vision import backbones
 
 TOP_K = 5  # ImageNet tags per photo: the write-up's top-5
 TOPICS_ON = ("auto", "tags", "features", "imagenet")
@@ -56,7 +56,7 @@ def resolve_source(
 ) -> Source:
     """The source of a build given ``model`` (a model directory or a backbone name) and the
     existing catalogue's ``catalog.json`` (``prior``, ``None`` for a new one)."""
-    from multitag.tagger import MultiTaskTagger
+    from multitag.tagger.estimator import MultiTaskTagger
 
     old = (prior or {}).get("source")
     backbone_name = is_backbone_name(model)
@@ -130,7 +130,7 @@ def resolve_topics_on(topics_on: str, source: Source) -> str:
 def tag_chunk(backbone: BackboneTagger, frame: pd.DataFrame, batch_size: int, labels):
     """One chunk through the backbone: rows (id, path, ImageNet top-k tags and their
     probabilities), arrays (features, ImageNet probabilities, an empty tag matrix), rejects."""
-    from multitag.tagging import _top_k
+    from multitag.tagger.batch import _top_k
 
     paths = frame["path"].tolist()
     out = backbone.predict_proba(paths, batch_size=batch_size, return_features=True, use_cache=True)
@@ -246,7 +246,7 @@ def topic_input(on: str, tagprobs, features, imagenet=None, offset=None):
 def name_topics(on: str, w, h, tagprobs, columns, imagenet=None) -> tuple[list[dict], np.ndarray]:
     """Topic names and the profiles they come from: ImageNet labels for ``imagenet`` topics
     (and for ``features`` topics of a catalogue without trained tags), else the trained tags."""
-    from multitag.tagging import imagenet_labels
+    from multitag.tagger.batch import imagenet_labels
 
     if on == "tags":
         return topics_mod.name_topics(h, columns), h

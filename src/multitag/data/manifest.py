@@ -60,7 +60,7 @@ def split_indices(
     Within each class of ``stratify`` (missing labels form their own group) rows are ordered
     by id and shuffled with ``seed``, so the split does not depend on the manifest's row
     order. A class with a single row goes to train. Rows with the same ``groups`` key (e.g.
-    the photo's content digest, :func:`multitag.held_out.photo_digests`; ``""`` for none)
+    the photo's content digest, :func:`multitag.tagger.held_out.photo_digests`; ``""`` for none)
     then all go to the side of the group's smallest id, so no photo is on both sides.
     """
     if not 0 < val_fraction < 1:

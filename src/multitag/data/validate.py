@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from multitag.core.progress import bar
 from multitag.data.images import ImageDecodeError, load_image
 from multitag.data.tasks import Task
-from multitag.progress import bar
 
 
 @dataclass

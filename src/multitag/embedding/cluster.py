@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from multitag.core.io import write_text
 from multitag.embedding.index import VectorIndex
 from multitag.embedding.kmeans import KMeans
-from multitag.io import write_text
 
 
 def cluster_index(

@@ -14,7 +14,7 @@ from multitag.data.tasks import infer_tasks
 from multitag.embedding.kmeans import KMeans
 from multitag.embedding.knn import knn_accuracy
 from multitag.embedding.model import Embedder, l2_normalize, same_key
-from multitag.held_out import photo_digests
+from multitag.tagger.held_out import photo_digests
 
 
 def default_split(frame: pd.DataFrame, same: Sequence[str], seed: int = 0):

@@ -1,11 +1,11 @@
 """Fine-tuning an embedder above a freeze point, on cached prefix activations.
 
-The same recipe as the tagger's (:mod:`multitag.finetune`): the frozen prefix runs once per
-image (:func:`~multitag.extraction.extract_prefix`, cached on disk), each step trains only the
-upper stages (:class:`~multitag.multitask.sharing.UpperPart`, batch norm frozen) and the
-embedding layer, under bf16 autocast and channels_last, AdamW with a cosine schedule after a
-linear warm-up, flip augmentation of the activation maps. Batches are class-balanced like the
-fast path's, so every batch holds positives for the metric loss.
+The same recipe as the tagger's (:mod:`multitag.training.finetune`): the frozen prefix runs once
+per image (:func:`~multitag.vision.extraction.extract_prefix`, cached on disk), each step
+trains only the upper stages (:class:`~multitag.multitask.sharing.UpperPart`, batch norm
+frozen) and the embedding layer, under bf16 autocast and channels_last, AdamW with a cosine
+schedule after a linear warm-up, flip augmentation of the activation maps. Batches are
+class-balanced like the fast path's, so every batch holds positives for the metric loss.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from multitag import runtime
+from multitag.core import runtime
+from multitag.core.progress import bar
 from multitag.embedding.losses import MetricObjective
-from multitag.features import Encoder
-from multitag.finetune import StageData, _lr_factor
 from multitag.multitask.sharing import UpperPart, keep_batchnorm_frozen
-from multitag.progress import bar
+from multitag.training.finetune import StageData, _lr_factor
+from multitag.vision.features import Encoder
 
 
 class UpperEmbedding(nn.Module):

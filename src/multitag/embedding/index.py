@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from multitag.io import atomic_path, write_json
+from multitag.core.io import atomic_path, write_json
 
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.parquet"

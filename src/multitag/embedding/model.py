@@ -21,25 +21,26 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from multitag import backbones, integrity
+from multitag.core import integrity
+from multitag.core.io import atomic_path, write_json
+from multitag.core.locks import writer_lock
+from multitag.core.params import ParamsMixin
+from multitag.core.progress import bar
 from multitag.data.detail import resolve_detail
 from multitag.data.framing import Framing, resolve_framing
 from multitag.embedding import losses as loss_registry
-from multitag.extraction import (
+from multitag.tagger.persistence import CONFIG, FORMAT_VERSION, _versions, read_config
+from multitag.training.finetune import StageData, tuned_features
+from multitag.training.loop import one_cycle
+from multitag.vision import backbones
+from multitag.vision.extraction import (
     FeatureResult,
     encoder_cache_id,
     extract_features,
     extract_prefix,
     run_encoder,
 )
-from multitag.features import Encoder, Preprocessing
-from multitag.finetune import StageData, tuned_features
-from multitag.io import atomic_path, write_json
-from multitag.locks import writer_lock
-from multitag.model_dir import CONFIG, FORMAT_VERSION, _versions, read_config
-from multitag.params import ParamsMixin
-from multitag.progress import bar
-from multitag.train import one_cycle
+from multitag.vision.features import Encoder, Preprocessing
 
 EMBED_CONFIG = "embedding.json"
 EMBED_WEIGHTS = "embedding.safetensors"
@@ -192,7 +193,7 @@ class Embedder(ParamsMixin):
     def _cache(self):
         if self.cache_dir is not None:
             return self.cache_dir
-        from multitag.runtime import default_cache_dir
+        from multitag.core.runtime import default_cache_dir
 
         return default_cache_dir() / "features"
 
@@ -616,7 +617,7 @@ def load_embedder(model_dir: str | os.PathLike, *, allow_raw: bool = True) -> Em
         except (SafetensorError, OSError) as err:
             raise integrity.unreadable(model_dir / EMBED_WEIGHTS, err) from None
     if kind == "multitag-tagger":
-        from multitag.model_dir import load_tagger
+        from multitag.tagger.persistence import load_tagger
 
         tagger = load_tagger(model_dir)
         encoder = tagger.net_.encoder

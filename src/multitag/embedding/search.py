@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from multitag.core.locks import writer_lock
 from multitag.data.inputs import Inputs
 from multitag.embedding.index import VectorIndex
 from multitag.embedding.model import has_embedding, load_embedder
-from multitag.locks import writer_lock
-from multitag.tagging import as_inputs
+from multitag.tagger.batch import as_inputs
 
 
 def build_index_dir(
@@ -27,9 +27,9 @@ def build_index_dir(
     **options,
 ) -> tuple[VectorIndex, dict[int, str]]:
     """Embed every image in ``inputs`` (files, folders, manifests, resolved with ``images``
-    and ``options`` as :func:`multitag.tagging.as_inputs` does; a manifest's label columns
+    and ``options`` as :func:`multitag.tagger.batch.as_inputs` does; a manifest's label columns
     become filters) and save an index to ``out`` (one writer per index folder:
-    :func:`multitag.locks.writer_lock`).
+    :func:`multitag.core.locks.writer_lock`).
 
     Returns ``(index, {row: reason})`` for unreadable images (left out of the index).
     """

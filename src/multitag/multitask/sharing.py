@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from multitag.features import Encoder, pool_stage
 from multitag.multitask.heads import MultiTaskHeads
+from multitag.vision.features import Encoder, pool_stage
 
 STRATEGIES = ("hard", "soft", "cross_stitch")
 
@@ -295,7 +295,7 @@ def tagger_net(encoder: Encoder, sharing: Sharing, tasks) -> nn.Module:
     encoder's own blocks, so it is a plain ``TaggerNet``; soft / cross-stitch need
     :class:`SharedTaggerNet` (saved with a ``sharing`` section in ``config.json``)."""
     if isinstance(sharing, HardSharing):
-        from multitag.tagger import TaggerNet
+        from multitag.tagger.estimator import TaggerNet
 
         return TaggerNet(encoder, sharing.heads, tasks)
     return SharedTaggerNet(encoder, sharing, tasks)

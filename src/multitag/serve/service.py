@@ -45,7 +45,7 @@ class CatalogService:
 
             trained = None
             if model_dir is not None:
-                from multitag.tagger import MultiTaskTagger
+                from multitag.tagger.estimator import MultiTaskTagger
 
                 trained = MultiTaskTagger.load(model_dir)
             self.tagger = BackboneTagger.from_source(
@@ -54,7 +54,7 @@ class CatalogService:
             self.tagger.warm_up()
             self.embed = self.tagger.embed
         elif model_dir is not None:
-            from multitag.tagger import MultiTaskTagger
+            from multitag.tagger.estimator import MultiTaskTagger
 
             self.tagger = MultiTaskTagger.load(model_dir)
             self.tagger.progress = False
@@ -135,8 +135,8 @@ class CatalogService:
     def thumbnail(self, row: int) -> Path:
         """The cached thumbnail of ``row``, made on first use; ``404`` with a plain reason when
         the source image is gone or unreadable (never its path: that is the server's business)."""
+        from multitag.core.io import atomic_path
         from multitag.data.images import ImageDecodeError, load_image
-        from multitag.io import atomic_path
 
         cache = self.catalog.directory / "thumbs" / f"{row}.jpg"
         if cache.is_file():
@@ -205,7 +205,7 @@ class CatalogService:
                 )
         imagenet = []
         if a["imagenet"] is not None:
-            from multitag.tagging import imagenet_labels
+            from multitag.tagger.batch import imagenet_labels
 
             names = imagenet_labels()
             imagenet = [
@@ -245,7 +245,7 @@ class CatalogService:
         if not self.catalog.meta.get("source") or a.get("imagenet") is None:
             return []
         from multitag.catalog.unlabelled import TOP_K
-        from multitag.tagging import imagenet_labels
+        from multitag.tagger.batch import imagenet_labels
 
         names = imagenet_labels()
         return [f"imagenet:{names[j]}" for j in np.argsort(-a["imagenet"])[:TOP_K]]

@@ -19,7 +19,7 @@ def plotly_js() -> Path:
 
     path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     if not path.is_file():
-        from multitag.next_step import install_extra
+        from multitag.core.next_step import install_extra
 
         raise FileNotFoundError(f"{path} missing: reinstall plotly ({install_extra('serve')})")
     return path

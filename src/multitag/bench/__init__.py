@@ -1,0 +1,1 @@
+"""Benchmarks: each module writes bench/<name>.json + .md; BENCHMARKS.md gathers them."""

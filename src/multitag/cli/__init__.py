@@ -1,0 +1,1 @@
+"""The ``multitag`` command line: one module per command group."""

@@ -1,0 +1,150 @@
+"""Shared pieces of the command line: consoles, common options, error exit, manifest loading."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+out_console = Console(width=None if sys.stdout.isatty() else 160)  # logs: don't squeeze tables
+
+DataOpt = Annotated[
+    Path,
+    typer.Option(
+        "--data",
+        help="Manifest (CSV, TSV, Parquet, JSONL), folder of images or folder-per-class tree.",
+    ),
+]
+# the input options every command that takes photos shares (multitag.data.inputs reads them)
+ImagesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--images",
+        help="Folder a manifest's relative paths (or <id><ext> files) are in "
+        "(default: the manifest's folder).",
+    ),
+]
+IdColOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--id-col", help="Manifest column with the image id (default: id, else the path)."
+    ),
+]
+PathColOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--path-col",
+        help="Manifest column with image paths (default: a path, filepath or file column).",
+    ),
+]
+ExtOpt = Annotated[
+    str, typer.Option("--ext", help="Image file extension after the id (no path column).")
+]
+# the model options that train and learning-curve share (one help text, one default each)
+TasksOpt = Annotated[str | None, typer.Option(help="Comma-separated label columns.")]
+BackboneOpt = Annotated[str, typer.Option(help="Registered backbone or any timm name.")]
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+ImageSizeOpt = Annotated[
+    int | None, typer.Option(min=32, max=1024, help="Square input size (default: backbone's).")
+]
+FramingOpt = Annotated[
+    str,
+    typer.Option(
+        help="'auto': crop every photo to its product and centre it on the catalogue's "
+        "canvas (measured on the training images), so photos framed differently tag "
+        "alike; 'none': squash-resize only."
+    ),
+]
+DetailOpt = Annotated[
+    str,
+    typer.Option(
+        help="'auto': bring every photo larger than the training photos down to their level "
+        "of detail (measured on the training images) before the square resize, so sharp, "
+        "large photos tag like the training photos; 'none': off; or a pixel count, e.g. 4800."
+    ),
+]
+CacheDirOpt = Annotated[Path | None, typer.Option(help="Feature cache folder.")]
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def _fail(message: str) -> None:
+    # a message is text, not markup; one unbroken line, so a command in it pastes as printed
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _detail_setting(value: str) -> str | int:
+    """``--detail``: 'auto', 'none' or a pixel count (validated by the estimator)."""
+    return int(value) if value.strip().isdigit() else value.strip()
+
+
+def _resolve(
+    inputs,
+    images: Path | None,
+    id_col: str | None,
+    path_col: str | None,
+    ext: str,
+    rejects: Path | None = None,
+):
+    """:func:`multitag.data.inputs.resolve_inputs` for a command: errors end it (exit 2),
+    skipped inputs and remarks are printed, and listed in ``rejects`` (CSV) if given."""
+    from multitag.core.io import write_table
+    from multitag.data.inputs import resolve_inputs
+
+    try:
+        found = resolve_inputs(inputs, images, id_col=id_col, path_col=path_col, ext=ext)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    for line in found.summary():
+        console.print(f"[yellow]inputs:[/yellow] {escape(line)}")
+    if rejects is not None and found.skipped:
+        rejects.parent.mkdir(parents=True, exist_ok=True)
+        write_table(found.skipped_frame(), rejects)
+        console.print(f"skipped inputs listed in {escape(str(rejects))}")
+    return found
+
+
+def _load_frame(
+    data: Path,
+    images: Path | None,
+    id_col: str | None,
+    path_col: str | None,
+    ext: str,
+    rejects: Path | None = None,
+):
+    """The rows of ``--data`` (see :func:`_resolve`)."""
+    return _resolve([data], images, id_col, path_col, ext, rejects).frame
+
+
+def _bindable(host: str, port: int) -> bool:
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            sock.bind((host, port))
+        return True
+    except OSError:
+        return False
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before any slow work when ``host:port`` is taken, with a free port to rerun on."""
+    from multitag.core.next_step import rerun_with
+
+    if _bindable(host, port):
+        return
+    free = next((p for p in range(port + 1, port + 100) if _bindable(host, p)), None)
+    rerun = rerun_with("--port", str(free)) if free else None
+    _fail(
+        f"{host}:{port} is already in use (another server?): "
+        + (f"rerun on a free port, {rerun}" if rerun else "pass another --port")
+    )

@@ -1,0 +1,1 @@
+"""Scoring taggers: per-task metrics and evaluation reports (no torch)."""

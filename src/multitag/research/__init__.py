@@ -1,0 +1,1 @@
+"""Research tools: the transfer-learning study and learning curves."""

@@ -1,0 +1,1 @@
+"""The multi-task tagger: estimator, batch tagging, persistence, model ensembles, export."""

@@ -1,0 +1,636 @@
+"""``MultiTaskTagger``: the scikit-learn-style estimator for multi-task image tagging.
+
+``fit`` takes a manifest frame (``id``, ``path`` and label columns), ``predict_proba`` /
+``predict`` / ``tag`` take image paths, ``save`` / ``load`` round-trip a model directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from multitag.core import runtime
+from multitag.core.params import ParamsMixin
+from multitag.core.runtime import default_cache_dir
+from multitag.data.detail import resolve_detail
+from multitag.data.framing import Framing, resolve_framing
+from multitag.data.manifest import default_stratify, split_indices
+from multitag.data.photo_profile import photo_profile
+from multitag.data.tasks import Task, encode_all, infer_tasks
+from multitag.data.validate import ValidationReport, validate
+from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads, probabilities
+from multitag.tagger.held_out import photo_digests
+from multitag.training.loop import History, TrainConfig, fit_heads
+from multitag.vision import backbones
+from multitag.vision.engines import release_runner, runner_for
+from multitag.vision.extraction import FeatureResult, encoder_cache_id, extract_features
+from multitag.vision.features import Encoder, Preprocessing, iter_batches
+
+
+@dataclass
+class FitData:
+    """What training starts from (:meth:`MultiTaskTagger._prepare_fit`): the frame (index
+    reset), features of every row, encoded targets, photo digests and the row split (rows
+    whose image is missing or unreadable are in neither)."""
+
+    frame: pd.DataFrame
+    features: FeatureResult
+    targets: dict[str, np.ndarray]
+    digests: np.ndarray
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+
+
+class TaggerNet(nn.Module):
+    """Encoder + heads: uint8 images -> per-task probabilities, ImageNet logits, features."""
+
+    def __init__(self, encoder: Encoder, heads: MultiTaskHeads, tasks: Sequence[Task]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.heads = heads
+        self.tasks = list(tasks)
+
+    def forward(self, images: torch.Tensor):
+        features, imagenet = self.encoder(images)
+        logits = self.heads(features)
+        probs = {t.name: probabilities(t, logits[t.name].float()) for t in self.tasks}
+        return probs, imagenet, features
+
+    def from_features(self, features: torch.Tensor):
+        """The same outputs from encoder features (e.g. cached ones): the ImageNet classifier
+        reads the head-pool segment of the feature vector."""
+        logits = self.heads(features)
+        probs = {t.name: probabilities(t, logits[t.name].float()) for t in self.tasks}
+        imagenet = None
+        if self.encoder.with_imagenet:
+            start, stop = self.encoder.head_slice
+            imagenet = self.encoder.model.get_classifier()(features[:, start:stop].float())
+        return probs, imagenet, features
+
+
+class MultiTaskTagger(ParamsMixin):
+    """One pretrained backbone, one head per task, trained together.
+
+    Parameters are stored as given (scikit-learn convention); fitted state ends in ``_``.
+    ``freeze="all"`` trains heads on cached backbone features (the fast path); a stage name
+    such as ``"blocks.5"`` also fine-tunes every stage after it end to end, for
+    ``finetune_epochs`` (default ``min(epochs, 5)``) at backbone learning rate ``finetune_lr``.
+    ``framing="auto"`` (default) crops every photo (training and inference) to its product and
+    centres it on the catalogue's canvas, measured on 500 training photos
+    (:mod:`multitag.data.framing`), so photos from other sources framed differently are tagged
+    like catalogue photos (docs/study.md: 0.885 mean weighted F1 on square, landscape, tight
+    and wide-margin copies, against 0.77-0.85 squash-resized, for -0.0014 on the catalogue);
+    ``"none"`` squash-resizes only. ``detail="auto"`` (default) measures the training photos'
+    level of detail (:mod:`multitag.data.detail`: nearly all of them have at most that many
+    pixels after framing) and first brings every larger photo down to it, antialiased, so a
+    sharp photo from another source reaches the network like a training photo
+    (docs/robustness.md); an int sets the pixel count, ``"none"`` turns it off.
+    ``grid_stages`` (``"auto"``: the stride-8 and stride-16 stages) are also pooled on a 3x2
+    grid, so heads know where things are in the photo; ``input_dropout`` drops features
+    before the shared trunk (measured with these features: baseColour weighted F1
+    0.671 -> 0.683, and the mean over the other tasks rose too). ``ensemble=n`` fits n sets
+    of heads from seeds ``seed, seed+1, ...`` on the same (frozen or fine-tuned) features and
+    averages their probabilities (:class:`~multitag.multitask.heads.HeadEnsemble`): n times
+    the head-training time, about 1 % of a 224-px Lite0 pass more inference per extra member.
+    ``refit=True`` (frozen backbones), once every set of heads has chosen its number of epochs
+    on the val split, trains each again from its seed on train + val rows for that many epochs
+    of the same schedule, so the saved model has learnt from every labelled photo (measured on
+    unseen test photos, 25 % more rows: +0.004..+0.006 mean weighted F1, articleType
+    +0.003..+0.011; docs/study.md). The val split then no longer scores the saved heads:
+    ``fit`` keeps the scores of the heads before the refit (``val_proba_``, what
+    ``evaluate_split`` reports), ``refit_`` records the epochs and row counts, and ``split_``
+    lists every row as trained on.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str] | None = None,
+        *,
+        backbone: str = backbones.DEFAULT_BACKBONE,
+        weights: str | None = "auto",
+        image_size: int | None = None,
+        framing: str | Mapping | Framing = "auto",
+        detail: str | int | None = "auto",
+        stages: Sequence[int] | None = None,
+        colour_bins: int = 6,
+        grid_stages: Sequence[int] | str = "auto",
+        freeze: str = "all",
+        finetune_epochs: int | None = None,
+        finetune_lr: float = 5e-4,
+        head: str = "linear",
+        trunk: int = 1024,
+        hidden: int = 512,
+        dropout: float = 0.2,
+        input_dropout: float = 0.2,
+        ensemble: int = 1,
+        prior_shift: str = "none",
+        refit: bool = False,
+        multilabel: Mapping[str, str] | Sequence[str] | None = None,
+        delimiter: str = "|",
+        min_count: int = 5,
+        rare: str = "other",
+        val_fraction: float = 0.2,
+        epochs: int = 25,
+        batch_size: int = 512,
+        lr: float = 2e-3,
+        class_weight: str = "none",
+        label_smoothing: float = 0.1,
+        patience: int = 6,
+        seed: int = 0,
+        cache_dir: str | os.PathLike | None = "default",
+        precision: str = "auto",
+        engine: str = "auto",
+        workers: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.tasks = tasks
+        self.backbone = backbone
+        self.weights = weights
+        self.image_size = image_size
+        self.framing = framing
+        self.detail = detail
+        self.stages = stages
+        self.colour_bins = colour_bins
+        self.grid_stages = grid_stages
+        self.freeze = freeze
+        self.finetune_epochs = finetune_epochs
+        self.finetune_lr = finetune_lr
+        self.head = head
+        self.trunk = trunk
+        self.hidden = hidden
+        self.dropout = dropout
+        self.input_dropout = input_dropout
+        self.ensemble = ensemble
+        self.prior_shift = prior_shift
+        self.refit = refit
+        self.multilabel = multilabel
+        self.delimiter = delimiter
+        self.min_count = min_count
+        self.rare = rare
+        self.val_fraction = val_fraction
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.class_weight = class_weight
+        self.label_smoothing = label_smoothing
+        self.patience = patience
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self.precision = precision
+        self.engine = engine
+        self.workers = workers
+        self.progress = progress
+
+    # ------------------------------------------------------------------ fitting
+    def _train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            patience=self.patience,
+            class_weight=self.class_weight,
+            label_smoothing=self.label_smoothing,
+            seed=self.seed,
+            precision=self.precision,
+        )
+
+    def _build_encoder(
+        self, weights, framing: Framing | None = None, detail: int | None = None
+    ) -> Encoder:
+        spec = backbones.get_spec(self.backbone)
+        model = backbones.create_model(spec.name, weights=weights)
+        prep = Preprocessing.for_model(model, self.image_size, framing, detail)
+        return Encoder(
+            model,
+            prep,
+            self.stages,
+            with_imagenet=spec.has_classifier,
+            colour_bins=self.colour_bins,
+            grid_stages=self.grid_stages,
+        )
+
+    def feature_cache_dir(self) -> Path | None:
+        """Where cached features live: ``cache_dir``; ``"default"`` = ``$MULTITAG_CACHE``
+        (or ``~/.cache/multitag``) + ``/features``; ``None`` = no cache."""
+        if self.cache_dir is None:
+            return None
+        if str(self.cache_dir) == "default":
+            return default_cache_dir() / "features"
+        return Path(self.cache_dir)
+
+    def encoder_id(self) -> dict:
+        """What identifies cached features, see
+        :func:`~multitag.vision.extraction.encoder_cache_id`."""
+        return encoder_cache_id(
+            self.net_.encoder, self.backbone, self.weights, self.precision, self.engine
+        )
+
+    def fit(
+        self, frame: pd.DataFrame, *, validation: ValidationReport | None = None
+    ) -> MultiTaskTagger:
+        """Train on a manifest frame with ``id``, ``path`` and the task columns.
+
+        Runs the same checks as ``multitag validate`` first: rows whose image is missing or
+        unreadable are skipped and reported in ``validation_``; duplicate ids or an empty
+        task stop training with a message naming them.
+        """
+        data = self._prepare_fit(frame, validation)
+        frame, feats, targets = data.frame, data.features, data.targets
+        train_rows, val_rows, heads = data.train_rows, data.val_rows, self.net_.heads
+        heads.fit_scaler(feats.features[train_rows])
+        self.history_ = fit_heads(
+            heads,
+            feats.features,
+            targets,
+            self.tasks_,
+            train_rows,
+            val_rows,
+            self._train_config(),
+            progress=self.progress,
+        )
+        if self.freeze != "all":
+            from multitag.training.finetune import fine_tune
+
+            fine_tune(self, frame, targets, train_rows, val_rows)
+            feats.features = self.__dict__.pop("finetuned_features_", feats.features)
+        self.member_histories_ = [self.history_]
+        if self.ensemble > 1:  # more members on the final (frozen or tuned) features
+            self._fit_members(heads, feats.features, targets, train_rows, val_rows)
+        self.prior_shift_ = {}
+        if self.prior_shift == "auto" and len(val_rows):
+            self._fit_prior_shift(feats.features, targets, train_rows, val_rows)
+        self.refit_ = None
+        self.__dict__.pop("val_proba_", None)
+        trained, held = train_rows, val_rows
+        if self.refit and len(val_rows):
+            self.val_proba_ = self.predict_proba_features(feats.features[val_rows])
+            trained = self._refit_heads(feats.features, targets, train_rows, val_rows)
+            held = val_rows[:0]
+        self.split_ = {  # saved as split.csv: which photos this model has seen
+            "train_ids": frame["id"].iloc[trained].tolist(),
+            "val_ids": frame["id"].iloc[held].tolist(),
+            "train_digests": data.digests[trained].tolist(),
+            "val_digests": data.digests[held].tolist(),
+        }
+        self.val_features_ = feats.features[val_rows]
+        self.val_paths_ = frame["path"].iloc[val_rows].tolist()
+        self.val_targets_ = {k: v[val_rows] for k, v in targets.items()}
+        return self
+
+    def _check_params(self) -> None:
+        if not self.tasks:
+            raise ValueError("tasks: name at least one label column to learn, e.g. ['gender']")
+        if self.finetune_epochs is not None and self.finetune_epochs < 1:
+            raise ValueError(
+                f"finetune_epochs must be >= 1 (or None for min(epochs, 5)), "
+                f"not {self.finetune_epochs}"
+            )
+        if not self.finetune_lr > 0:
+            raise ValueError(f"finetune_lr must be > 0, not {self.finetune_lr}")
+        n = self.ensemble
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(
+                f"ensemble: the number of head sets to average, an int >= 1, not {self.ensemble!r}"
+            )
+        if not isinstance(self.refit, bool):
+            raise ValueError(f"refit must be True or False, not {self.refit!r}")
+        if self.refit and self.freeze != "all":
+            raise ValueError(
+                f"refit=True retrains the heads on frozen features; with freeze={self.freeze!r} "
+                "the fine-tuned backbone would need its own refit. Use freeze='all' or "
+                "refit=False."
+            )
+        if self.prior_shift not in ("none", "auto"):
+            raise ValueError(
+                f"prior_shift must be 'none' or 'auto' (choose a per-task shift towards "
+                f"frequent or rare classes on the val split), not {self.prior_shift!r}"
+            )
+
+    def _prepare_fit(
+        self, frame: pd.DataFrame, validation: ValidationReport | None = None
+    ) -> FitData:
+        """Everything ``fit`` does before training: check the parameters and the frame,
+        infer the tasks, build the encoder and untrained heads (``net_``), extract (or read
+        cached) features and split the rows, copies of a photo on one side. Sets
+        ``tasks_``, ``net_`` and ``validation_``."""
+        self._check_params()
+        for col in ("id", "path"):
+            if col not in frame.columns:
+                raise ValueError(f"the frame needs an {col!r} column; use load_manifest()")
+        frame = frame.reset_index(drop=True)
+        report = validation or validate(
+            frame, list(self.tasks), decode=False, progress=self.progress
+        )
+        if not report.ok:
+            raise ValueError("cannot train:\n  " + "\n  ".join(report.problems()))
+        self.tasks_ = infer_tasks(
+            frame,
+            list(self.tasks),
+            multilabel=self.multilabel,
+            delimiter=self.delimiter,
+            min_count=self.min_count,
+            rare=self.rare,
+        )
+        paths = frame["path"].tolist()
+        framing = resolve_framing(self.framing, paths, self.seed)
+        detail = resolve_detail(self.detail, paths, framing, self.seed)
+        self.photo_profile_ = photo_profile(paths, self.seed)
+        encoder = self._build_encoder(self.weights, framing, detail)
+        self.net_ = TaggerNet(encoder, self._new_heads(encoder.out_dim, self.seed), self.tasks_)
+        feats = extract_features(
+            encoder,
+            frame["path"].tolist(),
+            cache_dir=self.feature_cache_dir(),
+            encoder_id=self.encoder_id() if self.feature_cache_dir() else None,
+            precision=self.precision,
+            engine=self.engine,
+            workers=self.workers,
+            progress=self.progress,
+        )
+        bad = sorted(report.bad_rows | set(feats.errors))
+        for row, reason in feats.errors.items():
+            if row not in report.bad_rows:
+                report.unreadable.append(
+                    {
+                        "row": row,
+                        "id": frame["id"][row],
+                        "path": frame["path"][row],
+                        "reason": reason,
+                    }
+                )
+        self.validation_ = report
+        digests = np.asarray(feats.digests or photo_digests(frame["path"]), dtype=object)
+        train_rows, val_rows = split_indices(  # copies of a photo (same digest) stay together
+            frame, default_stratify(self.tasks_), self.val_fraction, self.seed, groups=digests
+        )
+        train_rows = np.setdiff1d(train_rows, bad)
+        val_rows = np.setdiff1d(val_rows, bad)
+        if len(train_rows) == 0:
+            raise ValueError("no usable training rows: every image is missing or unreadable")
+        return FitData(frame, feats, encode_all(frame, self.tasks_), digests, train_rows, val_rows)
+
+    def _new_heads(self, in_dim: int, seed: int) -> MultiTaskHeads:
+        """Heads initialised from ``seed`` alone (not from whatever used the global RNG)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return MultiTaskHeads(
+                in_dim,
+                self.tasks_,
+                self.head,
+                self.hidden,
+                self.dropout,
+                input_dropout=self.input_dropout,
+                trunk=self.trunk,
+            )
+
+    def _fit_members(self, first, features, targets, train_rows, val_rows) -> None:
+        """Fit members 2..n from seeds ``seed+1, ...``; the heads become their ensemble."""
+        members = [first]
+        for i in range(1, self.ensemble):
+            member, history = self._fit_head_set(
+                features, targets, train_rows, val_rows, self.seed + i, self.progress
+            )
+            self.member_histories_.append(history)
+            members.append(member)
+        self.net_.heads = HeadEnsemble(members, self.tasks_)
+
+    def _fit_head_set(
+        self,
+        features,
+        targets,
+        train_rows,
+        val_rows,
+        seed: int,
+        progress: bool,
+        run_epochs: int | None = None,
+    ) -> tuple[MultiTaskHeads, History]:
+        """A fresh set of heads, initialised and trained from ``seed`` on ``train_rows``
+        (best epoch on ``val_rows``, or exactly ``run_epochs``): one ensemble member, one
+        learning-curve point, or one refitted member."""
+        heads = self._new_heads(features.shape[1], seed)
+        heads.fit_scaler(features[train_rows])
+        config = self._train_config()
+        config.seed = seed
+        history = fit_heads(
+            heads, features, targets, self.tasks_, train_rows, val_rows, config,
+            progress=progress, run_epochs=run_epochs,
+        )  # fmt: skip
+        return heads, history
+
+    def _refit_head_set(self, features, targets, train_rows, val_rows, seed: int, epochs: int):
+        """One head set trained from ``seed`` on train + val rows for exactly ``epochs``
+        epochs of the schedule (no rows left to score): one refitted member."""
+        rows = np.union1d(train_rows, val_rows)
+        return self._fit_head_set(
+            features, targets, rows, rows[:0], seed, self.progress, run_epochs=epochs
+        )[0]
+
+    def _refit_heads(self, features, targets, train_rows, val_rows) -> np.ndarray:
+        """Retrain every head set from its seed on train + val rows for the epochs it chose
+        on val (``refit=True``); a prior shift chosen before stays. Returns the rows used."""
+        from multitag.multitask.prior_shift import PriorShiftedHeads
+
+        rows = np.union1d(train_rows, val_rows)
+        epochs = [h.best_epoch + 1 for h in self.member_histories_]
+        members = [
+            self._refit_head_set(features, targets, train_rows, val_rows, self.seed + i, n)
+            for i, n in enumerate(epochs)
+        ]
+        new = members[0] if len(members) == 1 else HeadEnsemble(members, self.tasks_)
+        if isinstance(self.net_.heads, PriorShiftedHeads):
+            self.net_.heads.base = new
+        else:
+            self.net_.heads = new
+        self.refit_ = {
+            "epochs": epochs,
+            "rows_before": int(len(train_rows)),
+            "rows_after": int(len(rows)),
+            "val_rows": int(len(val_rows)),
+        }
+        return rows
+
+    def _fit_prior_shift(self, features, targets, train_rows, val_rows) -> None:
+        """Choose each multi-class task's prior shift on the val rows (see ``prior_shift``)."""
+        from multitag.multitask.prior_shift import PriorShiftedHeads, choose_shifts
+
+        shifts = choose_shifts(
+            self.tasks_,
+            self.predict_proba_features(features[val_rows]),
+            {k: v[val_rows] for k, v in targets.items()},
+            {k: v[train_rows] for k, v in targets.items()},
+            seed=self.seed,
+        )
+        self.prior_shift_ = {
+            n: {k: s[k] for k in ("tau", "cross_fitted_gain")} for n, s in shifts.items()
+        }
+        bias = {name: s["bias"] for name, s in shifts.items() if s["tau"]}
+        if bias:
+            self.net_.heads = PriorShiftedHeads(self.net_.heads, bias)
+
+    # --------------------------------------------------------------- inference
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise RuntimeError("this MultiTaskTagger is not fitted: call fit() or load() first")
+
+    @torch.inference_mode()
+    def predict_proba(
+        self,
+        paths: Sequence[str | os.PathLike],
+        *,
+        batch_size: int = 64,
+        return_features: bool = False,
+        use_cache: bool = False,
+    ) -> dict:
+        """Per-task probabilities for ``paths``.
+
+        Returns ``{"proba": {task: (n, C)}, "imagenet": (n, 1000) or None,
+        "errors": {row: reason}, "features": (n, D) if asked}``; rows of unreadable images are
+        zero and listed in ``errors``. ``use_cache`` reads/fills the feature cache (frozen
+        backbones only): worth it when the same images were just used for training.
+        """
+        self._check_fitted()
+        if use_cache and self.feature_cache_dir() and self.freeze == "all":
+            return self._predict_from_cache(paths, return_features)
+        device = runtime.default_device()
+        net = self.net_.eval().to(device)
+        n = len(paths)
+        proba = {t.name: np.zeros((n, t.n_classes), np.float32) for t in self.tasks_}
+        imagenet = np.zeros((n, 1000), np.float32) if net.encoder.with_imagenet else None
+        features = np.zeros((n, net.encoder.out_dim), np.float32) if return_features else None
+        errors: dict[int, str] = {}
+        from multitag.core.progress import bar
+
+        prep = net.encoder.preprocessing
+        with bar("tagging", n, enabled=self.progress and n > batch_size) as pbar:
+            loader = iter_batches(
+                paths,
+                prep.image_size,
+                batch_size,
+                self.workers,
+                framing=prep.framing,
+                detail=prep.detail,
+            )
+            batches = (((idx, errs), images) for idx, images, errs in loader)
+            for (idx, errs), out in self._run_net(net, batches, device):
+                errors.update(errs)
+                if out is not None:
+                    rows = idx.numpy()
+                    probs, logits, feats = out
+                    for name, p in probs.items():
+                        proba[name][rows] = p.float().cpu().numpy()
+                    if imagenet is not None and logits is not None:
+                        imagenet[rows] = logits.float().softmax(-1).cpu().numpy()
+                    if features is not None:
+                        features[rows] = feats.float().cpu().numpy()
+                pbar.advance(len(idx) + len(errs))
+        out = {"proba": proba, "imagenet": imagenet, "errors": errors}
+        if return_features:
+            out["features"] = features
+        return out
+
+    def warm_up(self) -> MultiTaskTagger:
+        """Prepare the inference engine now (OpenVINO converts the encoder in a few seconds),
+        so a service's first request does not pay for it."""
+        self._check_fitted()
+        if hasattr(self.net_, "from_features"):
+            runner_for(self.net_.encoder, self.engine, self.precision)
+        return self
+
+    def release_engine(self) -> MultiTaskTagger:
+        """Free the inference engine (OpenVINO's compiled encoder, most of a loaded model's
+        memory); the next prediction rebuilds it in a second or two from the conversion
+        cache. For batch jobs that run several models one after another."""
+        if hasattr(self, "net_"):
+            release_runner(self.net_.encoder)
+        return self
+
+    def _run_net(self, net: nn.Module, batches, device: torch.device):
+        """``(meta, images)`` -> ``(meta, (probs, imagenet logits, features) or None)``.
+
+        Hard sharing runs the encoder on the inference engine and the heads in PyTorch;
+        soft / cross-stitch sharing (per-task columns) runs the whole net in PyTorch.
+        """
+        if hasattr(net, "from_features"):
+            runner = runner_for(net.encoder, self.engine, self.precision, device)
+            for meta, out in runner.stream(batches):
+                yield meta, None if out is None else net.from_features(out[0].to(device))
+            return
+        precision = runtime.resolve_precision(self.precision, device)
+        for meta, images in batches:
+            if images is None:
+                yield meta, None
+                continue
+            with runtime.autocast(precision, device):
+                out = net(images.to(device))
+            yield meta, out
+
+    @torch.inference_mode()
+    def _predict_from_cache(self, paths, return_features: bool) -> dict:
+        res = extract_features(
+            self.net_.encoder,
+            list(paths),
+            cache_dir=self.feature_cache_dir(),
+            encoder_id=self.encoder_id(),
+            precision=self.precision,
+            engine=self.engine,
+            workers=self.workers,
+            progress=self.progress,
+        )
+        probs, imagenet, _ = self.net_.eval().from_features(torch.as_tensor(res.features))
+        rows = [i for i in res.errors]
+        out = {
+            "proba": {k: v.float().numpy() for k, v in probs.items()},
+            "imagenet": None if imagenet is None else imagenet.float().softmax(-1).numpy(),
+            "errors": res.errors,
+        }
+        for arr in [*out["proba"].values(), out["imagenet"]]:
+            if arr is not None and rows:
+                arr[rows] = 0
+        if return_features:
+            out["features"] = res.features
+        return out
+
+    def predict_proba_features(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-task probabilities from precomputed encoder features."""
+        self._check_fitted()
+        heads = self.net_.heads.eval()
+        with torch.no_grad():
+            logits = heads(torch.as_tensor(features, dtype=torch.float32))
+        return {t.name: probabilities(t, logits[t.name]).numpy() for t in self.tasks_}
+
+    def predict(self, paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
+        """Top-1 label per task (multi-label: labels with probability >= 0.5, ``|``-joined)."""
+        from multitag.tagger.batch import top1_frame
+
+        return top1_frame(self, paths)
+
+    # -------------------------------------------------------------- persistence
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (no pickle)."""
+        from multitag.tagger.persistence import save_tagger
+
+        self._check_fitted()
+        return save_tagger(self, directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> MultiTaskTagger:
+        """Rebuild a tagger saved by :meth:`save`; predictions are identical."""
+        from multitag.tagger.persistence import load_tagger
+
+        return load_tagger(directory)
+
+    def train_config(self) -> dict:
+        return asdict(self._train_config())
+
+    def __repr__(self) -> str:
+        return f"MultiTaskTagger(tasks={self.tasks!r}, backbone={self.backbone!r})"
+
+
+__all__ = ["MultiTaskTagger", "TaggerNet", "History"]

@@ -1,0 +1,1 @@
+"""Training loops: heads on cached features and fine-tuning above a freeze point."""

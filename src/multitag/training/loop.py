@@ -1,0 +1,208 @@
+"""Training loops: heads on cached features (fast path) and end-to-end fine-tuning."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from multitag.core import runtime
+from multitag.core.faults import kill_point
+from multitag.core.progress import bar
+from multitag.data.tasks import Task
+from multitag.multitask.losses import class_weights, task_loss
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of the head-training loop (also recorded in the model config)."""
+
+    epochs: int = 25
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 6
+    class_weight: str = "none"
+    label_smoothing: float = 0.1
+    seed: int = 0
+    precision: str = "auto"  # bf16 where the CPU has it: ~1.8x faster steps (AMX), same F1
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, not {self.lr}")
+
+
+@dataclass
+class History:
+    """Per-epoch losses, the best epoch and wall time."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_score: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def one_cycle(
+    opt: torch.optim.Optimizer, max_lr: float | list[float], total_steps: int
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """One-cycle schedule, 10 % warm-up. OneCycleLR divides by ``pct_start * total_steps - 1``,
+    so a warm-up of exactly one step (10 steps in all, e.g. 10 epochs of one batch) would
+    divide by zero: that case warms up for 1.5 steps instead."""
+    pct_start = 0.1 if total_steps != 10 else 0.15
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start
+    )
+
+
+def _targets_to_tensors(targets: Mapping[str, np.ndarray], rows: np.ndarray) -> dict:
+    return {
+        k: torch.as_tensor(v[rows], dtype=torch.long if v.ndim == 1 else torch.float32)
+        for k, v in targets.items()
+    }
+
+
+def _batch_loss(
+    outputs: Mapping[str, torch.Tensor],
+    batch_targets: Mapping[str, torch.Tensor],
+    tasks: Sequence[Task],
+    weights: Mapping[str, torch.Tensor | None],
+    label_smoothing: float,
+) -> torch.Tensor:
+    losses = []
+    for task in tasks:
+        loss = task_loss(
+            task,
+            outputs[task.name],
+            batch_targets[task.name],
+            weights[task.name],
+            label_smoothing if task.kind == "multiclass" else 0.0,
+        )
+        if loss is not None:
+            losses.append(loss)
+    return torch.stack(losses).sum() if losses else torch.zeros((), requires_grad=True)
+
+
+def _val_score(outputs, targets, tasks: Sequence[Task]) -> float:
+    """Mean over tasks of accuracy (multi-class) or label-wise F1 (multi-label): what early
+    stopping watches (tracks the F1 we report better than the loss does)."""
+    scores = []
+    for task in tasks:
+        logits, y = outputs[task.name], targets[task.name]
+        if task.kind == "multiclass":
+            mask = y >= 0
+            if mask.any():
+                scores.append(float((logits[mask].argmax(1) == y[mask]).float().mean()))
+        else:
+            mask = ~(y < 0).all(1)
+            if mask.any():
+                pred, true = logits[mask] > 0, y[mask] > 0.5
+                tp = float((pred & true).sum())
+                scores.append(2 * tp / max(float(pred.sum() + true.sum()), 1.0))
+    return sum(scores) / max(len(scores), 1)
+
+
+def fit_heads(
+    heads: nn.Module,
+    features: np.ndarray,
+    targets: Mapping[str, np.ndarray],
+    tasks: Sequence[Task],
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    config: TrainConfig,
+    progress: bool = True,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+    run_epochs: int | None = None,
+) -> History:
+    """Train ``heads`` on precomputed features with AdamW + one-cycle schedule; keep the epoch
+    with the best validation score (:func:`_val_score`); stop after ``patience`` epochs
+    without improvement.
+
+    ``run_epochs`` instead trains exactly that many epochs of the ``config.epochs`` schedule
+    and keeps the last: a refit on every labelled row, with the epoch count chosen on val.
+    """
+    config.validate()
+    if run_epochs is not None and not 1 <= run_epochs <= config.epochs:
+        raise ValueError(f"run_epochs must be in [1, epochs={config.epochs}], not {run_epochs}")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    x_all = torch.as_tensor(features, dtype=torch.float32)
+    weights = {
+        t.name: class_weights(t, targets[t.name][train_rows], config.class_weight) for t in tasks
+    }
+    opt = torch.optim.AdamW(
+        heads.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
+    )
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / config.batch_size))
+    sched = one_cycle(opt, config.lr, config.epochs * steps_per_epoch)
+    device = torch.device("cpu")
+    precision = runtime.resolve_precision(config.precision, device)
+    history = History()
+    best_state, best = None, -math.inf
+    val_t = _targets_to_tensors(targets, val_rows) if len(val_rows) else None
+    start = time.perf_counter()
+    n_epochs = config.epochs if run_epochs is None else run_epochs
+    with bar("training heads", n_epochs, enabled=progress) as pbar:
+        for epoch in range(n_epochs):
+            heads.train()
+            order = rng.permutation(train_rows)
+            total, n = 0.0, 0
+            for s in range(0, len(order), config.batch_size):
+                rows = order[s : s + config.batch_size]
+                with runtime.autocast(precision, device):
+                    out = heads(x_all[rows])
+                loss = _batch_loss(
+                    out, _targets_to_tensors(targets, rows), tasks, weights, config.label_smoothing
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * len(rows)
+                n += len(rows)
+            history.train_loss.append(total / max(n, 1))
+            val_loss, score = history.train_loss[-1], -history.train_loss[-1]
+            if val_t is not None:
+                heads.eval()
+                with torch.no_grad():
+                    out = heads(x_all[val_rows])
+                    val_loss = float(_batch_loss(out, val_t, tasks, weights, 0.0))
+                    score = _val_score(out, val_t, tasks)
+            history.val_loss.append(val_loss)
+            history.val_score.append(score)
+            if run_epochs is not None:  # a refit keeps the last epoch: no snapshot needed
+                best, history.best_epoch = score, epoch
+            elif score > best + 1e-4:
+                best, history.best_epoch = score, epoch
+                best_state = copy.deepcopy(heads.state_dict())
+            if val_t is None:  # nothing to score (a refit): the loss is what there is to show
+                pbar.update(info=f"train loss {history.train_loss[-1]:.4f}")
+            else:
+                pbar.update(
+                    info=f"val score {score:.4f} (best {best:.4f} @ {history.best_epoch + 1})"
+                )
+            pbar.advance()
+            kill_point("train.epoch")
+            if on_epoch:
+                on_epoch(epoch, history.train_loss[-1], val_loss)
+            if run_epochs is None and epoch - history.best_epoch >= config.patience:
+                history.stopped_early = True
+                break
+    if best_state is not None:
+        heads.load_state_dict(best_state)
+    heads.eval()
+    history.seconds = time.perf_counter() - start
+    return history
