@@ -303,3 +303,29 @@ def test_explorer_in_a_browser(built, tmp_path):
         assert page.locator("#similar-list .similar-item").count() == 12
         assert errors == []
         browser.close()
+
+
+def test_an_embedders_vector_from_the_same_pass(built, tmp_path):
+    """``--embedder DIR``: the embedder's encoder and layer give the embedding; its backbone
+    must be the one named."""
+    from multitag.catalog import build_catalog, load_catalog
+    from multitag.embedding import Embedder
+
+    photos = sorted((built / "photos").glob("*_*.jpg"))[:24]
+    frame = pd.DataFrame({"path": [str(p) for p in photos]}).assign(
+        shape=[p.stem.split("_")[0] for p in photos]
+    )
+    emb = Embedder(
+        ["shape"], dim=16, framing="none", detail="none", epochs=2, per_class=2, progress=False
+    ).fit(frame)
+    emb_dir = emb.save(tmp_path / "embedder")
+    with pytest.raises(ValueError, match="embeds tf_efficientnet_lite0 features, not"):
+        build_catalog("lite1", photos, tmp_path / "wrong", embedder=emb_dir, **BUILD)
+    meta = build_catalog("lite0", photos, tmp_path / "cat", embedder=emb_dir, **BUILD)
+    assert meta["embedding"] == {"source": "embedder", "dim": 16}
+    assert meta["source"]["embedder"] == str(Path(emb_dir).resolve())
+    cat = load_catalog(tmp_path / "cat")
+    expected = emb.transform_features(np.load(cat.data_dir / "features.npy"))
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(cat.embeddings, expected, atol=1e-5)
+    assert all(len(v) == 5 for v in cat.items["imagenet"])

@@ -210,10 +210,16 @@ def add_task_tags(
 
 def refresh_rows(items: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     """``items`` with every per-photo column taken from ``rows`` (by id): an incremental build
-    keeps old items' places, topics and clusters, but their tags follow the tagger."""
+    keeps old items' places, topics and clusters, but their tags follow the tagger (the
+    columns of a tagger it replaced are dropped)."""
     by_id = rows.set_index(rows["id"].astype(str))
     keys = items["id"].astype(str)
-    items = items.copy()
+    placed = {"x", "y", "topic", "topic_weight", "cluster"}
+    stale = [  # a replaced tagger's task columns
+        c for c in items.columns
+        if c not in rows.columns and c not in placed and not c.startswith(("x_", "y_"))
+    ]  # fmt: skip
+    items = items.drop(columns=stale)
     for col in rows.columns:
         if col not in ("id", "path"):
             items[col] = by_id[col].reindex(keys).to_numpy()
