@@ -42,7 +42,7 @@ test-reliability: install
 bench: install
 	$(BIN)/python -m multitag.bench.core --out bench
 
-## every benchmark (source shift: ~25 min incl. training the default tagger if bench/bench-model-shift is missing; embeddings: ~25 min; k-means: see bench/kmeans.md; index: ~5 min incl. 1M vectors; catalogue: ~5 min incl. a headless browser; service load: ~3 min; full-size frozen vs fine-tuned taggers, each with 1 and 3 head sets: ~75 min)
+## every benchmark (source shift: ~25 min incl. training the default tagger if bench/bench-model-shift is missing; embeddings: ~25 min; k-means: see bench/kmeans.md; index: ~5 min incl. 1M vectors; catalogue: ~5 min incl. a headless browser; service load: ~3 min; full-size frozen vs fine-tuned taggers, each with 1 and 3 head sets: ~75 min; unlabelled catalogue: see bench/unlabelled.md)
 bench-all: bench
 	$(BIN)/python -m multitag.bench.embed --out bench
 	$(BIN)/python -m multitag.bench.kmeans --out bench --tree
@@ -51,6 +51,7 @@ bench-all: bench
 	$(BIN)/python -m multitag.bench.serve --out bench
 	$(BIN)/python -m multitag.bench.study --out bench
 	$(BIN)/python -m multitag.bench.shift --out bench
+	$(BIN)/python -m multitag.bench.unlabelled --out bench --layouts umap,tsne
 	$(BIN)/python -c "from pathlib import Path; from multitag.bench.core import write_benchmarks_md; write_benchmarks_md(Path('bench'))"
 
 ## style (ruff) and the package's layer / cycle / torch-free contracts (import-linter, pyproject.toml)

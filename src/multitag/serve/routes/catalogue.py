@@ -34,12 +34,16 @@ def get_map(
     ),
     tag: str | None = Query(None, description="only items with these task:label tags"),
     bins: int = Query(64, ge=4, le=256, description="density grid size when sampled"),
+    layout: str | None = Query(
+        None, description="which map (one of `layouts`; default the first): x, y and the box"
+    ),
     service: CatalogService = Depends(get_service),
     settings: ServeSettings = Depends(get_settings),
 ):
     """The map's points: every item when they fit in ``limit``, else for the view box (all
-    four of ``x0, x1, y0, y1``) a fixed random sample of ``limit`` and a density grid of all
-    (zooming in reveals more). ``rows`` are catalogue rows (as ``/match`` returns)."""
+    four of ``x0, x1, y0, y1``, on the map ``layout``) a fixed random sample of ``limit`` and
+    a density grid of all (zooming in reveals more). ``rows`` are catalogue rows (as
+    ``/match`` returns); ``layouts`` has the same points on every map the catalogue holds."""
     edges = (x0, x1, y0, y1)
     if any(v is None for v in edges) and not all(v is None for v in edges):
         raise HTTPException(422, "give all four of x0, x1, y0, y1 for a view box, or none")
@@ -48,16 +52,25 @@ def get_map(
         raise HTTPException(
             422, f"empty view box x {x0}..{x1}, y {y0}..{y1}: need x0 < x1, y0 < y1"
         )
+    layout = layout or service.maps[0]
+    if layout not in service.columns.maps:
+        raise HTTPException(
+            422, f"no map {layout!r}: this catalogue has {', '.join(service.columns.maps)}"
+        )
     keep = service.mask(tag, None, None) if tag else None
-    view = service.columns.view(box, limit or settings.map_points, keep, bins)
+    view = service.columns.view(box, limit or settings.map_points, keep, bins, layout)
     rows = view["rows"]
     density = view["density"]
     if density is not None:
         density = {"box": density["box"], "counts": density["counts"].tolist()}
+    layouts = {
+        name: {"x": x[rows].astype(float).tolist(), "y": y[rows].astype(float).tolist()}
+        for name, (x, y) in service.columns.maps.items()
+    }
     return {
         "ids": [service.ids[r] for r in rows],
-        "x": service.columns.x[rows].astype(float).tolist(),
-        "y": service.columns.y[rows].astype(float).tolist(),
+        "x": layouts[layout]["x"],
+        "y": layouts[layout]["y"],
         "colour_by": {
             name: {"categories": cats, "codes": codes[rows].tolist()}
             for name, (cats, codes) in service.colour_fields.items()
@@ -68,6 +81,8 @@ def get_map(
         "n_items": len(service.ids),
         "sampled": view["total"] > len(rows),
         "density": density,
+        "layout": layout,
+        "layouts": layouts,
     }
 
 
