@@ -9,6 +9,7 @@ import pytest
 
 from multitag.catalog import build, sampled
 from multitag.catalog import topics as topics_mod
+from multitag.catalog import unlabelled as unl
 
 
 def _rows(n=400, seed=0):
@@ -28,8 +29,9 @@ def _fit(fit_sample, chunk=None, monkeypatch=None, on="tags"):
     rows, emb, tagprobs, features, columns = _rows()
     if chunk:
         monkeypatch.setattr(sampled, "CHUNK", chunk)
+    topic_x = (on, tagprobs, features, None)
     return build._fit_all(
-        rows, emb, tagprobs, features, columns, 4, on, "tsne", 5, 0, None, fit_sample
+        rows, emb, topic_x, columns, 4, "tsne", ("embedding",), 5, 0, None, fit_sample
     )
 
 
@@ -60,6 +62,32 @@ def test_above_the_sample_size_every_row_gets_the_samples_fitted_state(monkeypat
     nearest = sample[np.argmax(emb[outside] @ emb[sample].T, axis=1)]
     spread = np.linalg.norm(xy[sample] - xy[sample].mean(0), axis=1).mean()
     assert np.linalg.norm(xy[outside] - xy[nearest], axis=1).mean() < spread / 2
+
+
+def test_imagenet_topics_and_the_topic_map_are_fitted_on_the_sample(monkeypatch):
+    """A catalogue built from a backbone: NMF over the sparse top-5 ImageNet matrix and the
+    map of topic weights (``--maps topics``) are fitted on the sample and applied in chunks."""
+    rows, emb, _, features, _ = _rows()
+    imagenet = np.random.default_rng(1).dirichlet(np.ones(50) * 0.2, 400).astype(np.float32)
+    monkeypatch.setattr(sampled, "CHUNK", 64)
+    topic_x = ("imagenet", np.zeros((400, 0), np.float32), features, imagenet)
+    items, fit, topic_list = build._fit_all(
+        rows, emb, topic_x, [], 4, "tsne", ("topics", "embedding"), 5, 0, None, 150
+    )
+    assert len(items) == 400 and len(topic_list) == 4
+    assert all(t["top_tags"][0]["tag"].startswith("imagenet:") for t in topic_list)
+    w = topics_mod.transform_topics(unl.topk_matrix(imagenet), fit["nmf_components"])
+    np.testing.assert_array_equal(items["topic"].to_numpy(), w.argmax(1))
+    sample = sampled.fit_rows(400, 150, 0)
+    vectors = unl.map_vectors("topics", emb, fit["topic_weights"])
+    xy = items[["x", "y"]].to_numpy()
+    outside = np.setdiff1d(np.arange(400), sample)
+    nearest = sample[np.argmax(vectors[outside] @ vectors[sample].T, axis=1)]
+    spread = np.linalg.norm(xy[sample] - xy[sample].mean(0), axis=1).mean()
+    assert np.linalg.norm(xy[outside] - xy[nearest], axis=1).mean() < spread / 2
+    # a second map goes through the same sampled fit
+    again = sampled.fit_layout(vectors, "tsne", 0, None, 150)
+    np.testing.assert_allclose(again, xy, atol=1e-4)
 
 
 def test_fit_sample_is_validated():

@@ -4,6 +4,7 @@ the box with a density grid, and a 1 M-item synthetic catalogue answers /items a
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
@@ -60,6 +61,25 @@ def test_map_view_samples_the_box_with_a_density_grid(small):
     zoom = cols.view((0.0, 0.5, 0.0, 0.5), limit=300)
     shown = set(view["rows"]) & set(np.flatnonzero(inside & (x >= 0) & (y >= 0)))
     assert shown <= set(zoom["rows"])
+
+
+def test_map_views_on_a_second_map(small):
+    """Several maps (--maps): a view box is asked for on one of them; every map shows the
+    same sampled points, so the explorer can switch maps without another sample."""
+    cat = load_catalog(small)
+    items = cat.items.assign(x_topics=-cat.items["y"], y_topics=cat.items["x"])
+    cols = ItemColumns(items, pa.array(items["tags"].tolist()), maps=("embedding", "topics"))
+    assert list(cols.maps) == ["embedding", "topics"]
+    box = (-0.5, 0.0, -0.5, 0.5)
+    view = cols.view(box, limit=200, layout="topics")
+    tx, ty = cols.xy("topics")
+    inside = (tx >= -0.5) & (tx <= 0.0) & (ty >= -0.5) & (ty <= 0.5)
+    assert view["total"] == inside.sum() > 200 and inside[view["rows"]].all()
+    assert view["density"]["counts"].sum() == inside.sum()
+    # the same box on the first map is another set of points
+    assert cols.view(box, limit=10_000)["total"] != view["total"]
+    with pytest.raises(KeyError, match="no map 'tsne'"):
+        cols.view(None, layout="tsne")
 
 
 def test_map_and_items_endpoints(small):

@@ -20,6 +20,7 @@ import pandas as pd
 from multitag.catalog import layout as layout_mod
 from multitag.catalog import sampled, store
 from multitag.catalog import topics as topics_mod
+from multitag.catalog import unlabelled as unl
 from multitag.core.faults import kill_point
 from multitag.core.io import remove_stale_temps
 from multitag.core.locks import writer_lock
@@ -109,12 +110,6 @@ def _inputs(inputs, images, options) -> tuple[pd.DataFrame, pd.DataFrame]:
     return frame.assign(id=frame["id"].astype(str), path=paths), skipped
 
 
-def _topic_input(on: str, tagprobs: np.ndarray, features: np.ndarray, offset=None):
-    if on == "tags":
-        return tagprobs, None
-    return topics_mod.nonnegative(features, offset)
-
-
 def _one_writer(build):
     """Run ``build`` holding the writer lock of its ``out`` folder, after removing the temp
     files a killed build left there (only a lock holder may: others' are not stale)."""
@@ -139,8 +134,10 @@ def build_catalog(
     *,
     images: str | os.PathLike | None = None,
     n_topics: int = 12,
-    topics_on: str = "tags",
+    topics_on: str = "auto",
     layout: str = "umap",
+    maps: Sequence[str] | None = None,
+    embedder: str | os.PathLike | None = None,
     n_clusters: int = 20,
     chunk_size: int = 2048,
     batch_size: int = 64,
@@ -154,6 +151,12 @@ def build_catalog(
 ) -> dict:
     """Build (or resume, or extend) the catalogue in ``out``; returns its ``catalog.json``.
 
+    ``model_dir`` is a trained model directory, or a backbone name for a catalogue without
+    one (:mod:`multitag.catalog.unlabelled`: ImageNet tags, ``embedder``'s embedding if
+    given); a model directory given for such a catalogue adds its tags. ``topics_on``:
+    ``auto``, ``tags``, ``features`` or ``imagenet``; ``maps``: what the 2-D maps are drawn
+    from (``embedding``, ``topics``), the first one being the items' ``x``, ``y``.
+
     Images go through the model in chunks of ``chunk_size``; each finished chunk is committed
     to ``out/parts`` so a killed build resumes where it stopped. If ``out`` already holds a
     finished catalogue, only new ids are tagged and placed with the fitted state, unless
@@ -164,7 +167,6 @@ def build_catalog(
     there are more (:mod:`multitag.catalog.sampled`; None: on every row).
     """
     from multitag.tagger.batch import check_at_least, imagenet_labels
-    from multitag.tagger.estimator import MultiTaskTagger
 
     for name, value in (
         ("n_topics", n_topics),
@@ -173,25 +175,28 @@ def build_catalog(
         ("batch_size", batch_size),
     ):
         check_at_least(name, value, 1)
-    if topics_on not in ("tags", "features"):
-        raise ValueError(f"topics_on={topics_on!r}: use 'tags' or 'features'")
+    unl.check_options(topics_on, tuple(maps or ("embedding",)))
     if layout not in layout_mod.LAYOUTS:
         raise ValueError(f"layout={layout!r}: use one of {', '.join(layout_mod.LAYOUTS)}")
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model_dir = Path(model_dir).resolve()
     frame, skipped = _inputs(inputs, images, options)
     built = store.is_built(out)
+    prior = store.read_meta(out) if built else None
+    source = unl.resolve_source(model_dir, prior, embedder)
+    model_dir = source.model_dir
+    if maps is None:
+        maps = ("embedding", "topics") if source.backbone is not None else ("embedding",)
+    maps = tuple(maps)
     if built:
-        prior = store.read_meta(out)
         try:
             old = store.load_catalog(out)
         except store.CatalogError as err:  # torn by a pre-state-folder build: redo it
             log.warning("%s\nbuilding it again from its committed parts", err)
             built = False
         else:
-            if Path(old.meta["model_dir"]) != model_dir and not refit:
+            if source.backbone is None and Path(old.meta["model_dir"]) != model_dir and not refit:
                 raise ValueError(
                     f"{out} was built with {old.meta['model_dir']}, not {model_dir}: use "
                     "that model, or a new --out folder"
@@ -199,9 +204,12 @@ def build_catalog(
         if not refit:  # keep how it was built
             n_topics, topics_on = prior["topics"]["k"], prior["topics"]["on"]
             layout, n_clusters = prior["layout"]["method"], prior["clusters"]["k"]
+            maps = tuple(prior["layout"].get("maps", ["embedding"]))
+    topics_on = unl.resolve_topics_on(topics_on, source)
     done = store.done_ids(out)
     pending = frame[~frame["id"].isin(done)].reset_index(drop=True)
-    tagger = MultiTaskTagger.load(model_dir)
+    tagger = source.chunk_tagger
+    tag_chunk = _tag_chunk if source.backbone is None else unl.tag_chunk
     tagger.progress = False  # one bar over all chunks below, not one per chunk
     labels = imagenet_labels()
     numbers = store.finished_parts(out)
@@ -212,7 +220,7 @@ def build_catalog(
         for c in range(n_chunks):
             chunk = pending.iloc[c * chunk_size : (c + 1) * chunk_size]
             t0 = time.perf_counter()
-            rows, arrays, rejects = _tag_chunk(tagger, chunk, batch_size, labels)
+            rows, arrays, rejects = tag_chunk(tagger, chunk, batch_size, labels)
             tag_seconds += time.perf_counter() - t0
             store.write_part(out, next_part, rows, arrays, rejects)
             next_part += 1
@@ -230,22 +238,30 @@ def build_catalog(
             f"no readable images among {len(frame)} input(s)"
             + (f"; e.g. {first['path']}: {first['reason']}" if first is not None else "")
         )
-    embed, source = load_embedding(model_dir)
-    embeddings = embed(arrays["features"])
-    tagprobs, features = arrays["tagprobs"], arrays["features"]
-    columns = tag_columns(tagger.tasks_)
+    features, imagenet = arrays["features"], arrays.get("imagenet")
+    if source.backbone is None:
+        embed, embedding_source = load_embedding(model_dir)
+        tagprobs = arrays["tagprobs"]
+    else:
+        embed = source.backbone.embed
+        embedding_source = "embedder" if source.backbone.embedder else "features"
+        rows, tagprobs = unl.add_task_tags(rows, features, source, old if built else None)
+    embeddings = embed(features)
+    columns = tag_columns(source.tasks)
+    topic_x = (topics_on, tagprobs, features, imagenet)
     if built and not refit:
-        items, fit, topic_list = _extend(old, rows, embeddings, tagprobs, features)
+        items, fit, topic_list = _extend(old, rows, embeddings, topic_x, maps)
+        if source.backbone is not None:  # tags follow an attached tagger
+            items = unl.refresh_rows(items, rows)
     else:
         items, fit, topic_list = _fit_all(
             rows,
             embeddings,
-            tagprobs,
-            features,
+            topic_x,
             columns,
             n_topics,
-            topics_on,
             layout,
+            maps,
             n_clusters,
             seed,
             umap_epochs,
@@ -253,20 +269,32 @@ def build_catalog(
             progress,
         )
     order = items["id"].map({v: i for i, v in enumerate(rows["id"])}).to_numpy()
+    items = unl.extra_maps(
+        items,
+        maps,
+        lambda name: unl.map_vectors(name, embeddings[order], fit["topic_weights"]),
+        # every map after the first is fitted on the sample too, and applied in chunks
+        lambda vectors: sampled.fit_layout(
+            vectors, layout, seed, umap_epochs, fit_sample, progress
+        ),
+        old if built and not refit else None,
+    )
     index, index_meta = build_index(embeddings[order])
     meta = {
         "format_version": store.FORMAT_VERSION,
         "kind": "multitag-catalog",
-        "model_dir": str(model_dir),
-        "tasks": [{"name": t.name, "kind": t.kind, "classes": t.classes} for t in tagger.tasks_],
+        "model_dir": str(model_dir) if model_dir is not None else None,
+        "source": source.backbone.source() if source.backbone is not None else None,
+        "tasks": [{"name": t.name, "kind": t.kind, "classes": t.classes} for t in source.tasks],
         "tag_columns": columns,
-        "embedding": {"source": source, "dim": int(embeddings.shape[1])},
+        "embedding": {"source": embedding_source, "dim": int(embeddings.shape[1])},
         "topics": {"k": n_topics, "on": topics_on, "method": "nmf", "topics": topic_list},
         "fit_sample": fit_sample,
         "layout": {
             "method": layout,
             "seed": seed,
             "n_epochs": umap_epochs,
+            "maps": list(maps),
             "new_points": "knn-average of the 10 nearest existing items",
         },
         "clusters": {
@@ -286,15 +314,18 @@ def build_catalog(
             "refit": bool(refit or not built),
         },
     }
+    saved = {
+        "embeddings": embeddings[order],
+        "tagprobs": tagprobs[order],
+        "features": features[order],
+    }
+    if imagenet is not None:
+        saved["imagenet"] = imagenet[order]
     return store.save_catalog(
         out,
         meta,
         items,
-        {
-            "embeddings": embeddings[order],
-            "tagprobs": tagprobs[order],
-            "features": features[order],
-        },
+        saved,
         fit,
         index=index,
         rejects=rejects,
@@ -304,39 +335,47 @@ def build_catalog(
 def _fit_all(
     rows,
     embeddings,
-    tagprobs,
-    features,
+    topic_x,
     columns,
     n_topics,
-    topics_on,
     layout,
+    maps,
     n_clusters,
     seed,
     umap_epochs,
     fit_sample=None,
     progress=False,
 ):
-    x, offset = _topic_input(topics_on, tagprobs, features)
-    sample = sampled.fit_rows(len(x), fit_sample, seed)
+    """Fit topics, the first map, and clusters (``topic_x``: the topic input's ``(on,
+    tagprobs, features, imagenet)``); topics and map on a ``fit_sample`` of the rows when
+    there are more, applied to every row in chunks (:mod:`multitag.catalog.sampled`)."""
+    on, tagprobs, features, imagenet = topic_x
+    x, offset = unl.topic_input(on, tagprobs, features, imagenet)
+    sample = sampled.fit_rows(x.shape[0], fit_sample, seed)
     if sample is None:  # every row
         w, h = topics_mod.fit_topics(x, n_topics, seed)
-        xy = layout_mod.fit_layout(embeddings, layout, seed, umap_epochs)
     else:  # fitted on the sample, applied to every row in chunks
         _, h = topics_mod.fit_topics(x[sample], n_topics, seed)
         w = sampled.transform_topics(x, h, progress)
-        xy_fit = layout_mod.fit_layout(embeddings[sample], layout, seed, umap_epochs)
-        xy = sampled.place(embeddings, sample, xy_fit, progress=progress)
-    profiles = h if topics_on == "tags" else topics_mod.topic_profiles(w, tagprobs)
-    topic_list = topics_mod.name_topics(profiles, columns)
+    topic_list, profiles = unl.name_topics(on, w, h, tagprobs, columns, imagenet)
+    xy = sampled.fit_layout(
+        unl.map_vectors(maps[0], embeddings, w),
+        layout,
+        seed,
+        umap_epochs,
+        fit_sample,
+        progress,
+        sample=sample,
+    )
     km = KMeans(max(1, min(n_clusters, len(embeddings))), random_state=seed).fit(embeddings)
     labels, centroids = km.labels_, km.cluster_centers_
     items = _place(rows, w, xy, labels)
     for t in topic_list:
         t["size"] = int((items["topic"] == t["id"]).sum())
-    fit = {"nmf_components": h, "centroids": centroids}
+    fit = {"nmf_components": h, "centroids": centroids, "topic_weights": w}
     if offset is not None:
         fit["nmf_offset"] = offset
-    if topics_on == "tags":
+    if profiles is not None:
         fit["nmf_profiles"] = profiles
     return items, fit, topic_list
 
@@ -355,22 +394,61 @@ def _place(rows: pd.DataFrame, w: np.ndarray, xy: np.ndarray, clusters: np.ndarr
     return items
 
 
-def _extend(old: store.Catalog, rows, embeddings, tagprobs, features):
+def _extend(old: store.Catalog, rows, embeddings, topic_x, maps):
     """Place rows not yet in ``old`` with its fitted state; old rows keep their values."""
+    on, tagprobs, features, imagenet = topic_x
     known = set(old.items["id"].astype(str))
     new = ~rows["id"].astype(str).isin(known).to_numpy()
     fit = dict(old.fit)
-    x, _ = _topic_input(
-        old.meta["topics"]["on"], tagprobs[new], features[new], fit.get("nmf_offset")
+    x, _ = unl.topic_input(
+        old.meta["topics"]["on"],
+        tagprobs[new],
+        features[new],
+        None if imagenet is None else imagenet[new],
+        fit.get("nmf_offset"),
     )
     w = topics_mod.transform_topics(x, fit["nmf_components"])
+    old_w = fit.get("topic_weights")
+    if old_w is None:  # a catalogue from before topic weights were kept
+        x_old, _ = unl.topic_input(
+            on, tagprobs[~new], features[~new],
+            None if imagenet is None else imagenet[~new], fit.get("nmf_offset"),
+        )  # fmt: skip
+        old_w = topics_mod.transform_topics(x_old, fit["nmf_components"])
+    old_vectors = unl.map_vectors(maps[0], old.embeddings, old_w)
     xy = layout_mod.place_new(
-        embeddings[new], old.embeddings, old.items[["x", "y"]].to_numpy(np.float32)
+        unl.map_vectors(maps[0], embeddings[new], w),
+        old_vectors,
+        old.items[["x", "y"]].to_numpy(np.float32),
     )
     clusters = nearest_centroid(embeddings[new], fit["centroids"])[0]
     added = _place(rows[new].reset_index(drop=True), w, xy, clusters)
     items = pd.concat([old.items, added], ignore_index=True)
+    fit["topic_weights"] = np.concatenate([old_w, w]).astype(np.float32)
     topic_list = old.meta["topics"]["topics"]
     for t in topic_list:
         t["size"] = int((items["topic"] == t["id"]).sum())
     return items, fit, topic_list
+
+
+def add_tagger(catalog_dir: str | os.PathLike, model_dir: str | os.PathLike, **kwargs) -> dict:
+    """Add a trained tagger's tags to a catalogue built from a backbone name, keeping
+    everything else it has; returns the new ``catalog.json``. ``kwargs`` go to
+    :func:`~multitag.catalog.build.build_catalog` (e.g. ``progress``)."""
+    meta = store.read_meta(catalog_dir)
+    if not (meta and meta.get("complete")):
+        raise FileNotFoundError(
+            f"{catalog_dir}: no finished catalogue here; build one first with "
+            "`multitag catalog build BACKBONE PHOTOS... --out`"
+        )
+    if not meta.get("source"):
+        raise ValueError(
+            f"{catalog_dir} was built with the model {meta.get('model_dir')}; add-tagger is for "
+            "catalogues built from a backbone name (build a new one with your model instead)"
+        )
+    if not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{model_dir}: not a model directory (no config.json); train one with `multitag train`"
+        )
+    nothing_new = Inputs(pd.DataFrame({"id": pd.Series([], dtype=str), "path": []}))
+    return build_catalog(model_dir, nothing_new, catalog_dir, **kwargs)

@@ -21,12 +21,29 @@ import pyarrow.parquet as pq
 
 
 class ItemColumns:
-    """Columns of the items table: ``x``, ``y``, ``topic``, ``cluster`` and the tag index."""
+    """Columns of the items table: ``x``, ``y``, ``topic``, ``cluster`` and the tag index.
 
-    def __init__(self, items: pd.DataFrame, tags: pa.ChunkedArray | pa.Array, seed: int = 0):
+    ``maps``: the names of the catalogue's maps (``--maps``), the first one being ``x``,
+    ``y`` and each other one ``x_<name>``, ``y_<name>``; a view is asked for in one of them.
+    """
+
+    def __init__(
+        self,
+        items: pd.DataFrame,
+        tags: pa.ChunkedArray | pa.Array,
+        seed: int = 0,
+        maps: Sequence[str] = ("embedding",),
+    ):
         self.n = len(items)
         self.x = items["x"].to_numpy(np.float32)
         self.y = items["y"].to_numpy(np.float32)
+        self.maps = {maps[0]: (self.x, self.y)}
+        for name in maps[1:]:
+            if f"x_{name}" in items:
+                self.maps[name] = (
+                    items[f"x_{name}"].to_numpy(np.float32),
+                    items[f"y_{name}"].to_numpy(np.float32),
+                )
         self.topic = items["topic"].to_numpy(np.int64)
         self.cluster = items["cluster"].to_numpy(np.int64)
         tags = tags.combine_chunks() if isinstance(tags, pa.ChunkedArray) else tags
@@ -44,12 +61,23 @@ class ItemColumns:
         self._list_offsets = tags.offsets.to_numpy().astype(np.int64)
         self._flat_codes = codes
         perm = np.random.default_rng(seed).permutation(self.n)
-        self._perm, self._px, self._py = perm, self.x[perm], self.y[perm]
+        self._perm = perm  # one order for every map: a point is sampled in all or none
+        self._pxy = {name: (x[perm], y[perm]) for name, (x, y) in self.maps.items()}
 
     @classmethod
-    def from_parquet(cls, items: pd.DataFrame, path: str | os.PathLike) -> ItemColumns:
+    def from_parquet(
+        cls, items: pd.DataFrame, path: str | os.PathLike, maps: Sequence[str] = ("embedding",)
+    ) -> ItemColumns:
         """Columns of ``items``, the tag lists read straight from its ``items.parquet``."""
-        return cls(items, pq.read_table(path, columns=["tags"])["tags"])
+        return cls(items, pq.read_table(path, columns=["tags"])["tags"], maps=maps)
+
+    def xy(self, layout: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)`` of every row on the map ``layout`` (None: the first)."""
+        if layout is None:
+            return self.x, self.y
+        if layout not in self.maps:
+            raise KeyError(f"no map {layout!r}: this catalogue has {', '.join(self.maps)}")
+        return self.maps[layout]
 
     # ------------------------------------------------------------------ filters
     def rows_with(self, tag: str) -> np.ndarray:
@@ -86,25 +114,26 @@ class ItemColumns:
         limit: int = 50_000,
         keep: np.ndarray | None = None,
         bins: int = 64,
+        layout: str | None = None,
     ) -> dict:
         """Points for a map view: ``rows`` (ascending; the first ``limit`` in the fixed random
-        order of those in ``box`` = ``(x0, x1, y0, y1)`` and in ``keep``), ``total`` (all of
-        them) and, when that is more than ``limit``, a ``bins`` x ``bins`` ``density``
-        grid of every one."""
+        order of those in ``box`` = ``(x0, x1, y0, y1)`` on the map ``layout`` and in
+        ``keep``), ``total`` (all of them) and, when that is more than ``limit``, a ``bins``
+        x ``bins`` ``density`` grid of every one."""
+        self.xy(layout)  # an unknown map is refused
+        px, py = self._pxy[layout if layout is not None else next(iter(self.maps))]
         inside = np.ones(self.n, bool) if keep is None else keep[self._perm]
         if box is not None:
             x0, x1, y0, y1 = box
-            inside &= (self._px >= x0) & (self._px <= x1) & (self._py >= y0) & (self._py <= y1)
+            inside &= (px >= x0) & (px <= x1) & (py >= y0) & (py <= y1)
         hits = np.flatnonzero(inside)
         rows = np.sort(self._perm[hits[:limit]])  # chosen in the fixed order, listed in row order
         out = {"rows": rows, "total": len(hits), "density": None}
         if len(hits) > limit:  # the grid covers the box, cut to where the points are
             x0, x1, y0, y1 = box or (-np.inf, np.inf, -np.inf, np.inf)
-            x0, x1 = max(x0, float(self._px[hits].min())), min(x1, float(self._px[hits].max()))
-            y0, y1 = max(y0, float(self._py[hits].min())), min(y1, float(self._py[hits].max()))
+            x0, x1 = max(x0, float(px[hits].min())), min(x1, float(px[hits].max()))
+            y0, y1 = max(y0, float(py[hits].min())), min(y1, float(py[hits].max()))
             x1, y1 = max(x1, x0 + 1e-6), max(y1, y0 + 1e-6)
-            counts, _, _ = np.histogram2d(
-                self._py[hits], self._px[hits], bins=bins, range=[[y0, y1], [x0, x1]]
-            )
+            counts, _, _ = np.histogram2d(py[hits], px[hits], bins=bins, range=[[y0, y1], [x0, x1]])
             out["density"] = {"box": [x0, x1, y0, y1], "counts": counts.astype(np.int64)}
         return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from multitag.catalog import layout as layout_mod
 from multitag.catalog import topics as topics_mod
 from multitag.core.progress import bar
 
@@ -32,13 +33,36 @@ def fit_rows(n: int, size: int | None, seed: int = 0) -> np.ndarray | None:
 
 
 def transform_topics(x: np.ndarray, components: np.ndarray, progress: bool = False) -> np.ndarray:
-    """Topic weights of every row of ``x`` under fixed ``components``, in chunks."""
-    out = np.zeros((len(x), len(components)), np.float32)
-    with bar("catalogue: topics", len(x), enabled=progress) as pbar:
-        for s in range(0, len(x), CHUNK):
+    """Topic weights of every row of ``x`` (dense, or the sparse top-k ImageNet matrix) under
+    fixed ``components``, in chunks."""
+    n = x.shape[0]
+    out = np.zeros((n, len(components)), np.float32)
+    with bar("catalogue: topics", n, enabled=progress) as pbar:
+        for s in range(0, n, CHUNK):
             out[s : s + CHUNK] = topics_mod.transform_topics(x[s : s + CHUNK], components)
-            pbar.advance(min(CHUNK, len(x) - s))
+            pbar.advance(min(CHUNK, n - s))
     return out
+
+
+def fit_layout(
+    x: np.ndarray,
+    method: str,
+    seed: int = 0,
+    n_epochs: int | None = None,
+    size: int | None = FIT_SAMPLE,
+    progress: bool = False,
+    *,
+    sample: np.ndarray | None = None,
+) -> np.ndarray:
+    """A 2-D map of every row of ``x`` (unit rows): fitted on all of them up to ``size``,
+    else on a random sample of ``size`` (or the given ``sample`` rows) and the other rows
+    placed among its points (:func:`place`). Every map a catalogue draws goes through here."""
+    if sample is None:
+        sample = fit_rows(len(x), size, seed)
+    if sample is None:
+        return layout_mod.fit_layout(x, method, seed, n_epochs)
+    xy_fit = layout_mod.fit_layout(x[sample], method, seed, n_epochs)
+    return place(x, sample, xy_fit, progress=progress)
 
 
 def place(

@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.sparse import issparse
 from sklearn.decomposition import NMF, non_negative_factorization
 from sklearn.exceptions import ConvergenceWarning
 
@@ -24,7 +25,7 @@ def nonnegative(x: np.ndarray, offset: np.ndarray | None = None) -> tuple[np.nda
 
 def fit_topics(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """NMF with ``k`` topics: returns ``(W (n, k) item-topic weights, H (k, m) components)``."""
-    k = max(1, min(k, len(x), x.shape[1]))
+    k = max(1, min(k, x.shape[0], x.shape[1]))  # x may be sparse (the top-k tag matrix)
     model = NMF(n_components=k, init="nndsvda", random_state=seed, max_iter=400)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -34,12 +35,13 @@ def fit_topics(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.nda
 
 def transform_topics(x: np.ndarray, components: np.ndarray) -> np.ndarray:
     """Topic weights of new rows under fitted ``components`` (H is kept fixed)."""
-    if len(x) == 0:
+    if x.shape[0] == 0:
         return np.zeros((0, len(components)), np.float32)
+    x = x.astype(np.float64) if issparse(x) else np.asarray(x, np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         w, _, _ = non_negative_factorization(
-            np.asarray(x, np.float64),
+            x,
             H=np.asarray(components, np.float64),
             n_components=len(components),
             init="custom",

@@ -15,7 +15,13 @@ catalog_app = typer.Typer(help="Build a browsable catalogue: tags, topics, 2-D m
 
 @catalog_app.command("build")
 def build_cmd(
-    model_dir: Annotated[Path, typer.Argument(help="Model directory (multitag train).")],
+    model_dir: Annotated[
+        str,
+        typer.Argument(
+            help="Model directory (multitag train), or a backbone name (e.g. "
+            "tf_efficientnet_lite0) for photos with no model and no labels: ImageNet tags."
+        ),
+    ],
     paths: Annotated[list[Path], typer.Argument(help="Image files, folders or manifests.")],
     out: Annotated[Path, typer.Option("--out", help="Catalogue folder (resumed if present).")],
     images: ImagesOpt = None,
@@ -24,9 +30,28 @@ def build_cmd(
     ext: ExtOpt = ".jpg",
     topics: Annotated[int, typer.Option("--topics", min=1, help="Number of NMF topics.")] = 12,
     topics_on: Annotated[
-        str, typer.Option("--topics-on", help="tags (tag probabilities) or features.")
-    ] = "tags",
+        str,
+        typer.Option(
+            "--topics-on",
+            help="auto, tags (a trained tagger's probabilities), imagenet (the top-5 ImageNet "
+            "tag matrix) or features. auto: tags with a model, else imagenet.",
+        ),
+    ] = "auto",
     layout: Annotated[str, typer.Option("--layout", help="umap or tsne.")] = "umap",
+    maps: Annotated[
+        str | None,
+        typer.Option(
+            "--maps",
+            help="What the maps are drawn from, comma-separated: embedding, topics (the "
+            "explorer switches between them). Default: embedding (and topics without a model).",
+        ),
+    ] = None,
+    embedder: Annotated[
+        Path | None,
+        typer.Option(
+            "--embedder", help="With a backbone name: an embedder folder (multitag embed train)."
+        ),
+    ] = None,
     clusters: Annotated[
         int, typer.Option("--clusters", min=1, help="Number of k-means clusters.")
     ] = 20,
@@ -65,6 +90,8 @@ def build_cmd(
             n_topics=topics,
             topics_on=topics_on,
             layout=layout,
+            maps=[m.strip() for m in maps.split(",") if m.strip()] if maps else None,
+            embedder=embedder,
             n_clusters=clusters,
             chunk_size=chunk_size,
             batch_size=batch_size,
@@ -83,7 +110,31 @@ def build_cmd(
     )
     from multitag.core.next_step import print_command
 
-    print_command(console, "explore it", "serve", out, "--model", model_dir)
+    if meta.get("model_dir"):
+        print_command(console, "explore it", "serve", out, "--model", meta["model_dir"])
+    else:
+        print_command(console, "explore it", "serve", out)
+
+
+@catalog_app.command("add-tagger")
+def add_tagger_cmd(
+    catalog_dir: Annotated[Path, typer.Argument(help="A catalogue built from a backbone name.")],
+    model_dir: Annotated[Path, typer.Argument(help="Trained model directory (multitag train).")],
+) -> None:
+    """Add a trained tagger's tags to a catalogue built without a model.
+
+    Its places, topics, clusters, features and ImageNet tags are kept; the tags come from the
+    stored features when the tagger uses the same encoder, else from its feature cache.
+    """
+    from multitag.catalog.build import add_tagger
+    from multitag.cli.common import console, fail
+
+    try:
+        meta = add_tagger(catalog_dir, model_dir)
+    except (FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    tasks = ", ".join(t["name"] for t in meta["tasks"])
+    console.print(f"catalogue {catalog_dir}: {meta['n_items']} items tagged with {tasks}")
 
 
 def serve_cmd(
@@ -148,8 +199,9 @@ def serve_cmd(
 
     check_port(host, port)
     try:
+        meta = read_meta(catalog_dir) or {}
         if model is None:
-            built_with = (read_meta(catalog_dir) or {}).get("model_dir")
+            built_with = meta.get("model_dir")
             if built_with and (Path(built_with) / "config.json").is_file():
                 model = Path(built_with)
         hosts = default_hosts(host, allowed_host or ())
@@ -169,7 +221,7 @@ def serve_cmd(
         fail(str(err))
     console.print(
         f"explorer: http://{host}:{port}/   API docs: http://{host}:{port}/docs"
-        + ("" if model else "   (no model: uploads disabled, pass --model)")
+        + ("" if model or meta.get("source") else "   (no model: uploads disabled, pass --model)")
     )
     if "*" not in hosts:
         console.print(f"accepting Host: {', '.join(hosts)} (add more with --allowed-host)")

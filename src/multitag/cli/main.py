@@ -386,7 +386,10 @@ def _load_model(model_dir: Path):
 
 @app.command("tag")
 def tag_cmd(
-    model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
+    model_dir: Annotated[
+        Path,
+        typer.Argument(help="Model directory, or a backbone name for its ImageNet tags only."),
+    ],
     paths: Annotated[list[Path], typer.Argument(help="Image files, folders or manifests.")],
     out: Annotated[
         Path,
@@ -410,10 +413,17 @@ def tag_cmd(
     shard_rows: ShardRowsOpt = 4096,
 ) -> None:
     """Tag images: top-k labels with probabilities per task + ImageNet tags."""
+    from multitag.catalog.backbone_tagger import BackboneTagger, is_backbone_name
     from multitag.core.io import OutputNotWritten, check_table_suffix
     from multitag.tagger.batch import tag_to_file
 
     if out.is_dir() or not out.suffix:
+        if is_backbone_name(model_dir):
+            fail(
+                f"{model_dir} is a backbone name: its ImageNet tags go to one .parquet, .csv or "
+                ".jsonl file; a dataset folder (--out without a suffix, --engine ray) needs a "
+                "model directory from `multitag train`"
+            )
         found = resolve_photos(paths, images, id_col, path_col, ext)
         ray_options = dict(address=address, actors=actors, cpus_per_actor=cpus_per_actor)
         tag_dataset(model_dir, found, out, top_k, batch_size, shard_rows, engine, ray_options)
@@ -424,7 +434,10 @@ def tag_cmd(
         check_table_suffix(out)
     except ValueError as err:
         fail(str(err))
-    tagger = _load_model(model_dir)
+    if is_backbone_name(model_dir):  # no trained model: the backbone's ImageNet tags
+        tagger = BackboneTagger(str(model_dir))
+    else:
+        tagger = _load_model(model_dir)
     found = resolve_photos(paths, images, id_col, path_col, ext)
     try:
         written, rejects, n_ok, n_bad = tag_to_file(

@@ -28,6 +28,9 @@ class ItemSummary(BaseModel):
 class ItemDetail(ItemSummary):
     tags: dict[str, list[Tag]]
     imagenet: list[str]
+    imagenet_prob: list[float] = Field(
+        default_factory=list, description="the ImageNet tags' probabilities (backbone builds)"
+    )
     topic_name: str
     topic_weight: float
     thumb: str
@@ -96,6 +99,12 @@ class MapData(BaseModel):
     n_items: int = Field(description="items in the catalogue")
     sampled: bool = Field(description="true when only a sample of the view's points is here")
     density: Density | None = Field(None, description="all the view's points, when sampled")
+    layout: str = Field(description="the map x, y, the view box and the density are on")
+    layouts: dict[str, dict[str, list[float]]] = Field(
+        default_factory=dict,
+        description="every map built (--maps), by what it is drawn from: {'x': [...], 'y': "
+        "[...]} of the same points; the first is the items' own x, y",
+    )
 
 
 class Match(BaseModel):

@@ -45,10 +45,28 @@ class CatalogService:
         self.task_names = [t["name"] for t in catalog.tasks]
         self.topic_names = {t["id"]: t["name"] for t in catalog.meta["topics"]["topics"]}
         # filters and map views run on columns (the tag lists read with pyarrow)
-        self.columns = ItemColumns.from_parquet(self.items, catalog.data_dir / ITEMS)
+        # (one per map built: --maps; the first one is the items' x, y)
+        self.maps = list(catalog.meta["layout"].get("maps", ["embedding"]))
+        self.columns = ItemColumns.from_parquet(
+            self.items, catalog.data_dir / ITEMS, maps=self.maps
+        )
         self.tagger = self.embed = None
         self.lock = threading.Lock()  # one forward pass at a time: the tagger is not reentrant
-        if model_dir is not None:
+        source = catalog.meta.get("source")
+        if source:  # built from a backbone: it tags uploads (plus an attached tagger's tasks)
+            from multitag.catalog.backbone_tagger import BackboneTagger
+
+            trained = None
+            if model_dir is not None:
+                from multitag.tagger.estimator import MultiTaskTagger
+
+                trained = MultiTaskTagger.load(model_dir)
+            self.tagger = BackboneTagger.from_source(
+                source, tagger=trained, progress=False, workers=0
+            )
+            self.tagger.warm_up()
+            self.embed = self.tagger.embed
+        elif model_dir is not None:
             from multitag.tagger.estimator import MultiTaskTagger
 
             self.tagger = MultiTaskTagger.load(model_dir)
@@ -77,18 +95,25 @@ class CatalogService:
 
     @functools.cached_property
     def colour_fields(self) -> dict[str, tuple[list[str], np.ndarray]]:
-        """Per map colour field (each task, topic, cluster): ``(categories, code per row)``,
-        computed once (vectorised: the map asks for them on every view)."""
+        """Per map colour field (each task, topic, the top ImageNet tag of a catalogue built
+        from a backbone, cluster): ``(categories, code per row)``, computed once (vectorised:
+        the map asks for them on every view)."""
+
+        def by_count(values: pd.Series) -> tuple[list[str], np.ndarray]:
+            cats = values.value_counts().index.tolist()  # most common first
+            return cats, pd.Categorical(values, categories=cats).codes.astype(np.int64)
+
         out = {}
         for name in self.task_names:
-            values = self.items[name].astype(str).replace("", "(none)")
-            cats = values.value_counts().index.tolist()  # most common first
-            out[name] = (cats, pd.Categorical(values, categories=cats).codes.astype(np.int64))
+            out[name] = by_count(self.items[name].astype(str).replace("", "(none)"))
         topics = self.columns.topic
         out["topic"] = (
             [f"{i}: {self.topic_names.get(i, '')}" for i in range(int(topics.max(initial=0)) + 1)],
             topics,
         )
+        if "imagenet" in self.items and self.catalog.meta.get("source"):  # from a backbone
+            top1 = self.items["imagenet"].str[0].fillna("(none)").astype(str)
+            out["imagenet"] = by_count(top1)
         clusters = self.columns.cluster
         out["cluster"] = (
             [f"cluster {i}" for i in range(int(clusters.max(initial=0)) + 1)],
@@ -110,6 +135,7 @@ class CatalogService:
             **self.summary(row),
             "tags": self.task_tags(self.catalog.tagprobs[row]),
             "imagenet": [str(v) for v in r["imagenet"]],
+            "imagenet_prob": [float(v) for v in r.get("imagenet_prob", [])],
             "topic_name": self.topic_names.get(int(r["topic"]), ""),
             "topic_weight": float(r["topic_weight"]),
             "thumb": f"/thumbs/{self.ids[row]}",
@@ -192,7 +218,9 @@ class CatalogService:
         if out["errors"]:  # the temporary path is the server's business, not the client's
             reason = str(out["errors"][0]).replace(str(path), up.name)
             raise HTTPException(422, f"unreadable image {up.name!r}: {reason}")
-        probs = np.concatenate([out["proba"][t][0] for t in self.task_names])
+        probs = np.concatenate(
+            [out["proba"][t][0] for t in self.task_names] or [np.zeros(0, np.float32)]
+        )
         return {
             "tagprobs": probs.astype(np.float32),
             "embedding": self.embed(out["features"])[0],
@@ -214,11 +242,14 @@ class CatalogService:
         return {"tags": tags, "top": top, "imagenet": imagenet}
 
     def topic_of(self, a: dict) -> int:
+        from multitag.catalog.unlabelled import topic_input
+
         meta, fit = self.catalog.meta["topics"], self.catalog.fit
-        x = a["tagprobs"] if meta["on"] == "tags" else a["features"]
-        if meta["on"] != "tags":
-            x, _ = topics_mod.nonnegative(x[None], fit.get("nmf_offset"))
-        w = topics_mod.transform_topics(np.atleast_2d(x), fit["nmf_components"])
+        imagenet = None if a["imagenet"] is None else a["imagenet"][None]
+        x, _ = topic_input(
+            meta["on"], a["tagprobs"][None], a["features"][None], imagenet, fit.get("nmf_offset")
+        )
+        w = topics_mod.transform_topics(x, fit["nmf_components"])
         return int(w[0].argmax())
 
     def place(self, embedding: np.ndarray) -> tuple[float, float]:
@@ -230,7 +261,20 @@ class CatalogService:
     def chosen(self, probs: np.ndarray) -> list[str]:
         """The ``task:label`` tags an upload gets (:mod:`multitag.tagger.outputs`)."""
         per_task = outputs.split_tasks(probs, self.catalog.tasks)
-        return outputs.tag_strings(per_task, self.catalog.tasks)[0]
+        return (outputs.tag_strings(per_task, self.catalog.tasks) or [[]])[0]  # no tasks: none
+
+    def imagenet_tags(self, a: dict) -> list[str]:
+        """An upload's ``imagenet:label`` tags, in a catalogue whose items carry them (built
+        from a backbone): its top-k ImageNet classes."""
+        if not self.catalog.meta.get("source") or a.get("imagenet") is None:
+            return []
+        from multitag.catalog.unlabelled import TOP_K
+        from multitag.tagger.batch import imagenet_labels
+
+        return [
+            f"imagenet:{d['label']}"
+            for d in outputs.top_k(a["imagenet"], imagenet_labels(), TOP_K)[0]
+        ]
 
     def recommend(self, photos: list[dict], k: int) -> dict:
         """Items near the mean embedding of a shopper's photos, each with its reasons."""
@@ -239,7 +283,7 @@ class CatalogService:
         profile /= max(float(np.linalg.norm(profile)), 1e-12)
         counts: dict[str, int] = {}
         for p in photos:
-            for t in set(self.chosen(p["tagprobs"])):
+            for t in set(self.chosen(p["tagprobs"])) | set(self.imagenet_tags(p)):
                 counts[t] = counts.get(t, 0) + 1
         common = sorted(t for t, c in counts.items() if c * 2 >= len(photos))
         topics = {self.topic_of(p) for p in photos}

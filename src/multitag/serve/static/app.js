@@ -1,7 +1,9 @@
 // multitag explorer: the catalogue map (plotly.js scattergl), hover thumbnails, colour by
-// task/topic/cluster, tag filter, click -> similar items, upload -> tags + neighbours.
+// task/topic/cluster, tag filter, click -> similar items, upload -> tags + neighbours, and a
+// switch between the maps the catalogue holds (e.g. of the embedding, of the topic weights).
 // Catalogues too large for one response come as a sample of the view on a density layer:
-// panning or zooming fetches the points of the new view (/map?x0=..&x1=..&y0=..&y1=..).
+// panning or zooming fetches the points of the new view (/map?x0=..&x1=..&y0=..&y1=..), on the
+// map drawn (&layout=..); switching maps fetches the new map's whole view.
 "use strict";
 
 const MAX_LEGEND = 24; // categories beyond this are drawn together as "other"
@@ -9,6 +11,7 @@ const state = {
   key: "",  // kept in memory only; thumbnails authenticate with the session cookie
   map: null, colour: "topic", match: null, highlight: [], query: null, details: new Map(),
   tag: "", box: null, viewTimer: null, views: 0,
+  layout: null,  // which of map.layouts is drawn; an upload's star belongs to the first one
 };
 const $ = (id) => document.getElementById(id);
 const status = (text) => { $("status").textContent = text; };
@@ -93,7 +96,8 @@ function traces() {
 }
 
 const layout = () => ({
-  margin: { l: 10, r: 10, t: 10, b: 10 }, dragmode: "pan", hovermode: "closest", uirevision: "map",
+  margin: { l: 10, r: 10, t: 10, b: 10 }, dragmode: "pan", hovermode: "closest",
+  uirevision: "map:" + (state.layout || ""),  // switching maps starts from the whole map
   xaxis: { visible: false }, yaxis: { visible: false, scaleanchor: "x" },
   legend: { itemsizing: "constant", font: { size: 11 }, y: 0.94 }, paper_bgcolor: "#fafafa", plot_bgcolor: "#fafafa",
 });
@@ -127,7 +131,9 @@ async function onHover(ev) {
     if (!state.details.has(id)) state.details.set(id, await api("/items/" + encodeURIComponent(id)));
     if ($("hover-id").textContent !== id) return;
     const d = state.details.get(id);
-    renderTags($("hover-tags"), Object.assign({}, d.tags, { topic: [{ label: d.topic_name, prob: d.topic_weight }] }));
+    const imagenet = (d.imagenet_prob || []).map((p, j) => ({ label: d.imagenet[j], prob: p }));
+    renderTags($("hover-tags"), Object.assign({}, d.tags, imagenet.length ? { imagenet } : {},
+      { topic: [{ label: d.topic_name, prob: d.topic_weight }] }));
   } catch (e) { status(e.message); }
 }
 
@@ -169,8 +175,10 @@ async function onUpload(ev) {
     const res = await api("/similar", { method: "POST", body: form });
     $("upload-panel").hidden = false;
     $("upload-thumb").src = URL.createObjectURL(file);
-    renderTags($("upload-tags"), res.query_tags.tags);
-    state.query = res.query_xy;
+    const imagenet = res.query_tags.imagenet;
+    renderTags($("upload-tags"), Object.assign({}, res.query_tags.tags, imagenet.length ? { imagenet } : {}));
+    state.uploadXy = res.query_xy;
+    state.query = state.layout === firstLayout() ? res.query_xy : null;
     showSimilar("neighbours of your photo", res.items);
     await draw();
     status("");
@@ -182,6 +190,7 @@ function viewQuery() {
   const p = new URLSearchParams();
   if (state.box) ["x0", "x1", "y0", "y1"].forEach((k, i) => p.set(k, String(state.box[i])));
   if (state.tag) p.set("tag", state.tag);
+  if (state.layout && state.layout !== firstLayout()) p.set("layout", state.layout);
   const q = p.toString();
   return "/map" + (q ? "?" + q : "");
 }
@@ -189,6 +198,7 @@ function viewQuery() {
 async function loadView() {
   const m = await api(viewQuery());
   m.n_items = m.n_items || m.ids.length;
+  state.layouts = state.layouts || Object.keys(m.layouts || {});
   state.map = m; state.views += 1;
   await draw();
   window.__viewsLoaded = state.views;
@@ -232,6 +242,25 @@ function pointPixel(row) {
   };
 }
 
+function firstLayout() {
+  return (state.layouts || Object.keys(state.map.layouts || {}))[0] || null;
+}
+
+// switch the drawn map: the points keep their colours, filter and rings. A sampled (large)
+// catalogue's view box belongs to the map it was drawn on: the new map's whole view is fetched.
+function setLayout(name) {
+  state.query = name === firstLayout() ? state.uploadXy || null : null;
+  state.layout = name;
+  if (state.large) {
+    state.box = null;
+    clearTimeout(state.viewTimer);
+    return loadView();
+  }
+  const xy = state.map.layouts[name];
+  state.map.x = xy.x; state.map.y = xy.y;
+  return draw();
+}
+
 async function main() {
   const t0 = performance.now();
   status("loading the catalogue ...");
@@ -241,6 +270,16 @@ async function main() {
   for (const name of Object.keys(state.map.colour_by)) select.add(new Option(name, name));
   select.value = state.colour;
   select.addEventListener("change", () => { state.colour = select.value; draw(); });
+  const layouts = Object.keys(state.map.layouts || {});
+  state.layouts = layouts;
+  state.layout = state.map.layout || firstLayout();
+  if (layouts.length > 1) {
+    const pick = $("layout-by");
+    for (const name of layouts) pick.add(new Option(name, name));
+    pick.value = state.layout;
+    pick.addEventListener("change", () => setLayout(pick.value));
+    $("layout-label").hidden = false;
+  }
   const tagList = $("tag-list");
   for (const t of state.map.tags) tagList.append(new Option(t));
   $("tag-filter").addEventListener("change", applyFilter);
@@ -260,5 +299,5 @@ async function main() {
     : `${state.map.ids.length} items`);
 }
 
-window.explorer = { state, pointPixel, similarTo, draw, loadView };
+window.explorer = { state, pointPixel, similarTo, draw, loadView, setLayout };
 main().catch((e) => status(e.message));
