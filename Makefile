@@ -12,7 +12,7 @@ PORT    ?= 8000
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e ".[all,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[all,dev,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)
