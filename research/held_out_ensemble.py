@@ -35,7 +35,7 @@ from multitag.data.tasks import encode_all
 from multitag.evaluation.report import report_from_arrays
 from multitag.multitask.prior_shift import choose_shifts
 from multitag.tagger.held_out import held_out_rows, seen_rows
-from multitag.tagger.persistence import load_tagger
+from multitag.tagger.loading import load_tagger
 
 
 def scores(tasks, targets, proba) -> dict[str, float]:

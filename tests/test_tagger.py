@@ -144,7 +144,7 @@ def test_cli_validate_train_evaluate_tag(fashion_frame, tmp_path, cache_dir):
 
     command = typer.main.get_command(app).commands["catalog"].commands["build"]
     params = command.make_context("build", build[2:]).params
-    assert params["model_dir"] == model and params["paths"] == [csv]
+    assert Path(params["model_dir"]) == model and params["paths"] == [csv]
     r = runner.invoke(
         app,
         [

@@ -573,6 +573,14 @@ class MultiTaskTagger(ParamsMixin):
         (best epoch on ``val_rows``, or exactly ``run_epochs``): one ensemble member, one
         learning-curve point, or one refitted member."""
         heads = self.new_heads(features.shape[1], seed)
+        if self._batched():  # the trainer fit uses, so one set here equals fit's set
+            from multitag.training.head_sets import fit_head_sets
+
+            [history] = fit_head_sets(
+                [heads], features, targets, self.tasks_, train_rows, val_rows,
+                self._train_config(), [seed], run_epochs=run_epochs, progress=progress,
+            )  # fmt: skip
+            return heads, history
         heads.fit_scaler(features[train_rows])
         config = self._train_config()
         config.seed = seed
