@@ -142,13 +142,9 @@ class BackboneTagger:
         )
 
     def feature_cache_dir(self) -> Path | None:
-        if self.cache_dir is None:
-            return None
-        if str(self.cache_dir) == "default":
-            from multitag.core.runtime import default_cache_dir
+        from multitag.core.runtime import feature_cache_folder
 
-            return default_cache_dir() / "features"
-        return Path(self.cache_dir)
+        return feature_cache_folder(self.cache_dir)
 
     def warm_up(self) -> BackboneTagger:
         """Prepare the inference engine now, not in a service's first request."""

@@ -28,6 +28,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MULTITAG_CACHE", Path.home() / ".cache" / "multitag"))
 
 
+def feature_cache_folder(cache_dir) -> Path | None:
+    """An estimator's ``cache_dir`` setting as a folder: ``"default"`` = the default cache's
+    ``features/``, ``None`` = no cache, else the path given."""
+    if cache_dir is None:
+        return None
+    if str(cache_dir) == "default":
+        return default_cache_dir() / "features"
+    return Path(cache_dir)
+
+
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -19,7 +19,6 @@ from torch import nn
 from multitag.core import runtime
 from multitag.core.params import ParamsMixin
 from multitag.core.progress import bar
-from multitag.core.runtime import default_cache_dir
 from multitag.data.detail import resolve_detail
 from multitag.data.framing import Framing, resolve_framing
 from multitag.data.manifest import default_stratify, split_indices
@@ -286,11 +285,9 @@ class MultiTaskTagger(ParamsMixin):
     def feature_cache_dir(self) -> Path | None:
         """Where cached features live: ``cache_dir``; ``"default"`` = ``$MULTITAG_CACHE``
         (or ``~/.cache/multitag``) + ``/features``; ``None`` = no cache."""
-        if self.cache_dir is None:
-            return None
-        if str(self.cache_dir) == "default":
-            return default_cache_dir() / "features"
-        return Path(self.cache_dir)
+        from multitag.core.runtime import feature_cache_folder
+
+        return feature_cache_folder(self.cache_dir)
 
     def encoder_id(self) -> dict:
         """What identifies cached features, see
