@@ -111,7 +111,9 @@ def build_cmd(
     from multitag.core.next_step import print_command
 
     if meta.get("model_dir"):
-        print_command(console, "explore it", "serve", out, "--model", meta["model_dir"])
+        # The model as the user spelled it: the stored path is absolute, and a printed
+        # command should read like the one the user just typed.
+        print_command(console, "explore it", "serve", out, "--model", model_dir)
     else:
         print_command(console, "explore it", "serve", out)
 
