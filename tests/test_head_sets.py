@@ -135,3 +135,21 @@ def test_only_linear_heads_are_batched():
     with pytest.raises(ValueError, match="need one seed per head set: 2 sets, 1 seeds"):
         fit_head_sets([_heads(24, 0, 0), _heads(24, 1, 0)], x, targets, TASKS, rows, val,
                       _config(), [0], progress=False)  # fmt: skip
+
+
+def test_a_tagger_refits_one_head_set_for_exactly_its_epochs(synthetic_tagger, synthetic_rows):
+    """``refit_head_set`` (one refitted member, as research scripts and the training benchmark
+    drive it) goes through the batched trainer with one set and runs exactly that many epochs."""
+    from sklearn.base import clone
+
+    tagger = clone(synthetic_tagger)
+    data = tagger.prepare_fit(synthetic_rows)
+    x = data.features.features
+    heads = tagger.refit_head_set(x, data.targets, data.train_rows, data.val_rows, seed=7, epochs=3)
+    again = tagger.refit_head_set(x, data.targets, data.train_rows, data.val_rows, seed=7, epochs=3)
+    longer = tagger.refit_head_set(x, data.targets, data.train_rows, data.val_rows, seed=7, epochs=5)
+    probe = torch.from_numpy(x[:16])
+    for a, b, c in zip(heads.eval()(probe).values(), again.eval()(probe).values(),
+                       longer.eval()(probe).values()):  # fmt: skip
+        torch.testing.assert_close(a, b)
+        assert not torch.allclose(a, c)

@@ -575,7 +575,8 @@ class MultiTaskTagger(ParamsMixin):
 
             [history] = fit_head_sets(
                 [heads], features, targets, self.tasks_, train_rows, val_rows,
-                self._train_config(), [seed], run_epochs=run_epochs, progress=progress,
+                self._train_config(), [seed], progress=progress,
+                run_epochs=None if run_epochs is None else [run_epochs],
             )  # fmt: skip
             return heads, history
         heads.fit_scaler(features[train_rows])
