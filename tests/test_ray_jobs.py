@@ -28,25 +28,15 @@ TOL = 1e-6
 @pytest.fixture(scope="module")
 def cluster():
     """A head with one CPU (left to Ray's read tasks) and two 1-CPU nodes for the actors."""
-    from ray.cluster_utils import Cluster
+    from tests.ray_util import simulated_cluster
 
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("RAY_ADDRESS", raising=False)  # never join a cluster the environment names
         mp.setenv("RAY_AUTH_MODE", "disabled")
         if ray.is_initialized():
             ray.shutdown()
-        sim = Cluster(
-            initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
-        )
-        try:
-            for _ in range(2):
-                sim.add_node(num_cpus=1)
-            sim.wait_for_nodes()
-            ray.init(address=sim.address, include_dashboard=False, log_to_driver=False)
+        with simulated_cluster(nodes=2) as sim:
             yield sim
-        finally:
-            ray.shutdown()
-            sim.shutdown()
 
 
 @pytest.fixture
