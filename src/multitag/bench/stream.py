@@ -287,7 +287,12 @@ def ray_markdown(r: dict, cmd: str, image_size: int) -> str:
         f"start-up: **{extra:.1f} s**.",
         "",
     ]
-    if ratio < 1:
+    if min(local["steady_rows_per_s"], ray["steady_rows_per_s"]) <= 0:
+        lines.append(
+            "A slope is not positive: the machine's load changed between the two jobs, so the "
+            "slope and intercept mean nothing here; read the in-run rates."
+        )
+    elif ratio < 1:
         lines.append(
             "On one machine Ray never catches up (its steady rate is lower): stay local. "
             "On k such machines the job pays off above about "

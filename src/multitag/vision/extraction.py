@@ -344,6 +344,8 @@ def _fill_remotely(remote, cache, encoder, paths, keys, todo, shard_size, progre
         if keys[i] not in remote.failed:
             first.setdefault(keys[i], i)
     unique = list(first.values())
+    if not unique:
+        return
     done_keys: list[str] = []
     done_feats: list[np.ndarray] = []
 
@@ -358,7 +360,7 @@ def _fill_remotely(remote, cache, encoder, paths, keys, todo, shard_size, progre
         description=f"features {len(unique)} new", **kwargs,
     )  # fmt: skip
     for rows, errs, feats, _ in stream:
-        for j, reason in errs.items():
+        for j, reason in dict(errs).items():  # pairs or a dict, as encode_batches yields
             remote.failed[keys[unique[j]]] = reason
         if feats is not None:
             done_keys.extend(keys[unique[j]] for j in rows)
