@@ -17,7 +17,7 @@ EngineOpt = Annotated[
     typer.Option(
         "--engine",
         help="local (this process) or ray (Ray Data actors, each holding the model; needs "
-        "multitag[ray]; writes a dataset folder).",
+        "multitag\\[ray]; writes a dataset folder).",
     ),
 ]
 AddressOpt = Annotated[
@@ -33,7 +33,7 @@ EncodeEngineOpt = Annotated[
     typer.Option(
         "--engine",
         help="local (this process) or ray (every encoder pass on Ray Data actors, the "
-        "features into this machine's feature cache; needs multitag[ray]).",
+        "features into this machine's feature cache; needs multitag\\[ray]).",
     ),
 ]
 ActorsOpt = Annotated[int, typer.Option("--actors", min=1, help="Ray actors (model copies).")]
