@@ -264,7 +264,8 @@ def ray_markdown(r: dict, cmd: str, image_size: int) -> str:
         "Ray declares 4 logical CPUs so its read tasks are not starved). Steady throughput "
         "is the slope between the two sizes, start-up the intercept (imports, model load, Ray "
         "start, actor start); the in-run rate is read between the first and the last shard "
-        "written by the larger job (start-up left out the other way).",
+        "written by the larger job (start-up left out the other way; when the results come "
+        "in one burst, the first shard late, it overstates the rate).",
         "",
         "| engine | rows | seconds | first shard at (s) | steady rows/s (slope) | in-run rows/s "
         "| start-up (s) |",
