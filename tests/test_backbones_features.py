@@ -231,3 +231,56 @@ def test_feature_cache_reuses_and_reports_bad_files(encoder, tmp_path):
     np.testing.assert_allclose(again.features[::-1], first.features[:5], atol=2e-3, rtol=2e-3)
     other = FeatureCache(cache_dir, {"test": 2})
     assert len(other) == 0  # another encoder identity never reuses these features
+
+
+class InProcessRemote:
+    """A stand-in for the Ray engine: records what it is sent, encodes it here."""
+
+    def __init__(self) -> None:
+        from multitag.vision.extraction import RemoteEncoder
+
+        RemoteEncoder.__init__(self)  # type: ignore[arg-type]
+        self.calls: list[int] = []
+        self.closed = False
+
+    def encode(self, encoder, paths, *, logits=True, **kwargs):
+        from multitag.vision.extraction import encode_batches, encoding_on
+
+        self.calls.append(len(paths))
+        with encoding_on(None):  # this "actor" encodes in-process
+            batches = list(encode_batches(encoder, paths, **kwargs))
+        yield from reversed(batches)  # a remote engine's results come in any order
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_remote_encoding_fills_the_cache_as_locally(encoder, tmp_path):
+    """``--engine ray``'s switch without Ray: every encoder pass goes to the active remote
+    encoder, each content once; the driver fills the same cache; a photo that failed is not
+    sent again."""
+    from multitag.vision.extraction import encoding_on, fill_cache, run_encoder
+
+    paths = [make_image(tmp_path / f"{i}.png", (50, 60), (i * 30, 90, 60)) for i in range(6)]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    inputs = [*paths, paths[0], bad]  # a repeated photo and a corrupt one
+    ident, opts = {"test": "remote"}, dict(progress=False, precision="fp32", batch_size=4)
+    local = extract_features(encoder, inputs, cache_dir=tmp_path / "a", encoder_id=ident, **opts)
+    remote = InProcessRemote()
+    with encoding_on(remote):
+        got = extract_features(
+            encoder, inputs, cache_dir=tmp_path / "b", encoder_id=ident, shard_size=3, **opts
+        )
+        assert remote.calls == [7]  # one pass, each content once (the corrupt one included)
+        assert fill_cache(encoder, inputs, cache_dir=tmp_path / "b", encoder_id=ident, **opts) == {
+            7: got.errors[7]
+        }
+        assert remote.calls == [7]  # all cached, and the corrupt photo is known to fail
+        direct = run_encoder(encoder, paths[:2], **opts)  # uncached passes go remote too
+        assert remote.calls == [7, 2]
+    assert remote.closed
+    np.testing.assert_array_equal(got.features, local.features)
+    assert list(got.errors) == [7] and got.digests == local.digests
+    assert len(FeatureCache(tmp_path / "b", ident)) == 6
+    np.testing.assert_allclose(direct.features, run_encoder(encoder, paths[:2], **opts).features)

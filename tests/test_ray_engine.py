@@ -103,17 +103,9 @@ def test_local_ray_cluster_equals_the_local_engine(model_dir, manifest, local_ro
 
 
 def test_simulated_cluster_spreads_work_over_nodes(model_dir, manifest, local_rows, tmp_path):
-    from ray.cluster_utils import Cluster
+    from tests.ray_util import simulated_cluster
 
-    # one CPU per node: the two actors (one CPU each) cannot share a node
-    cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
-    )
-    try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+    with simulated_cluster(nodes=2) as cluster:  # 1-CPU nodes: the 2 actors cannot share one
         report = tag_to_dataset(
             model_dir,
             [manifest],
@@ -123,12 +115,9 @@ def test_simulated_cluster_spreads_work_over_nodes(model_dir, manifest, local_ro
             ray_options={"address": cluster.address, "actors": 2, "cpus_per_actor": 1},
             **ARGS,
         )
-        assert len(report.nodes) >= 2, report.nodes
-        assert sum(report.nodes.values()) == len(local_rows)
-        assert_same_rows(shards.read_dataset(tmp_path / "tags"), local_rows)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    assert len(report.nodes) >= 2, report.nodes
+    assert sum(report.nodes.values()) == len(local_rows)
+    assert_same_rows(shards.read_dataset(tmp_path / "tags"), local_rows)
 
 
 def test_killed_ray_job_reruns_to_the_same_rows(model_dir, manifest, local_rows, tmp_path):

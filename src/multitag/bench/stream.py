@@ -4,16 +4,18 @@ job's size, and the Ray Data engine against the local one.
 1. ``--part rss``: peak RSS of a streamed ``tag`` job (a fresh process each) on 10k / 50k /
    100k rows: real photos repeated under new ids -> ``bench/stream.{json,md}``.
 2. ``--part ray``: local engine vs ``--engine ray`` (local Ray cluster) on two job sizes of
-   distinct real photos: steady throughput (the slope), fixed start-up cost (the intercept)
-   and the job size below which the CLI should stay local; then rows per second against the
-   node count of a simulated cluster (``ray.cluster_utils.Cluster``, one CPU per node) ->
-   ``bench/ray.{json,md}``.
+   distinct real photos: steady throughput (the slope, and the rate between the first and the
+   last shard), fixed start-up cost (the intercept) and the job size below which the CLI
+   should stay local -> ``bench/ray.{json,md}``.
+3. ``--part scaling``: ``tag --engine ray`` on a simulated cluster
+   (``ray.cluster_utils.Cluster``) of 1, 2 and 3 nodes, each declaring ``--node-cpus`` CPUs
+   and holding one actor, all on this machine's cores -> ``bench/scaling.{json,md}``.
 
 Both use one small tagger trained here on 320 real photos at ``--image-size`` (the jobs
 measure the streaming and the engines; the model's size only scales the per-photo cost).
 
     python -m multitag.bench.stream --data-root /work/shared/datasets/fashion-products \\
-        --out bench --part rss|ray|all
+        --out bench --part rss|ray|scaling|all
 """
 
 from __future__ import annotations
@@ -36,19 +38,30 @@ COMMIT = ""  # set by main() before the run: the tree may move on while it runs
 _JOB = """
 import json, sys, time
 t0 = time.perf_counter()
+from multitag.tagger import shards
 from multitag.tagger.stream_job import tag_to_dataset
 args = json.loads(sys.argv[1])
+# when each shard was committed: the steady rate is read between the first and the last, so
+# start-up (imports, Ray, actors loading the model, the first shard's fill) is not in it
+stamps = []
+_write = shards.ShardWriter.write
+def write(self, table):
+    done = _write(self, table)
+    stamps.append((time.perf_counter(), table.num_rows))
+    return done
+shards.ShardWriter.write = write
 cluster = None
-if args.pop("nodes", None):
+nodes = args.pop("nodes", None)
+node_cpus = args.pop("node_cpus", 1)
+if nodes:
     import ray
     from ray.cluster_utils import Cluster
-    n = args["ray_options"]["actors"]
-    # one CPU more than the actors take (a 1-CPU head, then a 1-CPU node per actor): with
-    # every CPU held by an actor the k = 2 run hung (its actors never left __init__)
+    # a 1-CPU head left to Ray's read tasks (with every CPU held by an actor, the actors
+    # never left __init__), then `nodes` nodes of `node_cpus` declared CPUs, one actor each
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
                       "include_dashboard": False})
-    for _ in range(n):
-        cluster.add_node(num_cpus=1)
+    for _ in range(nodes):
+        cluster.add_node(num_cpus=node_cpus)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
     t0 = time.perf_counter()  # the simulated cluster's start is not the job's
@@ -57,10 +70,15 @@ r = tag_to_dataset(args.pop("model"), [args.pop("manifest")], args.pop("out"), p
 seconds = time.perf_counter() - t0
 if cluster is not None:
     ray.shutdown(); cluster.shutdown()
+steady = None
+if len(stamps) > 1:
+    rows = sum(n for _, n in stamps[1:])
+    steady = rows / (stamps[-1][0] - stamps[0][0])
 # VmHWM: this process's own high-water mark (ru_maxrss keeps the parent's across fork + exec)
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"rows": r.written, "seconds": seconds, "nodes": len(r.nodes),
-                  "peak_rss_mb": int(hwm.split()[1]) / 1024}))
+                  "first_shard_s": stamps[0][0] - t0 if stamps else None,
+                  "steady_rows_per_s": steady, "peak_rss_mb": int(hwm.split()[1]) / 1024}))
 """
 
 
@@ -114,7 +132,9 @@ def run_rss(model: Path, photos: pd.DataFrame, sizes: list[int], tmp: Path) -> d
     return {"jobs": rows, "shard_rows": 4096, "photos_repeated": 2000}
 
 
-def run_ray(model: Path, photos: pd.DataFrame, small: int, large: int, nodes_rows: int, tmp: Path):
+def run_ray(
+    model: Path, photos: pd.DataFrame, small: int, large: int, tmp: Path, shard_rows: int
+) -> dict:
     engines = {}
     for engine in ("local", "ray"):
         points = []
@@ -122,7 +142,12 @@ def run_ray(model: Path, photos: pd.DataFrame, small: int, large: int, nodes_row
             manifest = _manifest(photos.iloc[:large], n, tmp / f"ray{n}.csv")
             extra = {"ray_options": {"actors": 2, "cpus_per_actor": 1}} if engine == "ray" else {}
             r = _job(
-                model=model, manifest=manifest, out=tmp / f"{engine}{n}", engine=engine, **extra
+                model=model,
+                manifest=manifest,
+                out=tmp / f"{engine}{n}",
+                engine=engine,
+                shard_rows=shard_rows,
+                **extra,
             )
             points.append(r)
             print(engine, r, flush=True)
@@ -132,29 +157,50 @@ def run_ray(model: Path, photos: pd.DataFrame, small: int, large: int, nodes_row
             "points": points,
             "steady_rows_per_s": rate,
             "start_up_s": a["seconds"] - a["rows"] / rate,
+            # between the first and the last shard of the larger job: a second estimate
+            "in_run_rows_per_s": b["steady_rows_per_s"],
         }
     local, ray = engines["local"], engines["ray"]
-    ratio = ray["steady_rows_per_s"] / local["steady_rows_per_s"]
-    extra_start = ray["start_up_s"] - local["start_up_s"]
+    in_run = (ray["in_run_rows_per_s"] or 0) / (local["in_run_rows_per_s"] or float("inf"))
+    return {
+        "engines": engines,
+        "steady_ratio_ray_over_local": ray["steady_rows_per_s"] / local["steady_rows_per_s"],
+        "in_run_ratio_ray_over_local": in_run,
+        "extra_start_up_s": ray["start_up_s"] - local["start_up_s"],
+        "sizes": [small, large],
+        "shard_rows": shard_rows,
+    }
+
+
+def run_scaling(
+    model: Path, photos: pd.DataFrame, rows: int, node_cpus: int, tmp: Path, shard_rows: int
+) -> dict:
+    """``tag`` on a simulated cluster of 1, 2, 3 nodes (one actor of ``node_cpus`` CPUs and
+    threads per node), and the local engine on the same rows for reference."""
+    manifest = _manifest(photos.iloc[:rows], rows, tmp / f"scaling{rows}.csv")
+    local = _job(model=model, manifest=manifest, out=tmp / "scaling-local", shard_rows=shard_rows)
+    print("local", local, flush=True)
     cluster = []
     for k in (1, 2, 3):
-        manifest = _manifest(photos.iloc[:nodes_rows], nodes_rows, tmp / f"nodes{k}.csv")
         r = _job(
             model=model,
             manifest=manifest,
-            out=tmp / f"nodes{k}",
+            out=tmp / f"scaling{k}",
             engine="ray",
-            nodes=True,
-            ray_options={"actors": k, "cpus_per_actor": 1},
+            shard_rows=shard_rows,
+            nodes=k,
+            node_cpus=node_cpus,
+            ray_options={"actors": k, "cpus_per_actor": node_cpus},
         )
         cluster.append({**r, "nodes_declared": k, "rows_per_s": r["rows"] / r["seconds"]})
         print(cluster[-1], flush=True)
     return {
-        "engines": engines,
-        "steady_ratio_ray_over_local": ratio,
-        "extra_start_up_s": extra_start,
+        "local": {**local, "rows_per_s": local["rows"] / local["seconds"]},
         "cluster": cluster,
-        "sizes": [small, large],
+        "rows": rows,
+        "node_cpus": node_cpus,
+        "shard_rows": shard_rows,
+        "physical_cores": os.cpu_count(),
     }
 
 
@@ -163,11 +209,15 @@ def _commit() -> str:
     return done.stdout.strip()
 
 
+LOAD = (0.0, 0.0, 0.0)  # set by main(): the machine's load average when the run started
+
+
 def _head(cmd: str) -> str:
     return (
         f"`{cmd}`, run {time.strftime('%Y-%m-%d')} at commit `{COMMIT}` on "
-        "2 CPU threads shared with six other engineers' jobs: times are rough; ratios come "
-        "from one run."
+        f"{os.cpu_count()} CPU threads, load average {LOAD[0]:.1f} at the start (other jobs "
+        "share the machine above ~0.5 per thread: times are then rough); ratios come from "
+        "one run."
     )
 
 
@@ -209,28 +259,41 @@ def ray_markdown(r: dict, cmd: str, image_size: int) -> str:
         _head(cmd),
         "",
         f"`tag --out FOLDER` on {small} and {large} distinct real photos, each job in a fresh "
-        f"process (tagger trained here at {image_size} px). Ray: a local cluster started by "
-        "the job, 2 actors x 1 CPU (the machine's 2 cores; Ray declares 4 logical CPUs so its "
-        "read tasks are not starved). Steady throughput is the slope between the two sizes, "
-        "start-up the intercept (imports, model load, Ray start, actor start).",
+        f"process (tagger trained here at {image_size} px), {r['shard_rows']} rows per shard. "
+        "Ray: a local cluster started by the job, 2 actors x 1 CPU (the machine's 2 cores; "
+        "Ray declares 4 logical CPUs so its read tasks are not starved). Steady throughput "
+        "is the slope between the two sizes, start-up the intercept (imports, model load, Ray "
+        "start, actor start); the in-run rate is read between the first and the last shard "
+        "written by the larger job (start-up left out the other way; when the results come "
+        "in one burst, the first shard late, it overstates the rate).",
         "",
-        "| engine | rows | seconds | steady rows/s | start-up (s) |",
-        "|---|---:|---:|---:|---:|",
+        "| engine | rows | seconds | first shard at (s) | steady rows/s (slope) | in-run rows/s "
+        "| start-up (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, e in (("local", local), ("ray", ray)):
         for p in e["points"]:
+            first = p.get("first_shard_s")
+            in_run = p.get("steady_rows_per_s")
             lines.append(
-                f"| {name} | {p['rows']} | {p['seconds']:.1f} | {e['steady_rows_per_s']:.0f} | "
-                f"{e['start_up_s']:.1f} |"
+                f"| {name} | {p['rows']} | {p['seconds']:.1f} | "
+                f"{'-' if first is None else f'{first:.1f}'} | {e['steady_rows_per_s']:.0f} | "
+                f"{'-' if in_run is None else f'{in_run:.0f}'} | {e['start_up_s']:.1f} |"
             )
     ratio, extra = r["steady_ratio_ray_over_local"], r["extra_start_up_s"]
     lines += [
         "",
-        f"Steady throughput ratio Ray / local on this machine: **{ratio:.2f}**; Ray's extra "
-        f"fixed start-up: **{extra:.1f} s**.",
+        f"Steady throughput ratio Ray / local on this machine: **{ratio:.2f}** (slope), "
+        f"**{r.get('in_run_ratio_ray_over_local', 0):.2f}** (in-run); Ray's extra fixed "
+        f"start-up: **{extra:.1f} s**.",
         "",
     ]
-    if ratio < 1:
+    if min(local["steady_rows_per_s"], ray["steady_rows_per_s"]) <= 0:
+        lines.append(
+            "A slope is not positive: the machine's load changed between the two jobs, so the "
+            "slope and intercept mean nothing here; read the in-run rates."
+        )
+    elif ratio < 1:
         lines.append(
             "On one machine Ray never catches up (its steady rate is lower): stay local. "
             "On k such machines the job pays off above about "
@@ -248,23 +311,51 @@ def ray_markdown(r: dict, cmd: str, image_size: int) -> str:
         )
     lines += [
         "",
-        "**Simulated cluster** (`ray.cluster_utils.Cluster`: a 1-CPU head and k nodes of 1 "
-        "declared CPU each, k actors, all on the same 2 shared cores): seconds from the job's "
-        "start (the cluster already up).",
+        "Node scaling on a simulated cluster: `--part scaling` (bench/scaling.md).",
         "",
-        "| nodes | rows | seconds | rows/s | nodes that tagged rows |",
-        "|---:|---:|---:|---:|---:|",
     ]
-    for c in r["cluster"]:
+    return "\n".join(lines)
+
+
+def scaling_markdown(r: dict, cmd: str, image_size: int) -> str:
+    local, base = r["local"], r["cluster"][0]
+    c = r["node_cpus"]
+    lines = [
+        "## Ray on a simulated cluster: throughput vs nodes "
+        "(`python -m multitag.bench.stream --part scaling`)",
+        "",
+        _head(cmd),
+        "",
+        f"`tag --out FOLDER --engine ray` on {r['rows']} distinct real photos (tagger trained "
+        f"here at {image_size} px, {r['shard_rows']} rows per shard) on a "
+        "`ray.cluster_utils.Cluster`: a head declaring 1 CPU (left to Ray's read tasks) and k "
+        f"nodes declaring {c} CPU(s) each, one actor of {c} CPU(s) / {c} inference thread(s) "
+        "per node (the actors cannot share a node). Seconds from the job's start (the "
+        "cluster already up); the in-run rate is read between the first and the last shard "
+        "written, so actor start-up is left out.",
+        "",
+        f"**Every simulated node runs on the same {r['physical_cores']} physical cores**: "
+        "once the actors' threads outnumber the cores, more nodes cannot add throughput here. "
+        "This shows the work spreading over nodes and what Ray costs per node, not how a real "
+        "cluster scales (docs/scaling.md plans from per-core rates).",
+        "",
+        "| nodes | actors x threads | declared CPUs | rows | seconds | in-run rows/s "
+        "| vs 1 node | nodes that tagged rows |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for k in r["cluster"]:
+        n = k["nodes_declared"]
+        rate, one = k.get("steady_rows_per_s"), base.get("steady_rows_per_s")
+        vs = f"{rate / one:.2f}" if rate and one else "-"
         lines.append(
-            f"| {c['nodes_declared']} | {c['rows']} | {c['seconds']:.1f} | "
-            f"{c['rows_per_s']:.0f} | {c['nodes']} |"
+            f"| {n} | {n} x {c} | {1 + n * c} | {k['rows']} | {k['seconds']:.1f} | "
+            f"{'-' if rate is None else f'{rate:.0f}'} | {vs} | {k['nodes']} |"
         )
+    lr = local.get("steady_rows_per_s")
     lines += [
         "",
-        "The simulated nodes share two physical cores, so beyond two actors the rate cannot "
-        "grow: this shows the work spreads over nodes, not how a real cluster scales (see "
-        "docs/scaling.md for the plan from per-core rates).",
+        f"Local engine on the same rows, same machine: {local['seconds']:.1f} s, in-run "
+        f"{'-' if lr is None else f'{lr:.0f}'} rows/s.",
         "",
     ]
     return "\n".join(lines)
@@ -282,15 +373,19 @@ def main() -> None:
         "--data-root", type=Path, default=Path("/work/shared/datasets/fashion-products")
     )
     ap.add_argument("--out", type=Path, default=Path("bench"))
-    ap.add_argument("--part", choices=["rss", "ray", "all"], default="all")
+    ap.add_argument("--part", choices=["rss", "ray", "scaling", "all"], default="all")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--rss-rows", default="10000,50000,100000")
     ap.add_argument("--ray-rows", default="1000,5000")
-    ap.add_argument("--nodes-rows", type=int, default=2000)
+    ap.add_argument("--scaling-rows", type=int, default=3000)
+    ap.add_argument("--node-cpus", type=int, default=1, help="CPUs each simulated node declares")
+    ap.add_argument(
+        "--shard-rows", type=int, default=512, help="rows per shard (ray and scaling parts)"
+    )
     args = ap.parse_args()
     cmd = "python -m multitag.bench.stream " + " ".join(sys.argv[1:])
-    global COMMIT
-    COMMIT = _commit()
+    global COMMIT, LOAD
+    COMMIT, LOAD = _commit(), os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
         tmp = Path(tmp)
@@ -302,9 +397,13 @@ def main() -> None:
             write_text(args.out / "stream.md", rss_markdown(r, cmd, args.image_size))
         if args.part in ("ray", "all"):
             small, large = (int(n) for n in args.ray_rows.split(","))
-            r = run_ray(model, photos, small, large, args.nodes_rows, tmp)
+            r = run_ray(model, photos, small, large, tmp, args.shard_rows)
             write_json(args.out / "ray.json", r)
             write_text(args.out / "ray.md", ray_markdown(r, cmd, args.image_size))
+        if args.part in ("scaling", "all"):
+            r = run_scaling(model, photos, args.scaling_rows, args.node_cpus, tmp, args.shard_rows)
+            write_json(args.out / "scaling.json", r)
+            write_text(args.out / "scaling.md", scaling_markdown(r, cmd, args.image_size))
 
 
 if __name__ == "__main__":

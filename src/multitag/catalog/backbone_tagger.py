@@ -22,7 +22,7 @@ import torch
 
 from multitag.vision import backbones
 from multitag.vision.encoder_spec import EncoderSpec
-from multitag.vision.extraction import encoder_cache_id, extract_features, run_encoder
+from multitag.vision.extraction import encoder_cache_id, extract_features, fill_cache, run_encoder
 
 
 def is_backbone_name(value: str | os.PathLike) -> bool:
@@ -173,6 +173,22 @@ class BackboneTagger:
         start, stop = self.encoder_.head_slice
         head = torch.as_tensor(np.asarray(features[:, start:stop], np.float32))
         return self.encoder_.model.get_classifier()(head).softmax(-1).numpy()
+
+    def cache_features(
+        self, paths: Sequence[str | os.PathLike], *, batch_size: int = 64
+    ) -> dict[int, str]:
+        """Fill the feature cache for ``paths`` in one pass (on Ray under ``--engine ray``),
+        as :meth:`predict_proba` with ``use_cache`` would chunk by chunk; ``{row: reason}``
+        for unreadable photos."""
+        self._build()
+        cache = self.feature_cache_dir()
+        if cache is None:
+            return {}
+        return fill_cache(
+            self.encoder_, list(paths), cache_dir=cache, encoder_id=self.encoder_id(),
+            batch_size=batch_size, precision=self.precision, engine=self.engine,
+            workers=self.workers, progress=self.progress,
+        )  # fmt: skip
 
     def predict_proba(
         self,

@@ -28,6 +28,7 @@ from multitag.core.progress import bar
 from multitag.data.inputs import Inputs
 from multitag.embedding.kmeans import KMeans, nearest_centroid
 from multitag.tagger import outputs
+from multitag.vision.extraction import remote_encoder
 
 log = logging.getLogger(__name__)
 ChunkHook = Callable[[int, int, int], None]
@@ -210,6 +211,12 @@ def build_catalog(
     pending = frame[~frame["id"].isin(done)].reset_index(drop=True)
     tagger = source.chunk_tagger
     tag_chunk = _tag_chunk if source.backbone is None else unl.tag_chunk
+    if remote_encoder() is not None and len(pending) and hasattr(tagger, "cache_features"):
+        # --engine ray: one encoder pass over every pending photo (one pool of actors), the
+        # features into the cache; the chunks below then run the heads on cached features
+        tagger.progress = progress
+        options = {"batch_size": batch_size} if source.backbone is not None else {}
+        tagger.cache_features(pending["path"].tolist(), **options)
     tagger.progress = False  # one bar over all chunks below, not one per chunk
     labels = imagenet_labels()
     numbers = store.finished_parts(out)

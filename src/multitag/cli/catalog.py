@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from multitag.cli.common import ExtOpt, IdColOpt, ImagesOpt, PathColOpt, PrecisionOpt
+from multitag.cli.scaling import ActorsOpt, AddressOpt, CpusPerActorOpt, EncodeEngineOpt
 
 catalog_app = typer.Typer(help="Build a browsable catalogue: tags, topics, 2-D map, clusters.")
 
@@ -73,32 +74,40 @@ def build_cmd(
         ),
     ] = 1_000_000,
     precision: PrecisionOpt = None,
+    engine: EncodeEngineOpt = "local",
+    address: AddressOpt = None,
+    actors: ActorsOpt = 2,
+    cpus_per_actor: CpusPerActorOpt = 1.0,
 ) -> None:
     """Tag every image once (tags, ImageNet tags, embedding), then topics, map and clusters.
 
     Resumable after a kill; on an existing catalogue only new images are tagged and placed.
+    With --engine ray the encoder runs over every new photo on Ray actors first (features
+    into the feature cache), then the chunks are tagged here from the cache.
     """
     from multitag.catalog import build_catalog
     from multitag.cli.common import console, fail, resolve_photos
+    from multitag.cli.scaling import encoder_engine
 
     found = resolve_photos(paths, images, id_col, path_col, ext)
     try:
-        meta = build_catalog(
-            model_dir,
-            found,
-            out,
-            n_topics=topics,
-            topics_on=topics_on,
-            layout=layout,
-            maps=[m.strip() for m in maps.split(",") if m.strip()] if maps else None,
-            embedder=embedder,
-            n_clusters=clusters,
-            chunk_size=chunk_size,
-            batch_size=batch_size,
-            refit=refit,
-            seed=seed,
-            fit_sample=fit_sample,
-        )
+        with encoder_engine(engine, address, actors, cpus_per_actor):
+            meta = build_catalog(
+                model_dir,
+                found,
+                out,
+                n_topics=topics,
+                topics_on=topics_on,
+                layout=layout,
+                maps=[m.strip() for m in maps.split(",") if m.strip()] if maps else None,
+                embedder=embedder,
+                n_clusters=clusters,
+                chunk_size=chunk_size,
+                batch_size=batch_size,
+                refit=refit,
+                seed=seed,
+                fit_sample=fit_sample,
+            )
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))
     lb = meta["last_build"]

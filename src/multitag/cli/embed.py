@@ -26,6 +26,7 @@ from multitag.cli.common import (
     resolve_photos,
     split_names,
 )
+from multitag.cli.scaling import ActorsOpt, AddressOpt, CpusPerActorOpt, EncodeEngineOpt
 
 embed_app = typer.Typer(help="Train and evaluate image embeddings (metric learning).")
 index_app = typer.Typer(help="Build and extend FAISS vector indexes.")
@@ -197,13 +198,22 @@ def index_build(
     id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
+    engine: EncodeEngineOpt = "local",
+    address: AddressOpt = None,
+    actors: ActorsOpt = 2,
+    cpus_per_actor: CpusPerActorOpt = 1.0,
 ) -> None:
-    """Embed images and save a searchable index (manifest columns become filters)."""
+    """Embed images and save a searchable index (manifest columns become filters).
+
+    With --engine ray the encoder runs on Ray actors (features into the feature cache);
+    the embedding head and the index are computed here."""
+    from multitag.cli.scaling import encoder_engine
     from multitag.embedding.search import build_index_dir
 
     found = resolve_photos(paths, images, id_col, path_col, ext, out / "inputs.rejects.csv")
     try:
-        index, errors = build_index_dir(model_dir, found, out, kind=kind, exact_max=exact_max)
+        with encoder_engine(engine, address, actors, cpus_per_actor):
+            index, errors = build_index_dir(model_dir, found, out, kind=kind, exact_max=exact_max)
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))
     console.print(

@@ -42,8 +42,10 @@ from multitag.cli.scaling import (  # noqa: E402
     ActorsOpt,
     AddressOpt,
     CpusPerActorOpt,
+    EncodeEngineOpt,
     EngineOpt,
     ShardRowsOpt,
+    encoder_engine,
     tag_dataset,
 )
 
@@ -230,8 +232,15 @@ def train_cmd(
     id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
+    engine: EncodeEngineOpt = "local",
+    address: AddressOpt = None,
+    actors: ActorsOpt = 2,
+    cpus_per_actor: CpusPerActorOpt = 1.0,
 ) -> None:
-    """Train a multi-task tagger and save it; evaluates on the validation split."""
+    """Train a multi-task tagger and save it; evaluates on the validation split.
+
+    With --engine ray the photos' features are extracted by Ray actors into the feature
+    cache; the heads then train here as usual."""
     from multitag import MultiTaskTagger
     from multitag.evaluation.report import evaluate_split, write_reports
 
@@ -270,7 +279,10 @@ def train_cmd(
     from multitag.core.locks import writer_lock
 
     try:
-        with writer_lock(out, "model (train)", folder=True):  # held from fit to save
+        with (
+            writer_lock(out, "model (train)", folder=True),  # held from fit to save
+            encoder_engine(engine, address, actors, cpus_per_actor),
+        ):
             tagger.fit(frame)
             tagger.save(out)
     except (ValueError, FileNotFoundError) as err:

@@ -1,7 +1,10 @@
-"""CLI options and runner of streamed jobs (``tag --out FOLDER``, ``--engine ray``)."""
+"""CLI options and runners of batch jobs on an engine: streamed ``tag --out FOLDER`` and
+``--engine ray`` for ``tag``, ``catalog build``, ``index build`` and ``train``."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +17,7 @@ EngineOpt = Annotated[
     typer.Option(
         "--engine",
         help="local (this process) or ray (Ray Data actors, each holding the model; needs "
-        "multitag[ray]; writes a dataset folder).",
+        "multitag\\[ray]; writes a dataset folder).",
     ),
 ]
 AddressOpt = Annotated[
@@ -23,6 +26,14 @@ AddressOpt = Annotated[
         "--address",
         help="Ray cluster to join (HOST:PORT or ray://HOST:10001); default: start Ray on "
         "this machine.",
+    ),
+]
+EncodeEngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="local (this process) or ray (every encoder pass on Ray Data actors, the "
+        "features into this machine's feature cache; needs multitag\\[ray]).",
     ),
 ]
 ActorsOpt = Annotated[int, typer.Option("--actors", min=1, help="Ray actors (model copies).")]
@@ -75,3 +86,30 @@ def tag_dataset(
         console.print(
             f"[yellow]{report.n_rejected_inputs} input(s) skipped -> {report.rejects}[/yellow]"
         )
+
+
+@contextlib.contextmanager
+def encoder_engine(
+    engine: str, address: str | None, actors: int, cpus_per_actor: float
+) -> Iterator[object | None]:
+    """The block's encoder passes on ``engine``: nothing changes for ``local``; ``ray`` runs
+    them on a pool of Ray actors (:class:`multitag.vision.ray_engine.RayEncoder`), connected
+    at the first pass and shut down after the block; then prints the photos per node."""
+    if engine == "local":
+        yield None
+        return
+    if engine != "ray":
+        fail(f"--engine {engine}: use local or ray")
+    from multitag.vision.extraction import encoding_on
+    from multitag.vision.ray_engine import RayEncoder, RayOptions, import_ray
+
+    try:
+        import_ray()
+        remote = RayEncoder(RayOptions(address, actors, cpus_per_actor))
+    except (ImportError, ValueError) as err:
+        fail(str(err))
+    with encoding_on(remote):
+        yield remote
+    if remote.nodes:
+        counts = ", ".join(map(str, remote.nodes.values()))
+        console.print(f"photos encoded per Ray node: {counts}")

@@ -38,6 +38,7 @@ from multitag.vision.extraction import (
     encode_batches,
     encoder_cache_id,
     extract_features,
+    fill_cache,
 )
 from multitag.vision.features import Encoder, iter_batches
 from multitag.vision.quantize import Calibration
@@ -749,6 +750,27 @@ class MultiTaskTagger(ParamsMixin):
                         out = net(images.to(device))
                 yield idx.numpy(), errs, out
                 pbar.advance(len(idx) + len(errs))
+
+    def cache_features(self, paths: Sequence[str | os.PathLike]) -> dict[int, str]:
+        """Encode the photos of ``paths`` not yet in the feature cache and store them, in one
+        pass (on Ray under ``--engine ray``), so that ``predict_proba(..., use_cache=True)``
+        over them in chunks afterwards runs the heads only. Returns ``{row: reason}`` for
+        unreadable photos. Nothing to do without a cache or with a fine-tuned backbone (whose
+        predictions do not read the cache)."""
+        self._check_fitted()
+        cache = self.feature_cache_dir()
+        if cache is None or self.freeze != "all":
+            return {}
+        return fill_cache(
+            self.net_.encoder,
+            list(paths),
+            cache_dir=cache,
+            encoder_id=self.encoder_id(),
+            precision=self.precision,
+            engine=self.engine,
+            workers=self.workers,
+            progress=self.progress,
+        )
 
     @torch.inference_mode()
     def _predict_from_cache(self, paths, return_features: bool) -> dict:

@@ -13,19 +13,7 @@ import pyarrow as pa
 
 from multitag.core.digest import file_digest
 from multitag.tagger import shards
-
-
-def set_threads(threads: int | None, torch_threads: int | None = None) -> None:
-    """Pin this process's threads: ``threads`` for the OpenVINO encoder (a Ray actor gets its
-    CPU share, not every core of the machine), ``torch_threads`` for the heads and softmax in
-    PyTorch (Ray sets an actor's OMP threads to its CPUs; the driver's count keeps the
-    probabilities bit-identical to the local engine's on the same machine)."""
-    if threads is not None:
-        os.environ["MULTITAG_THREADS"] = str(threads)
-    if torch_threads is not None:
-        import torch
-
-        torch.set_num_threads(torch_threads)
+from multitag.vision.engines import set_threads
 
 
 class BatchTagger:

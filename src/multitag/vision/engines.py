@@ -58,6 +58,18 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+def set_threads(threads: int | None, torch_threads: int | None = None) -> None:
+    """Pin this process's threads: ``threads`` for the OpenVINO encoder (a Ray actor gets its
+    CPU share, not every core of the machine: ``MULTITAG_THREADS``, read when a runner is
+    compiled), ``torch_threads`` for what runs in PyTorch (Ray sets an actor's OMP threads to
+    its CPUs; the driver's count keeps the numbers bit-identical to the local engine's on
+    the same machine)."""
+    if threads is not None:
+        os.environ["MULTITAG_THREADS"] = str(threads)
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+
+
 def resolve_engine(engine: str = "auto", device: torch.device | None = None) -> str:
     """``auto`` -> ``openvino`` (CPU, package installed) or ``torch``; checks explicit names."""
     if engine not in ENGINES:
@@ -165,7 +177,7 @@ class OpenVINORunner:
             "PERFORMANCE_HINT": "THROUGHPUT",
         }
         threads = os.environ.get("MULTITAG_THREADS")
-        if threads:  # a Ray actor's CPU share (multitag.tagger.ray_engine), not every core
+        if threads:  # a Ray actor's CPU share (multitag.vision.ray_engine), not every core
             config["INFERENCE_NUM_THREADS"] = int(threads)
         compiled = ov.Core().compile_model(graph, "CPU", config)
         self.queue = ov.AsyncInferQueue(compiled)

@@ -5,14 +5,21 @@ never raised); :func:`extract_features` does the same through a :class:`FeatureC
 image whose bytes were seen before (by any run with the same encoder settings,
 :func:`encoder_cache_id`) is never encoded twice; :func:`extract_prefix` caches the output of
 a frozen backbone prefix, so training the upper stages never re-runs the frozen ones.
+
+Where the encoder runs: in this process, or on a :class:`RemoteEncoder` made active by
+:func:`encoding_on` (``--engine ray``: :class:`multitag.vision.ray_engine.RayEncoder`). Every
+encoder pass goes through :func:`encode_batches`, so one switch moves them all; the cache is
+filled here either way, so what follows (training, tagging from cached features) is the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +136,46 @@ class FeatureResult:
         return mask
 
 
+class RemoteEncoder:
+    """Runs encoder passes elsewhere (on Ray: :class:`~multitag.vision.ray_engine.RayEncoder`).
+
+    :meth:`encode` takes :func:`encode_batches`' arguments and yields its stream
+    ``(rows, errors, features, logits)``, rows in any order. ``failed`` maps the content
+    digest of each photo it could not decode to the reason, so a later pass over the same
+    photos (a catalogue's chunks after its one cache-filling pass) does not ship them again.
+    """
+
+    def __init__(self) -> None:
+        self.failed: dict[str, str] = {}
+
+    def encode(self, encoder, paths, **kwargs) -> Iterator:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what :meth:`encode` started (called when :func:`encoding_on` ends)."""
+
+
+_REMOTE: ContextVar[RemoteEncoder | None] = ContextVar("multitag_remote_encoder", default=None)
+
+
+@contextlib.contextmanager
+def encoding_on(remote: RemoteEncoder | None) -> Iterator[RemoteEncoder | None]:
+    """Every encoder pass in the block runs on ``remote`` (``None``: in this process);
+    ``remote`` is closed at the end."""
+    token = _REMOTE.set(remote)
+    try:
+        yield remote
+    finally:
+        _REMOTE.reset(token)
+        if remote is not None:
+            remote.close()
+
+
+def remote_encoder() -> RemoteEncoder | None:
+    """The :class:`RemoteEncoder` active here, if any."""
+    return _REMOTE.get()
+
+
 @torch.inference_mode()
 def encode_batches(
     encoder: Encoder,
@@ -148,7 +195,16 @@ def encode_batches(
     makes it when given, :mod:`multitag.data.views`) and run ``engine`` (see
     :mod:`multitag.vision.engines`), yielding per batch ``(rows, errors, features, logits)``
     (``features`` None when no image of the batch decoded; ``logits`` None without an
-    ImageNet classifier). Bad files are reported in ``errors``, never raised."""
+    ImageNet classifier). Bad files are reported in ``errors``, never raised. Under
+    :func:`encoding_on` the batches are computed remotely (rows then come in any order)."""
+    remote = _REMOTE.get()
+    if remote is not None and len(paths):
+        yield from remote.encode(
+            encoder, list(paths), batch_size=batch_size, workers=workers, precision=precision,
+            engine=engine, progress=progress, description=description, view=view,
+            view_seed=view_seed,
+        )  # fmt: skip
+        return
     runner = runner_for(encoder, engine, precision, device)
     prep = encoder.preprocessing
     loader = iter_batches(
@@ -206,10 +262,43 @@ def extract_features(
     kwargs.update(view=view, view_seed=view_seed)
     if cache_dir is None:
         return run_encoder(encoder, paths, progress=progress, **kwargs)
+    cache, keys, errors = _fill(encoder, paths, cache_dir, encoder_id, shard_size, progress, kwargs)
+    feats = np.zeros((len(paths), 0), dtype=np.float32)
+    present = [i for i, k in enumerate(keys) if k is not None and i not in errors]
+    if present:
+        got = cache.get([keys[i] for i in present])
+        feats = np.zeros((len(paths), got.shape[1]), dtype=np.float32)
+        feats[present] = got
+    return FeatureResult(feats, errors, digests=[k or "" for k in keys])
+
+
+def fill_cache(
+    encoder: Encoder,
+    paths: Sequence[str | os.PathLike],
+    *,
+    cache_dir: str | os.PathLike,
+    encoder_id: dict,
+    shard_size: int = 4096,
+    progress: bool = True,
+    view: str | None = None,
+    view_seed: int = 0,
+    **kwargs,
+) -> dict[int, str]:
+    """:func:`extract_features` without reading the features back: encode the photos of
+    ``paths`` not in the cache yet and store them; returns ``{row: reason}`` for those that
+    cannot be read. A job that then works in chunks (the catalogue) finds every photo cached,
+    so its encoder pass ran once over everything (on a remote engine: one pool of actors)."""
+    kwargs.update(view=view, view_seed=view_seed)
+    return _fill(encoder, paths, cache_dir, encoder_id, shard_size, progress, kwargs)[2]
+
+
+def _fill(encoder, paths, cache_dir, encoder_id, shard_size, progress, kwargs):
+    """Hash ``paths``, encode those not in the cache (here, or on the active remote encoder)
+    and store them: ``(cache, keys, errors)``, keys ``None`` where a file cannot be read."""
     if encoder_id is None:
         raise ValueError("extract_features: encoder_id is required with cache_dir")
-    if view is not None:  # absent for the photos as they are: their existing caches still match
-        encoder_id = {**encoder_id, "view": view_id(view, view_seed)}
+    if kwargs.get("view") is not None:  # absent for the photos as they are: old caches match
+        encoder_id = {**encoder_id, "view": view_id(kwargs["view"], kwargs["view_seed"])}
     cache = FeatureCache(cache_dir, encoder_id)
     errors: dict[int, str] = {}
     keys: list[str | None] = []
@@ -222,6 +311,11 @@ def extract_features(
                 errors[i] = f"cannot read file ({err.strerror or err})"
             pbar.advance()
     todo = [i for i, k in enumerate(keys) if k is not None and k not in cache]
+    remote = _REMOTE.get()
+    if remote is not None and todo:
+        _fill_remotely(remote, cache, encoder, paths, keys, todo, shard_size, progress, kwargs)
+        errors.update({i: remote.failed[keys[i]] for i in todo if keys[i] in remote.failed})
+        return cache, keys, errors
     for start in range(0, len(todo), shard_size):
         chunk = todo[start : start + shard_size]
         res = run_encoder(
@@ -238,13 +332,42 @@ def extract_features(
             seen.setdefault(keys[chunk[j]], j)
         cache.put(list(seen), res.features[list(seen.values())])
         errors.update({chunk[j]: reason for j, reason in res.errors.items()})
-    feats = np.zeros((len(paths), 0), dtype=np.float32)
-    present = [i for i, k in enumerate(keys) if k is not None and i not in errors]
-    if present:
-        got = cache.get([keys[i] for i in present])
-        feats = np.zeros((len(paths), got.shape[1]), dtype=np.float32)
-        feats[present] = got
-    return FeatureResult(feats, errors, digests=[k or "" for k in keys])
+    return cache, keys, errors
+
+
+def _fill_remotely(remote, cache, encoder, paths, keys, todo, shard_size, progress, kwargs):
+    """The uncached photos ``todo`` (each content once, none that ``remote`` failed on
+    before) in one remote pass; a cache shard is committed every ``shard_size`` results as
+    they arrive, so a killed job keeps what was computed. Failures go to ``remote.failed``."""
+    first: dict[str, int] = {}
+    for i in todo:
+        if keys[i] not in remote.failed:
+            first.setdefault(keys[i], i)
+    unique = list(first.values())
+    if not unique:
+        return
+    done_keys: list[str] = []
+    done_feats: list[np.ndarray] = []
+
+    def commit() -> None:
+        if done_keys:
+            cache.put(list(done_keys), np.concatenate(done_feats))
+            done_keys.clear()
+            done_feats.clear()
+
+    stream = remote.encode(
+        encoder, [paths[i] for i in unique], progress=progress, logits=False,
+        description=f"features {len(unique)} new", **kwargs,
+    )  # fmt: skip
+    for rows, errs, feats, _ in stream:
+        for j, reason in dict(errs).items():  # pairs or a dict, as encode_batches yields
+            remote.failed[keys[unique[j]]] = reason
+        if feats is not None:
+            done_keys.extend(keys[unique[j]] for j in rows)
+            done_feats.append(feats.numpy())
+            if len(done_keys) >= shard_size:
+                commit()
+    commit()
 
 
 def extract_prefix(
