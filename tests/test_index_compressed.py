@@ -154,3 +154,24 @@ def test_bad_settings_are_refused_with_the_fix():
         VectorIndex("ivfpq", recall_target=1.5).build(x)
     with pytest.raises(ValueError, match="k_factor=0: use a whole number >= 1"):
         VectorIndex("ivfpq", k_factor=0).build(x)
+
+
+def test_candidates_grow_when_more_lists_no_longer_help(tmp_path):
+    """Coarse codes (4 bytes a vector) cap the recall whatever nprobe is: tuning then takes
+    more candidates per result to re-rank, reaches the target, and the saved index searches
+    with what it chose."""
+    x, labels = _low_rank(6000, seed=3)
+    index = VectorIndex("ivfpq", pq_m=4, k_factor=1, recall_target=0.95).build(
+        x, _items(6000, labels)
+    )
+    sweep = index.meta["nprobe_sweep"]
+    assert sweep[0]["k_factor"] == 1 and sweep[0]["recall"] < 0.95
+    assert index.meta["k_factor"] > 1 and index.meta["tuned_recall@10"] >= 0.95
+    q = x[:200]
+    index.save(tmp_path / "idx")
+    loaded = VectorIndex.load(tmp_path / "idx")
+    assert loaded.k_factor_ == index.meta["k_factor"]
+    rows = {name: ix.search(q, 10)[1] for name, ix in [("built", index), ("loaded", loaded)]}
+    # the same neighbours (ties between equal scores may swap places)
+    np.testing.assert_array_equal(np.sort(rows["loaded"], 1), np.sort(rows["built"], 1))
+    assert _recall(rows["loaded"], x, q) >= 0.9

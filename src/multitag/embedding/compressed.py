@@ -14,7 +14,9 @@ re-rank them exactly with the full vectors, read from a store that may stay on d
 memory-mapped float16 file, or the catalogue's embeddings): only the candidates' rows are
 read. ``nprobe`` is then chosen as the smallest power of two whose recall@10 on tuning
 queries (sample rows, whose exact top 10 is tracked over every chunk during the fill)
-reaches the target; when none does, the best one found is kept and its recall recorded.
+reaches the target; when more lists stop helping (the codes cap what the candidates hold),
+the candidates per result double (``k_factor``) and the sweep goes on; when nothing reaches
+the target, the best setting found is kept and its recall recorded (:func:`tune_search`).
 """
 
 from __future__ import annotations
@@ -196,6 +198,33 @@ def search(
         return index.search(queries, k)
     _, cand = index.search(queries, min(index.ntotal, k * k_factor))
     return rerank(store, queries, cand, k)
+
+
+def tune_search(
+    index: faiss.Index,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    target: float = 0.95,
+    k: int = 10,
+    store: np.ndarray | None = None,
+    k_factor: int = 1,
+    max_k_factor: int = 64,
+) -> tuple[int, int, float, list[dict]]:
+    """:func:`tune_nprobe`, and when more lists no longer help (the codes cap the recall) and
+    a ``store`` re-ranks, twice the candidates per result (``k_factor``) and again, up to
+    ``max_k_factor``. Returns ``(nprobe, k_factor, recall, the sweep)``: the cheapest setting
+    that reaches ``target``, else the best one found (set on the index)."""
+    sweep: list[dict] = []
+    while True:
+        _, recall, part = tune_nprobe(index, queries, truth, target, k, store, k_factor)
+        sweep += [{**step, "k_factor": k_factor} for step in part]
+        if recall >= target or store is None or k_factor * 2 > max_k_factor:
+            break
+        k_factor *= 2
+    hit = [s for s in sweep if s["recall"] >= target]
+    best = hit[0] if hit else max(sweep, key=lambda s: (s["recall"], -s["k_factor"], -s["nprobe"]))
+    ivf_of(index).nprobe = best["nprobe"]
+    return best["nprobe"], best["k_factor"], best["recall"], sweep
 
 
 def tune_nprobe(

@@ -232,15 +232,17 @@ class VectorIndex:
             raise ValueError(f"expected {n} vectors, the chunks held {index.ntotal}")
         if path is not None:
             store = np.load(path, mmap_mode="r")
+        k_factor = self.k_factor
         if self.nprobe:
             compressed.ivf_of(index).nprobe = self.nprobe
-            found = compressed.search(index, store, tune.queries, 10, self.k_factor)[1]
+            found = compressed.search(index, store, tune.queries, 10, k_factor)[1]
             recall = compressed.recall_at(found, tune.rows)
-            sweep = [{"nprobe": self.nprobe, "recall": round(recall, 4)}]
-        else:
-            _, recall, sweep = compressed.tune_nprobe(
-                index, tune.queries, tune.rows, self.recall_target, 10, store, self.k_factor
+            sweep = [{"nprobe": self.nprobe, "k_factor": k_factor, "recall": round(recall, 4)}]
+        else:  # more lists first, then more candidates re-ranked, until the target is met
+            _, k_factor, recall, sweep = compressed.tune_search(
+                index, tune.queries, tune.rows, self.recall_target, 10, store, k_factor
             )
+        self.k_factor_ = k_factor
         self.store_ = store  # vectors() reads the store: no direct map needed
         self.index_, self.dim_, self.kind_ = index, dim, "ivfpq"
         self.items_ = self._items(items, n, start=0)
@@ -258,7 +260,7 @@ class VectorIndex:
             "nprobe": int(ivf.nprobe),
             "train_rows": len(sample),
             "recall_target": self.recall_target,
-            "k_factor": self.k_factor,
+            "k_factor": k_factor,
             "tuned_recall@10": round(float(recall), 4),
             "nprobe_sweep": sweep,
         }
@@ -334,7 +336,8 @@ class VectorIndex:
         # ivfpq: k_factor candidates per result from the codes, re-ranked exactly
         from multitag.embedding.compressed import rerank
 
-        _, cand = self.index_.search(q, min(len(self), k * self.k_factor), params=params)
+        k_factor = getattr(self, "k_factor_", self.k_factor)
+        _, cand = self.index_.search(q, min(len(self), k * k_factor), params=params)
         return rerank(self.store_, q, cand, k)
 
     def search(
@@ -427,6 +430,7 @@ class VectorIndex:
             compress_min=meta.get("compress_min", 1_000_000),
             k_factor=meta.get("k_factor", 10),
         )
+        self.k_factor_ = self.k_factor  # as tuned when built (meta)
         if (directory / STORE_FILE).is_file():
             self.store_ = np.load(directory / STORE_FILE, mmap_mode="r")
         self.index_ = faiss.read_index(str(directory / INDEX_FILE))
