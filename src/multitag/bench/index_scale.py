@@ -28,6 +28,7 @@ import faiss
 import numpy as np
 
 from multitag.bench.index import ISOTROPIC, N_CENTERS, RANK, SPREAD
+from multitag.bench.shift import git_commit
 from multitag.core.io import write_json, write_text
 from multitag.core.progress import bar
 from multitag.embedding import compressed
@@ -120,6 +121,7 @@ def index_case(
         "factory": vi.meta["factory"],
         "nlist": vi.meta["nlist"],
         "nprobe": vi.meta["nprobe"],
+        "k_factor": vi.meta["k_factor"],
         "train_rows": train,
         "tuned_recall@10": vi.meta["tuned_recall@10"],
         "nprobe_sweep": vi.meta["nprobe_sweep"],
@@ -230,15 +232,19 @@ def to_markdown(result: dict) -> str:
         "search (a chunked brute-force scan); latency = one query at a time on one thread; "
         "build = sample generation + training + filling + nprobe tuning; peak RSS is the whole "
         "process's so far. Command: "
-        f"`{result.get('index_command', '')}`.",
+        f"`{result.get('index_command', '')}`"
+        + (f" ({result['run']})" if result.get("run") else "")
+        + ".",
         "",
-        "| items | factory | nprobe | recall@10 | codes-only recall@10 | p50 ms | p99 ms "
-        "| build s | index MB | float16 store MB (disk) | float vectors MB | peak RSS MB |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| items | factory | nprobe | k_factor (candidates / result) | recall@10 | codes-only recall@10 "
+        "| p50 ms | p99 ms | build s | index MB | float16 store MB (disk) | float vectors MB "
+        "| peak RSS MB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in result["index"]:
         lines.append(
-            f"| {c['items']:,} | `{c['factory']}` | {c['nprobe']} | {c['recall@10']:.3f} | "
+            f"| {c['items']:,} | `{c['factory']}` | {c['nprobe']} | {c.get('k_factor', '')} | "
+            f"{c['recall@10']:.3f} | "
             f"{c.get('codes_only_recall@10', float('nan')):.3f} | "
             f"{c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {c['build_seconds']:.0f} | "
             f"{c['index_mb']:.1f} | {c.get('store_mb_on_disk', 0):.0f} | "
@@ -246,9 +252,17 @@ def to_markdown(result: dict) -> str:
         )
     if result.get("not_finished"):
         lines += ["", f"Not finished: {result['not_finished']}"]
-    lines += ["", "nprobe tuning (recall@10 on 200 sample rows, smallest meeting 0.95):", ""]
+    lines += [
+        "",
+        "Tuning (recall@10 on 200 sample rows at nprobe x candidates per result; the cheapest "
+        "setting meeting 0.95 is kept; when more lists stop helping, the candidates double):",
+        "",
+    ]
     for c in result["index"]:
-        sweep = ", ".join(f"{s['nprobe']}: {s['recall']:.3f}" for s in c["nprobe_sweep"])
+        sweep = ", ".join(
+            f"{s['nprobe']} x {s.get('k_factor', '?')}: {s['recall']:.3f}"
+            for s in c["nprobe_sweep"]
+        )
         lines.append(f"- {c['items']:,}: {sweep}")
     if result.get("api"):
         a = result["api"]
@@ -318,7 +332,12 @@ def main(argv: list[str] | None = None) -> dict:
         save()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if sizes:
-        result.update(index=[], index_command=command, queries=args.queries)
+        result.update(
+            index=[],
+            index_command=command,
+            queries=args.queries,
+            run=f"commit {git_commit()}, {time.strftime('%Y-%m-%d')}",
+        )
     for n in sizes:
         print(f"compressed index of {n:,} vectors ...", flush=True)
         case = index_case(
