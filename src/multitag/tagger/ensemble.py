@@ -93,23 +93,15 @@ class TaggerEnsemble:
         """The first member's training-photo profile (members train on the same photos)."""
         return getattr(self.members[0], "photo_profile_", None)
 
-    @property
-    def progress(self) -> bool:
-        return self.members[0].progress
+    def settings(self, group: str):
+        """The first member's ``group`` settings (see ``MultiTaskTagger.settings``)."""
+        return self.members[0].settings(group)
 
-    @progress.setter
-    def progress(self, value: bool) -> None:
+    def set_params(self, **params) -> TaggerEnsemble:
+        """Set the same parameters on every member (e.g. ``runtime__progress=False``)."""
         for m in self.members:
-            m.progress = value
-
-    @property
-    def workers(self) -> int:
-        return self.members[0].workers
-
-    @workers.setter
-    def workers(self, value: int) -> None:
-        for m in self.members:
-            m.workers = value
+            m.set_params(**params)
+        return self
 
     def warm_up(self) -> TaggerEnsemble:
         """Prepare every member's inference engine now (see ``MultiTaskTagger.warm_up``)."""
@@ -256,7 +248,8 @@ class TaggerEnsemble:
 
     def __repr__(self) -> str:
         names = ", ".join(
-            m.backbone + (" framed" if m.net_.encoder.preprocessing.framing else "")
+            m.settings("features").backbone
+            + (" framed" if m.net_.encoder.preprocessing.framing else "")
             for m in self.members
         )
         return f"TaggerEnsemble([{names}], weights={[round(w, 3) for w in self.weights]})"
