@@ -5,11 +5,11 @@ Same data, split, tasks and image size as the core benchmark. The frozen tagger 
 in the same run (``freeze="all"``: heads on cached features), so every row comes from one
 machine and one feature cache. Each fine-tuned run is ``TrainConfig(freeze=STAGE)``:
 heads warm-started on the cached features, then the stages above ``STAGE`` and the heads
-trained with hard sharing on cached prefix activations. With ``--ensemble N`` every model
+trained with hard sharing on cached prefix activations. With ``--head-sets N`` every model
 also fits N-1 more sets of heads (other seeds) on its final features; both the single model
 (the first set) and the ensemble are scored, so the gain is measured on the same backbone.
 
-    python -m multitag.bench.study --out bench/ --freeze blocks.5 blocks.4 --epochs 4 --ensemble 3
+    python -m multitag.bench.study --out bench/ --freeze blocks.5 blocks.4 --epochs 4 --head-sets 3
 """
 
 from __future__ import annotations
@@ -228,9 +228,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE)
-    parser.add_argument("--ensemble", type=int, default=3, help="head sets per model (1: off)")
+    parser.add_argument("--head-sets", type=int, default=3, help="head sets per model (1: off)")
     args = parser.parse_args()
-    run(args.data_root, args.out, args.freeze, args.epochs, args.image_size, args.ensemble,
+    run(args.data_root, args.out, args.freeze, args.epochs, args.image_size, args.head_sets,
         args.backbone)  # fmt: skip
     write_benchmarks_md(args.out)
     print((args.out / "study.md").read_text())

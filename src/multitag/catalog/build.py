@@ -198,7 +198,8 @@ def build_catalog(
             log.warning("%s\nbuilding it again from its committed parts", err)
             built = False
         else:
-            if source.backbone is None and Path(old.meta["model_dir"]) != model_dir and not refit_overview:
+            moved = Path(old.meta["model_dir"]) != model_dir
+            if source.backbone is None and moved and not refit_overview:
                 raise ValueError(
                     f"{out} was built with {old.meta['model_dir']}, not {model_dir}: use "
                     "that model, or a new --out folder"

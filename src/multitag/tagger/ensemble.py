@@ -1,8 +1,8 @@
 """Several fitted taggers, their probabilities averaged: e.g. Lite0 and Lite2, or a frozen and
 a fine-tuned model (research/LOG.md, "Averaging backbones").
 
-Not to be confused with ``MultiTaskTagger(ensemble=n)``, which averages ``n`` sets of heads on
-one backbone's features (one encoder pass). A :class:`TaggerEnsemble` runs every member's own
+Not to be confused with head sets (``HeadConfig(head_sets=n)``), which average ``n`` sets of
+heads on one backbone's features (one encoder pass). A :class:`TaggerEnsemble` runs every member's own
 encoder and preprocessing (input size, framing) on each photo, so it costs the sum of its
 members' inference and is worth it where accuracy matters more than throughput.
 
@@ -158,7 +158,7 @@ class TaggerEnsemble:
         ``frame`` (``id``, ``path`` + the task columns, e.g. from ``load_manifest``) holds
         labelled photos; rows a member trained on (its ``split.csv``) are left out, so the
         manifest the members were trained from leaves their validation rows
-        (``prior_shift_rows_`` says how many). As ``MultiTaskTagger(prior_shift="auto")``:
+        (``prior_shift_rows_`` says how many). As ``HeadConfig(prior_shift="auto")``:
         ``tau`` is kept only where a 2-fold cross-fitted weighted-F1 gain on these rows is
         positive; the prior is their class mix.
         """
