@@ -198,8 +198,11 @@ def build_catalog(
             log.warning("%s\nbuilding it again from its committed parts", err)
             built = False
         else:
-            moved = Path(old.meta["model_dir"]) != model_dir
-            if source.backbone is None and moved and not refit_overview:
+            if (
+                source.backbone is None
+                and Path(old.meta["model_dir"]) != model_dir
+                and not refit_overview
+            ):
                 raise ValueError(
                     f"{out} was built with {old.meta['model_dir']}, not {model_dir}: use "
                     "that model, or a new --out folder"

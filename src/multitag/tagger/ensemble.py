@@ -2,9 +2,9 @@
 a fine-tuned model (research/LOG.md, "Averaging backbones").
 
 Not to be confused with head sets (``HeadConfig(head_sets=n)``), which average ``n`` sets of
-heads on one backbone's features (one encoder pass). A :class:`TaggerEnsemble` runs every member's own
-encoder and preprocessing (input size, framing) on each photo, so it costs the sum of its
-members' inference and is worth it where accuracy matters more than throughput.
+heads on one backbone's features (one encoder pass). A :class:`TaggerEnsemble` runs every
+member's own encoder and preprocessing (input size, framing) on each photo, so it costs the
+sum of its members' inference and is worth it where accuracy matters more than throughput.
 
 Saved as a directory with ``config.json`` (``kind: multitag-ensemble``) and one model
 directory per member (``member-0``, ...);

@@ -260,9 +260,8 @@ class MultiTaskTagger(ParamsMixin):
                 fine_tune(self, frame, targets, train_rows, val_rows)
                 feats.features = self.__dict__.pop("finetuned_features_", feats.features)
             self.member_histories_ = [self.history_]
-            if (
-                self._heads_cfg.head_sets > 1
-            ):  # more members on the final (frozen or tuned) features
+            # more head sets on the final (frozen or tuned) features
+            if self._heads_cfg.head_sets > 1:
                 self._fit_members(heads, feats.features, targets, train_rows, val_rows)
         self.prior_shift_ = {}
         if self._heads_cfg.prior_shift == "auto" and len(val_rows):
@@ -315,52 +314,54 @@ class MultiTaskTagger(ParamsMixin):
         cached) features and split the rows, copies of a photo on one side. Sets
         ``tasks_``, ``net_`` and ``validation_``."""
         self._check_params()
+        features, labels = self._features_cfg, self._labels_cfg
+        training, run = self._training_cfg, self._runtime_cfg
         for col in ("id", "path"):
             if col not in frame.columns:
                 raise ValueError(f"the frame needs an {col!r} column; use load_manifest()")
         frame = frame.reset_index(drop=True)
         report = validation or validate(
-            frame, list(self.tasks), decode=False, progress=self._runtime_cfg.progress
+            frame, list(self.tasks), decode=False, progress=run.progress
         )
         if not report.ok:
             raise ValueError("cannot train:\n  " + "\n  ".join(report.problems()))
         self.tasks_ = infer_tasks(
             frame,
             list(self.tasks),
-            multilabel=self._labels_cfg.multilabel,
-            delimiter=self._labels_cfg.delimiter,
-            min_count=self._labels_cfg.min_count,
-            rare=self._labels_cfg.rare,
+            multilabel=labels.multilabel,
+            delimiter=labels.delimiter,
+            min_count=labels.min_count,
+            rare=labels.rare,
         )
         paths = frame["path"].tolist()
-        framing = resolve_framing(self._features_cfg.framing, paths, self._training_cfg.seed)
-        detail = resolve_detail(self._features_cfg.detail, paths, framing, self._training_cfg.seed)
-        self.photo_profile_ = photo_profile(paths, self._training_cfg.seed)
-        encoder = self._build_encoder(self._features_cfg.weights, framing, detail)
-        heads = self.new_heads(encoder.out_dim, self._training_cfg.seed, encoder)
+        framing = resolve_framing(features.framing, paths, training.seed)
+        detail = resolve_detail(features.detail, paths, framing, training.seed)
+        self.photo_profile_ = photo_profile(paths, training.seed)
+        encoder = self._build_encoder(features.weights, framing, detail)
+        heads = self.new_heads(encoder.out_dim, training.seed, encoder)
         self.net_ = TaggerNet(encoder, heads, self.tasks_)
-        if inference_precision(self._training_cfg.precision, self._runtime_cfg.engine) == "int8":
+        if inference_precision(training.precision, run.engine) == "int8":
             # int8 features need the calibration photos first: the same split, made early
             digests = np.asarray(photo_digests(paths), dtype=object)
             early, _ = split_indices(
                 frame,
                 default_stratify(self.tasks_),
-                self._training_cfg.val_fraction,
-                self._training_cfg.seed,
+                training.val_fraction,
+                training.seed,
                 groups=digests,
             )
             encoder.calibration = Calibration.sample(
-                [paths[i] for i in early], digests[early], seed=self._training_cfg.seed
+                [paths[i] for i in early], digests[early], seed=training.seed
             )
         feats = extract_features(
             encoder,
             frame["path"].tolist(),
             cache_dir=self.feature_cache_dir(),
             encoder_id=self.encoder_id() if self.feature_cache_dir() else None,
-            precision=self._training_cfg.precision,
-            engine=self._runtime_cfg.engine,
-            workers=self._runtime_cfg.workers,
-            progress=self._runtime_cfg.progress,
+            precision=training.precision,
+            engine=run.engine,
+            workers=run.workers,
+            progress=run.progress,
         )
         bad = sorted(report.bad_rows | set(feats.errors))
         for row, reason in feats.errors.items():
@@ -378,8 +379,8 @@ class MultiTaskTagger(ParamsMixin):
         train_rows, val_rows = split_indices(  # copies of a photo (same digest) stay together
             frame,
             default_stratify(self.tasks_),
-            self._training_cfg.val_fraction,
-            self._training_cfg.seed,
+            training.val_fraction,
+            training.seed,
             groups=digests,
         )
         train_rows = np.setdiff1d(train_rows, bad)
@@ -388,7 +389,7 @@ class MultiTaskTagger(ParamsMixin):
             raise ValueError("no usable training rows: every image is missing or unreadable")
         if getattr(encoder, "calibration", None) is None:  # saved: what --precision int8 uses
             encoder.calibration = Calibration.sample(
-                [paths[i] for i in train_rows], digests[train_rows], seed=self._training_cfg.seed
+                [paths[i] for i in train_rows], digests[train_rows], seed=training.seed
             )
         return FitData(frame, feats, encode_all(frame, self.tasks_), digests, train_rows, val_rows)
 
