@@ -87,6 +87,8 @@ def test_from_flat_groups_every_name_once():
         (dict(training=TrainConfig(epochs=0)), r"^training\.epochs must be >= 1, not 0$"),
         (dict(training=TrainConfig(lr=0)), r"^training\.lr must be > 0, not 0$"),
         (dict(heads=HeadConfig(head_sets=0)), r"^heads\.head_sets: .* not 0$"),
+        (dict(heads=HeadConfig(head="deep")), r"^heads\.head must be one of .* not 'deep'$"),
+        (dict(training=TrainConfig(class_weight="x")), r"^training\.class_weight must be one"),
         (dict(features=FeatureConfig(flip_invariant=1)), r"^features\.flip_invariant must be"),
         (dict(training=FeatureConfig()), r"^training must be a TrainConfig .* not FeatureConfig$"),
     ],

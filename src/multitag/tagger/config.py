@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields
 
 from multitag.core.params import ParamsMixin
 from multitag.data.framing import Framing
+from multitag.multitask.heads import HEAD_TYPES
 from multitag.training.loop import TrainConfig
 from multitag.vision import backbones
 
@@ -119,6 +120,8 @@ class HeadConfig(ParamsMixin):
     prior_shift: str = "none"
 
     def validate(self) -> None:
+        if self.head not in HEAD_TYPES:
+            raise ValueError(f"heads.head must be one of {HEAD_TYPES}, not {self.head!r}")
         n = self.head_sets
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(

@@ -17,7 +17,7 @@ from multitag.core.faults import kill_point
 from multitag.core.params import ParamsMixin
 from multitag.core.progress import bar
 from multitag.data.tasks import Task
-from multitag.multitask.losses import class_weights, task_loss
+from multitag.multitask.losses import CLASS_WEIGHTINGS, class_weights, task_loss
 
 
 @dataclass
@@ -83,6 +83,11 @@ class TrainConfig(ParamsMixin):
                 raise ValueError(f"training.{name} must be >= 1, not {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"training.lr must be > 0, not {self.lr}")
+        if self.class_weight not in CLASS_WEIGHTINGS:
+            raise ValueError(
+                f"training.class_weight must be one of {CLASS_WEIGHTINGS}, "
+                f"not {self.class_weight!r}"
+            )
         if self.finetune_epochs is not None and self.finetune_epochs < 1:
             raise ValueError(
                 "training.finetune_epochs must be >= 1 (or None for min(epochs, 5)), "
