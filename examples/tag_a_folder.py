@@ -18,6 +18,7 @@ from multitag import MultiTaskTagger
 from multitag.data.manifest import load_manifest
 from multitag.evaluation.report import evaluate_split
 from multitag.tagger.batch import tag_to_file
+from multitag.tagger.config import FeatureConfig, TrainConfig
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -33,7 +34,9 @@ def main(argv: list[str] | None = None) -> Path:
 
     frame = load_manifest(args.manifest, args.images)
     tagger = MultiTaskTagger(
-        args.tasks.split(","), image_size=args.image_size, epochs=args.epochs
+        args.tasks.split(","),
+        features=FeatureConfig(image_size=args.image_size),
+        training=TrainConfig(epochs=args.epochs),
     ).fit(frame)
     scores = evaluate_split(tagger)["tasks"]  # on the 20 % of rows fit kept aside
     for task, metrics in scores.items():

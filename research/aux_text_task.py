@@ -23,6 +23,7 @@ from multitag import MultiTaskTagger
 from multitag.data.manifest import load_manifest
 from multitag.data.tasks import encode_all
 from multitag.evaluation.report import report_from_arrays
+from multitag.tagger.config import LabelConfig, RuntimeConfig, TrainConfig
 
 TASKS = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
 
@@ -51,7 +52,10 @@ def main() -> None:
         train["words"] = name_words(train["productDisplayName"], args.vocabulary)
         tasks.append("words")
     tagger = MultiTaskTagger(
-        tasks, multilabel=["words"] if args.words else None, seed=args.seed, progress=False
+        tasks,
+        labels=LabelConfig(multilabel=["words"] if args.words else None),
+        training=TrainConfig(seed=args.seed),
+        runtime=RuntimeConfig(progress=False),
     ).fit(train)
     proba = tagger.predict_proba(test["path"].tolist(), use_cache=True)["proba"]
     image_tasks = [t for t in tagger.tasks_ if t.name in TASKS]

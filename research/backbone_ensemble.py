@@ -34,6 +34,7 @@ from multitag.data.manifest import load_manifest
 from multitag.data.tasks import encode_all
 from multitag.evaluation.report import report_from_arrays
 from multitag.multitask.prior_shift import choose_shifts
+from multitag.tagger.config import FeatureConfig, HeadConfig
 from multitag.tagger.estimator import MultiTaskTagger
 
 
@@ -72,7 +73,11 @@ def main() -> None:
     if bad:  # before any member trains, not minutes into the run
         parser.error(f"{bad}: a member is NAME or NAME:auto (framed photos)")
     for name, framing in specs:
-        tagger = MultiTaskTagger(TASKS, backbone=name, framing=framing, ensemble=args.head_sets)
+        tagger = MultiTaskTagger(
+            TASKS,
+            features=FeatureConfig(backbone=name, framing=framing),
+            heads=HeadConfig(head_sets=args.head_sets),
+        )
         tagger.fit(frame)
         if first is None:
             first = tagger

@@ -63,7 +63,7 @@ def main(model_dir: str, data_root: str) -> None:
     root = Path(data_root)
     frame = load_manifest(root / "styles.csv", root / "images")
     tagger = MultiTaskTagger.load(model_dir)
-    tagger.progress = False
+    tagger.set_params(runtime__progress=False)
     val = held_out_rows(tagger, frame, "styles.csv").frame  # its validation photos
     val = val[val["baseColour"] != ""]
     out = tagger.predict_proba(val["path"].tolist(), use_cache=True)

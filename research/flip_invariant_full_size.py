@@ -18,6 +18,7 @@ from multitag.bench.core import TASKS
 from multitag.cli.demo import DEMO_IMAGE_SIZE
 from multitag.data.manifest import load_manifest
 from multitag.evaluation.report import evaluate_split
+from multitag.tagger.config import from_flat
 
 
 def main(data_root: Path, out: Path) -> None:
@@ -25,7 +26,8 @@ def main(data_root: Path, out: Path) -> None:
     results = {}
     for name, overrides in [("default", {}), ("flip_invariant", {"flip_invariant": True})]:
         start = time.perf_counter()
-        tagger = MultiTaskTagger(TASKS, image_size=DEMO_IMAGE_SIZE, **overrides).fit(frame)
+        settings = from_flat({"image_size": DEMO_IMAGE_SIZE, **overrides})
+        tagger = MultiTaskTagger(TASKS, **settings).fit(frame)
         seconds = time.perf_counter() - start
         metrics = evaluate_split(tagger)
         results[name] = {

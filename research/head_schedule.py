@@ -58,12 +58,12 @@ def main(data_root: Path, out: Path) -> None:
     frame = load_manifest(data_root / "styles.csv", data_root / "images")
     frame["pattern"] = keyword_tags(frame["productDisplayName"])
     base = demo_tagger(**BEFORE)
-    base.progress = False
+    base.set_params(runtime__progress=False)
     data = base.prepare_fit(frame)
     results = {}
     for name, overrides in SCHEDULES.items():
         tagger = demo_tagger(**{**BEFORE, **overrides})
-        tagger.progress = False
+        tagger.set_params(runtime__progress=False)
         tagger.tasks_, tagger.net_ = base.tasks_, base.net_
         results[name] = time_batched(tagger, data)
         print(name, json.dumps(results[name]), flush=True)
@@ -72,7 +72,7 @@ def main(data_root: Path, out: Path) -> None:
         projected, seconds = pca_features(data, k)
         pca_data = replace(data, features=replace(data.features, features=projected))
         tagger = demo_tagger(**BEFORE)
-        tagger.progress = False
+        tagger.set_params(runtime__progress=False)
         tagger.tasks_, tagger.net_ = base.tasks_, base.net_
         results[f"pca {k}"] = {**time_batched(tagger, pca_data), "pca_seconds": round(seconds, 1)}
         print(f"pca {k}", json.dumps(results[f"pca {k}"]), flush=True)

@@ -6,7 +6,7 @@ Everything here reuses the cached Lite0 224-px features of the core benchmark an
 20 % validation split; only heads are trained (about 1.5 min each on 2 cores). It compares:
 
 - three seeds of the default heads, and the average of their probabilities (the ensemble
-  that ``MultiTaskTagger(ensemble=3)`` fits);
+  that ``HeadConfig(head_sets=3)`` fits);
 - flip test-time augmentation (average with the mirrored photo's prediction), with heads
   trained on the original photos and with heads trained on both views;
 - the class hierarchy: subCategory and masterCategory scored from the articleType (or
@@ -20,6 +20,7 @@ keeps them in a .npy file between runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,9 @@ from multitag.bench.core import TASKS
 from multitag.core.progress import bar
 from multitag.data.manifest import default_stratify, load_manifest, split_indices
 from multitag.data.tasks import encode_all
+from multitag.tagger.config import FeatureConfig, TrainConfig
 from multitag.tagger.estimator import MultiTaskTagger
-from multitag.training.loop import TrainConfig, fit_heads
+from multitag.training.loop import fit_heads
 from multitag.vision.engines import runner_for
 from multitag.vision.extraction import extract_features
 from multitag.vision.features import iter_batches
@@ -39,7 +41,9 @@ from multitag.vision.features import iter_batches
 
 def mirrored_features(tagger: MultiTaskTagger, paths: list[str]) -> np.ndarray:
     encoder = tagger.net_.encoder
-    runner = runner_for(encoder, tagger.engine, tagger.precision)
+    runner = runner_for(
+        encoder, tagger.settings("runtime").engine, tagger.settings("training").precision
+    )
     out = np.zeros((len(paths), encoder.out_dim), np.float32)
     size = encoder.preprocessing.image_size
     with bar("mirrored features", len(paths)) as pbar, torch.inference_mode():
@@ -58,7 +62,11 @@ def main() -> None:
     frame = load_manifest(args.data_root / "styles.csv", args.data_root / "images")
     frame = frame.reset_index(drop=True)
     # squash-resize, as the research/LOG.md numbers were measured
-    tagger = MultiTaskTagger(TASKS, image_size=224, epochs=1, framing="none")
+    tagger = MultiTaskTagger(
+        TASKS,
+        features=FeatureConfig(image_size=224, framing="none"),
+        training=TrainConfig(epochs=1),
+    )
     tagger.fit(frame)
     tasks, paths = tagger.tasks_, frame["path"].tolist()
     plain = extract_features(
@@ -73,13 +81,12 @@ def main() -> None:
             np.save(args.flip_cache, mirrored)
     targets = encode_all(frame, tasks)
     train, val = split_indices(frame, default_stratify(tasks), 0.2, 0)
-    tagger.epochs = MultiTaskTagger().epochs
+    tagger.set_params(training__epochs=TrainConfig().epochs)
 
     def fit(features, rows, seed, tgt=targets):
         heads = tagger.new_heads(features.shape[1], seed)
         heads.fit_scaler(features[rows])
-        config = TrainConfig(**tagger.train_config())
-        config.seed = seed
+        config = dataclasses.replace(tagger.settings("training"), seed=seed)
         fit_heads(heads, features, tgt, tasks, rows, val, config, progress=False)
         return heads.eval()
 

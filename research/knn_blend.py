@@ -34,8 +34,9 @@ from multitag.bench.core import TASKS
 from multitag.core.progress import bar
 from multitag.data.manifest import default_stratify, load_manifest, split_indices
 from multitag.data.tasks import encode_all
+from multitag.tagger.config import FeatureConfig, TrainConfig
 from multitag.tagger.estimator import MultiTaskTagger
-from multitag.training.loop import TrainConfig, fit_heads
+from multitag.training.loop import fit_heads
 from multitag.vision.extraction import extract_features
 
 KS = (5, 10, 20, 40)
@@ -82,7 +83,11 @@ def bench_heads(data_root: Path) -> SimpleNamespace:
     """
     frame = load_manifest(data_root / "styles.csv", data_root / "images")
     frame = frame.reset_index(drop=True)
-    tagger = MultiTaskTagger(TASKS, image_size=224, epochs=1, framing="none")
+    tagger = MultiTaskTagger(
+        TASKS,
+        features=FeatureConfig(image_size=224, framing="none"),
+        training=TrainConfig(epochs=1),
+    )
     tagger.fit(frame)  # builds (or reuses) the feature cache
     tasks, paths = tagger.tasks_, frame["path"].tolist()
     feats = extract_features(
@@ -91,10 +96,10 @@ def bench_heads(data_root: Path) -> SimpleNamespace:
     ).features  # fmt: skip
     targets = encode_all(frame, tasks)
     train, val = split_indices(frame, default_stratify(tasks), 0.2, 0)
-    tagger.epochs = MultiTaskTagger().epochs
+    tagger.set_params(training__epochs=TrainConfig().epochs)
     heads = tagger.new_heads(feats.shape[1], 0)
     heads.fit_scaler(feats[train])
-    fit_heads(heads, feats, targets, tasks, train, val, TrainConfig(**tagger.train_config()))
+    fit_heads(heads, feats, targets, tasks, train, val, tagger.settings("training"))
     with torch.no_grad():
         out = heads.eval()(torch.as_tensor(feats[val]))
         head_p = {k: v.softmax(-1).numpy() for k, v in out.items()}

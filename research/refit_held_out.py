@@ -7,7 +7,7 @@
 
 For each seed: the default tagger's preparation on ``train.csv`` (Lite0 frozen, 224 px,
 product framing, its 20 % val split), one set of heads with the epoch chosen on val, then
-the refit of ``MultiTaskTagger(refit=True)``: the same seed trained again on train + val for
+the refit of ``TrainConfig(refit=True)``: the same seed trained again on train + val for
 that many epochs. Both are scored on ``test.csv`` (weighted F1 per task); the table goes to
 stdout and ``OUT_DIR/refit_held_out.json``. The framing is pinned to the one ``"auto"``
 measures on this catalogue, so the cached features are reused.
@@ -24,6 +24,7 @@ from multitag import MultiTaskTagger
 from multitag.data.manifest import load_manifest
 from multitag.data.tasks import encode_all
 from multitag.evaluation.report import report_from_arrays
+from multitag.tagger.config import FeatureConfig, RuntimeConfig, TrainConfig
 from multitag.vision.extraction import extract_features
 
 TASKS = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
@@ -50,12 +51,18 @@ def main() -> None:
     framing = {"aspect": 0.75, "fill": args.framing_fill, "threshold": 30}
     results = {}
     for seed in args.seeds:
-        tagger = MultiTaskTagger(TASKS, framing=framing, seed=seed, progress=False)
+        tagger = MultiTaskTagger(
+            TASKS,
+            features=FeatureConfig(framing=framing),
+            training=TrainConfig(seed=seed),
+            runtime=RuntimeConfig(progress=False),
+        )
         data = tagger.prepare_fit(train)
         x, y, rows, val = data.features.features, data.targets, data.train_rows, data.val_rows
         test_x = extract_features(
             tagger.net_.encoder, test["path"].tolist(), cache_dir=tagger.feature_cache_dir(),
-            encoder_id=tagger.encoder_id(), precision=tagger.precision, engine=tagger.engine,
+            encoder_id=tagger.encoder_id(), precision=tagger.settings("training").precision,
+            engine=tagger.settings("runtime").engine,
             progress=False,
         ).features  # fmt: skip
         test_y = encode_all(test, tagger.tasks_)

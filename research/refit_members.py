@@ -7,8 +7,9 @@ an ensemble").
     python research/held_out_ensemble.py runs/members/refit/* --train runs/held-out/train.csv \
         --test runs/held-out/test.csv --images ../shared/datasets/fashion-products/images
 
-Fits ``MultiTaskTagger(ensemble=3, prior_shift="auto", refit=True)`` on ``train.csv``, as
-``multitag train --ensemble 3 --prior-shift auto --refit`` does, and saves it to
+Fits ``MultiTaskTagger(heads=HeadConfig(head_sets=3, prior_shift="auto"),
+training=TrainConfig(refit=True))`` on ``train.csv``, as ``multitag train --head-sets 3
+--prior-shift auto --refit`` does, and saves it to
 ``OUT/refit/NAME``. It also saves the same tagger as it stood just before its refit to
 ``OUT/plain/NAME``: that is the model ``--refit`` off would have saved, with its val rows
 in ``split.csv``. So one fit gives both columns of the comparison. NAME is the backbone's
@@ -27,6 +28,7 @@ import numpy as np
 
 from multitag import MultiTaskTagger
 from multitag.data.manifest import load_manifest
+from multitag.tagger.config import FeatureConfig, HeadConfig, TrainConfig
 
 TASKS = ["gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage"]
 
@@ -72,11 +74,9 @@ def main() -> None:
     frame = load_manifest(args.split_dir / "train.csv", args.data_root / "images")
     tagger = KeepsPlainCopy(
         TASKS,
-        backbone=args.backbone,
-        framing=args.framing,
-        ensemble=3,
-        prior_shift="auto",
-        refit=True,
+        features=FeatureConfig(backbone=args.backbone, framing=args.framing),
+        heads=HeadConfig(head_sets=3, prior_shift="auto"),
+        training=TrainConfig(refit=True),
     )
     start = time.time()
     tagger.fit(frame)

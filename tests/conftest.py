@@ -51,14 +51,14 @@ def cache_dir(tmp_path_factory) -> Path:
 def trained_tagger(fashion_frame, cache_dir):
     """A tagger on the real sample with the real Lite0 weights (small image size, quick)."""
     from multitag import MultiTaskTagger
+    from multitag.tagger.config import FeatureConfig, LabelConfig, RuntimeConfig, TrainConfig
 
     tagger = MultiTaskTagger(
         ["gender", "masterCategory", "articleType", "baseColour", "season"],
-        image_size=96,
-        epochs=15,
-        cache_dir=cache_dir,
-        progress=False,
-        min_count=3,
+        features=FeatureConfig(image_size=96),
+        labels=LabelConfig(min_count=3),
+        training=TrainConfig(epochs=15),
+        runtime=RuntimeConfig(cache_dir=cache_dir, progress=False),
     )
     return tagger.fit(fashion_frame)
 
@@ -75,11 +75,15 @@ def synthetic_rows(tmp_path_factory) -> pd.DataFrame:
 def synthetic_tagger(synthetic_rows, cache_dir):
     """A tagger fitted on the generated photos (real Lite0 weights, 64-px input)."""
     from multitag import MultiTaskTagger
+    from multitag.tagger.config import FeatureConfig, RuntimeConfig, TrainConfig
     from tests.synthetic import TASKS
 
     # PyTorch engine: converting to OpenVINO costs more than these few photos take to encode
     tagger = MultiTaskTagger(
-        TASKS, image_size=64, epochs=8, cache_dir=cache_dir, engine="torch", progress=False
+        TASKS,
+        features=FeatureConfig(image_size=64),
+        training=TrainConfig(epochs=8),
+        runtime=RuntimeConfig(cache_dir=cache_dir, engine="torch", progress=False),
     )
     return tagger.fit(synthetic_rows)
 

@@ -121,7 +121,9 @@ def test_incremental_adds_only_new_items(catalog, tmp_path, fashion_frame):
     rows = pd.concat([sample_rows(fashion_frame), extra], ignore_index=True)
     manifest = write_manifest(rows, tmp_path / "more.csv")
     meta = build_catalog(model_dir, [manifest], out, **BUILD)
-    assert meta["last_build"]["new_items"] == len(extra) and not meta["last_build"]["refit"]
+    assert (
+        meta["last_build"]["new_items"] == len(extra) and not meta["last_build"]["refit_overview"]
+    )
     new = load_catalog(out)
     assert len(new.items) == len(old.items) + len(extra)
     # old items keep their tags, positions, topics and clusters

@@ -20,7 +20,7 @@ CASES = [
     (["tag", "m", "x.jpg", "--out", "t.csv", "--top-k", "0"], "--top-k"),
     (["train", "--data", "d.csv", "--out", "m", "--epochs", "0"], "--epochs"),
     (["train", "--data", "d.csv", "--out", "m", "--val-fraction", "1.5"], "--val-fraction"),
-    (["train", "--data", "d.csv", "--out", "m", "--ensemble", "0"], "--ensemble"),
+    (["train", "--data", "d.csv", "--out", "m", "--head-sets", "0"], "--head-sets"),
     (["train", "--data", "d.csv", "--out", "m", "--min-count", "-2"], "--min-count"),
     (["train", "--data", "d.csv", "--out", "m", "--image-size", "-1"], "--image-size"),
     (["validate", "--data", "d.csv", "--min-count", "0"], "--min-count"),

@@ -32,7 +32,7 @@ def test_demo_runs_end_to_end_on_a_sample(fashion_frame, tmp_path, capsys):
     paths = run_demo(root, tmp_path / "out", image_size=64)
 
     config = json.loads((paths["model"] / "config.json").read_text())
-    assert config["heads"]["ensemble"] == 3
+    assert config["heads"]["head_sets"] == 3
     refit = config["training"]["refit"]  # the saved heads trained on train + val
     assert refit["rows_after"] == refit["rows_before"] + refit["val_rows"] > refit["rows_before"]
     assert len(refit["epochs"]) == 3 and "prior_shift" in config["heads"]

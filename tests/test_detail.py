@@ -143,7 +143,8 @@ def test_tagger_records_detail_and_old_dirs_behave_as_before(
     assert "match_detail" in config["preprocessing"]["resize"]
     assert config["training_photos"]["height"] == 80
     reloaded = MultiTaskTagger.load(model_dir)
-    assert reloaded.net_.encoder.preprocessing == prep and reloaded.detail == "auto"
+    assert reloaded.net_.encoder.preprocessing == prep
+    assert reloaded.settings("features").detail == "auto"
 
     # a model dir saved before the step: no detail, no profile -> loads, photos not downscaled
     del config["preprocessing"]["detail"], config["training_photos"]
@@ -151,7 +152,8 @@ def test_tagger_records_detail_and_old_dirs_behave_as_before(
     config.pop("integrity", None)  # that version recorded no file hashes either
     (Path(model_dir) / "config.json").write_text(json.dumps(config))
     old = MultiTaskTagger.load(model_dir)
-    assert old.net_.encoder.preprocessing.detail is None and old.detail == "none"
+    assert old.net_.encoder.preprocessing.detail is None
+    assert old.settings("features").detail == "none"
     assert old.photo_profile_ is None
 
     row = fashion_frame.iloc[3]

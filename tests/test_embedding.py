@@ -286,12 +286,18 @@ def test_tagger_and_embedder_share_one_feature_cache(trained_tagger, fashion_fra
     """Same backbone and preprocessing (framing="auto" on the same images and seed measures
     the same framing) -> the same cache key: one extraction serves both."""
     paths = fashion_frame["path"].tolist()
-    emb = Embedder(SAME, image_size=trained_tagger.image_size, cache_dir=cache_dir)
+    emb = Embedder(
+        SAME, image_size=trained_tagger.settings("features").image_size, cache_dir=cache_dir
+    )
     emb.encoder_ = emb.build_encoder(paths)
     assert emb.encoder_id() == trained_tagger.encoder_id()
-    other = Embedder(SAME, image_size=trained_tagger.image_size + 32, cache_dir=cache_dir)
+    other = Embedder(
+        SAME, image_size=trained_tagger.settings("features").image_size + 32, cache_dir=cache_dir
+    )
     other.encoder_ = other.build_encoder(paths)
     assert other.encoder_id() != trained_tagger.encoder_id()
-    squash = Embedder(SAME, image_size=trained_tagger.image_size, framing="none")
+    squash = Embedder(
+        SAME, image_size=trained_tagger.settings("features").image_size, framing="none"
+    )
     squash.encoder_ = squash.build_encoder()
     assert squash.encoder_id() != trained_tagger.encoder_id()

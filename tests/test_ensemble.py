@@ -10,7 +10,15 @@ import torch
 
 from multitag import MultiTaskTagger
 from multitag.data.derive import keyword_tags
-from multitag.multitask.heads import HeadEnsemble
+from multitag.multitask.heads import AveragedHeadSets
+from multitag.tagger.config import (
+    FeatureConfig,
+    HeadConfig,
+    LabelConfig,
+    RuntimeConfig,
+    TrainConfig,
+    from_flat,
+)
 
 from .conftest import requires_fashion
 
@@ -29,13 +37,11 @@ def frame(fashion_frame):
 def ensemble_tagger(frame, cache_dir):
     tagger = MultiTaskTagger(
         TASKS,
-        multilabel=["pattern"],
-        image_size=96,
-        epochs=8,
-        ensemble=3,
-        min_count=3,
-        cache_dir=cache_dir,
-        progress=False,
+        features=FeatureConfig(image_size=96),
+        heads=HeadConfig(head_sets=3),
+        labels=LabelConfig(multilabel=["pattern"], min_count=3),
+        training=TrainConfig(epochs=8),
+        runtime=RuntimeConfig(cache_dir=cache_dir, progress=False),
     )
     return tagger.fit(frame)
 
@@ -54,7 +60,7 @@ def _member_proba(member, features: np.ndarray, tasks) -> dict[str, np.ndarray]:
 def test_ensemble_averages_members_from_different_seeds(ensemble_tagger):
     t = ensemble_tagger
     heads = t.net_.heads
-    assert isinstance(heads, HeadEnsemble) and len(heads.members) == 3
+    assert isinstance(heads, AveragedHeadSets) and len(heads.members) == 3
     curves = [tuple(h.val_score) for h in t.member_histories_]
     assert len(curves) == 3 and len(set(curves)) == 3  # three trainings, not one reused
     first = [p for p in heads.members[0].parameters()]
@@ -76,9 +82,9 @@ def test_ensemble_save_reload_and_onnx(ensemble_tagger, frame, tmp_path):
     from multitag.vision.features import iter_batches
 
     model_dir = ensemble_tagger.save(tmp_path / "m")
-    assert json.loads((model_dir / "config.json").read_text())["heads"]["ensemble"] == 3
+    assert json.loads((model_dir / "config.json").read_text())["heads"]["head_sets"] == 3
     loaded = MultiTaskTagger.load(model_dir)
-    assert loaded.get_params()["ensemble"] == 3
+    assert loaded.get_params()["heads__head_sets"] == 3
     paths = frame["path"].tolist()[:16]
     a = ensemble_tagger.predict_proba(paths)["proba"]
     b = loaded.predict_proba(paths)["proba"]
@@ -96,17 +102,17 @@ def test_ensemble_save_reload_and_onnx(ensemble_tagger, frame, tmp_path):
 
 
 @pytest.mark.parametrize("bad", [0, 2.5, True, "3"])
-def test_bad_ensemble_size_is_refused(fashion_frame, bad):
-    with pytest.raises(ValueError, match="ensemble: the number of head sets"):
-        MultiTaskTagger(["gender"], ensemble=bad, progress=False).fit(fashion_frame)
+def test_bad_number_of_head_sets_is_refused(fashion_frame, bad):
+    with pytest.raises(ValueError, match=r"heads\.head_sets: the number of head sets"):
+        MultiTaskTagger(["gender"], heads=HeadConfig(head_sets=bad)).fit(fashion_frame)
 
 
 def test_same_seed_gives_the_same_model_whatever_used_the_rng_before(frame, cache_dir):
-    settings = dict(multilabel=["pattern"], image_size=96, epochs=3, ensemble=2, min_count=3,
+    settings = dict(multilabel=["pattern"], image_size=96, epochs=3, head_sets=2, min_count=3,
                     cache_dir=cache_dir, progress=False)  # fmt: skip
-    first = MultiTaskTagger(TASKS, **settings).fit(frame)
+    first = MultiTaskTagger(TASKS, **from_flat(settings)).fit(frame)
     torch.rand(1000)  # other code drew from the global RNG in between
-    second = MultiTaskTagger(TASKS, **settings).fit(frame)
+    second = MultiTaskTagger(TASKS, **from_flat(settings)).fit(frame)
     a = first.predict_proba_features(first.val_features_)
     b = second.predict_proba_features(second.val_features_)
     for name in a:

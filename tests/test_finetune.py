@@ -36,9 +36,10 @@ def test_augment_keeps_white_and_colour():
 @requires_fashion
 def test_resume_equals_straight_run(fashion_frame, tmp_path):
     from multitag import MultiTaskTagger
+    from multitag.tagger.config import FeatureConfig
 
     frame = fashion_frame.groupby("articleType").head(8).reset_index(drop=True)
-    encoder = MultiTaskTagger(TASKS, image_size=64)._build_encoder("auto")
+    encoder = MultiTaskTagger(TASKS, features=FeatureConfig(image_size=64))._build_encoder("auto")
     tasks = infer_tasks(frame, TASKS, min_count=2)
     targets = encode_all(frame, tasks)
     acts, prefix, _ = extract_prefix(encoder, frame["path"].tolist(), 5, progress=False)
@@ -76,18 +77,22 @@ def test_resume_equals_straight_run(fashion_frame, tmp_path):
 @requires_fashion
 def test_tagger_fine_tunes_and_reloads(fashion_frame, tmp_path):
     from multitag import MultiTaskTagger
+    from multitag.tagger.config import (
+        FeatureConfig,
+        HeadConfig,
+        LabelConfig,
+        RuntimeConfig,
+        TrainConfig,
+    )
 
     frame = fashion_frame.groupby("articleType").head(10).reset_index(drop=True)
     tagger = MultiTaskTagger(
         TASKS,
-        image_size=64,
-        freeze="blocks.5",
-        finetune_epochs=3,
-        epochs=2,
-        ensemble=2,  # the second set of heads is fitted on the fine-tuned features
-        min_count=2,
-        cache_dir=tmp_path / "cache",
-        progress=False,
+        features=FeatureConfig(image_size=64),
+        heads=HeadConfig(head_sets=2),  # the second set is fitted on the fine-tuned features
+        labels=LabelConfig(min_count=2),
+        training=TrainConfig(freeze="blocks.5", finetune_epochs=3, epochs=2),
+        runtime=RuntimeConfig(cache_dir=tmp_path / "cache", progress=False),
     )
     tagger.fit(frame)
     assert len(tagger.finetune_history_.train_loss) == 3  # finetune_epochs, not min(epochs, 5)
@@ -105,7 +110,7 @@ def test_tagger_fine_tunes_and_reloads(fashion_frame, tmp_path):
     np.testing.assert_allclose(tagger.val_features_[:4], direct, rtol=0.05, atol=0.05)
     tagger.save(tmp_path / "model")
     loaded = MultiTaskTagger.load(tmp_path / "model")
-    loaded.progress = False
+    loaded.set_params(runtime__progress=False)
     paths = frame["path"].tolist()[:8]
     p1, p2 = tagger.predict_proba(paths)["proba"], loaded.predict_proba(paths)["proba"]
     for name in p1:
@@ -115,12 +120,13 @@ def test_tagger_fine_tunes_and_reloads(fashion_frame, tmp_path):
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"finetune_epochs": 0}, "finetune_epochs must be >= 1"),
-        ({"finetune_lr": 0.0}, "finetune_lr"),
+        ({"finetune_epochs": 0}, r"training\.finetune_epochs must be >= 1"),
+        ({"finetune_lr": 0.0}, r"training\.finetune_lr must be > 0"),
     ],
 )
 def test_tagger_refuses_bad_fine_tuning_settings(fashion_frame, params, message):
     from multitag import MultiTaskTagger
+    from multitag.tagger.config import TrainConfig
 
     with pytest.raises(ValueError, match=message):
-        MultiTaskTagger(TASKS, freeze="blocks.5", progress=False, **params).fit(fashion_frame)
+        MultiTaskTagger(TASKS, training=TrainConfig(freeze="blocks.5", **params)).fit(fashion_frame)

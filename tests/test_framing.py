@@ -88,11 +88,15 @@ def test_bad_framing_is_refused(kwargs, message):
 
 def test_bad_framing_option_is_refused(fashion_frame):
     from multitag import MultiTaskTagger
+    from multitag.tagger.config import FeatureConfig, RuntimeConfig
 
+    quiet = RuntimeConfig(progress=False)
     with pytest.raises(ValueError, match="framing must be 'none', 'auto'"):
-        MultiTaskTagger(["gender"], framing="tight", progress=False).fit(fashion_frame)
+        tagger = MultiTaskTagger(["gender"], features=FeatureConfig(framing="tight"), runtime=quiet)
+        tagger.fit(fashion_frame)
     with pytest.raises(ValueError, match="unknown fields"):
-        MultiTaskTagger(["gender"], framing={"ratio": 1}, progress=False).fit(fashion_frame)
+        framing = FeatureConfig(framing={"ratio": 1})
+        MultiTaskTagger(["gender"], features=framing, runtime=quiet).fit(fashion_frame)
 
 
 @requires_fashion
@@ -101,11 +105,12 @@ def test_tagger_with_framing_tags_any_canvas_alike(fashion_frame, tmp_path, cach
     gives the same probabilities for a photo and for that photo on a square canvas (a
     squash-only tagger does not)."""
     from multitag import MultiTaskTagger
+    from multitag.tagger.config import from_flat
 
     tasks = ["gender", "articleType"]
     common = dict(image_size=64, epochs=3, cache_dir=cache_dir, progress=False, min_count=3)
-    framed = MultiTaskTagger(tasks, **common).fit(fashion_frame)  # framing="auto": the default
-    squash = MultiTaskTagger(tasks, framing="none", **common).fit(fashion_frame)
+    framed = MultiTaskTagger(tasks, **from_flat(common)).fit(fashion_frame)  # framing="auto"
+    squash = MultiTaskTagger(tasks, **from_flat(dict(common, framing="none"))).fit(fashion_frame)
     measured = framed.net_.encoder.preprocessing.framing
     assert measured is not None and measured.aspect == 0.75
     assert squash.net_.encoder.preprocessing.framing is None
@@ -142,15 +147,16 @@ def test_embedder_beside_a_framed_tagger_uses_its_framing(fashion_frame, tmp_pat
     from multitag.cli.main import app
     from multitag.embedding import Embedder, load_embedder
     from multitag.embedding.model import encode_model_dir
+    from multitag.tagger.config import from_flat
     from tests.conftest import FASHION
 
     monkeypatch.setenv("MULTITAG_CACHE", str(tmp_path / "cache"))
-    tagger = MultiTaskTagger(
-        ["articleType"], framing={"fill": 0.8}, image_size=64, epochs=2, progress=False,
-        min_count=3,
-    ).fit(fashion_frame)  # fmt: skip
+    tagger = MultiTaskTagger(["articleType"], **from_flat(dict(
+        framing={"fill": 0.8}, image_size=64, epochs=2, progress=False, min_count=3,
+    ))).fit(fashion_frame)  # fmt: skip
     model_dir = tagger.save(tmp_path / "model")
-    assert MultiTaskTagger.load(model_dir).framing == Framing(fill=0.8)  # refits framed alike
+    # refits framed alike
+    assert MultiTaskTagger.load(model_dir).settings("features").framing == Framing(fill=0.8)
     csv = tmp_path / "styles.csv"
     fashion_frame.drop(columns=["path"]).to_csv(csv, index=False)
     r = CliRunner().invoke(app, [

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from multitag.data.tasks import Task
-from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads, probabilities
+from multitag.multitask.heads import AveragedHeadSets, MultiTaskHeads, probabilities
 from multitag.training.head_sets import StackedHeads, can_batch, fit_head_sets
 from multitag.training.loop import TrainConfig, fit_heads
 
@@ -103,7 +103,7 @@ def test_with_dropout_and_bf16_the_ensemble_is_as_good_as_separate_sets():
 
     def accuracy(members) -> dict[str, float]:
         with torch.no_grad():
-            logits = HeadEnsemble(members, TASKS).eval()(torch.as_tensor(x[val]))
+            logits = AveragedHeadSets(members, TASKS).eval()(torch.as_tensor(x[val]))
         out = {}
         for task in TASKS:
             p = probabilities(task, logits[task.name]).numpy()
@@ -147,7 +147,9 @@ def test_a_tagger_refits_one_head_set_for_exactly_its_epochs(synthetic_tagger, s
     x = data.features.features
     heads = tagger.refit_head_set(x, data.targets, data.train_rows, data.val_rows, seed=7, epochs=3)
     again = tagger.refit_head_set(x, data.targets, data.train_rows, data.val_rows, seed=7, epochs=3)
-    longer = tagger.refit_head_set(x, data.targets, data.train_rows, data.val_rows, seed=7, epochs=5)
+    longer = tagger.refit_head_set(
+        x, data.targets, data.train_rows, data.val_rows, seed=7, epochs=5
+    )
     probe = torch.from_numpy(x[:16])
     for a, b, c in zip(heads.eval()(probe).values(), again.eval()(probe).values(),
                        longer.eval()(probe).values()):  # fmt: skip

@@ -59,12 +59,12 @@ def test_extrapolate_reports_doublings_and_rows_for_target(tmp_path):
 @requires_fashion
 def test_learning_curve_on_real_images(fashion_frame, cache_dir, tmp_path):
     from multitag import MultiTaskTagger
+    from multitag.tagger.config import from_flat
 
     def tagger(**kw):
-        return MultiTaskTagger(
-            ["gender", "articleType"], image_size=96, epochs=10, cache_dir=cache_dir,
-            progress=False, min_count=3, **kw,
-        )  # fmt: skip
+        return MultiTaskTagger(["gender", "articleType"], **from_flat(dict(
+            image_size=96, epochs=10, cache_dir=cache_dir, progress=False, min_count=3, **kw,
+        )))  # fmt: skip
 
     curve = learning_curve(tagger(), fashion_frame, fractions=(0.125, 0.5, 1.0), seeds=2)
     s = curve.summary().set_index(["task", "n_train"]).sort_index()

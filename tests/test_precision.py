@@ -127,7 +127,7 @@ import json, sys
 from multitag.vision import quantize
 from multitag.tagger.estimator import MultiTaskTagger
 t = MultiTaskTagger.load(sys.argv[1])
-t.progress = False
+t.set_params(runtime__progress=False)
 p = t.predict_proba(json.loads(sys.argv[2]))
 print("CALIBRATIONS", quantize.CALIBRATIONS)
 """
@@ -151,11 +151,11 @@ def test_int8_tagger_is_calibrated_once_and_tags_like_bf16(
     val_paths = trained_tagger.val_paths_[:48]
 
     tagger = trained_tagger.__class__.load(model_dir)
-    tagger.progress = False
+    tagger.set_params(runtime__progress=False)
     before = quantize.CALIBRATIONS
-    tagger.precision = "bf16"
+    tagger.set_params(training__precision="bf16")
     bf16 = tagger.predict_proba(val_paths)["proba"]
-    tagger.precision = "int8"
+    tagger.set_params(training__precision="int8")
     int8 = tagger.predict_proba(val_paths)["proba"]
     assert before + 1 == quantize.CALIBRATIONS
     key = engine_cache.int8_key(

@@ -9,6 +9,7 @@ import torch
 from multitag import MultiTaskTagger
 from multitag.multitask import prior_shift
 from multitag.multitask.prior_shift import PriorShiftedHeads, choose_tau, log_prior
+from multitag.tagger.config import HeadConfig, from_flat
 
 from .conftest import requires_fashion
 
@@ -60,7 +61,7 @@ def test_mismatched_shapes_are_named():
 
 def test_an_unknown_prior_shift_is_refused(fashion_frame):
     with pytest.raises(ValueError, match="prior_shift must be 'none' or 'auto'.*'always'"):
-        MultiTaskTagger(["gender"], prior_shift="always").fit(fashion_frame)
+        MultiTaskTagger(["gender"], heads=HeadConfig(prior_shift="always")).fit(fashion_frame)
 
 
 @requires_fashion
@@ -69,12 +70,13 @@ def test_auto_records_every_task_and_shifts_only_where_cross_fitting_gains(
     fashion_frame, cache_dir
 ):
     kwargs = dict(image_size=96, epochs=8, min_count=3, cache_dir=cache_dir, progress=False)
-    tagger = MultiTaskTagger(TASKS, prior_shift="auto", **kwargs).fit(fashion_frame)
+    tagger = MultiTaskTagger(TASKS, **from_flat(dict(kwargs, prior_shift="auto")))
+    tagger.fit(fashion_frame)
     assert set(tagger.prior_shift_) == set(TASKS)
     for shift in tagger.prior_shift_.values():
         assert shift["tau"] in prior_shift.TAUS
         assert shift["tau"] == 0 or shift["cross_fitted_gain"] > 0
-    plain = MultiTaskTagger(TASKS, **kwargs).fit(fashion_frame)
+    plain = MultiTaskTagger(TASKS, **from_flat(kwargs)).fit(fashion_frame)
     assert plain.prior_shift_ == {}
     assert not isinstance(plain.net_.heads, PriorShiftedHeads)
 
@@ -93,9 +95,10 @@ def test_a_shifted_tagger_predicts_the_shifted_argmax_and_reloads_exactly(
         return -0.5, 0.01
 
     kwargs = dict(image_size=96, epochs=8, min_count=3, cache_dir=cache_dir, progress=False)
-    plain = MultiTaskTagger(TASKS, **kwargs).fit(fashion_frame)
+    plain = MultiTaskTagger(TASKS, **from_flat(kwargs)).fit(fashion_frame)
     monkeypatch.setattr(prior_shift, "choose_tau", forced)
-    tagger = MultiTaskTagger(TASKS, prior_shift="auto", **kwargs).fit(fashion_frame)
+    tagger = MultiTaskTagger(TASKS, **from_flat(dict(kwargs, prior_shift="auto")))
+    tagger.fit(fashion_frame)
     assert isinstance(tagger.net_.heads, PriorShiftedHeads)
     assert tagger.prior_shift_["articleType"] == {"tau": -0.5, "cross_fitted_gain": 0.01}
 

@@ -13,6 +13,7 @@ from multitag.cli.main import app
 from multitag.evaluation.report import evaluate_split
 from multitag.multitask.prior_shift import PriorShiftedHeads
 from multitag.research.learning_curve import learning_curve
+from multitag.tagger.config import TrainConfig, from_flat
 from multitag.tagger.held_out import held_out_rows
 
 from .conftest import FASHION, requires_fashion
@@ -32,9 +33,9 @@ def test_refit_retrains_every_head_set_on_all_rows_and_reports_the_heads_before_
     from multitag.multitask import prior_shift
 
     monkeypatch.setattr(prior_shift, "choose_tau", lambda *a, **k: (0.3, 0.01))  # keep a shift
-    kwargs = dict(_kwargs(cache_dir), ensemble=2, prior_shift="auto")
-    plain = MultiTaskTagger(TASKS, **kwargs).fit(fashion_frame)
-    tagger = MultiTaskTagger(TASKS, refit=True, **kwargs).fit(fashion_frame)
+    kwargs = dict(_kwargs(cache_dir), head_sets=2, prior_shift="auto")
+    plain = MultiTaskTagger(TASKS, **from_flat(kwargs)).fit(fashion_frame)
+    tagger = MultiTaskTagger(TASKS, **from_flat(dict(kwargs, refit=True))).fit(fashion_frame)
 
     # the same head sets chose the epochs; each was trained again on every usable row
     n_train, n_val = len(plain.split_["train_ids"]), len(plain.split_["val_ids"])
@@ -63,7 +64,7 @@ def test_refit_retrains_every_head_set_on_all_rows_and_reports_the_heads_before_
                           == tagger.val_targets_["articleType"]).mean()  # fmt: skip
 
     reloaded = MultiTaskTagger.load(tagger.save(tmp_path / "model"))
-    assert reloaded.refit and reloaded.refit_ == tagger.refit_
+    assert reloaded.settings("training").refit and reloaded.refit_ == tagger.refit_
     paths = fashion_frame["path"].tolist()[:32]
     again, want = reloaded.predict_proba(paths)["proba"], tagger.predict_proba(paths)["proba"]
     for name in TASKS:
@@ -74,12 +75,17 @@ def test_refit_retrains_every_head_set_on_all_rows_and_reports_the_heads_before_
 
 
 def test_refit_is_refused_where_it_cannot_apply(fashion_frame, cache_dir):
-    with pytest.raises(ValueError, match="refit=True retrains the heads on frozen features"):
-        MultiTaskTagger(TASKS, refit=True, freeze="blocks.5").fit(fashion_frame)
-    with pytest.raises(ValueError, match="refit must be True or False, not 'yes'"):
-        MultiTaskTagger(TASKS, refit="yes").fit(fashion_frame)
+    with pytest.raises(
+        ValueError, match=r"training\.refit=True retrains the heads on frozen features"
+    ):
+        MultiTaskTagger(TASKS, training=TrainConfig(refit=True, freeze="blocks.5")).fit(
+            fashion_frame
+        )
+    with pytest.raises(ValueError, match=r"training\.refit must be True or False, not 'yes'"):
+        MultiTaskTagger(TASKS, training=TrainConfig(refit="yes")).fit(fashion_frame)
     with pytest.raises(ValueError, match="learning_curve scores every size on the val split"):
-        learning_curve(MultiTaskTagger(TASKS, refit=True, **_kwargs(cache_dir)), fashion_frame)
+        tagger = MultiTaskTagger(TASKS, **from_flat(dict(_kwargs(cache_dir), refit=True)))
+        learning_curve(tagger, fashion_frame)
 
 
 @requires_fashion

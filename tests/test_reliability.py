@@ -56,6 +56,7 @@ def tiny(tmp_path_factory):
     training folds into 'other'), and a tagger trained on them in this process (which also
     warms the feature cache that every subprocess below shares)."""
     from multitag import MultiTaskTagger
+    from multitag.tagger.config import from_flat
 
     root = tmp_path_factory.mktemp("tiny")
     images = root / "images"
@@ -72,7 +73,8 @@ def tiny(tmp_path_factory):
     frame = pd.DataFrame(rows)
     frame.to_csv(root / "data.csv", index=False)
     tagger = MultiTaskTagger(
-        ["colour", "shape"], image_size=64, epochs=3, min_count=2, framing="none", progress=False
+        ["colour", "shape"],
+        **from_flat(dict(image_size=64, epochs=3, min_count=2, framing="none", progress=False)),
     )
     tagger.fit(frame)
     tagger.save(root / "model")

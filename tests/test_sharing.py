@@ -27,9 +27,15 @@ TASKS = ["gender", "articleType", "baseColour"]
 @pytest.fixture(scope="module")
 def setup(fashion_frame):
     from multitag import MultiTaskTagger
+    from multitag.tagger.config import FeatureConfig, HeadConfig, LabelConfig
 
     frame = fashion_frame.groupby("articleType").head(8).reset_index(drop=True)  # 64 images
-    tagger = MultiTaskTagger(TASKS, image_size=64, head="linear", trunk=0, min_count=2)
+    tagger = MultiTaskTagger(
+        TASKS,
+        features=FeatureConfig(image_size=64),
+        heads=HeadConfig(head="linear", trunk=0),
+        labels=LabelConfig(min_count=2),
+    )
     encoder = tagger._build_encoder("auto")
     tasks = infer_tasks(frame, TASKS, min_count=2)
     acts, prefix, errors = extract_prefix(encoder, frame["path"].tolist(), 5, progress=False)
@@ -129,7 +135,8 @@ def test_strategy_trains_and_round_trips(setup, tmp_path, sharing, balancing):
     assert config.get("sharing", {"kind": "hard"})["kind"] == sharing
     loaded = MultiTaskTagger.load(tmp_path / "model")
     paths = frame["path"].tolist()[:8]
-    tagger.progress = loaded.progress = False
+    for t in (tagger, loaded):
+        t.set_params(runtime__progress=False)
     p1, p2 = tagger.predict_proba(paths)["proba"], loaded.predict_proba(paths)["proba"]
     for name in p1:
         np.testing.assert_array_equal(p1[name], p2[name])

@@ -126,7 +126,7 @@ def test_cli_validate_train_evaluate_tag(fashion_frame, tmp_path, cache_dir):
             "96",
             "--epochs",
             "5",
-            "--ensemble",
+            "--head-sets",
             "2",
             "--cache-dir",
             str(cache_dir),
@@ -134,7 +134,7 @@ def test_cli_validate_train_evaluate_tag(fashion_frame, tmp_path, cache_dir):
     )
     assert r.exit_code == 0, r.output
     assert (model / "report.html").is_file() and (model / "metrics.json").is_file()
-    assert json.loads((model / "config.json").read_text())["heads"]["ensemble"] == 2
+    assert json.loads((model / "config.json").read_text())["heads"]["head_sets"] == 2
     # the printed next step parses as `catalog build` with these very paths
     words = shlex.split(re.search(r"browse the photos: (.+)", r.output).group(1))
     build = words[words.index("catalog") :]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import clone
 from typer.testing import CliRunner
 
 from multitag import MultiTaskTagger, TaggerEnsemble
@@ -32,8 +33,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def second_tagger(trained_tagger, fashion_frame):
     """Another backbone (MobileNetV2, no ImageNet head) on the same rows and tasks."""
-    params = {**trained_tagger.get_params(), "backbone": "mobilenetv2_100"}
-    tagger = MultiTaskTagger(**params)
+    tagger = clone(trained_tagger).set_params(features__backbone="mobilenetv2_100")
     return tagger.fit(fashion_frame)
 
 
@@ -97,7 +97,10 @@ def test_save_reload_identical(saved_members, fashion_frame, tmp_path):
     assert cfg["kind"] == "multitag-ensemble" and cfg["members"] == ["member-0", "member-1"]
     reloaded = load_any_tagger(tmp_path / "ens")
     assert isinstance(reloaded, TaggerEnsemble) and reloaded.weights == [0.5, 0.5]
-    assert [m.backbone for m in reloaded.members] == ["tf_efficientnet_lite0", "mobilenetv2_100"]
+    assert [m.settings("features").backbone for m in reloaded.members] == [
+        "tf_efficientnet_lite0",
+        "mobilenetv2_100",
+    ]
     paths = fashion_frame.path.tolist()[:24]
     a, b = ens.predict_proba(paths), reloaded.predict_proba(paths)
     for name in a["proba"]:
@@ -146,9 +149,8 @@ def test_cli_combine_then_tag_and_evaluate(saved_members, fashion_frame, tmp_pat
 
 
 def test_clear_errors(trained_tagger, second_tagger, fashion_frame, cache_dir, saved_members):
-    other = MultiTaskTagger(
-        ["gender", "season"], image_size=96, epochs=2, cache_dir=cache_dir, progress=False
-    ).fit(fashion_frame)
+    other = clone(trained_tagger).set_params(tasks=["gender", "season"], training__epochs=2)
+    other.fit(fashion_frame)
     with pytest.raises(ValueError, match=r"member 1 tags \['gender', 'season'\]"):
         TaggerEnsemble([trained_tagger, other])
     with pytest.raises(ValueError, match="one non-negative number per member"):

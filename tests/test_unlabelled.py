@@ -191,6 +191,7 @@ def test_incremental_add_then_a_tagger_later(built, tmp_path, monkeypatch):
     from multitag.catalog import build_catalog, load_catalog
     from multitag.catalog.backbone_tagger import BackboneTagger
     from multitag.catalog.build import add_tagger
+    from multitag.tagger.config import FeatureConfig, LabelConfig, RuntimeConfig, TrainConfig
     from multitag.tagger.estimator import MultiTaskTagger
 
     cat_dir = tmp_path / "cat"
@@ -212,7 +213,11 @@ def test_incremental_add_then_a_tagger_later(built, tmp_path, monkeypatch):
         shape=lambda f: f["id"].str.split("_").str[0]
     )
     tagger = MultiTaskTagger(
-        ["shape"], framing="none", detail="none", epochs=3, min_count=2, progress=False
+        ["shape"],
+        features=FeatureConfig(framing="none", detail="none"),
+        labels=LabelConfig(min_count=2),
+        training=TrainConfig(epochs=3),
+        runtime=RuntimeConfig(progress=False),
     ).fit(frame)
     model = tagger.save(tmp_path / "model")
     # nothing is encoded again: the tags come from the stored features

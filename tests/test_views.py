@@ -111,11 +111,16 @@ def test_each_view_has_its_own_cache_key(encoder, tmp_path):
 
 def test_views_need_frozen_features():
     from multitag import MultiTaskTagger
+    from multitag.tagger.config import FeatureConfig, TrainConfig
 
     with pytest.raises(ValueError, match="freeze='all' or views=None"):
-        MultiTaskTagger(["gender"], views=["flip"], freeze="blocks.4")._check_params()
+        MultiTaskTagger(
+            ["gender"],
+            features=FeatureConfig(views=["flip"]),
+            training=TrainConfig(freeze="blocks.4"),
+        ).fit(None)
     with pytest.raises(ValueError, match="unknown view"):
-        MultiTaskTagger(["gender"], views=["sepia"])._check_params()
+        MultiTaskTagger(["gender"], features=FeatureConfig(views=["sepia"])).fit(None)
 
 
 def test_mirror_index_maps_features_to_the_mirror_image(encoder, tmp_path):
@@ -169,11 +174,13 @@ def test_flip_invariant_heads_tag_a_photo_and_its_mirror_alike():
 def test_training_on_views_of_real_photos(fashion_frame, cache_dir, trained_tagger, tmp_path):
     """Heads trained with flip-invariance and a mirrored view tag real photos and their mirror
     images alike (more alike than the plain model does); config.json records the views."""
+    from sklearn.base import clone
+
     from multitag import MultiTaskTagger
 
-    params = {k: v for k, v in trained_tagger.get_params().items() if k != "progress"}
-    tagger = MultiTaskTagger(**{**params, "views": ["flip"], "flip_invariant": True})
-    tagger.progress = False
+    tagger = clone(trained_tagger).set_params(
+        features__views=["flip"], features__flip_invariant=True, runtime__progress=False
+    )
     tagger.fit(fashion_frame)
     n_train = len(tagger.split_["train_ids"])
     assert n_train == len(trained_tagger.split_["train_ids"])  # the photos, not their views

@@ -38,15 +38,16 @@ CHROMIUM_ARGS = [
 def quick_model(frame: pd.DataFrame, out: Path) -> Path:
     """A small real tagger (12 common article types) for the catalogue and service benchmarks."""
     from multitag import MultiTaskTagger
+    from multitag.tagger.config import FeatureConfig, LabelConfig, RuntimeConfig, TrainConfig
 
     common = frame["articleType"].value_counts().index[:12]
     sample = frame[frame["articleType"].isin(common)].groupby("articleType").head(60)
     tagger = MultiTaskTagger(
         ["gender", "masterCategory", "articleType", "baseColour", "season", "usage"],
-        image_size=128,
-        epochs=15,
-        min_count=3,
-        progress=False,
+        features=FeatureConfig(image_size=128),
+        labels=LabelConfig(min_count=3),
+        training=TrainConfig(epochs=15),
+        runtime=RuntimeConfig(progress=False),
     )
     return tagger.fit(sample.reset_index(drop=True)).save(out)
 
@@ -58,7 +59,7 @@ def bench_build(model_dir: Path, frame: pd.DataFrame, work: Path) -> dict:
 
     paths = frame["path"].tolist()
     tagger = MultiTaskTagger.load(model_dir)
-    tagger.progress = False
+    tagger.set_params(runtime__progress=False)
     tagger.predict_proba(paths[:64])  # warm-up
     t0 = time.perf_counter()
     tagger.predict_proba(paths)

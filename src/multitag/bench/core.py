@@ -29,6 +29,7 @@ from multitag.core.io import write_json, write_text
 from multitag.data.manifest import load_manifest
 from multitag.evaluation.report import evaluate_split
 from multitag.tagger.batch import tag_to_file
+from multitag.tagger.config import FeatureConfig
 from multitag.tagger.estimator import MultiTaskTagger
 from multitag.vision.engines import resolve_engine, runner_for
 from multitag.vision.features import Preprocessing, iter_batches
@@ -48,7 +49,7 @@ TARGETS = {
 def _forward_only(tagger: MultiTaskTagger, n: int, batch_size: int, engine: str) -> float:
     """Images/s of encoder + heads on pre-decoded uint8 tensors (no I/O, no decode)."""
     net = tagger.net_.eval()
-    runner = runner_for(net.encoder, engine, tagger.precision)
+    runner = runner_for(net.encoder, engine, tagger.settings("training").precision)
     size = net.encoder.preprocessing.image_size
     x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
     with torch.inference_mode():
@@ -73,7 +74,7 @@ def _decode_only(paths: list[str], prep: Preprocessing) -> float:
 
 
 def _tag_speed(tagger: MultiTaskTagger, paths: list[str], out: Path, engine: str) -> float:
-    tagger.engine = engine
+    tagger.set_params(runtime__engine=engine)
     tag_to_file(tagger, paths[:128], out)  # converts the engine's graph once, untimed
     start = time.perf_counter()
     tag_to_file(tagger, paths, out)
@@ -128,7 +129,7 @@ def run(
     """Run every measurement; return the results dict."""
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = load_manifest(data_root / "styles.csv", data_root / "images")
-    tagger = MultiTaskTagger(TASKS, image_size=image_size)
+    tagger = MultiTaskTagger(TASKS, features=FeatureConfig(image_size=image_size))
     t0 = time.perf_counter()
     tagger.fit(frame)
     fit_seconds = time.perf_counter() - t0
@@ -137,13 +138,13 @@ def run(
     paths = frame.sort_values("id")["path"].tolist()[:n_tag]
     model_dir = out_dir / "bench-model"
     tagger.save(model_dir)
-    tagger.progress = False
-    engine = resolve_engine(tagger.engine)
+    tagger.set_params(runtime__progress=False)
+    engine = resolve_engine(tagger.settings("runtime").engine)
     tag_speed = _tag_speed(tagger, paths, out_dir / "bench-tags.parquet", engine)
     forward_speed = _forward_only(tagger, len(paths), 64, engine)
     torch_tag = _tag_speed(tagger, paths, out_dir / "bench-tags.parquet", "torch")
     torch_forward = _forward_only(tagger, len(paths), 64, "torch")
-    tagger.engine = "auto"
+    tagger.set_params(runtime__engine="auto")
     start_up = {}
     if engine == "openvino":
         # One untimed reloaded start-up first, so that "cached" times a cache hit on every
@@ -167,7 +168,7 @@ def run(
         },
         "image_size": image_size,
         "framing": framing.to_dict() if framing is not None else None,
-        "backbone": tagger.backbone,
+        "backbone": tagger.settings("features").backbone,
         "n_images": len(frame),
         "engine": engine,
         "tag_images_per_s": tag_speed,

@@ -31,7 +31,7 @@ METRICS = ("recall@1", "recall@5", "recall@10", "map@r", "nmi")
 
 def _tagger_accuracy(model_dir: Path, frame, rows: np.ndarray, column: str) -> float:
     tagger = MultiTaskTagger.load(model_dir)
-    tagger.progress = False
+    tagger.set_params(runtime__progress=False)
     out = tagger.predict_proba(frame["path"].iloc[rows].tolist(), use_cache=True)
     task = next(t for t in tagger.tasks_ if t.name == column)
     pred = np.asarray(task.classes)[out["proba"][column].argmax(1)]

@@ -34,7 +34,7 @@ def _child(mode: str, models: list[str], paths_file: str, out: str) -> None:
 
     paths = Path(paths_file).read_text().splitlines()[: 8 if mode == "warm-up" else None]
     ensemble = TaggerEnsemble([load_tagger(m) for m in models])
-    ensemble.progress = False
+    ensemble.set_params(runtime__progress=False)
     ensemble.release_engines = mode == "release"
     start = time.perf_counter()
     proba = ensemble.predict_proba(paths)["proba"]

@@ -47,19 +47,21 @@ def calibrated(model_dir: Path, catalogue) -> MultiTaskTagger:
     """The saved model, with int8 calibration photos drawn from its training split when it
     was saved before it recorded them."""
     tagger = MultiTaskTagger.load(model_dir)
-    tagger.progress = False
+    tagger.set_params(runtime__progress=False)
     enc = tagger.net_.encoder
     if getattr(enc, "calibration", None) is None:
         train = {str(i) for i in tagger.split_["train_ids"]}
         paths = catalogue[catalogue["id"].astype(str).isin(train)]["path"].tolist()
-        enc.calibration = quantize.Calibration.sample(paths, seed=tagger.seed)
+        enc.calibration = quantize.Calibration.sample(paths, seed=tagger.settings("training").seed)
     return tagger
 
 
 def forward_only(tagger: MultiTaskTagger, n: int, batch_size: int = 64) -> float:
     """Images/s of encoder + heads on pre-decoded uint8 tensors (no I/O, no decode)."""
     net = tagger.net_.eval()
-    runner = runner_for(net.encoder, tagger.engine, tagger.precision)
+    runner = runner_for(
+        net.encoder, tagger.settings("runtime").engine, tagger.settings("training").precision
+    )
     size = net.encoder.preprocessing.image_size
     x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
     with torch.inference_mode():
@@ -79,7 +81,8 @@ def speeds(tagger: MultiTaskTagger, paths: list[str], rounds: int = 2) -> dict:
         target = Path(tmp) / "tags.parquet"
         for _ in range(rounds):
             for p in PRECISIONS:
-                tagger.release_engine().precision = p  # one compiled engine in memory
+                # one compiled engine in memory
+                tagger.release_engine().set_params(training__precision=p)
                 tag_to_file(tagger, paths[:64], target)  # compiles it, untimed
                 start = time.perf_counter()
                 tag_to_file(tagger, paths, target)
@@ -121,7 +124,7 @@ def run(
 
     results: dict[str, dict] = {}
     for p in PRECISIONS:
-        tagger.release_engine().precision = p
+        tagger.release_engine().set_params(training__precision=p)
         started_p = time.perf_counter()
         results[p] = {
             "validation": scores(tagger, val, TASKS),
@@ -151,7 +154,11 @@ def run(
         "date": date.today().isoformat(),
         "command": "python -m multitag.bench.precision"
         + (f" --model {model_dir}" if model_dir != out_dir / "bench-model-shift" else ""),
-        "model": {"dir": str(model_dir), "backbone": tagger.backbone, "image_size": size},
+        "model": {
+            "dir": str(model_dir),
+            "backbone": tagger.settings("features").backbone,
+            "image_size": size,
+        },
         "engine": "openvino",
         "resolved": {p: inference_precision(p) for p in PRECISIONS},
         "calibration": {

@@ -38,6 +38,7 @@ from multitag.core.progress import bar
 from multitag.data.framing import background_colour, product_box
 from multitag.data.manifest import load_manifest
 from multitag.evaluation.report import evaluate_frame
+from multitag.tagger.config import FeatureConfig
 from multitag.tagger.estimator import MultiTaskTagger
 
 #: Tasks scored on fashion-products-hires (the others have too few rows per class there).
@@ -128,7 +129,7 @@ def _without_detail(model_dir: Path) -> MultiTaskTagger:
     off.net_.encoder.preprocessing = dataclasses.replace(
         off.net_.encoder.preprocessing, detail=None
     )
-    off.progress = False
+    off.set_params(runtime__progress=False)
     return off
 
 
@@ -151,7 +152,9 @@ def default_model(data_root: Path, model_dir: Path) -> MultiTaskTagger:
     ``model_dir``; loaded from there when it already holds one."""
     if not (model_dir / "config.json").is_file():
         frame = load_manifest(data_root / "styles.csv", data_root / "images")
-        MultiTaskTagger(TASKS, image_size=DEMO_IMAGE_SIZE).fit(frame).save(model_dir)
+        MultiTaskTagger(TASKS, features=FeatureConfig(image_size=DEMO_IMAGE_SIZE)).fit(frame).save(
+            model_dir
+        )
     return MultiTaskTagger.load(model_dir)
 
 
@@ -167,7 +170,7 @@ def run(
     started = time.perf_counter()
     model_dir = model_dir or out_dir / "bench-model-shift"
     after = default_model(data_root, model_dir)
-    after.progress = False
+    after.set_params(runtime__progress=False)
     before = _without_detail(model_dir)
     detail = after.net_.encoder.preprocessing.detail
     if detail is None:
@@ -213,7 +216,7 @@ def run(
         + (f" --model {model_dir}" if model_dir != out_dir / "bench-model-shift" else ""),
         "model": {
             "dir": str(model_dir),
-            "backbone": after.backbone,
+            "backbone": after.settings("features").backbone,
             "image_size": after.net_.encoder.preprocessing.image_size,
             "framing": after.net_.encoder.preprocessing.to_dict().get("framing"),
             "detail": detail,

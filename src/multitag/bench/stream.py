@@ -100,6 +100,7 @@ def _job(**args) -> dict:
 def _train(data_root: Path, image_size: int, out: Path) -> tuple[Path, pd.DataFrame]:
     from multitag import MultiTaskTagger
     from multitag.data.manifest import load_manifest
+    from multitag.tagger.config import from_flat
 
     frame = load_manifest(data_root / "styles.csv", data_root / "images")
     common = frame["articleType"].value_counts().index[:8]
@@ -107,7 +108,8 @@ def _train(data_root: Path, image_size: int, out: Path) -> tuple[Path, pd.DataFr
     sample = sample.groupby("articleType").head(40).reset_index(drop=True)
     tasks = ["gender", "masterCategory", "articleType", "baseColour", "season"]
     tagger = MultiTaskTagger(
-        tasks, image_size=image_size, epochs=15, progress=False, min_count=3
+        tasks,
+        **from_flat(dict(image_size=image_size, epochs=15, progress=False, min_count=3)),
     ).fit(sample)
     tagger.save(out)
     return out, frame[["id", "path"]]

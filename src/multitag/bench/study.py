@@ -3,13 +3,13 @@ against the transfer-learning study's targets (issue: transfer-learning study).
 
 Same data, split, tasks and image size as the core benchmark. The frozen tagger is trained
 in the same run (``freeze="all"``: heads on cached features), so every row comes from one
-machine and one feature cache. Each fine-tuned run is ``MultiTaskTagger(freeze=STAGE)``:
+machine and one feature cache. Each fine-tuned run is ``TrainConfig(freeze=STAGE)``:
 heads warm-started on the cached features, then the stages above ``STAGE`` and the heads
-trained with hard sharing on cached prefix activations. With ``--ensemble N`` every model
+trained with hard sharing on cached prefix activations. With ``--head-sets N`` every model
 also fits N-1 more sets of heads (other seeds) on its final features; both the single model
 (the first set) and the ensemble are scored, so the gain is measured on the same backbone.
 
-    python -m multitag.bench.study --out bench/ --freeze blocks.5 blocks.4 --epochs 4 --ensemble 3
+    python -m multitag.bench.study --out bench/ --freeze blocks.5 blocks.4 --epochs 4 --head-sets 3
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from multitag.core import runtime
 from multitag.core.io import write_json, write_text
 from multitag.data.manifest import load_manifest
 from multitag.evaluation.report import evaluate_split
+from multitag.tagger.config import from_flat
 from multitag.tagger.estimator import MultiTaskTagger
 from multitag.vision.backbones import DEFAULT_BACKBONE
 from multitag.vision.engines import runner_for
@@ -61,7 +62,9 @@ def inference_cost(tagger: MultiTaskTagger, n: int = 1024) -> dict:
     """Milliseconds per image of the encoder (inference engine, batch 64) and of the heads
     alone on its features: the first set and all sets (same run, best of 5)."""
     net = tagger.net_.eval()
-    runner = runner_for(net.encoder, tagger.engine, tagger.precision)
+    runner = runner_for(
+        net.encoder, tagger.settings("runtime").engine, tagger.settings("training").precision
+    )
     size = net.encoder.preprocessing.image_size
     images = torch.randint(0, 256, (64, 3, size, size), dtype=torch.uint8)
     features = torch.as_tensor(tagger.val_features_[:n])
@@ -88,8 +91,10 @@ def run_one(
     """Fit, score and save one tagger (frozen for ``freeze="all"``); return its record.
     ``tasks``: the single model's scores; ``ensemble_tasks``: with all ``ensemble`` head sets."""
     tagger = MultiTaskTagger(  # squash-resize, as bench/study.md and research/LOG.md measured
-        TASKS, backbone=backbone, image_size=image_size, freeze=freeze, finetune_epochs=epochs,
-        ensemble=ensemble, framing="none",
+        TASKS, **from_flat(dict(
+            backbone=backbone, image_size=image_size, freeze=freeze, finetune_epochs=epochs,
+            head_sets=ensemble, framing="none",
+        )),
     )  # fmt: skip
     start = time.perf_counter()
     tagger.fit(frame)
@@ -190,7 +195,7 @@ def markdown(r: dict) -> str:
     lines += ["", "Bold: target met. Fit seconds include feature/prefix extraction (cached "
               "features are reused where the cache has them) and every head set. 'N head sets': "
               "the same model with N-1 more sets of heads fitted from other seeds on its final "
-              "features, probabilities averaged (`MultiTaskTagger(ensemble=N)`); the column "
+              "features, probabilities averaged (`HeadConfig(head_sets=N)`); the column "
               "before it is its first set alone.", ""]  # fmt: skip
     cost = r["runs"]["all"].get("inference_ms_per_image")
     if cost and r["runs"]["all"].get("ensemble", 1) > 1:
@@ -223,9 +228,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE)
-    parser.add_argument("--ensemble", type=int, default=3, help="head sets per model (1: off)")
+    parser.add_argument("--head-sets", type=int, default=3, help="head sets per model (1: off)")
     args = parser.parse_args()
-    run(args.data_root, args.out, args.freeze, args.epochs, args.image_size, args.ensemble,
+    run(args.data_root, args.out, args.freeze, args.epochs, args.image_size, args.head_sets,
         args.backbone)  # fmt: skip
     write_benchmarks_md(args.out)
     print((args.out / "study.md").read_text())

@@ -35,7 +35,7 @@ from multitag.core.io import write_json, write_text
 from multitag.data.derive import keyword_tags
 from multitag.data.manifest import load_manifest
 from multitag.evaluation.report import report_from_arrays
-from multitag.multitask.heads import HeadEnsemble
+from multitag.multitask.heads import AveragedHeadSets
 
 SAME = ["articleType", "baseColour", "gender"]
 BEFORE = {"epochs": 25, "batch_size": 512, "lr": 2e-3, "patience": 6}  # the demo's schedule before
@@ -71,14 +71,15 @@ def _f1(tagger, heads, data) -> dict[str, float]:
 def _separate(tagger, data) -> dict:
     """Three head sets one after another, then three refits (the pre-batching path)."""
     x, y, tr, va = data.features.features, data.targets, data.train_rows, data.val_rows
-    seeds = [tagger.seed + i for i in range(tagger.ensemble)]
+    seed, progress = tagger.settings("training").seed, tagger.settings("runtime").progress
+    seeds = [seed + i for i in range(tagger.settings("heads").head_sets)]
     with _Clock() as fit:
-        sets = [tagger.fit_head_set(x, y, tr, va, s, tagger.progress) for s in seeds]
+        sets = [tagger.fit_head_set(x, y, tr, va, s, progress) for s in seeds]
     epochs = [h.best_epoch + 1 for _, h in sets]
     with _Clock() as refit:
         for s, n in zip(seeds, epochs):
             tagger.refit_head_set(x, y, tr, va, s, n)
-    heads = HeadEnsemble([h for h, _ in sets], tagger.tasks_)
+    heads = AveragedHeadSets([h for h, _ in sets], tagger.tasks_)
     return _record(fit, refit, epochs, _f1(tagger, heads, data))
 
 
@@ -134,7 +135,7 @@ def run(data_root: Path, rows: int | None = None, skip_separate: bool = False) -
         frame = frame.sample(n=min(rows, len(frame)), random_state=0).reset_index(drop=True)
     frame["pattern"] = keyword_tags(frame["productDisplayName"])
     old = demo_tagger(**BEFORE)
-    old.progress = False
+    old.set_params(runtime__progress=False)
     data = old.prepare_fit(frame)
     result: dict = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
@@ -151,7 +152,7 @@ def run(data_root: Path, rows: int | None = None, skip_separate: bool = False) -
         result["runs"]["separate sets, 25 epochs"] = _separate(old, data)
     result["runs"]["batched, 25 epochs"] = time_batched(old, data)
     new = demo_tagger()
-    new.progress = False
+    new.set_params(runtime__progress=False)
     new.tasks_, new.net_ = old.tasks_, old.net_
     if DEMO_TRAINING != BEFORE:
         result["runs"]["batched, demo schedule"] = time_batched(new, data)
@@ -168,7 +169,7 @@ def to_markdown(result: dict) -> str:
         "## Head training (`python -m multitag.bench.train`)",
         "",
         f"Everything the demo trains on cached features: {len(tasks)} tasks, 3 head sets "
-        f"(`ensemble=3`) and their refit on train + val, then the similar-items embedder. "
+        f"(`head_sets=3`) and their refit on train + val, then the similar-items embedder. "
         f"{result['n_rows']} fashion-products images ({result['n_train']} train / "
         f"{result['n_val']} val rows), {result['feature_dim']}-d cached features (224 px, "
         f"product framing). Machine: {result['machine']}. Demo schedule: {t['epochs']} epochs, "

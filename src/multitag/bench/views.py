@@ -41,6 +41,7 @@ from multitag.data.tasks import encode_all
 from multitag.data.views import view_id
 from multitag.evaluation.report import report_from_arrays
 from multitag.multitask.net import TaggerNet
+from multitag.tagger.config import flat_settings, from_flat
 from multitag.tagger.estimator import FitData, MultiTaskTagger
 from multitag.vision.extraction import FeatureCache, FeatureResult, extract_features, run_encoder
 
@@ -66,12 +67,17 @@ def extraction_cost(tagger: MultiTaskTagger, paths: list[str], views: list[str])
     alternated, the faster of two rounds), so the view's own transform is what differs."""
     speed: dict[str, float] = {}
     encoder = tagger.net_.encoder
-    kw = {"precision": tagger.precision, "engine": tagger.engine, "progress": False}
+    seed = tagger.settings("training").seed
+    kw = {
+        "precision": tagger.settings("training").precision,
+        "engine": tagger.settings("runtime").engine,
+        "progress": False,
+    }
     run_encoder(encoder, paths[:64], **kw)  # engine conversion, untimed
     for _ in range(2):
         for view in [None, *views]:
             start = time.perf_counter()
-            run_encoder(encoder, paths, view=view, view_seed=tagger.seed, **kw)
+            run_encoder(encoder, paths, view=view, view_seed=seed, **kw)
             rate = len(paths) / (time.perf_counter() - start)
             speed[view or "photos"] = max(speed.get(view or "photos", 0.0), rate)
     return speed
@@ -81,7 +87,7 @@ def cache_size(tagger: MultiTaskTagger, view: str | None) -> dict:
     """Rows and bytes on disk of the feature cache of the photos (``view=None``) or a view."""
     ident = tagger.encoder_id()
     if view is not None:
-        ident = {**ident, "view": view_id(view, tagger.seed)}
+        ident = {**ident, "view": view_id(view, tagger.settings("training").seed)}
     cache = FeatureCache(tagger.feature_cache_dir(), ident)
     size = sum(p.stat().st_size for p in cache.dir.glob("shard-*.npy"))
     return {"rows": len(cache), "bytes": size}
@@ -90,10 +96,10 @@ def cache_size(tagger: MultiTaskTagger, view: str | None) -> dict:
 def _variant(base: MultiTaskTagger, params: dict, data: FitData, epochs: int | None):
     """Heads of one variant trained on ``data`` as ``fit`` trains them; returns the tagger
     (the saved one's encoder, new heads) and what the training took."""
-    settings = {**base.get_params(), **params, "progress": False}
+    settings = {**flat_settings(base), **params, "progress": False}
     if epochs is not None:
         settings["epochs"] = epochs
-    tagger = MultiTaskTagger(**settings)
+    tagger = MultiTaskTagger(base.tasks, **from_flat(settings))
     tagger.tasks_ = base.tasks_
     tagger.net_ = TaggerNet(base.net_.encoder, base.net_.heads, base.tasks_)
     data = FitData(
@@ -108,7 +114,12 @@ def _variant(base: MultiTaskTagger, params: dict, data: FitData, epochs: int | N
     tagger._add_views(data)
     view_seconds = time.perf_counter() - start
     heads, history = tagger.fit_head_set(
-        data.features.features, data.targets, data.train_rows, data.val_rows, tagger.seed, False
+        data.features.features,
+        data.targets,
+        data.train_rows,
+        data.val_rows,
+        tagger.settings("training").seed,
+        False,
     )
     tagger.net_.heads = heads.eval()
     info = {
@@ -156,7 +167,7 @@ def run(
     variants = variants or DEFAULT_VARIANTS
     shifts = shifts or list(SHIFTS)
     base = MultiTaskTagger.load(model_dir)
-    base.progress = False
+    base.set_params(runtime__progress=False)
     catalogue = load_manifest(data_root / "styles.csv", data_root / "images")
     ids = catalogue["id"].astype(str)
     train = catalogue[ids.isin({str(i) for i in base.split_["train_ids"]})]
@@ -174,8 +185,8 @@ def run(
             frame["path"].tolist(),
             cache_dir=base.feature_cache_dir(),
             encoder_id=base.encoder_id(),
-            precision=base.precision,
-            engine=base.engine,
+            precision=base.settings("training").precision,
+            engine=base.settings("runtime").engine,
         )
         if res.errors:
             raise SystemExit(f"unreadable photos in the benchmark sets: {res.errors}")
@@ -220,7 +231,7 @@ def run(
         f" --stop-rows {stop_rows}"
         + (f" --epochs {epochs}" if epochs else "")
         + (f" --shifts '{','.join(shifts)}'" if shifts != list(SHIFTS) else ""),
-        "model": {"dir": str(model_dir), "backbone": base.backbone},
+        "model": {"dir": str(model_dir), "backbone": base.settings("features").backbone},
         "rows": {"train": len(train), "epoch_choice": len(stop), "val": len(val)},
         "variants": fits,
         "results": results,

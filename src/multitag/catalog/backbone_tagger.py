@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from multitag.tagger.config import set_runtime
 from multitag.vision import backbones
 from multitag.vision.encoder_spec import EncoderSpec
 from multitag.vision.extraction import encoder_cache_id, extract_features, fill_cache, run_encoder
@@ -243,11 +244,11 @@ def tagger_probabilities(
     encoder ``encoder_id``) are known: its heads on those features when it uses the same
     frozen encoder, else its own pass (``kwargs`` to its ``predict_proba``)."""
     same = (
-        getattr(tagger, "freeze", None) == "all"
-        and hasattr(tagger, "encoder_id")
+        hasattr(tagger, "encoder_id")
+        and tagger.settings("training").freeze == "all"
         and tagger.encoder_id() == encoder_id
     )
     if same:
         return tagger.predict_proba_features(features)
-    tagger.progress = False
+    set_runtime(tagger, progress=False)
     return tagger.predict_proba(list(paths), **kwargs)["proba"]

@@ -28,6 +28,7 @@ from multitag.core.progress import bar
 from multitag.data.inputs import Inputs
 from multitag.embedding.kmeans import KMeans, nearest_centroid
 from multitag.tagger import outputs
+from multitag.tagger.config import set_runtime
 from multitag.vision.extraction import remote_encoder
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def build_catalog(
     n_clusters: int = 20,
     chunk_size: int = 2048,
     batch_size: int = 64,
-    refit: bool = False,
+    refit_overview: bool = False,
     seed: int = 0,
     umap_epochs: int | None = None,
     fit_sample: int | None = sampled.FIT_SAMPLE,
@@ -161,7 +162,8 @@ def build_catalog(
     Images go through the model in chunks of ``chunk_size``; each finished chunk is committed
     to ``out/parts`` so a killed build resumes where it stopped. If ``out`` already holds a
     finished catalogue, only new ids are tagged and placed with the fitted state, unless
-    ``refit`` asks to refit topics, map and clusters over everything. ``inputs`` are resolved
+    ``refit_overview`` asks to fit topics, map and clusters again over every item (not to be
+    confused with a tagger's ``training.refit``). ``inputs`` are resolved
     with ``images`` and ``options`` (:func:`multitag.tagger.batch.as_inputs`); the inputs skipped
     there, and every id after its first, are listed in ``rejects.parquet`` with the images
     that could not be read. Topics and map are fitted on a random ``fit_sample`` rows when
@@ -197,12 +199,16 @@ def build_catalog(
             log.warning("%s\nbuilding it again from its committed parts", err)
             built = False
         else:
-            if source.backbone is None and Path(old.meta["model_dir"]) != model_dir and not refit:
+            if (
+                source.backbone is None
+                and Path(old.meta["model_dir"]) != model_dir
+                and not refit_overview
+            ):
                 raise ValueError(
                     f"{out} was built with {old.meta['model_dir']}, not {model_dir}: use "
                     "that model, or a new --out folder"
                 )
-        if not refit:  # keep how it was built
+        if not refit_overview:  # keep how it was built
             n_topics, topics_on = prior["topics"]["k"], prior["topics"]["on"]
             layout, n_clusters = prior["layout"]["method"], prior["clusters"]["k"]
             maps = tuple(prior["layout"].get("maps", ["embedding"]))
@@ -214,10 +220,10 @@ def build_catalog(
     if remote_encoder() is not None and len(pending) and hasattr(tagger, "cache_features"):
         # --engine ray: one encoder pass over every pending photo (one pool of actors), the
         # features into the cache; the chunks below then run the heads on cached features
-        tagger.progress = progress
+        set_runtime(tagger, progress=progress)
         options = {"batch_size": batch_size} if source.backbone is not None else {}
         tagger.cache_features(pending["path"].tolist(), **options)
-    tagger.progress = False  # one bar over all chunks below, not one per chunk
+    set_runtime(tagger, progress=False)  # one bar over all chunks below, not one per chunk
     labels = imagenet_labels()
     numbers = store.finished_parts(out)
     next_part = numbers[-1] + 1 if numbers else 0
@@ -256,7 +262,7 @@ def build_catalog(
     embeddings = embed(features)
     columns = tag_columns(source.tasks)
     topic_x = (topics_on, tagprobs, features, imagenet)
-    if built and not refit:
+    if built and not refit_overview:
         items, fit, topic_list = _extend(old, rows, embeddings, topic_x, maps)
         if source.backbone is not None:  # tags follow an attached tagger
             items = unl.refresh_rows(items, rows)
@@ -284,7 +290,7 @@ def build_catalog(
         lambda vectors: sampled.fit_layout(
             vectors, layout, seed, umap_epochs, fit_sample, progress
         ),
-        old if built and not refit else None,
+        old if built and not refit_overview else None,
     )
     index, index_meta = build_index(embeddings[order])
     meta = {
@@ -318,7 +324,7 @@ def build_catalog(
             "new_items": len(pending),
             "seconds": round(time.perf_counter() - started, 2),
             "tag_seconds": round(tag_seconds, 2),
-            "refit": bool(refit or not built),
+            "refit_overview": bool(refit_overview or not built),
         },
     }
     saved = {

@@ -60,8 +60,13 @@ def build_cmd(
         int, typer.Option("--chunk-size", min=1, help="Images per resumable chunk.")
     ] = 2048,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 64,
-    refit: Annotated[
-        bool, typer.Option("--refit", help="Refit topics, map and clusters over everything.")
+    refit_overview: Annotated[
+        bool,
+        typer.Option(
+            "--refit-overview",
+            help="Fit topics, map and clusters again over every item (default: new items are "
+            "placed with the fitted ones).",
+        ),
     ] = False,
     seed: Annotated[int, typer.Option(min=0, help="Random seed (topics, map, clusters).")] = 0,
     fit_sample: Annotated[
@@ -104,7 +109,7 @@ def build_cmd(
                 n_clusters=clusters,
                 chunk_size=chunk_size,
                 batch_size=batch_size,
-                refit=refit,
+                refit_overview=refit_overview,
                 seed=seed,
                 fit_sample=fit_sample,
             )

@@ -121,7 +121,7 @@ def run_demo(data_root: Path, out: Path, image_size: int | None = None) -> dict:
         tagger.save(model_dir)
         console.print(
             f"framing: {tagger.net_.encoder.preprocessing.framing}; "
-            f"{tagger.ensemble} head sets trained in "
+            f"{tagger.settings('heads').head_sets} head sets trained in "
             f"{sum(h.seconds for h in tagger.member_histories_):.1f}s (best epochs "
             f"{', '.join(str(h.best_epoch + 1) for h in tagger.member_histories_)})"
         )
@@ -194,18 +194,20 @@ def run_demo(data_root: Path, out: Path, image_size: int | None = None) -> dict:
 
 
 def demo_tagger(image_size: int | None = None, **overrides) -> MultiTaskTagger:
-    """The tagger the demo trains (``overrides``: any of its parameters, e.g. for a
-    benchmark of another schedule)."""
+    """The tagger the demo trains (``overrides``: any of its settings by flat name
+    (:func:`~multitag.tagger.config.from_flat`), e.g. for a benchmark of another schedule)."""
+    from multitag.tagger.config import from_flat
+
     params = dict(
         multilabel=["pattern"],
         image_size=image_size or DEMO_IMAGE_SIZE,
-        ensemble=3,
+        head_sets=3,
         framing="auto",
         prior_shift="auto",
         refit=True,
         **DEMO_TRAINING,
     )
-    return MultiTaskTagger(DEMO_TASKS, **{**params, **overrides})
+    return MultiTaskTagger(DEMO_TASKS, **from_flat({**params, **overrides}))
 
 
 def _train_embedder(tagger: MultiTaskTagger, frame, model_dir: Path) -> str:

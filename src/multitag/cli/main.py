@@ -195,8 +195,13 @@ def train_cmd(
     head: Annotated[
         str, typer.Option(help="linear (on the shared trunk) or mlp (a hidden layer per task).")
     ] = "linear",
-    ensemble: Annotated[
-        int, typer.Option(min=1, help="Head sets fitted from seeds seed, seed+1, ...; averaged.")
+    head_sets: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Head sets fitted from seeds seed, seed+1, ... on the same features, their "
+            "probabilities averaged (one encoder pass; `combine` averages whole models).",
+        ),
     ] = 1,
     prior_shift: Annotated[
         str,
@@ -243,6 +248,7 @@ def train_cmd(
     cache; the heads then train here as usual."""
     from multitag import MultiTaskTagger
     from multitag.evaluation.report import evaluate_split, write_reports
+    from multitag.tagger.config import from_flat
 
     frame = load_frame(data, images, id_col, path_col, ext, out / "inputs.rejects.csv")
     kwargs = {}
@@ -250,8 +256,7 @@ def train_cmd(
         kwargs["cache_dir"] = cache_dir
     if precision is not None:  # recorded: the model then tags as it was trained
         kwargs["precision"] = precision
-    tagger = MultiTaskTagger(
-        task_list(frame, tasks),
+    settings = dict(  # the flags by their flat names; from_flat groups them
         backbone=backbone,
         weights=weights,
         freeze=freeze,
@@ -264,7 +269,7 @@ def train_cmd(
         flip_invariant=flip_invariant,
         epochs=epochs,
         head=head,
-        ensemble=ensemble,
+        head_sets=head_sets,
         prior_shift=prior_shift,
         refit=refit,
         multilabel=split_names(multilabel),
@@ -276,6 +281,7 @@ def train_cmd(
         seed=seed,
         **kwargs,
     )
+    tagger = MultiTaskTagger(task_list(frame, tasks), **from_flat(settings))
     from multitag.core.locks import writer_lock
 
     try:

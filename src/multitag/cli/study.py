@@ -113,6 +113,7 @@ def register(app: typer.Typer) -> None:
             task_list,
         )
         from multitag.research.learning_curve import check_targets, learning_curve
+        from multitag.tagger.config import from_flat
 
         targets = _parse_targets(target or [])
         try:
@@ -121,12 +122,12 @@ def register(app: typer.Typer) -> None:
             fail(f"--fractions {fractions!r}: comma-separated numbers in (0, 1], e.g. 0.25,0.5,1")
         frame = load_frame(data, images, id_col, path_col, ext, out / "inputs.rejects.csv")
         kwargs = {"cache_dir": cache_dir} if cache_dir is not None else {}
-        tagger = MultiTaskTagger(
-            task_list(frame, tasks), backbone=backbone, image_size=image_size,
-            framing=framing, detail=detail_setting(detail), epochs=epochs,
-            val_fraction=val_fraction, min_count=min_count,
-            seed=seed, **kwargs,
-        )  # fmt: skip
+        settings = from_flat(dict(
+            backbone=backbone, image_size=image_size, framing=framing,
+            detail=detail_setting(detail), epochs=epochs, val_fraction=val_fraction,
+            min_count=min_count, seed=seed, **kwargs,
+        ))  # fmt: skip
+        tagger = MultiTaskTagger(task_list(frame, tasks), **settings)
         try:  # before the run, not after minutes of fitting
             check_targets(targets, tagger.tasks)
         except ValueError as err:

@@ -24,16 +24,18 @@ def fit_beside(
     and cache), trained on ``rows`` of ``frame`` (default: all) for the ``same`` columns;
     ``params`` are the embedder's (``epochs``, ``dim``, ...). Save it into the tagger's model
     directory with ``embedder.save(model_dir)``."""
-    if getattr(tagger, "freeze", "all") != "all":
+    features, training = tagger.settings("features"), tagger.settings("training")
+    run = tagger.settings("runtime")
+    if training.freeze != "all":
         raise ValueError(
-            f"the tagger fine-tuned its backbone (freeze={tagger.freeze!r}): its features are "
+            f"the tagger fine-tuned its backbone (freeze={training.freeze!r}): its features are "
             "not the cached frozen ones; train the embedder with `multitag embed train`"
         )
     enc = tagger.net_.encoder
     emb = Embedder(
         list(same),
-        backbone=tagger.backbone,
-        weights=tagger.weights,
+        backbone=features.backbone,
+        weights=features.weights,
         image_size=enc.preprocessing.image_size,
         framing=enc.preprocessing.framing or "none",
         detail=enc.preprocessing.detail or "none",
@@ -41,10 +43,10 @@ def fit_beside(
         colour_bins=enc.colour_bins,
         grid_stages=enc.grid_stages,
         cache_dir=tagger.feature_cache_dir(),
-        precision=tagger.precision,
-        engine=tagger.engine,
-        workers=tagger.workers,
-        progress=tagger.progress,
+        precision=training.precision,
+        engine=run.engine,
+        workers=run.workers,
+        progress=run.progress,
         **params,
     )
     emb.encoder_ = enc  # the same encoder: the same cache key, so a cache read

@@ -617,7 +617,7 @@ def load_embedder(model_dir: str | os.PathLike, *, allow_raw: bool = True) -> Em
 
         tagger = load_tagger(model_dir)
         encoder = tagger.net_.encoder
-        weights, precision = bb["weights"], tagger.precision
+        weights, precision = bb["weights"], tagger.settings("training").precision
     else:
         finetuned = bool(emb_cfg and emb_cfg.get("finetuned"))
         weights = bb["weights"] if bb["weights"] != "None" else None
@@ -685,7 +685,7 @@ def encode_model_dir(
     emb = load_embedder(model_dir)
     tagger = emb.tagger_
     if tagger is not None:
-        tagger.progress = False
+        tagger.set_params(runtime__progress=False)
         out = tagger.predict_proba(list(paths), batch_size=batch_size, return_features=True)
         vectors = emb.transform_features(out["features"])
         if out["errors"]:

@@ -43,7 +43,7 @@ def evaluate_split(tagger) -> dict:
     refit = getattr(tagger, "refit_", None)
     if refit is not None:
         proba = tagger.val_proba_
-    elif tagger.freeze == "all":
+    elif tagger.settings("training").freeze == "all":
         proba = tagger.predict_proba_features(tagger.val_features_)
     else:
         proba = tagger.predict_proba(tagger.val_paths_)["proba"]

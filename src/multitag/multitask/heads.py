@@ -114,8 +114,10 @@ class MultiTaskHeads(nn.Module):
         return {name: head(x) for name, head in self.heads.items()}
 
 
-class HeadEnsemble(nn.Module):
-    """Several :class:`MultiTaskHeads` fitted from different seeds on the same features.
+class AveragedHeadSets(nn.Module):
+    """The average of several :class:`MultiTaskHeads` (head sets) fitted from different seeds
+    on the same features (``HeadConfig(head_sets=n)``); not a model ensemble, which averages
+    whole taggers (:class:`~multitag.tagger.ensemble.TaggerEnsemble`).
 
     The output of each task is the log of the members' mean probability (log-odds for
     multi-label tasks), so :func:`probabilities` of it is that mean: callers see one set of
@@ -125,7 +127,7 @@ class HeadEnsemble(nn.Module):
     def __init__(self, members: Sequence[MultiTaskHeads], tasks: Sequence[Task]) -> None:
         super().__init__()
         if len(members) < 2:
-            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+            raise ValueError(f"averaging needs at least 2 head sets, got {len(members)}")
         self.members = nn.ModuleList(members)
         self.task_names = list(members[0].task_names)
         self.multilabel = [t.name for t in tasks if t.kind != "multiclass"]

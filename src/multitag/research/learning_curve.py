@@ -262,17 +262,20 @@ def learning_curve(
     framing, heads, epochs, split) are what is measured. It is left with the untrained heads
     of its preparation, so fit it afterwards to use it."""
     fractions = _check_fractions(fractions)
+    training = tagger.settings("training")
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ValueError(f"seeds: the number of subset draws per size, an int >= 1, not {seeds!r}")
-    if tagger.freeze != "all":
+    if training.freeze != "all":
         raise ValueError(
-            f"learning_curve measures heads on frozen features; freeze={tagger.freeze!r} would "
-            "fine-tune the backbone once per size and seed. Use freeze='all'."
+            "learning_curve measures heads on frozen features; "
+            f"training.freeze={training.freeze!r} would fine-tune the backbone once per size "
+            "and seed. Use freeze='all'."
         )
-    if tagger.refit:
+    if training.refit:
         raise ValueError(
-            "learning_curve scores every size on the val split; refit=True would train on it. "
-            "Use refit=False (the curve then also says what a refit on train + val buys)."
+            "learning_curve scores every size on the val split; training.refit=True would "
+            "train on it. Use refit=False (the curve then also says what a refit on train + val "
+            "buys)."
         )
     data = tagger.prepare_fit(frame)
     feats, targets, tasks = data.features.features, data.targets, tagger.tasks_
@@ -281,13 +284,15 @@ def learning_curve(
         raise ValueError("learning_curve needs validation rows: set val_fraction > 0")
     sizes = [max(1, round(f * len(train))) for f in fractions]
     records = []
-    with bar("learning curve", len(sizes) * seeds, enabled=tagger.progress) as pbar:
+    with bar(
+        "learning curve", len(sizes) * seeds, enabled=tagger.settings("runtime").progress
+    ) as pbar:
         for s in range(seeds):
-            order = np.random.default_rng(tagger.seed + s).permutation(train)
+            order = np.random.default_rng(training.seed + s).permutation(train)
             for fraction, size in zip(fractions, sizes):
                 rows = np.sort(order[:size])
                 tagger.net_.heads, _ = tagger.fit_head_set(
-                    feats, targets, rows, val, tagger.seed + s, progress=False
+                    feats, targets, rows, val, training.seed + s, progress=False
                 )
                 proba = tagger.predict_proba_features(feats[val])
                 report = report_from_arrays(tasks, {k: v[val] for k, v in targets.items()}, proba)
@@ -302,11 +307,11 @@ def learning_curve(
                 pbar.update(info=f"{size} rows, seed {s}: mean F1 {mean:.4f}")
                 pbar.advance()
     settings = {
-        "backbone": tagger.backbone,
+        "backbone": tagger.settings("features").backbone,
         "framing": tagger.net_.encoder.preprocessing.to_dict().get("framing"),
         "image_size": tagger.net_.encoder.preprocessing.image_size,
-        "head": tagger.head,
-        "epochs": tagger.epochs,
+        "head": tagger.settings("heads").head,
+        "epochs": training.epochs,
         "fractions": fractions,
         "seeds": seeds,
         "n_train_all": int(len(train)),

@@ -70,8 +70,7 @@ class CatalogService:
             from multitag.tagger.estimator import MultiTaskTagger
 
             self.tagger = MultiTaskTagger.load(model_dir)
-            self.tagger.progress = False
-            self.tagger.workers = 0
+            self.tagger.set_params(runtime__progress=False, runtime__workers=0)
             self.tagger.warm_up()  # engine conversion at start-up, not in the first request
             self.embed, _ = load_embedding(model_dir)
 

@@ -1,10 +1,10 @@
 """Several fitted taggers, their probabilities averaged: e.g. Lite0 and Lite2, or a frozen and
 a fine-tuned model (research/LOG.md, "Averaging backbones").
 
-Not to be confused with ``MultiTaskTagger(ensemble=n)``, which averages ``n`` sets of heads on
-one backbone's features (one encoder pass). A :class:`TaggerEnsemble` runs every member's own
-encoder and preprocessing (input size, framing) on each photo, so it costs the sum of its
-members' inference and is worth it where accuracy matters more than throughput.
+Not to be confused with head sets (``HeadConfig(head_sets=n)``), which average ``n`` sets of
+heads on one backbone's features (one encoder pass). A :class:`TaggerEnsemble` runs every
+member's own encoder and preprocessing (input size, framing) on each photo, so it costs the
+sum of its members' inference and is worth it where accuracy matters more than throughput.
 
 Saved as a directory with ``config.json`` (``kind: multitag-ensemble``) and one model
 directory per member (``member-0``, ...);
@@ -93,23 +93,15 @@ class TaggerEnsemble:
         """The first member's training-photo profile (members train on the same photos)."""
         return getattr(self.members[0], "photo_profile_", None)
 
-    @property
-    def progress(self) -> bool:
-        return self.members[0].progress
+    def settings(self, group: str):
+        """The first member's ``group`` settings (see ``MultiTaskTagger.settings``)."""
+        return self.members[0].settings(group)
 
-    @progress.setter
-    def progress(self, value: bool) -> None:
+    def set_params(self, **params) -> TaggerEnsemble:
+        """Set the same parameters on every member (e.g. ``runtime__progress=False``)."""
         for m in self.members:
-            m.progress = value
-
-    @property
-    def workers(self) -> int:
-        return self.members[0].workers
-
-    @workers.setter
-    def workers(self, value: int) -> None:
-        for m in self.members:
-            m.workers = value
+            m.set_params(**params)
+        return self
 
     def warm_up(self) -> TaggerEnsemble:
         """Prepare every member's inference engine now (see ``MultiTaskTagger.warm_up``)."""
@@ -166,7 +158,7 @@ class TaggerEnsemble:
         ``frame`` (``id``, ``path`` + the task columns, e.g. from ``load_manifest``) holds
         labelled photos; rows a member trained on (its ``split.csv``) are left out, so the
         manifest the members were trained from leaves their validation rows
-        (``prior_shift_rows_`` says how many). As ``MultiTaskTagger(prior_shift="auto")``:
+        (``prior_shift_rows_`` says how many). As ``HeadConfig(prior_shift="auto")``:
         ``tau`` is kept only where a 2-fold cross-fitted weighted-F1 gain on these rows is
         positive; the prior is their class mix.
         """
@@ -256,7 +248,8 @@ class TaggerEnsemble:
 
     def __repr__(self) -> str:
         names = ", ".join(
-            m.backbone + (" framed" if m.net_.encoder.preprocessing.framing else "")
+            m.settings("features").backbone
+            + (" framed" if m.net_.encoder.preprocessing.framing else "")
             for m in self.members
         )
         return f"TaggerEnsemble([{names}], weights={[round(w, 3) for w in self.weights]})"

@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +26,19 @@ from multitag.data.photo_profile import photo_profile
 from multitag.data.tasks import encode_all, infer_tasks
 from multitag.data.validate import ValidationReport, validate
 from multitag.data.views import check_views
-from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads, probabilities
+from multitag.multitask.heads import AveragedHeadSets, MultiTaskHeads, probabilities
 from multitag.multitask.net import TaggerNet
+from multitag.tagger.config import (
+    GROUPS,
+    FeatureConfig,
+    HeadConfig,
+    LabelConfig,
+    RuntimeConfig,
+    from_flat,
+    group_of,
+)
 from multitag.tagger.held_out import photo_digests
 from multitag.training.loop import History, TrainConfig, fit_heads
-from multitag.vision import backbones
 from multitag.vision.encoder_spec import EncoderSpec
 from multitag.vision.engines import inference_precision, release_runner, runner_for
 from multitag.vision.extraction import (
@@ -61,7 +69,10 @@ class FitData:
 class MultiTaskTagger(ParamsMixin):
     """One pretrained backbone, one head per task, trained together (scikit-learn style).
 
-    Parameters are stored as given; fitted state ends in ``_``. ``freeze="all"`` (default)
+    Parameters are stored as given and checked in ``fit``; fitted state ends in ``_``. The
+    settings come in five groups (:mod:`multitag.tagger.config`), each a small estimator of
+    its own, so nested names work: ``set_params(training__epochs=3)``,
+    ``get_params(deep=True)["features__backbone"]``. ``training.freeze="all"`` (default)
     trains heads on cached backbone features (the fast path); docs/architecture.md shows the
     pipeline and BENCHMARKS.md what each choice measured.
 
@@ -69,95 +80,23 @@ class MultiTaskTagger(ParamsMixin):
     ----------
     tasks : sequence of str, optional
         Label columns to learn; ``None`` = every column but ``id`` and ``path``.
-    backbone : str, default "tf_efficientnet_lite0"
-        A registered backbone (``multitag backbones``) or any timm name.
-    weights : str or None, default "auto"
-        ``"auto"``, ``"package"``, ``"hub"``, a state-dict file, or ``None`` (random init).
-    image_size : int, optional
-        Square network input; ``None`` = the backbone's pretrained size.
-    framing : {"auto", "none"} or Framing or dict, default "auto"
-        ``"auto"`` crops every photo to its product and centres it on the catalogue's canvas,
-        measured on training photos (:mod:`multitag.data.framing`); ``"none"`` squashes only.
-    detail : "auto", "none" or int, default "auto"
-        Bring photos with more pixels than the training photos down to their level of detail
-        before the square resize (:mod:`multitag.data.detail`); an int sets the pixel count.
-    stages : sequence of int, optional
-        Backbone stages whose pooled outputs join the features; ``None`` = every stage.
-    colour_bins : int, default 6
-        Bins per channel of the colour histograms (0 = no colour features).
-    grid_stages : sequence of int or "auto", default "auto"
-        Stages also pooled on a 3x2 grid (``"auto"``: the stride-8 and stride-16 stages).
-    views : sequence of str, optional
-        Extra views of every training photo (``"flip"``, ``"jpeg60"``, ``"grey"``,
-        ``"down2"``; :mod:`multitag.data.views`) whose cached features the heads also train
-        on, labelled like the photo: one more extraction pass each and more head-training
-        rows (docs/robustness.md). Frozen backbones only.
-    flip_invariant : bool, default False
-        Average every feature with its mirror-image feature before the heads
-        (:meth:`~multitag.vision.features.Encoder.mirror_index`), so a photo and its mirror
-        image get the same tags.
-    freeze : str, default "all"
-        ``"all"`` trains heads only; a stage name such as ``"blocks.5"`` also fine-tunes every
-        stage after it (:mod:`multitag.training.finetune`).
-    finetune_epochs : int, optional
-        Fine-tuning epochs; ``None`` = ``min(epochs, 5)``.
-    finetune_lr : float, default 5e-4
-        Backbone learning rate when fine-tuning.
-    head : {"linear", "mlp"}, default "linear"
-        One linear layer per task on the shared trunk, or a hidden layer per task.
-    trunk : int, default 1024
-        Width of the shared trunk (0 = none).
-    hidden : int, default 512
-        Hidden width of ``"mlp"`` heads.
-    dropout : float, default 0.2
-        Dropout inside the trunk and heads.
-    input_dropout : float, default 0.2
-        Dropout on the standardised features before the trunk.
-    ensemble : int, default 1
-        Head sets fitted from seeds ``seed, seed+1, ...`` on the same features, their
-        probabilities averaged (:class:`~multitag.multitask.heads.HeadEnsemble`); not to be
-        confused with :class:`~multitag.tagger.ensemble.TaggerEnsemble` (whole models).
-    prior_shift : {"none", "auto"}, default "none"
-        ``"auto"`` shifts each multi-class task's decisions towards rare classes where a
-        cross-fitted gain says it helps (:mod:`multitag.multitask.prior_shift`).
-    refit : bool, default False
-        Frozen backbones: once each head set has chosen its epochs on the val split, train it
-        again on train + val for that many epochs. ``val_proba_`` keeps the scores of the heads
-        before it, ``refit_`` records epochs and rows, ``split_`` lists every row as trained on.
-    multilabel : mapping or sequence of str, optional
-        Multi-label columns (a mapping gives each its own delimiter).
-    delimiter : str, default "|"
-        Delimiter inside multi-label cells.
-    min_count : int, default 5
-        Classes rarer than this are folded into ``other`` or dropped (``rare``).
-    rare : {"other", "drop"}, default "other"
-        What happens to rare classes.
-    val_fraction : float, default 0.2
-        Validation share of the stratified split (copies of a photo stay on one side).
-    epochs : int, default 25
-        Maximum head-training epochs (early stopping on the val score).
-    batch_size : int, default 512
-        Head-training batch size.
-    lr : float, default 2e-3
-        Head learning rate (AdamW, one-cycle schedule).
-    class_weight : {"none", "sqrt", "balanced"}, default "none"
-        Loss weights per class.
-    label_smoothing : float, default 0.1
-        Label smoothing of the multi-class losses.
-    patience : int, default 6
-        Epochs without a better val score before training stops.
-    seed : int, default 0
-        Seed of the split, initialisation and batch order.
-    cache_dir : path, "default" or None, default "default"
-        Feature cache folder (``"default"``: ``$MULTITAG_CACHE/features``; ``None``: no cache).
-    precision : {"auto", "bf16", "fp32"}, default "auto"
-        Training and inference precision (``"auto"``: bf16 where the CPU has it).
-    engine : {"auto", "torch", "openvino"}, default "auto"
-        Inference engine of the frozen encoder (:mod:`multitag.vision.engines`).
-    workers : int, optional
-        Decode threads; ``None`` = one per core.
-    progress : bool, default True
-        Show progress bars.
+    features : FeatureConfig, optional
+        What the encoder computes per photo: backbone, weights, input size, framing, detail,
+        stages, colour bins, grid stages, extra views, flip invariance
+        (:class:`~multitag.tagger.config.FeatureConfig`); ``None`` = its defaults.
+    heads : HeadConfig, optional
+        The heads: type, trunk, widths, dropouts, head sets averaged, prior shift
+        (:class:`~multitag.tagger.config.HeadConfig`); ``None`` = its defaults.
+    labels : LabelConfig, optional
+        How label columns become tasks: multi-label columns, delimiter, rare classes
+        (:class:`~multitag.tagger.config.LabelConfig`); ``None`` = its defaults.
+    training : TrainConfig, optional
+        Freezing and fine-tuning, epochs, batch size, learning rates, loss weights, early
+        stopping, the val split, refit, seed and precision
+        (:class:`~multitag.training.loop.TrainConfig`); ``None`` = its defaults.
+    runtime : RuntimeConfig, optional
+        Feature cache, inference engine, decode threads, progress bars; none of it changes
+        the model (:class:`~multitag.tagger.config.RuntimeConfig`); ``None`` = its defaults.
 
     Attributes
     ----------
@@ -169,113 +108,101 @@ class MultiTaskTagger(ParamsMixin):
         Head-training curves (val score per epoch, best epoch).
     split_ : dict
         Training and validation rows (ids and photo digests).
+
+    Examples
+    --------
+    >>> from multitag.tagger.config import FeatureConfig, TrainConfig
+    >>> tagger = MultiTaskTagger(
+    ...     ["gender", "articleType"],
+    ...     features=FeatureConfig(image_size=128),
+    ...     training=TrainConfig(epochs=10),
+    ... )
+    >>> tagger.set_params(training__epochs=5).settings("training").epochs
+    5
     """
 
     def __init__(
         self,
         tasks: Sequence[str] | None = None,
         *,
-        backbone: str = backbones.DEFAULT_BACKBONE,
-        weights: str | None = "auto",
-        image_size: int | None = None,
-        framing: str | Mapping | Framing = "auto",
-        detail: str | int | None = "auto",
-        stages: Sequence[int] | None = None,
-        colour_bins: int = 6,
-        grid_stages: Sequence[int] | str = "auto",
-        views: Sequence[str] | None = None,
-        flip_invariant: bool = False,
-        freeze: str = "all",
-        finetune_epochs: int | None = None,
-        finetune_lr: float = 5e-4,
-        head: str = "linear",
-        trunk: int = 1024,
-        hidden: int = 512,
-        dropout: float = 0.2,
-        input_dropout: float = 0.2,
-        ensemble: int = 1,
-        prior_shift: str = "none",
-        refit: bool = False,
-        multilabel: Mapping[str, str] | Sequence[str] | None = None,
-        delimiter: str = "|",
-        min_count: int = 5,
-        rare: str = "other",
-        val_fraction: float = 0.2,
-        epochs: int = 25,
-        batch_size: int = 512,
-        lr: float = 2e-3,
-        class_weight: str = "none",
-        label_smoothing: float = 0.1,
-        patience: int = 6,
-        seed: int = 0,
-        cache_dir: str | os.PathLike | None = "default",
-        precision: str = "auto",
-        engine: str = "auto",
-        workers: int | None = None,
-        progress: bool = True,
+        features: FeatureConfig | None = None,
+        heads: HeadConfig | None = None,
+        labels: LabelConfig | None = None,
+        training: TrainConfig | None = None,
+        runtime: RuntimeConfig | None = None,
     ) -> None:
         self.tasks = tasks
-        self.backbone = backbone
-        self.weights = weights
-        self.image_size = image_size
-        self.framing = framing
-        self.detail = detail
-        self.stages = stages
-        self.colour_bins = colour_bins
-        self.grid_stages = grid_stages
-        self.views = views
-        self.flip_invariant = flip_invariant
-        self.freeze = freeze
-        self.finetune_epochs = finetune_epochs
-        self.finetune_lr = finetune_lr
-        self.head = head
-        self.trunk = trunk
-        self.hidden = hidden
-        self.dropout = dropout
-        self.input_dropout = input_dropout
-        self.ensemble = ensemble
-        self.prior_shift = prior_shift
-        self.refit = refit
-        self.multilabel = multilabel
-        self.delimiter = delimiter
-        self.min_count = min_count
-        self.rare = rare
-        self.val_fraction = val_fraction
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.class_weight = class_weight
-        self.label_smoothing = label_smoothing
-        self.patience = patience
-        self.seed = seed
-        self.cache_dir = cache_dir
-        self.precision = precision
-        self.engine = engine
-        self.workers = workers
-        self.progress = progress
+        self.features = features
+        self.heads = heads
+        self.labels = labels
+        self.training = training
+        self.runtime = runtime
+
+    # ------------------------------------------------------------------ settings
+    def settings(self, group: str):
+        """The ``group`` settings in effect (:data:`~multitag.tagger.config.GROUPS`): as
+        given, or the group's defaults where it was left ``None``."""
+        value = getattr(self, group)
+        return GROUPS[group]() if value is None else value
+
+    @property
+    def _features_cfg(self) -> FeatureConfig:
+        return self.settings("features")
+
+    @property
+    def _heads_cfg(self) -> HeadConfig:
+        return self.settings("heads")
+
+    @property
+    def _labels_cfg(self) -> LabelConfig:
+        return self.settings("labels")
+
+    @property
+    def _training_cfg(self) -> TrainConfig:
+        return self.settings("training")
+
+    @property
+    def _runtime_cfg(self) -> RuntimeConfig:
+        return self.settings("runtime")
+
+    def get_params(self, deep: bool = True) -> dict:
+        """scikit-learn's ``get_params``; ``deep`` also lists every group's fields
+        (``features__backbone``, ...), a group left ``None`` with its defaults."""
+        params = super().get_params(deep=False)
+        if deep:
+            for group in GROUPS:
+                for name, value in self.settings(group).get_params().items():
+                    params[f"{group}__{name}"] = value
+        return params
+
+    def set_params(self, **params) -> MultiTaskTagger:
+        """scikit-learn's ``set_params``; a nested name (``training__epochs=3``) on a group
+        left ``None`` first gives it that group's defaults."""
+        for group in {key.split("__", 1)[0] for key in params if "__" in key}:
+            if group in GROUPS and getattr(self, group, None) is None:
+                setattr(self, group, GROUPS[group]())
+        return super().set_params(**params)
+
+    def __setattr__(self, name: str, value) -> None:
+        # a flat setting assigned here would be silently ignored: say where it lives
+        group = group_of().get(name)
+        if group is not None:
+            raise AttributeError(
+                f"MultiTaskTagger has no {name!r}: it is a {group} setting, "
+                f"set it with set_params({group}__{name}=...)"
+            )
+        super().__setattr__(name, value)
 
     # ------------------------------------------------------------------ fitting
-    def _train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            patience=self.patience,
-            class_weight=self.class_weight,
-            label_smoothing=self.label_smoothing,
-            seed=self.seed,
-            precision=self.precision,
-        )
-
     def encoder_spec(self) -> EncoderSpec:
         """The encoder these parameters describe."""
         return EncoderSpec(
-            self.backbone,
-            self.weights,
-            self.image_size,
-            self.stages,
-            self.colour_bins,
-            self.grid_stages,
+            self._features_cfg.backbone,
+            self._features_cfg.weights,
+            self._features_cfg.image_size,
+            self._features_cfg.stages,
+            self._features_cfg.colour_bins,
+            self._features_cfg.grid_stages,
         )
 
     def _build_encoder(
@@ -288,13 +215,17 @@ class MultiTaskTagger(ParamsMixin):
         (or ``~/.cache/multitag``) + ``/features``; ``None`` = no cache."""
         from multitag.core.runtime import feature_cache_folder
 
-        return feature_cache_folder(self.cache_dir)
+        return feature_cache_folder(self._runtime_cfg.cache_dir)
 
     def encoder_id(self) -> dict:
         """What identifies cached features, see
         :func:`~multitag.vision.extraction.encoder_cache_id`."""
         return encoder_cache_id(
-            self.net_.encoder, self.backbone, self.weights, self.precision, self.engine
+            self.net_.encoder,
+            self._features_cfg.backbone,
+            self._features_cfg.weights,
+            self._training_cfg.precision,
+            self._runtime_cfg.engine,
         )
 
     def fit(
@@ -321,24 +252,25 @@ class MultiTaskTagger(ParamsMixin):
                 self.tasks_,
                 train_rows,
                 val_rows,
-                self._train_config(),
-                progress=self.progress,
+                self._training_cfg,
+                progress=self._runtime_cfg.progress,
             )
-            if self.freeze != "all":
+            if self._training_cfg.freeze != "all":
                 from multitag.training.finetune import fine_tune
 
                 fine_tune(self, frame, targets, train_rows, val_rows)
                 feats.features = self.__dict__.pop("finetuned_features_", feats.features)
             self.member_histories_ = [self.history_]
-            if self.ensemble > 1:  # more members on the final (frozen or tuned) features
+            # more head sets on the final (frozen or tuned) features
+            if self._heads_cfg.head_sets > 1:
                 self._fit_members(heads, feats.features, targets, train_rows, val_rows)
         self.prior_shift_ = {}
-        if self.prior_shift == "auto" and len(val_rows):
+        if self._heads_cfg.prior_shift == "auto" and len(val_rows):
             self._fit_prior_shift(feats.features, targets, train_rows, val_rows)
         self.refit_ = None
         self.__dict__.pop("val_proba_", None)
         trained, held = train_rows, val_rows
-        if self.refit and len(val_rows):
+        if self._training_cfg.refit and len(val_rows):
             self.val_proba_ = self.predict_proba_features(feats.features[val_rows])
             trained = self.refit_heads(feats.features, targets, train_rows, val_rows)
             held = val_rows[:0]
@@ -355,40 +287,24 @@ class MultiTaskTagger(ParamsMixin):
         return self
 
     def _check_params(self) -> None:
+        """Every group's own checks (:mod:`multitag.tagger.config`), then the ones that
+        involve two groups."""
         if not self.tasks:
             raise ValueError("tasks: name at least one label column to learn, e.g. ['gender']")
-        if self.finetune_epochs is not None and self.finetune_epochs < 1:
+        for group in GROUPS:
+            config = self.settings(group)
+            if not isinstance(config, GROUPS[group]):
+                raise ValueError(
+                    f"{group} must be a {GROUPS[group].__name__} (multitag.tagger.config) or "
+                    f"None, not {type(config).__name__}"
+                )
+            config.validate()
+        views, freeze = self._features_cfg.views, self._training_cfg.freeze
+        if check_views(views) and freeze != "all":
             raise ValueError(
-                f"finetune_epochs must be >= 1 (or None for min(epochs, 5)), "
-                f"not {self.finetune_epochs}"
-            )
-        if not self.finetune_lr > 0:
-            raise ValueError(f"finetune_lr must be > 0, not {self.finetune_lr}")
-        n = self.ensemble
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(
-                f"ensemble: the number of head sets to average, an int >= 1, not {self.ensemble!r}"
-            )
-        if not isinstance(self.refit, bool):
-            raise ValueError(f"refit must be True or False, not {self.refit!r}")
-        if self.refit and self.freeze != "all":
-            raise ValueError(
-                f"refit=True retrains the heads on frozen features; with freeze={self.freeze!r} "
-                "the fine-tuned backbone would need its own refit. Use freeze='all' or "
-                "refit=False."
-            )
-        if not isinstance(self.flip_invariant, bool):
-            raise ValueError(f"flip_invariant must be True or False, not {self.flip_invariant!r}")
-        if check_views(self.views) and self.freeze != "all":
-            raise ValueError(
-                f"views={list(self.views)} adds cached features of extra views to frozen-feature "
-                f"training; with freeze={self.freeze!r} the backbone changes and they would not "
-                "match. Use freeze='all' or views=None."
-            )
-        if self.prior_shift not in ("none", "auto"):
-            raise ValueError(
-                f"prior_shift must be 'none' or 'auto' (choose a per-task shift towards "
-                f"frequent or rare classes on the val split), not {self.prior_shift!r}"
+                f"features.views={list(views)} adds cached features of extra views to "
+                f"frozen-feature training; with training.freeze={freeze!r} the backbone "
+                "changes and they would not match. Use freeze='all' or views=None."
             )
 
     def prepare_fit(
@@ -399,48 +315,54 @@ class MultiTaskTagger(ParamsMixin):
         cached) features and split the rows, copies of a photo on one side. Sets
         ``tasks_``, ``net_`` and ``validation_``."""
         self._check_params()
+        features, labels = self._features_cfg, self._labels_cfg
+        training, run = self._training_cfg, self._runtime_cfg
         for col in ("id", "path"):
             if col not in frame.columns:
                 raise ValueError(f"the frame needs an {col!r} column; use load_manifest()")
         frame = frame.reset_index(drop=True)
         report = validation or validate(
-            frame, list(self.tasks), decode=False, progress=self.progress
+            frame, list(self.tasks), decode=False, progress=run.progress
         )
         if not report.ok:
             raise ValueError("cannot train:\n  " + "\n  ".join(report.problems()))
         self.tasks_ = infer_tasks(
             frame,
             list(self.tasks),
-            multilabel=self.multilabel,
-            delimiter=self.delimiter,
-            min_count=self.min_count,
-            rare=self.rare,
+            multilabel=labels.multilabel,
+            delimiter=labels.delimiter,
+            min_count=labels.min_count,
+            rare=labels.rare,
         )
         paths = frame["path"].tolist()
-        framing = resolve_framing(self.framing, paths, self.seed)
-        detail = resolve_detail(self.detail, paths, framing, self.seed)
-        self.photo_profile_ = photo_profile(paths, self.seed)
-        encoder = self._build_encoder(self.weights, framing, detail)
-        heads = self.new_heads(encoder.out_dim, self.seed, encoder)
+        framing = resolve_framing(features.framing, paths, training.seed)
+        detail = resolve_detail(features.detail, paths, framing, training.seed)
+        self.photo_profile_ = photo_profile(paths, training.seed)
+        encoder = self._build_encoder(features.weights, framing, detail)
+        heads = self.new_heads(encoder.out_dim, training.seed, encoder)
         self.net_ = TaggerNet(encoder, heads, self.tasks_)
-        if inference_precision(self.precision, self.engine) == "int8":
+        if inference_precision(training.precision, run.engine) == "int8":
             # int8 features need the calibration photos first: the same split, made early
             digests = np.asarray(photo_digests(paths), dtype=object)
             early, _ = split_indices(
-                frame, default_stratify(self.tasks_), self.val_fraction, self.seed, groups=digests
+                frame,
+                default_stratify(self.tasks_),
+                training.val_fraction,
+                training.seed,
+                groups=digests,
             )
             encoder.calibration = Calibration.sample(
-                [paths[i] for i in early], digests[early], seed=self.seed
+                [paths[i] for i in early], digests[early], seed=training.seed
             )
         feats = extract_features(
             encoder,
             frame["path"].tolist(),
             cache_dir=self.feature_cache_dir(),
             encoder_id=self.encoder_id() if self.feature_cache_dir() else None,
-            precision=self.precision,
-            engine=self.engine,
-            workers=self.workers,
-            progress=self.progress,
+            precision=training.precision,
+            engine=run.engine,
+            workers=run.workers,
+            progress=run.progress,
         )
         bad = sorted(report.bad_rows | set(feats.errors))
         for row, reason in feats.errors.items():
@@ -456,7 +378,11 @@ class MultiTaskTagger(ParamsMixin):
         self.validation_ = report
         digests = np.asarray(feats.digests or photo_digests(frame["path"]), dtype=object)
         train_rows, val_rows = split_indices(  # copies of a photo (same digest) stay together
-            frame, default_stratify(self.tasks_), self.val_fraction, self.seed, groups=digests
+            frame,
+            default_stratify(self.tasks_),
+            training.val_fraction,
+            training.seed,
+            groups=digests,
         )
         train_rows = np.setdiff1d(train_rows, bad)
         val_rows = np.setdiff1d(val_rows, bad)
@@ -464,7 +390,7 @@ class MultiTaskTagger(ParamsMixin):
             raise ValueError("no usable training rows: every image is missing or unreadable")
         if getattr(encoder, "calibration", None) is None:  # saved: what --precision int8 uses
             encoder.calibration = Calibration.sample(
-                [paths[i] for i in train_rows], digests[train_rows], seed=self.seed
+                [paths[i] for i in train_rows], digests[train_rows], seed=training.seed
             )
         return FitData(frame, feats, encode_all(frame, self.tasks_), digests, train_rows, val_rows)
 
@@ -473,7 +399,7 @@ class MultiTaskTagger(ParamsMixin):
         ``data``: the view's cached features, the row's labels, its index added to the training
         rows. Validation rows stay the photos as they are, so epochs and scores are chosen on
         them. Sets ``views_`` (what ``config.json`` records)."""
-        views = check_views(self.views)
+        views = check_views(self._features_cfg.views)
         self.views_ = None
         if not views:
             return
@@ -487,12 +413,12 @@ class MultiTaskTagger(ParamsMixin):
                 paths,
                 cache_dir=cache,
                 encoder_id=self.encoder_id() if cache else None,
-                precision=self.precision,
-                engine=self.engine,
-                workers=self.workers,
-                progress=self.progress,
+                precision=self._training_cfg.precision,
+                engine=self._runtime_cfg.engine,
+                workers=self._runtime_cfg.workers,
+                progress=self._runtime_cfg.progress,
                 view=view,
-                view_seed=self.seed,
+                view_seed=self._training_cfg.seed,
             )
             ok = np.setdiff1d(np.arange(len(train)), list(res.errors))
             blocks.append(res.features[ok])
@@ -503,30 +429,30 @@ class MultiTaskTagger(ParamsMixin):
         source = np.concatenate(sources)
         data.targets = {name: t[source] for name, t in data.targets.items()}
         data.train_rows = np.concatenate([train, np.arange(start, len(source))])
-        self.views_ = {"views": views, "seed": self.seed, "rows": added}
+        self.views_ = {"views": views, "seed": self._training_cfg.seed, "rows": added}
 
     def new_heads(self, in_dim: int, seed: int, encoder: Encoder | None = None) -> MultiTaskHeads:
         """Heads initialised from ``seed`` alone (not from whatever used the global RNG);
         mirror-symmetric with ``flip_invariant`` (the layout of ``encoder``, default ``net_``'s)."""
         encoder = encoder or self.net_.encoder
-        mirror = encoder.mirror_index() if self.flip_invariant else None
+        mirror = encoder.mirror_index() if self._features_cfg.flip_invariant else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return MultiTaskHeads(
                 in_dim,
                 self.tasks_,
-                self.head,
-                self.hidden,
-                self.dropout,
-                input_dropout=self.input_dropout,
-                trunk=self.trunk,
+                self._heads_cfg.head,
+                self._heads_cfg.hidden,
+                self._heads_cfg.dropout,
+                input_dropout=self._heads_cfg.input_dropout,
+                trunk=self._heads_cfg.trunk,
                 mirror=mirror,
             )
 
     def _batched(self) -> bool:
         """Whether the head sets train together as one batched model: frozen backbone and
         linear heads (:func:`~multitag.training.head_sets.can_batch`)."""
-        return self.freeze == "all" and self.head == "linear"
+        return self._training_cfg.freeze == "all" and self._heads_cfg.head == "linear"
 
     def _fit_sets_batched(self, features, targets, train_rows, val_rows, run_epochs=None):
         """Train all ``ensemble`` head sets from seeds ``seed, seed+1, ...`` at once
@@ -534,13 +460,13 @@ class MultiTaskTagger(ParamsMixin):
         Sets ``history_`` / ``member_histories_`` (not for a refit); returns the heads."""
         from multitag.training.head_sets import fit_head_sets
 
-        seeds = [self.seed + i for i in range(self.ensemble)]
+        seeds = [self._training_cfg.seed + i for i in range(self._heads_cfg.head_sets)]
         members = [self.new_heads(features.shape[1], s) for s in seeds]
         histories = fit_head_sets(
             members, features, targets, self.tasks_, train_rows, val_rows,
-            self._train_config(), seeds, run_epochs=run_epochs, progress=self.progress,
+            self._training_cfg, seeds, run_epochs=run_epochs, progress=self._runtime_cfg.progress,
         )  # fmt: skip
-        heads = members[0] if len(members) == 1 else HeadEnsemble(members, self.tasks_)
+        heads = members[0] if len(members) == 1 else AveragedHeadSets(members, self.tasks_)
         if run_epochs is None:
             self.history_, self.member_histories_ = histories[0], histories
             self.net_.heads = heads
@@ -549,13 +475,18 @@ class MultiTaskTagger(ParamsMixin):
     def _fit_members(self, first, features, targets, train_rows, val_rows) -> None:
         """Fit members 2..n from seeds ``seed+1, ...``; the heads become their ensemble."""
         members = [first]
-        for i in range(1, self.ensemble):
+        for i in range(1, self._heads_cfg.head_sets):
             member, history = self.fit_head_set(
-                features, targets, train_rows, val_rows, self.seed + i, self.progress
+                features,
+                targets,
+                train_rows,
+                val_rows,
+                self._training_cfg.seed + i,
+                self._runtime_cfg.progress,
             )
             self.member_histories_.append(history)
             members.append(member)
-        self.net_.heads = HeadEnsemble(members, self.tasks_)
+        self.net_.heads = AveragedHeadSets(members, self.tasks_)
 
     def fit_head_set(
         self,
@@ -576,13 +507,12 @@ class MultiTaskTagger(ParamsMixin):
 
             [history] = fit_head_sets(
                 [heads], features, targets, self.tasks_, train_rows, val_rows,
-                self._train_config(), [seed], progress=progress,
+                self._training_cfg, [seed], progress=progress,
                 run_epochs=None if run_epochs is None else [run_epochs],
             )  # fmt: skip
             return heads, history
         heads.fit_scaler(features[train_rows])
-        config = self._train_config()
-        config.seed = seed
+        config = replace(self._training_cfg, seed=seed)
         history = fit_heads(
             heads, features, targets, self.tasks_, train_rows, val_rows, config,
             progress=progress, run_epochs=run_epochs,
@@ -594,7 +524,7 @@ class MultiTaskTagger(ParamsMixin):
         epochs of the schedule (no rows left to score): one refitted member."""
         rows = np.union1d(train_rows, val_rows)
         return self.fit_head_set(
-            features, targets, rows, rows[:0], seed, self.progress, run_epochs=epochs
+            features, targets, rows, rows[:0], seed, self._runtime_cfg.progress, run_epochs=epochs
         )[0]
 
     def refit_heads(self, features, targets, train_rows, val_rows) -> np.ndarray:
@@ -608,10 +538,12 @@ class MultiTaskTagger(ParamsMixin):
             new = self._fit_sets_batched(features, targets, rows, rows[:0], run_epochs=epochs)
         else:
             members = [
-                self.refit_head_set(features, targets, train_rows, val_rows, self.seed + i, n)
+                self.refit_head_set(
+                    features, targets, train_rows, val_rows, self._training_cfg.seed + i, n
+                )
                 for i, n in enumerate(epochs)
             ]
-            new = members[0] if len(members) == 1 else HeadEnsemble(members, self.tasks_)
+            new = members[0] if len(members) == 1 else AveragedHeadSets(members, self.tasks_)
         if isinstance(self.net_.heads, PriorShiftedHeads):
             self.net_.heads.base = new
         else:
@@ -633,7 +565,7 @@ class MultiTaskTagger(ParamsMixin):
             self.predict_proba_features(features[val_rows]),
             {k: v[val_rows] for k, v in targets.items()},
             {k: v[train_rows] for k, v in targets.items()},
-            seed=self.seed,
+            seed=self._training_cfg.seed,
         )
         self.prior_shift_ = {
             n: {k: s[k] for k in ("tau", "cross_fitted_gain")} for n, s in shifts.items()
@@ -664,7 +596,7 @@ class MultiTaskTagger(ParamsMixin):
         backbones only): worth it when the same images were just used for training.
         """
         self._check_fitted()
-        if use_cache and self.feature_cache_dir() and self.freeze == "all":
+        if use_cache and self.feature_cache_dir() and self._training_cfg.freeze == "all":
             return self._predict_from_cache(paths, return_features)
         device = runtime.default_device()
         net = self.net_.eval().to(device)
@@ -694,7 +626,7 @@ class MultiTaskTagger(ParamsMixin):
         so a service's first request does not pay for it."""
         self._check_fitted()
         if hasattr(self.net_, "from_features"):
-            runner_for(self.net_.encoder, self.engine, self.precision)
+            runner_for(self.net_.encoder, self._runtime_cfg.engine, self._training_cfg.precision)
         return self
 
     def release_engine(self) -> MultiTaskTagger:
@@ -718,11 +650,11 @@ class MultiTaskTagger(ParamsMixin):
                 net.encoder,
                 paths,
                 batch_size=batch_size,
-                workers=self.workers,
-                precision=self.precision,
-                engine=self.engine,
+                workers=self._runtime_cfg.workers,
+                precision=self._training_cfg.precision,
+                engine=self._runtime_cfg.engine,
                 device=device,
-                progress=self.progress,
+                progress=self._runtime_cfg.progress,
                 description="tagging",
             ):
                 if feats is None:
@@ -731,18 +663,18 @@ class MultiTaskTagger(ParamsMixin):
                 probs, _, feats = net.from_features(feats.to(device), imagenet=False)
                 yield rows, errs, (probs, logits, feats)
             return
-        precision = runtime.resolve_precision(self.precision, device)
+        precision = runtime.resolve_precision(self._training_cfg.precision, device)
         prep = net.encoder.preprocessing
         loader = iter_batches(
             paths,
             prep.image_size,
             batch_size,
-            self.workers,
+            self._runtime_cfg.workers,
             framing=prep.framing,
             detail=prep.detail,
         )
         n = len(paths)
-        with bar("tagging", n, enabled=self.progress and n > batch_size) as pbar:
+        with bar("tagging", n, enabled=self._runtime_cfg.progress and n > batch_size) as pbar:
             for idx, images, errs in loader:
                 out = None
                 if images is not None:
@@ -759,17 +691,17 @@ class MultiTaskTagger(ParamsMixin):
         predictions do not read the cache)."""
         self._check_fitted()
         cache = self.feature_cache_dir()
-        if cache is None or self.freeze != "all":
+        if cache is None or self._training_cfg.freeze != "all":
             return {}
         return fill_cache(
             self.net_.encoder,
             list(paths),
             cache_dir=cache,
             encoder_id=self.encoder_id(),
-            precision=self.precision,
-            engine=self.engine,
-            workers=self.workers,
-            progress=self.progress,
+            precision=self._training_cfg.precision,
+            engine=self._runtime_cfg.engine,
+            workers=self._runtime_cfg.workers,
+            progress=self._runtime_cfg.progress,
         )
 
     @torch.inference_mode()
@@ -779,10 +711,10 @@ class MultiTaskTagger(ParamsMixin):
             list(paths),
             cache_dir=self.feature_cache_dir(),
             encoder_id=self.encoder_id(),
-            precision=self.precision,
-            engine=self.engine,
-            workers=self.workers,
-            progress=self.progress,
+            precision=self._training_cfg.precision,
+            engine=self._runtime_cfg.engine,
+            workers=self._runtime_cfg.workers,
+            progress=self._runtime_cfg.progress,
         )
         probs, imagenet, _ = self.net_.eval().from_features(torch.as_tensor(res.features))
         rows = [i for i in res.errors]
@@ -828,7 +760,9 @@ class MultiTaskTagger(ParamsMixin):
         saved = load_saved(directory)
         config = saved.config
         backbone = config["backbone"]
-        params = {k: v for k, v in config.get("params", {}).items() if k in cls().get_params()}
+        # flat names, as saved (models from before the groups too): from_flat groups them
+        params = dict(config.get("params", {}))
+        tasks = params.pop("tasks", None)
         params.update(backbone=backbone["name"], weights=backbone["weights"])
         # a Framing / dict setting is not a JSON scalar; its measured value is in preprocessing
         # (None before framing existed: squash-resize only); likewise detail
@@ -837,7 +771,7 @@ class MultiTaskTagger(ParamsMixin):
         params.setdefault("detail", preprocessing.detail or "none")
         # and flip_invariant (off before it existed): what the saved heads do, whatever the default
         params.setdefault("flip_invariant", bool(config["heads"].get("flip_invariant", False)))
-        tagger = cls(**params)
+        tagger = cls(tasks, **from_flat(params, strict=False))
         tagger.tasks_ = saved.tasks
         tagger.net_ = saved.net
         tagger.prior_shift_ = config["heads"].get("prior_shift", {})
@@ -849,11 +783,8 @@ class MultiTaskTagger(ParamsMixin):
             tagger.split_ = saved.split
         return tagger
 
-    def train_config(self) -> dict:
-        return asdict(self._train_config())
-
     def __repr__(self) -> str:
-        return f"MultiTaskTagger(tasks={self.tasks!r}, backbone={self.backbone!r})"
+        return f"MultiTaskTagger(tasks={self.tasks!r}, backbone={self._features_cfg.backbone!r})"
 
 
 __all__ = ["MultiTaskTagger", "TaggerNet", "History"]

@@ -23,9 +23,10 @@ from multitag.core.faults import kill_point
 from multitag.core.io import atomic_path, remove_stale_temps, write_json
 from multitag.core.locks import writer_lock
 from multitag.data.tasks import Task
-from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads
+from multitag.multitask.heads import AveragedHeadSets, MultiTaskHeads
 from multitag.multitask.net import TaggerNet
 from multitag.multitask.prior_shift import PriorShiftedHeads
+from multitag.tagger.config import flat_settings
 from multitag.vision.encoder_spec import encoder_from_config, encoder_section
 from multitag.vision.features import FEATURE_VERSION, Preprocessing
 from multitag.vision.quantize import Calibration
@@ -66,10 +67,12 @@ def save_tagger(tagger, directory: str | os.PathLike) -> Path:
 def _save_tagger(tagger, directory: Path) -> Path:
     net = tagger.net_
     enc = net.encoder
+    features, heads = tagger.settings("features"), tagger.settings("heads")
+    training = tagger.settings("training")
     config = {
         "format_version": FORMAT_VERSION,
         "kind": "multitag-tagger",
-        "backbone": encoder_section(enc, tagger.backbone, tagger.weights),
+        "backbone": encoder_section(enc, features.backbone, features.weights),
         "preprocessing": {
             **enc.preprocessing.to_dict(),
             "resize": _resize_steps(enc.preprocessing),
@@ -78,30 +81,31 @@ def _save_tagger(tagger, directory: Path) -> Path:
         # what the training photos look like: evaluate warns about photos that differ
         "training_photos": getattr(tagger, "photo_profile_", None),
         "heads": {
-            "type": tagger.head,
-            "trunk": tagger.trunk,
-            "hidden": tagger.hidden,
-            "dropout": tagger.dropout,
-            "input_dropout": tagger.input_dropout,
-            "ensemble": getattr(tagger, "ensemble", 1),
-            "flip_invariant": bool(getattr(tagger, "flip_invariant", False)),
+            "type": heads.head,
+            "trunk": heads.trunk,
+            "hidden": heads.hidden,
+            "dropout": heads.dropout,
+            "input_dropout": heads.input_dropout,
+            "head_sets": heads.head_sets,
+            "flip_invariant": bool(features.flip_invariant),
             "prior_shift": getattr(tagger, "prior_shift_", {}),
         },
         "tasks": [t.to_dict() for t in tagger.tasks_],
         "training": {
-            "freeze": tagger.freeze,
-            **tagger.train_config(),
+            "freeze": training.freeze,
+            **training.loop_record(),
             "history": tagger.history_.to_dict() if hasattr(tagger, "history_") else None,
             "refit": getattr(tagger, "refit_", None),
             # extra views of the training photos the heads also learnt from (multitag.data.views)
             "views": getattr(tagger, "views_", None),
         },
+        # every setting by its flat name (multitag.tagger.config.from_flat reads them back)
         "params": {
             k: v
-            for k, v in tagger.get_params().items()
+            for k, v in {"tasks": tagger.tasks, **flat_settings(tagger)}.items()
             if isinstance(v, (str, int, float, bool, list, type(None)))
         },
-        "precision": tagger.precision,
+        "precision": training.precision,
         # the training photos that calibrate the int8 encoder (multitag.vision.quantize)
         "calibration": _calibration_dict(enc),
         "versions": library_versions(),
@@ -232,8 +236,8 @@ def load_saved(directory: str | os.PathLike) -> SavedTagger:
             mirror=encoder.mirror_index() if h.get("flip_invariant") else None,
         )
 
-    n = int(h.get("ensemble", 1))
-    heads = HeadEnsemble([new_heads() for _ in range(n)], tasks) if n > 1 else new_heads()
+    n = int(h.get("head_sets", h.get("ensemble", 1)))  # "ensemble" before it was renamed
+    heads = AveragedHeadSets([new_heads() for _ in range(n)], tasks) if n > 1 else new_heads()
     shifted = {name: s for name, s in h.get("prior_shift", {}).items() if s["tau"]}
     if shifted:  # the biases themselves are buffers in the weights file
         sizes = {t.name: t.n_classes for t in tasks}

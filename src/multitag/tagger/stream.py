@@ -39,7 +39,7 @@ class BatchTagger:
 
         set_threads(threads, torch_threads)
         self.tagger = load_any_tagger(model_dir)
-        self.tagger.progress = False  # the job shows one bar over every batch
+        self.tagger.set_params(runtime__progress=False)  # the job shows one bar over every batch
         if hasattr(self.tagger, "release_engines"):
             self.tagger.release_engines = True
         self.model = shards.model_fingerprint(model_dir)

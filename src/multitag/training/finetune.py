@@ -372,37 +372,38 @@ def tuned_features(
 
 # ------------------------------------------------------------------------ tagger wiring
 def fine_tune(tagger, frame, targets, train_rows, val_rows) -> History:
-    """Fine-tune a :class:`MultiTaskTagger` above ``tagger.freeze`` with hard sharing.
+    """Fine-tune a :class:`MultiTaskTagger` above ``training.freeze`` with hard sharing.
 
     Called by ``MultiTaskTagger.fit`` after the heads were warm-started on cached features.
     Trains the encoder's own upper blocks in place, so ``save``/``load`` need no change.
-    Epochs: ``tagger.finetune_epochs``, or ``min(tagger.epochs, 5)`` when it is None."""
+    Epochs: ``training.finetune_epochs``, or ``min(training.epochs, 5)`` when it is None."""
     from multitag.multitask.sharing import HardSharing
     from multitag.vision.extraction import extract_prefix, run_encoder
 
+    training, run = tagger.settings("training"), tagger.settings("runtime")
     encoder = tagger.net_.encoder
-    block = encoder.block_index(tagger.freeze)
+    block = encoder.block_index(training.freeze)
     acts, prefix, errors = extract_prefix(
         encoder,
         frame["path"].tolist(),
         block,
         cache_dir=tagger.feature_cache_dir(),
         encoder_id=tagger.encoder_id() if tagger.feature_cache_dir() else None,
-        precision=tagger.precision,
-        engine=tagger.engine,
-        workers=tagger.workers,
-        progress=tagger.progress,
+        precision=training.precision,
+        engine=run.engine,
+        workers=run.workers,
+        progress=run.progress,
     )
     train_rows = np.setdiff1d(train_rows, list(errors))
     val_rows = np.setdiff1d(val_rows, list(errors))
     model = HardSharing(encoder, block, tagger.net_.heads)
-    epochs = tagger.finetune_epochs or min(tagger.epochs, 5)
+    epochs = training.finetune_epochs or min(training.epochs, 5)
     config = FineTuneConfig(
         epochs=epochs,
-        lr=tagger.finetune_lr,
-        precision=tagger.precision,
-        seed=tagger.seed,
-        label_smoothing=tagger.label_smoothing,
+        lr=training.finetune_lr,
+        precision=training.precision,
+        seed=training.seed,
+        label_smoothing=training.label_smoothing,
     )
     history = train_sharing(
         model,
@@ -412,20 +413,20 @@ def fine_tune(tagger, frame, targets, train_rows, val_rows) -> History:
         train_rows,
         val_rows,
         config,
-        progress=tagger.progress,
+        progress=run.progress,
     )
     encoder.eval()
     tagger.finetune_history_ = history
     # the encoder changed: features for the validation report must come from the tuned one
     tuned = tuned_features(
-        encoder, block, StageData(acts, prefix), np.arange(len(frame)), precision=tagger.precision
+        encoder, block, StageData(acts, prefix), np.arange(len(frame)), precision=training.precision
     )
-    engine = resolve_engine(tagger.engine)
+    engine = resolve_engine(run.engine)
     if engine != "torch":  # evaluate on the features tagging will compute
         val_paths = frame["path"].iloc[val_rows].tolist()
         res = run_encoder(
-            encoder, val_paths, engine=engine, precision=tagger.precision,
-            workers=tagger.workers, progress=tagger.progress, description="tuned val features",
+            encoder, val_paths, engine=engine, precision=training.precision,
+            workers=run.workers, progress=run.progress, description="tuned val features",
         )  # fmt: skip
         tuned[val_rows] = res.features
     tuned[list(errors)] = 0.0

@@ -1,6 +1,6 @@
 """Several sets of linear heads trained at once, as one batched model.
 
-An ensemble of head sets (:class:`~multitag.multitask.heads.HeadEnsemble`) is n independent
+Averaged head sets (:class:`~multitag.multitask.heads.AveragedHeadSets`) are n independent
 trainings on the same cached features. :func:`fit_head_sets` runs them as one: each layer's
 weights are stacked over the sets (``(n, in, out)``) and applied with one batched matmul, the
 features are standardised once (not on every step), every task's head is one slice of a single

@@ -14,15 +14,56 @@ from torch import nn
 
 from multitag.core import runtime
 from multitag.core.faults import kill_point
+from multitag.core.params import ParamsMixin
 from multitag.core.progress import bar
 from multitag.data.tasks import Task
-from multitag.multitask.losses import class_weights, task_loss
+from multitag.multitask.losses import CLASS_WEIGHTINGS, class_weights, task_loss
 
 
 @dataclass
-class TrainConfig:
-    """Hyper-parameters of the head-training loop (also recorded in the model config)."""
+class TrainConfig(ParamsMixin):
+    """How a tagger trains: the head-training loop, fine-tuning, the split and the refit
+    (``MultiTaskTagger(training=...)``; the loop functions read the fields they need).
 
+    Parameters
+    ----------
+    freeze : str, default "all"
+        ``"all"`` trains heads only; a stage name such as ``"blocks.5"`` also fine-tunes every
+        stage after it (:mod:`multitag.training.finetune`).
+    finetune_epochs : int, optional
+        Fine-tuning epochs; ``None`` = ``min(epochs, 5)``.
+    finetune_lr : float, default 5e-4
+        Backbone learning rate when fine-tuning.
+    epochs : int, default 25
+        Maximum head-training epochs (early stopping on the val score).
+    batch_size : int, default 512
+        Head-training batch size.
+    lr : float, default 2e-3
+        Head learning rate (AdamW, one-cycle schedule).
+    weight_decay : float, default 1e-4
+        AdamW weight decay of the heads.
+    patience : int, default 6
+        Epochs without a better val score before training stops.
+    class_weight : {"none", "sqrt", "balanced"}, default "none"
+        Loss weights per class.
+    label_smoothing : float, default 0.1
+        Label smoothing of the multi-class losses.
+    val_fraction : float, default 0.2
+        Validation share of the stratified split (copies of a photo stay on one side).
+    refit : bool, default False
+        Frozen backbones: once each head set has chosen its epochs on the val split, train it
+        again on train + val for that many epochs. ``val_proba_`` keeps the scores of the heads
+        before it, ``refit_`` records epochs and rows, ``split_`` lists every row as trained on.
+    seed : int, default 0
+        Seed of the split, initialisation and batch order.
+    precision : {"auto", "bf16", "fp32"}, default "auto"
+        Training and inference precision (``"auto"``: bf16 where the CPU has it); recorded in
+        the model, so it tags as it was trained.
+    """
+
+    freeze: str = "all"
+    finetune_epochs: int | None = None
+    finetune_lr: float = 5e-4
     epochs: int = 25
     batch_size: int = 512
     lr: float = 2e-3
@@ -30,15 +71,46 @@ class TrainConfig:
     patience: int = 6
     class_weight: str = "none"
     label_smoothing: float = 0.1
+    val_fraction: float = 0.2
+    refit: bool = False
     seed: int = 0
-    precision: str = "auto"  # bf16 where the CPU has it: faster steps (AMX), same F1
+    precision: str = "auto"
 
     def validate(self) -> None:
+        """One-line errors naming the option (``training.epochs must be >= 1, not 0``)."""
         for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+                raise ValueError(f"training.{name} must be >= 1, not {getattr(self, name)}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, not {self.lr}")
+            raise ValueError(f"training.lr must be > 0, not {self.lr}")
+        if self.class_weight not in CLASS_WEIGHTINGS:
+            raise ValueError(
+                f"training.class_weight must be one of {CLASS_WEIGHTINGS}, "
+                f"not {self.class_weight!r}"
+            )
+        if self.finetune_epochs is not None and self.finetune_epochs < 1:
+            raise ValueError(
+                "training.finetune_epochs must be >= 1 (or None for min(epochs, 5)), "
+                f"not {self.finetune_epochs}"
+            )
+        if not self.finetune_lr > 0:
+            raise ValueError(f"training.finetune_lr must be > 0, not {self.finetune_lr}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"training.val_fraction must be in (0, 1), not {self.val_fraction}")
+        if not isinstance(self.refit, bool):
+            raise ValueError(f"training.refit must be True or False, not {self.refit!r}")
+        if self.refit and self.freeze != "all":
+            raise ValueError(
+                f"training.refit=True retrains the heads on frozen features; with "
+                f"training.freeze={self.freeze!r} the fine-tuned backbone would need its own "
+                "refit. Use freeze='all' or refit=False."
+            )
+
+    def loop_record(self) -> dict:
+        """The fields ``config.json`` records under ``training`` (the loop's settings)."""
+        names = ("epochs", "batch_size", "lr", "weight_decay", "patience", "class_weight",
+                 "label_smoothing", "seed", "precision")  # fmt: skip
+        return {name: getattr(self, name) for name in names}
 
 
 @dataclass
