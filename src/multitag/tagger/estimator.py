@@ -21,15 +21,13 @@ from multitag.core.params import ParamsMixin
 from multitag.core.progress import bar
 from multitag.data.detail import resolve_detail
 from multitag.data.framing import Framing, resolve_framing
-from multitag.data.manifest import default_stratify, split_indices
 from multitag.data.photo_profile import photo_profile
-from multitag.data.tasks import encode_all, infer_tasks
 from multitag.data.validate import ValidationReport, validate
 from multitag.data.views import check_views
 from multitag.multitask.heads import HeadEnsemble, MultiTaskHeads, probabilities
 from multitag.multitask.net import TaggerNet
-from multitag.tagger.held_out import photo_digests
 from multitag.training.loop import History, TrainConfig, fit_heads
+from multitag.training.prepare import FeatureStore, check_frame, fit_rows
 from multitag.vision import backbones
 from multitag.vision.encoder_spec import EncoderSpec
 from multitag.vision.engines import inference_precision, release_runner, runner_for
@@ -398,16 +396,13 @@ class MultiTaskTagger(ParamsMixin):
         cached) features and split the rows, copies of a photo on one side. Sets
         ``tasks_``, ``net_`` and ``validation_``."""
         self._check_params()
-        for col in ("id", "path"):
-            if col not in frame.columns:
-                raise ValueError(f"the frame needs an {col!r} column; use load_manifest()")
-        frame = frame.reset_index(drop=True)
+        frame = check_frame(frame)
         report = validation or validate(
             frame, list(self.tasks), decode=False, progress=self.progress
         )
         if not report.ok:
             raise ValueError("cannot train:\n  " + "\n  ".join(report.problems()))
-        self.tasks_ = infer_tasks(
+        rows = fit_rows(
             frame,
             list(self.tasks),
             multilabel=self.multilabel,
@@ -415,6 +410,7 @@ class MultiTaskTagger(ParamsMixin):
             min_count=self.min_count,
             rare=self.rare,
         )
+        self.tasks_ = rows.tasks
         paths = frame["path"].tolist()
         framing = resolve_framing(self.framing, paths, self.seed)
         detail = resolve_detail(self.detail, paths, framing, self.seed)
@@ -424,24 +420,22 @@ class MultiTaskTagger(ParamsMixin):
         self.net_ = TaggerNet(encoder, heads, self.tasks_)
         if inference_precision(self.precision, self.engine) == "int8":
             # int8 features need the calibration photos first: the same split, made early
-            digests = np.asarray(photo_digests(paths), dtype=object)
-            early, _ = split_indices(
-                frame, default_stratify(self.tasks_), self.val_fraction, self.seed, groups=digests
-            )
+            digests = rows.digests()
+            early = rows.split(self.val_fraction, self.seed, digests=digests).train
             encoder.calibration = Calibration.sample(
                 [paths[i] for i in early], digests[early], seed=self.seed
             )
-        feats = extract_features(
+        feats = FeatureStore(
             encoder,
-            frame["path"].tolist(),
-            cache_dir=self.feature_cache_dir(),
-            encoder_id=self.encoder_id() if self.feature_cache_dir() else None,
-            precision=self.precision,
-            engine=self.engine,
-            workers=self.workers,
-            progress=self.progress,
-        )
-        bad = sorted(report.bad_rows | set(feats.errors))
+            self.backbone,
+            self.weights,
+            self.precision,
+            self.engine,
+            self.feature_cache_dir(),
+            self.workers,
+            self.progress,
+        ).features(paths)
+        bad = report.bad_rows | set(feats.errors)
         for row, reason in feats.errors.items():
             if row not in report.bad_rows:
                 report.unreadable.append(
@@ -453,19 +447,16 @@ class MultiTaskTagger(ParamsMixin):
                     }
                 )
         self.validation_ = report
-        digests = np.asarray(feats.digests or photo_digests(frame["path"]), dtype=object)
-        train_rows, val_rows = split_indices(  # copies of a photo (same digest) stay together
-            frame, default_stratify(self.tasks_), self.val_fraction, self.seed, groups=digests
-        )
-        train_rows = np.setdiff1d(train_rows, bad)
-        val_rows = np.setdiff1d(val_rows, bad)
-        if len(train_rows) == 0:
+        digests = np.asarray(feats.digests, dtype=object) if feats.digests else rows.digests()
+        # copies of a photo (same digest) stay together; unusable rows are in neither part
+        split = rows.split(self.val_fraction, self.seed, digests=digests, exclude=bad)
+        if len(split.train) == 0:
             raise ValueError("no usable training rows: every image is missing or unreadable")
         if getattr(encoder, "calibration", None) is None:  # saved: what --precision int8 uses
             encoder.calibration = Calibration.sample(
-                [paths[i] for i in train_rows], digests[train_rows], seed=self.seed
+                [paths[i] for i in split.train], digests[split.train], seed=self.seed
             )
-        return FitData(frame, feats, encode_all(frame, self.tasks_), digests, train_rows, val_rows)
+        return FitData(frame, feats, rows.targets, digests, split.train, split.val)
 
     def _add_views(self, data: FitData) -> None:
         """Append one row per training row and extra view (:mod:`multitag.data.views`) to
