@@ -147,7 +147,9 @@ def test_a_tagger_refits_one_head_set_for_exactly_its_epochs(synthetic_tagger, s
     x = data.features.features
     heads = tagger.refit_head_set(x, data.targets, data.train_rows, data.val_rows, seed=7, epochs=3)
     again = tagger.refit_head_set(x, data.targets, data.train_rows, data.val_rows, seed=7, epochs=3)
-    longer = tagger.refit_head_set(x, data.targets, data.train_rows, data.val_rows, seed=7, epochs=5)
+    longer = tagger.refit_head_set(
+        x, data.targets, data.train_rows, data.val_rows, seed=7, epochs=5
+    )
     probe = torch.from_numpy(x[:16])
     for a, b, c in zip(heads.eval()(probe).values(), again.eval()(probe).values(),
                        longer.eval()(probe).values()):  # fmt: skip
