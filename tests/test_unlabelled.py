@@ -46,6 +46,15 @@ def make_photos(folder: Path, start: int, n: int) -> list[Path]:
     return out
 
 
+@pytest.fixture(scope="module", autouse=True)
+def torch_engine():
+    """The PyTorch engine: converting Lite0 to OpenVINO costs more than these few photos take
+    to encode (tests/test_engines.py tests the conversion)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MULTITAG_ENGINE", "torch")
+        yield
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A catalogue built by the CLI from a folder (no CSV) and a backbone name."""
