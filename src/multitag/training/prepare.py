@@ -101,8 +101,10 @@ class FitRows:
         frame = self.frame
         strat = default_stratify(self.tasks)
         groups = None
-        if group_copies and "path" in frame.columns:
-            groups = np.asarray(self.digests() if digests is None else digests, dtype=object)
+        if group_copies and digests is not None:
+            groups = np.asarray(digests, dtype=object)
+        elif group_copies and "path" in frame.columns:
+            groups = self.digests()
         if test_fraction:
             rest, test = split_indices(frame, strat, test_fraction, seed, groups=groups)
             train, val = split_indices(
