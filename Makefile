@@ -32,6 +32,7 @@ explore: install
 test: install browser
 	$(BIN)/python -m pytest -q
 
+## no real data, every module (docs/testing.md): 137 CPU-s, was 360 (busy shared 2-core host; budget: 3 min on a quiet one)
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
 

@@ -12,6 +12,10 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a hub in tests
+# idle OpenMP threads sleep instead of spinning: the tests run many tiny tensor ops, and
+# spinning workers took most of the fast tier's CPU time (docs/testing.md); set before
+# torch (and its OpenMP runtime) is loaded, inherited by the CLI subprocesses
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # hermetic: a cold feature cache per test session, as on a fresh CI machine
 os.environ["MULTITAG_CACHE"] = tempfile.mkdtemp(prefix="multitag-test-cache-")
 
@@ -25,6 +29,21 @@ def fashion_available() -> bool:
 
 
 requires_fashion = pytest.mark.skipif(not fashion_available(), reason=f"{FASHION} not found")
+#: fixtures that read the real data set: a test using one belongs to the slow tier
+REAL_DATA_FIXTURES = {"fashion_frame", "trained_tagger"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test on real data (``requires_fashion`` or a real-data fixture) is ``slow``, so
+    ``make test-fast`` (``-m "not slow"``) never reads the data set, wherever it is present;
+    ``make test`` runs them all the same."""
+    for item in items:
+        marked = any(
+            m.kwargs.get("reason") == requires_fashion.kwargs["reason"]
+            for m in item.iter_markers("skipif")
+        )
+        if marked or REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 KINDS = ("disc", "stripes", "triangle", "checks")
-BUILD = dict(n_topics=4, n_clusters=4, umap_epochs=40, chunk_size=16, progress=False)
+# t-SNE maps: UMAP's first fit compiles its numba kernels (about a minute of CPU), which the
+# fast tier leaves to the slow test below and to tests/test_catalog.py
+BUILD = dict(n_topics=4, n_clusters=4, layout="tsne", chunk_size=16, progress=False)
 
 
 def make_photos(folder: Path, start: int, n: int) -> list[Path]:
@@ -44,6 +46,15 @@ def make_photos(folder: Path, start: int, n: int) -> list[Path]:
     return out
 
 
+@pytest.fixture(scope="module", autouse=True)
+def torch_engine():
+    """The PyTorch engine: converting Lite0 to OpenVINO costs more than these few photos take
+    to encode (tests/test_engines.py tests the conversion)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MULTITAG_ENGINE", "torch")
+        yield
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A catalogue built by the CLI from a folder (no CSV) and a backbone name."""
@@ -56,6 +67,7 @@ def built(tmp_path_factory):
     (root / "photos" / "broken.jpg").write_bytes(b"not a photo")
     args = ["catalog", "build", "tf_efficientnet_lite0", str(root / "photos"), "--out"]
     args += [str(root / "cat"), "--topics", "4", "--clusters", "4", "--chunk-size", "16"]
+    args += ["--layout", "tsne"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "serve" in result.output and "--model" not in result.output
@@ -104,6 +116,21 @@ def test_build_from_a_backbone_name(built):
     d = np.linalg.norm(cat.embeddings[:, None] - cat.embeddings[None], axis=-1)
     np.fill_diagonal(d, np.inf)
     assert (kind[d.argmin(1)] == kind).mean() > 0.5  # chance: 0.25
+
+
+@pytest.mark.slow
+def test_umap_maps_of_a_backbone_catalogue(tmp_path):
+    """The default layout (UMAP) draws both maps of a catalogue built from a backbone name."""
+    from multitag.catalog import build_catalog, load_catalog
+
+    make_photos(tmp_path / "photos", 0, 24)
+    params = {**BUILD, "layout": "umap", "umap_epochs": 40}
+    meta = build_catalog("lite0", [tmp_path / "photos"], tmp_path / "cat", **params)
+    assert meta["layout"]["method"] == "umap" and meta["layout"]["maps"] == ["embedding", "topics"]
+    items = load_catalog(tmp_path / "cat").items
+    for x, y in (("x", "y"), ("x_topics", "y_topics")):
+        xy = items[[x, y]].to_numpy()
+        assert np.abs(xy).max() <= 1.0001 and xy.std(0).min() > 0.05
 
 
 def test_api_and_upload(built):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -14,3 +15,15 @@ def file_digest(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def photo_digests(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Content digest of every photo (the feature cache's key, :func:`file_digest`); ``""``
+    where the file cannot be read. Copies of a photo under other names share a digest."""
+    out = []
+    for p in paths:
+        try:
+            out.append(file_digest(p))
+        except OSError:
+            out.append("")
+    return out

@@ -9,20 +9,18 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import normalized_mutual_info_score
 
-from multitag.data.manifest import default_stratify, split_indices
-from multitag.data.tasks import infer_tasks
 from multitag.embedding.kmeans import KMeans
 from multitag.embedding.knn import knn_accuracy
 from multitag.embedding.model import Embedder, l2_normalize, same_key
-from multitag.tagger.held_out import photo_digests
+from multitag.training.prepare import fit_rows
 
 
 def default_split(frame: pd.DataFrame, same: Sequence[str], seed: int = 0):
-    """``(train_rows, val_rows)``: the tagger's split, stratified on the ``same`` column with
-    the most classes, copies of a photo (same content digest) on one side."""
-    tasks = infer_tasks(frame, list(same))
-    copies = photo_digests(frame["path"]) if "path" in frame.columns else None
-    return split_indices(frame, default_stratify(tasks), 0.2, seed, groups=copies)
+    """``(train_rows, val_rows)``: the tagger's split (:mod:`multitag.training.prepare`),
+    stratified on the ``same`` column with the most classes, copies of a photo (same content
+    digest) on one side."""
+    split = fit_rows(frame, list(same), columns=("id",)).split(0.2, seed)
+    return split.train, split.val
 
 
 def retrieval_metrics(

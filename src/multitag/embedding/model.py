@@ -32,15 +32,10 @@ from multitag.embedding import losses as loss_registry
 from multitag.tagger.persistence import CONFIG, FORMAT_VERSION, library_versions, read_config
 from multitag.training.finetune import StageData, tuned_features
 from multitag.training.loop import one_cycle
+from multitag.training.prepare import FeatureStore, check_frame
 from multitag.vision import backbones
 from multitag.vision.encoder_spec import EncoderSpec, encoder_from_config, encoder_section
-from multitag.vision.extraction import (
-    FeatureResult,
-    encoder_cache_id,
-    extract_features,
-    extract_prefix,
-    run_encoder,
-)
+from multitag.vision.extraction import FeatureResult, run_encoder
 from multitag.vision.features import Encoder, Preprocessing
 
 EMBED_CONFIG = "embedding.json"
@@ -191,12 +186,20 @@ class Embedder(ParamsMixin):
         self.progress = progress
 
     # ------------------------------------------------------------------ encoder
-    def _cache(self):
-        if self.cache_dir is not None:
-            return self.cache_dir
-        from multitag.core.runtime import default_cache_dir
-
-        return default_cache_dir() / "features"
+    def feature_store(self) -> FeatureStore:
+        """Where the fitted encoder's features are cached, under the tagger's key for the same
+        encoder (:mod:`multitag.training.prepare`); ``cache_dir=None`` means the default cache
+        (an embedder always caches)."""
+        return FeatureStore(
+            self.encoder_,
+            self.backbone,
+            self.weights,
+            self.precision,
+            self.engine,
+            "default" if self.cache_dir is None else self.cache_dir,
+            self.workers,
+            self.progress,
+        )
 
     def build_encoder(self, paths: Sequence[str | os.PathLike] = ()) -> Encoder:
         """The encoder these settings describe (``paths``: the images ``framing="auto"`` and
@@ -214,9 +217,7 @@ class Embedder(ParamsMixin):
         return spec.build(framing, detail)
 
     def encoder_id(self) -> dict:
-        return encoder_cache_id(
-            self.encoder_, self.backbone, self.weights, self.precision, self.engine
-        )
+        return self.feature_store().cache_id()
 
     def features(self, paths: Sequence[str | os.PathLike], *, prefix_cache: bool = False):
         """Backbone features of ``paths`` (cached unless the backbone was fine-tuned).
@@ -231,24 +232,11 @@ class Embedder(ParamsMixin):
                 self.encoder_, paths, precision=self.precision, engine=self.engine,
                 workers=self.workers, progress=self.progress,
             )  # fmt: skip
-        return extract_features(
-            self.encoder_,
-            list(paths),
-            cache_dir=self._cache(),
-            encoder_id=self.encoder_id(),
-            precision=self.precision,
-            engine=self.engine,
-            workers=self.workers,
-            progress=self.progress,
-        )
+        return self.feature_store().features(paths)
 
     def _features_from_prefix(self, paths: list) -> FeatureResult:
         block = self.encoder_.block_index(self.freeze)
-        acts, prefix, errors = extract_prefix(
-            self.encoder_, paths, block, cache_dir=self._cache(), encoder_id=self.encoder_id(),
-            precision=self.precision, engine=self.engine, workers=self.workers,
-            progress=self.progress,
-        )  # fmt: skip
+        acts, prefix, errors = self.feature_store().prefix(paths, block)
         feats = tuned_features(
             self.encoder_, block, StageData(acts, prefix), np.arange(len(paths)),
             precision=self.precision, progress=self.progress,
@@ -290,7 +278,7 @@ class Embedder(ParamsMixin):
         if not same:
             raise ValueError("same: name the label column(s) that define 'alike', e.g. articleType")
         self.same_ = same
-        frame = frame.reset_index(drop=True)
+        frame = check_frame(frame, ("path",) if features is None else ())
         key = same_key(frame, same)
         if not hasattr(self, "encoder_"):
             self.encoder_ = self.build_encoder(frame["path"].tolist())
@@ -421,11 +409,7 @@ class Embedder(ParamsMixin):
 
         enc = self.encoder_
         block = enc.block_index(self.freeze)
-        acts, prefix, errors = extract_prefix(
-            enc, list(paths), block, cache_dir=self._cache(), encoder_id=self.encoder_id(),
-            precision=self.precision, engine=self.engine, workers=self.workers,
-            progress=self.progress,
-        )  # fmt: skip
+        acts, prefix, errors = self.feature_store().prefix(list(paths), block)
         keep = np.setdiff1d(np.arange(len(paths)), list(errors))
         data = StageData(acts[keep], prefix[keep])
         labels = labels[keep]

@@ -30,17 +30,14 @@ import yaml
 from multitag.core import runtime
 from multitag.core.io import write_json, write_table
 from multitag.data.inputs import resolve_inputs
-from multitag.data.manifest import default_stratify, split_indices
-from multitag.data.tasks import encode_all, infer_tasks
 from multitag.evaluation.metrics import multiclass_metrics
 from multitag.multitask.balancing import build_balancer
 from multitag.multitask.heads import MultiTaskHeads, probabilities
 from multitag.multitask.sharing import build_sharing
-from multitag.tagger.held_out import photo_digests
 from multitag.training.finetune import FineTuneConfig, StageData, predict_logits, train_sharing
 from multitag.training.loop import TrainConfig, fit_heads
+from multitag.training.prepare import FeatureStore, fit_rows
 from multitag.vision.encoder_spec import EncoderSpec
-from multitag.vision.extraction import encoder_cache_id, extract_prefix
 from multitag.vision.features import Encoder, iter_batches
 
 SHARINGS = ("single", "hard", "soft", "cross_stitch")
@@ -154,20 +151,14 @@ def load_data(cfg: StudyConfig) -> StudyData:
         raise ValueError(f"{cfg.data}: no column(s) {missing}; columns: {list(frame.columns)}")
     if cfg.subset and cfg.subset < len(frame):
         frame = frame.sample(n=cfg.subset, random_state=cfg.seed)
-    frame = frame.sort_values("id").reset_index(drop=True)
-    tasks = infer_tasks(frame, cfg.tasks, min_count=cfg.min_count)
-    strat = default_stratify(tasks)
-    copies = np.asarray(photo_digests(frame["path"])) if cfg.group_copies else None
-    rest, test = split_indices(frame, strat, cfg.test_fraction, cfg.seed, groups=copies)
-    sub = frame.iloc[rest].reset_index(drop=True)
-    tr, va = split_indices(
-        sub,
-        strat,
-        cfg.val_fraction / (1 - cfg.test_fraction),
+    rows = fit_rows(frame.sort_values("id"), cfg.tasks, min_count=cfg.min_count)
+    split = rows.split(
+        cfg.val_fraction,
         cfg.seed,
-        groups=None if copies is None else copies[rest],
+        test_fraction=cfg.test_fraction,
+        group_copies=cfg.group_copies,
     )
-    data = StudyData(frame, tasks, encode_all(frame, tasks), rest[tr], rest[va], test)
+    data = StudyData(rows.frame, rows.tasks, rows.targets, split.train, split.val, split.test)
     data.skipped = found.skipped_frame()
     return data
 
@@ -379,18 +370,12 @@ def run_study(
                 continue
             encoder = _encoder(bb, cfg)
             paths = data.frame["path"].tolist()
-            encoder_id = encoder_cache_id(encoder, bb, "auto", cfg.precision)
             block = -1 if fz == "all" else encoder.block_index(fz)
             first = 4 if block < 0 else block  # 'all': any cached prefix will do
-            acts, prefix, errors = extract_prefix(
-                encoder,
-                paths,
-                first,
-                cache_dir=cache_dir,
-                encoder_id=encoder_id,
-                precision=cfg.precision,
-                progress=progress,
+            store = FeatureStore(
+                encoder, bb, "auto", cfg.precision, cache_dir=cache_dir, progress=progress
             )
+            acts, prefix, errors = store.prefix(paths, first)
             if errors:
                 raise ValueError(f"unreadable images in the study set: {list(errors.items())[:3]}")
             stage = StageData(acts, prefix)

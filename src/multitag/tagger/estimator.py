@@ -21,9 +21,7 @@ from multitag.core.params import ParamsMixin
 from multitag.core.progress import bar
 from multitag.data.detail import resolve_detail
 from multitag.data.framing import Framing, resolve_framing
-from multitag.data.manifest import default_stratify, split_indices
 from multitag.data.photo_profile import photo_profile
-from multitag.data.tasks import encode_all, infer_tasks
 from multitag.data.validate import ValidationReport, validate
 from multitag.data.views import check_views
 from multitag.multitask.heads import AveragedHeadSets, MultiTaskHeads, probabilities
@@ -37,8 +35,8 @@ from multitag.tagger.config import (
     from_flat,
     group_of,
 )
-from multitag.tagger.held_out import photo_digests
 from multitag.training.loop import History, TrainConfig, fit_heads
+from multitag.training.prepare import FeatureStore, check_frame, fit_rows
 from multitag.vision.encoder_spec import EncoderSpec
 from multitag.vision.engines import inference_precision, release_runner, runner_for
 from multitag.vision.extraction import (
@@ -317,16 +315,13 @@ class MultiTaskTagger(ParamsMixin):
         self._check_params()
         features, labels = self._features_cfg, self._labels_cfg
         training, run = self._training_cfg, self._runtime_cfg
-        for col in ("id", "path"):
-            if col not in frame.columns:
-                raise ValueError(f"the frame needs an {col!r} column; use load_manifest()")
-        frame = frame.reset_index(drop=True)
+        frame = check_frame(frame)
         report = validation or validate(
             frame, list(self.tasks), decode=False, progress=run.progress
         )
         if not report.ok:
             raise ValueError("cannot train:\n  " + "\n  ".join(report.problems()))
-        self.tasks_ = infer_tasks(
+        rows = fit_rows(
             frame,
             list(self.tasks),
             multilabel=labels.multilabel,
@@ -334,6 +329,7 @@ class MultiTaskTagger(ParamsMixin):
             min_count=labels.min_count,
             rare=labels.rare,
         )
+        self.tasks_ = rows.tasks
         paths = frame["path"].tolist()
         framing = resolve_framing(features.framing, paths, training.seed)
         detail = resolve_detail(features.detail, paths, framing, training.seed)
@@ -343,28 +339,22 @@ class MultiTaskTagger(ParamsMixin):
         self.net_ = TaggerNet(encoder, heads, self.tasks_)
         if inference_precision(training.precision, run.engine) == "int8":
             # int8 features need the calibration photos first: the same split, made early
-            digests = np.asarray(photo_digests(paths), dtype=object)
-            early, _ = split_indices(
-                frame,
-                default_stratify(self.tasks_),
-                training.val_fraction,
-                training.seed,
-                groups=digests,
-            )
+            digests = rows.digests()
+            early = rows.split(training.val_fraction, training.seed, digests=digests).train
             encoder.calibration = Calibration.sample(
                 [paths[i] for i in early], digests[early], seed=training.seed
             )
-        feats = extract_features(
+        feats = FeatureStore(
             encoder,
-            frame["path"].tolist(),
-            cache_dir=self.feature_cache_dir(),
-            encoder_id=self.encoder_id() if self.feature_cache_dir() else None,
-            precision=training.precision,
-            engine=run.engine,
-            workers=run.workers,
-            progress=run.progress,
-        )
-        bad = sorted(report.bad_rows | set(feats.errors))
+            features.backbone,
+            features.weights,
+            training.precision,
+            run.engine,
+            self.feature_cache_dir(),
+            run.workers,
+            run.progress,
+        ).features(paths)
+        bad = report.bad_rows | set(feats.errors)
         for row, reason in feats.errors.items():
             if row not in report.bad_rows:
                 report.unreadable.append(
@@ -376,23 +366,16 @@ class MultiTaskTagger(ParamsMixin):
                     }
                 )
         self.validation_ = report
-        digests = np.asarray(feats.digests or photo_digests(frame["path"]), dtype=object)
-        train_rows, val_rows = split_indices(  # copies of a photo (same digest) stay together
-            frame,
-            default_stratify(self.tasks_),
-            training.val_fraction,
-            training.seed,
-            groups=digests,
-        )
-        train_rows = np.setdiff1d(train_rows, bad)
-        val_rows = np.setdiff1d(val_rows, bad)
-        if len(train_rows) == 0:
+        digests = np.asarray(feats.digests, dtype=object) if feats.digests else rows.digests()
+        # copies of a photo (same digest) stay together; unusable rows are in neither part
+        split = rows.split(training.val_fraction, training.seed, digests=digests, exclude=bad)
+        if len(split.train) == 0:
             raise ValueError("no usable training rows: every image is missing or unreadable")
         if getattr(encoder, "calibration", None) is None:  # saved: what --precision int8 uses
             encoder.calibration = Calibration.sample(
-                [paths[i] for i in train_rows], digests[train_rows], seed=training.seed
+                [paths[i] for i in split.train], digests[split.train], seed=training.seed
             )
-        return FitData(frame, feats, encode_all(frame, self.tasks_), digests, train_rows, val_rows)
+        return FitData(frame, feats, rows.targets, digests, split.train, split.val)
 
     def _add_views(self, data: FitData) -> None:
         """Append one row per training row and extra view (:mod:`multitag.data.views`) to

@@ -11,25 +11,12 @@ training ids; models saved before digests were recorded are matched by id.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from multitag.core.digest import file_digest
-
-
-def photo_digests(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """Content digest of every photo (the feature cache's key); ``""`` where unreadable."""
-    out = []
-    for p in paths:
-        try:
-            out.append(file_digest(p))
-        except OSError:
-            out.append("")
-    return out
+from multitag.core.digest import photo_digests  # its home; still importable from here
 
 
 def training_keys(model) -> tuple[str, set[str]] | None:
