@@ -216,6 +216,8 @@ def test_page_static_docs(client):
     listed = client.get("/items", params={"tag": tag, "page_size": 1000}).json()
     assert [m["ids"][r] for r in match["rows"]] == [i["id"] for i in listed["items"]]
     assert match["total"] == listed["total"] > 0
+    unknown = client.get("/map", params={"layout": "nope"})
+    assert unknown.status_code == 404 and "no map 'nope'" in unknown.json()["detail"]
 
 
 def test_api_key(catalog):

@@ -81,10 +81,11 @@ def test_check_frame_names_the_missing_column(frame):
 def test_tagger_prepare_fit_splits_and_caches_as_before(frame, tmp_path):
     from multitag import MultiTaskTagger
     from multitag.embedding.model import Embedder
+    from multitag.tagger.config import from_flat
 
     cache = tmp_path / "cache"
     params = dict(image_size=64, epochs=1, cache_dir=cache, engine="torch", progress=False)
-    tagger = MultiTaskTagger(TASKS, val_fraction=0.2, **params)
+    tagger = MultiTaskTagger(TASKS, **from_flat({"val_fraction": 0.2, **params}))
     data = tagger.prepare_fit(frame)
     assert_rows("tagger", train=data.train_rows, val=data.val_rows)
     for name, target in data.targets.items():
@@ -96,7 +97,9 @@ def test_tagger_prepare_fit_splits_and_caches_as_before(frame, tmp_path):
     # a missing photo is in neither part and does not move the others
     gone = {**frame.iloc[5].to_dict(), "id": "9999", "path": str(tmp_path / "gone.jpg")}
     missing = pd.concat([frame, pd.DataFrame([gone])], ignore_index=True)
-    data = MultiTaskTagger(TASKS, val_fraction=0.25, **params).prepare_fit(missing)
+    data = MultiTaskTagger(TASKS, **from_flat({"val_fraction": 0.25, **params})).prepare_fit(
+        missing
+    )
     assert_rows("tagger_missing", train=data.train_rows, val=data.val_rows)
 
     # an embedder on the same encoder reads the tagger's cache entries: no new shard

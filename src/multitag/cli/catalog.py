@@ -79,7 +79,7 @@ def build_cmd(
         ),
     ] = 1_000_000,
     precision: PrecisionOpt = None,
-    engine: EncodeEngineOpt = "local",
+    encode_on: EncodeEngineOpt = "local",
     address: AddressOpt = None,
     actors: ActorsOpt = 2,
     cpus_per_actor: CpusPerActorOpt = 1.0,
@@ -96,7 +96,7 @@ def build_cmd(
 
     found = resolve_photos(paths, images, id_col, path_col, ext)
     try:
-        with encoder_engine(engine, address, actors, cpus_per_actor):
+        with encoder_engine(encode_on, address, actors, cpus_per_actor):
             meta = build_catalog(
                 model_dir,
                 found,

@@ -198,7 +198,7 @@ def index_build(
     id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
-    engine: EncodeEngineOpt = "local",
+    encode_on: EncodeEngineOpt = "local",
     address: AddressOpt = None,
     actors: ActorsOpt = 2,
     cpus_per_actor: CpusPerActorOpt = 1.0,
@@ -212,7 +212,7 @@ def index_build(
 
     found = resolve_photos(paths, images, id_col, path_col, ext, out / "inputs.rejects.csv")
     try:
-        with encoder_engine(engine, address, actors, cpus_per_actor):
+        with encoder_engine(encode_on, address, actors, cpus_per_actor):
             index, errors = build_index_dir(model_dir, found, out, kind=kind, exact_max=exact_max)
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))

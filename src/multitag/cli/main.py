@@ -237,7 +237,7 @@ def train_cmd(
     id_col: IdColOpt = None,
     path_col: PathColOpt = None,
     ext: ExtOpt = ".jpg",
-    engine: EncodeEngineOpt = "local",
+    encode_on: EncodeEngineOpt = "local",
     address: AddressOpt = None,
     actors: ActorsOpt = 2,
     cpus_per_actor: CpusPerActorOpt = 1.0,
@@ -287,7 +287,7 @@ def train_cmd(
     try:
         with (
             writer_lock(out, "model (train)", folder=True),  # held from fit to save
-            encoder_engine(engine, address, actors, cpus_per_actor),
+            encoder_engine(encode_on, address, actors, cpus_per_actor),
         ):
             tagger.fit(frame)
             tagger.save(out)

@@ -23,7 +23,7 @@ def get_topics(service: CatalogService = Depends(get_service)):
     ]
 
 
-@router.get("/map", response_model=schemas.MapData)
+@router.get("/map", response_model=schemas.MapData, responses=schemas.errors(404))
 def get_map(
     x0: float | None = Query(None, description="view box: left edge (left out: open)"),
     x1: float | None = None,
@@ -51,8 +51,8 @@ def get_map(
         box = tuple(o if v is None else v for v, o in zip(edges, (-inf, inf, -inf, inf)))
     layout = layout or service.maps[0]
     if layout not in service.columns.maps:
-        raise HTTPException(
-            422, f"no map {layout!r}: this catalogue has {', '.join(service.columns.maps)}"
+        raise HTTPException(  # a named resource that is not there, like an unknown item id
+            404, f"no map {layout!r}: this catalogue has {', '.join(service.columns.maps)}"
         )
     keep = service.mask(tag, None, None) if tag else None
     view = service.columns.view(box, limit or settings.map_points, keep, bins, layout)
