@@ -134,9 +134,9 @@ def test_training_features_on_ray_give_the_same_model(
 ):
     """``train --engine ray``: Ray actors fill the feature cache, the heads train here; the
     model equals one trained on locally extracted features (``trained_tagger``)."""
-    from multitag import MultiTaskTagger
+    from sklearn.base import clone
 
-    tagger = MultiTaskTagger(**{**trained_tagger.get_params(), "cache_dir": tmp_path / "cache"})
+    tagger = clone(trained_tagger).set_params(runtime__cache_dir=tmp_path / "cache")
     with on_ray() as remote:
         tagger.fit(fashion_frame)
     from multitag.core.digest import file_digest

@@ -113,7 +113,8 @@ def test_save_reload_identical(saved_members, fashion_frame, tmp_path):
     TaggerEnsemble([reloaded.members[1]]).save(tmp_path / "ens")
     assert sorted(p.name for p in (tmp_path / "ens").glob("member-*")) == [
         "member-0", "member-notes"]  # fmt: skip
-    assert load_any_tagger(tmp_path / "ens").members[0].backbone == "mobilenetv2_100"
+    member = load_any_tagger(tmp_path / "ens").members[0]
+    assert member.settings("features").backbone == "mobilenetv2_100"
 
 
 def test_cli_combine_then_tag_and_evaluate(saved_members, fashion_frame, tmp_path):
