@@ -32,6 +32,10 @@ from multitag.vision.engines import inference_precision, resolve_engine, set_thr
 from multitag.vision.extraction import RemoteEncoder, run_encoder
 
 NODE_COLUMN = "_node"
+#: Environment of every Ray worker this job starts: PyTorch's OpenMP threads spin between
+#: operations by default, and an actor shares its cores with the other actors and Ray's own
+#: processes, so its idle threads sleep instead.
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 #: a block is at most this many model batches: small enough to spread, big enough to be cheap
 MAX_BATCHES_PER_BLOCK = 16
 
@@ -79,7 +83,12 @@ def connect(options: RayOptions) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
-    quiet = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    quiet = dict(
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"env_vars": WORKER_ENV},
+    )
     if options.address:
         ray.init(address=options.address, **quiet)
     else:

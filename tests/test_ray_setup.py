@@ -1,0 +1,43 @@
+"""How a job sets Ray up, without starting Ray: the local cluster's declared CPUs and the
+workers' environment (fast tier)."""
+
+from __future__ import annotations
+
+import pytest
+
+from multitag.vision import ray_engine
+from multitag.vision.ray_engine import RayOptions, connect
+
+
+class _FakeRay:
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs) -> None:
+        self.calls.append(kwargs)
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    ray = _FakeRay()
+    monkeypatch.setattr(ray_engine, "import_ray", lambda: ray)
+    return ray
+
+
+def test_a_local_cluster_leaves_cpus_for_reads_and_its_workers_wait_passively(fake_ray):
+    assert connect(RayOptions(actors=2, cpus_per_actor=1)) is True
+    [kwargs] = fake_ray.calls
+    assert kwargs["num_cpus"] >= 4  # the actors' 2 CPUs + 2 for Ray's read tasks
+    assert kwargs["include_dashboard"] is False
+    # PyTorch's idle OpenMP threads must not spin on cores the other actors need
+    assert kwargs["runtime_env"]["env_vars"]["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_a_joined_cluster_gets_the_same_worker_environment(fake_ray):
+    connect(RayOptions(address="10.0.0.1:6379"))
+    [kwargs] = fake_ray.calls
+    assert kwargs["address"] == "10.0.0.1:6379" and "num_cpus" not in kwargs
+    assert kwargs["runtime_env"]["env_vars"]["OMP_WAIT_POLICY"] == "PASSIVE"
