@@ -46,9 +46,13 @@ TARGETS = {
 }
 
 
-def _forward_only(tagger: MultiTaskTagger, n: int, batch_size: int, engine: str) -> float:
-    """Images/s of encoder + heads on pre-decoded uint8 tensors (no I/O, no decode)."""
+def forward_only(
+    tagger: MultiTaskTagger, n: int, batch_size: int = 64, engine: str | None = None
+) -> float:
+    """Images/s of encoder + heads on pre-decoded uint8 tensors (no I/O, no decode), on
+    ``engine`` (default: the tagger's own) at the tagger's precision."""
     net = tagger.net_.eval()
+    engine = engine or tagger.settings("runtime").engine
     runner = runner_for(net.encoder, engine, tagger.settings("training").precision)
     size = net.encoder.preprocessing.image_size
     x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
@@ -141,9 +145,9 @@ def run(
     tagger.set_params(runtime__progress=False)
     engine = resolve_engine(tagger.settings("runtime").engine)
     tag_speed = _tag_speed(tagger, paths, out_dir / "bench-tags.parquet", engine)
-    forward_speed = _forward_only(tagger, len(paths), 64, engine)
+    forward_speed = forward_only(tagger, len(paths), 64, engine)
     torch_tag = _tag_speed(tagger, paths, out_dir / "bench-tags.parquet", "torch")
-    torch_forward = _forward_only(tagger, len(paths), 64, "torch")
+    torch_forward = forward_only(tagger, len(paths), 64, "torch")
     tagger.set_params(runtime__engine="auto")
     start_up = {}
     if engine == "openvino":

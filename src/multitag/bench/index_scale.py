@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 
 from multitag.bench.index import ISOTROPIC, N_CENTERS, RANK, SPREAD
-from multitag.bench.shift import git_commit
+from multitag.bench.provenance import git_commit
 from multitag.core.io import write_json, write_text
 from multitag.core.progress import bar
 from multitag.embedding import compressed

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from sklearn.cluster import KMeans as SkKMeans
 from sklearn.metrics import normalized_mutual_info_score
 
 from multitag.bench.embed import SAME
+from multitag.bench.provenance import git_commit
 from multitag.cli.demo import DEMO_IMAGE_SIZE
 from multitag.core.io import write_json, write_text
 from multitag.data.manifest import load_manifest
@@ -375,16 +375,6 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -404,7 +394,7 @@ def main() -> None:
     result = {
         "command": "python -m multitag.bench.kmeans " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
-        "commit": _commit(),
+        "commit": git_commit(),
         "threads": os.cpu_count(),
         "fashion": fashion_nmi(
             args.data_root,

@@ -27,9 +27,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-import torch
-
-from multitag.bench.core import TASKS, naive_loop, write_benchmarks_md
+from multitag.bench.core import TASKS, forward_only, naive_loop, write_benchmarks_md
 from multitag.bench.shift import HIRES_TASKS, default_model
 from multitag.core.io import write_json, write_text
 from multitag.data.manifest import load_manifest
@@ -37,7 +35,7 @@ from multitag.evaluation.report import evaluate_frame
 from multitag.tagger.batch import tag_to_file
 from multitag.tagger.estimator import MultiTaskTagger
 from multitag.vision import quantize
-from multitag.vision.engines import inference_precision, runner_for
+from multitag.vision.engines import inference_precision
 
 PRECISIONS = ("fp32", "bf16", "int8")
 INT8_TOLERANCE = 0.003  # weighted F1, on every task of the validation sample and of hires
@@ -54,24 +52,6 @@ def calibrated(model_dir: Path, catalogue) -> MultiTaskTagger:
         paths = catalogue[catalogue["id"].astype(str).isin(train)]["path"].tolist()
         enc.calibration = quantize.Calibration.sample(paths, seed=tagger.settings("training").seed)
     return tagger
-
-
-def forward_only(tagger: MultiTaskTagger, n: int, batch_size: int = 64) -> float:
-    """Images/s of encoder + heads on pre-decoded uint8 tensors (no I/O, no decode)."""
-    net = tagger.net_.eval()
-    runner = runner_for(
-        net.encoder, tagger.settings("runtime").engine, tagger.settings("training").precision
-    )
-    size = net.encoder.preprocessing.image_size
-    x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
-    with torch.inference_mode():
-        net.from_features(runner(x)[0])  # warm-up
-        start = time.perf_counter()
-        done = 0
-        while done < n:
-            net.from_features(runner(x)[0])
-            done += batch_size
-    return done / (time.perf_counter() - start)
 
 
 def speeds(tagger: MultiTaskTagger, paths: list[str], rounds: int = 2) -> dict:

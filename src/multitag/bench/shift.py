@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ import pandas as pd
 from PIL import Image
 
 from multitag.bench.core import TASKS
+from multitag.bench.provenance import git_commit
 from multitag.cli.demo import DEMO_IMAGE_SIZE
 from multitag.core.io import write_json, write_text
 from multitag.core.progress import bar
@@ -230,16 +230,6 @@ def run(
     write_json(out_dir / "shift.json", out)
     write_text(out_dir / "shift.md", to_markdown(out))
     return out
-
-
-def git_commit() -> str:
-    """The short hash of the checked-out commit ('unknown' outside a git checkout)."""
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 REFERENCES = ("validation photos", "hires at 60x80")

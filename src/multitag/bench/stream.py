@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from multitag.bench.provenance import git_commit
 from multitag.core.io import write_json, write_text
 
 COMMIT = ""  # set by main() before the run: the tree may move on while it runs
@@ -204,11 +205,6 @@ def run_scaling(
         "shard_rows": shard_rows,
         "physical_cores": os.cpu_count(),
     }
-
-
-def _commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip()
 
 
 LOAD = (0.0, 0.0, 0.0)  # set by main(): the machine's load average when the run started
@@ -387,7 +383,7 @@ def main() -> None:
     args = ap.parse_args()
     cmd = "python -m multitag.bench.stream " + " ".join(sys.argv[1:])
     global COMMIT, LOAD
-    COMMIT, LOAD = _commit(), os.getloadavg()
+    COMMIT, LOAD = git_commit(), os.getloadavg()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
         tmp = Path(tmp)

@@ -33,7 +33,8 @@ import pandas as pd
 from PIL import Image
 
 from multitag.bench.core import TASKS
-from multitag.bench.shift import HIRES_TASKS, SHIFT_TARGET_TASKS, SHIFTS, git_commit, write_variant
+from multitag.bench.provenance import git_commit
+from multitag.bench.shift import HIRES_TASKS, SHIFT_TARGET_TASKS, SHIFTS, write_variant
 from multitag.core.io import write_json, write_text
 from multitag.core.progress import bar
 from multitag.data.manifest import load_manifest
