@@ -155,3 +155,26 @@ def test_a_tagger_refits_one_head_set_for_exactly_its_epochs(synthetic_tagger, s
                        longer.eval()(probe).values()):  # fmt: skip
         torch.testing.assert_close(a, b)
         assert not torch.allclose(a, c)
+
+
+def test_batch_rows_draw_the_same_dropout_as_the_bank_into_reused_buffers():
+    """BatchRows gathers a batch (and its input-dropout masks) into buffers kept across steps,
+    and draws exactly the masks ``bank(features[idx])`` draws from the same RNG state."""
+    from multitag.training.head_sets import BatchRows, MaskBank
+
+    torch.manual_seed(0)
+    features = torch.randn(50, 7)
+    bank = MaskBank(0.3, 7, torch.float32, size=16)
+    rows = BatchRows(features, 2 * 8, bank)
+    idx = torch.randint(0, 50, (2, 8))
+    torch.manual_seed(1)
+    want = bank(features[idx])
+    torch.manual_seed(1)
+    got = rows.take(idx)
+    torch.testing.assert_close(got, want)
+    assert got.shape == (2, 8, 7) and got.data_ptr() == rows.buffer.data_ptr()
+    last = rows.take(idx[:, :3])  # a smaller last batch reuses the front of the buffer
+    assert last.shape == (2, 3, 7) and last.data_ptr() == rows.buffer.data_ptr()
+    plain = BatchRows(features, 16, None).take(idx)
+    torch.testing.assert_close(plain, features[idx])
+    assert (got == 0).any() and not (plain == 0).any()

@@ -67,6 +67,29 @@ class MaskBank:
         return x * self.masks[pick].to(x.dtype)
 
 
+class BatchRows:
+    """One training batch's rows of every set, gathered into buffers kept across steps, with
+    the input dropout (a :class:`MaskBank`) applied in place.
+
+    A batch of wide features is tens of MB; fresh tensors that size are mapped in from the
+    system on every step (page faults), which costs more than the gather itself. Draws the
+    same masks from the global torch RNG as ``bank(features[idx])`` would."""
+
+    def __init__(self, features: torch.Tensor, rows: int, bank: MaskBank | None) -> None:
+        self.features, self.bank = features, bank
+        self.buffer = torch.empty((rows, features.shape[1]), dtype=features.dtype)
+        self.masks = torch.empty_like(self.buffer) if bank is not None else None
+
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """``features[idx]`` (``idx``: ``(sets, batch)`` row numbers), input dropout applied."""
+        flat = idx.reshape(-1)
+        out = torch.index_select(self.features, 0, flat, out=self.buffer[: len(flat)])
+        if self.bank is not None:
+            pick = torch.randint(0, len(self.bank.masks), (len(flat),))
+            out.mul_(torch.index_select(self.bank.masks, 0, pick, out=self.masks[: len(flat)]))
+        return out.view(*idx.shape, -1)
+
+
 class StackedHeads(nn.Module):
     """n :class:`MultiTaskHeads` of the same shape as stacked tensors: standardised features
     ``(n, batch, in)`` (or ``(batch, in)``, shared) -> concatenated task logits
@@ -106,9 +129,9 @@ class StackedHeads(nn.Module):
             self.banks["trunk"] = MaskBank(self.p_trunk, self.w1.shape[2], dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of standardised features ``x``, input dropout already applied in training
+        (:class:`BatchRows`)."""
         dropout = self.training and self.banks
-        if dropout and "input" in self.banks:
-            x = self.banks["input"](x)
         if x.dim() == 2:  # the same rows for every set (scoring)
             x = x.expand(len(self.w2), *x.shape)
         if self.has_trunk:
@@ -248,6 +271,7 @@ def fit_head_sets(
     val_idx = torch.as_tensor(val_rows, dtype=torch.long)
     val_y = y_all.take(val_idx) if len(val_rows) else None
     n_epochs = config.epochs if run_epochs is None else max(run_epochs)
+    batches = BatchRows(x, n_sets * config.batch_size, model.banks.get("input"))
     with bar("training heads", n_epochs, enabled=progress) as pbar:
         for epoch in range(n_epochs):
             model.train()
@@ -256,11 +280,11 @@ def fit_head_sets(
             for s in range(0, order.shape[1], config.batch_size):
                 idx = order[:, s : s + config.batch_size]
                 with runtime.autocast(precision, device):
-                    logits = model(x[idx])
+                    logits = model(batches.take(idx))
                 losses = _set_losses(
                     logits, y_all.take(idx), tasks, model.slices, weights, config.label_smoothing
                 )
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=False)  # keep the gradient buffers (see BatchRows)
                 losses.sum().backward()
                 opt.step()
                 sched.step()
