@@ -48,3 +48,49 @@ def test_markdown_names_every_run_and_the_demo_total():
     md = to_markdown(result)
     assert "All the demo's training on cached features: 60.0 s" in md
     assert "7.5x less wall time" in md
+
+
+def test_the_trunk_floor_times_the_demos_rows_and_epochs():
+    """The floor is the timed per-row cost of the trunk's matrix products times the rows and
+    epochs the demo's fit and refit ran, and the markdown states it."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from multitag.bench.train import trunk_floor
+    from multitag.cli.demo import demo_tagger
+
+    tagger = demo_tagger(head_sets=2, trunk=64, batch_size=32)
+    data = SimpleNamespace(
+        features=SimpleNamespace(features=np.zeros((10, 48), np.float32)),
+        train_rows=np.arange(80_000),
+        val_rows=np.arange(20_000),
+    )
+    runs = {"batched, 25 epochs": {**_run(10.0, 10.0, 0.9), "epochs_run": 25}}
+    floor = trunk_floor(tagger, data, runs)
+    assert floor["fit_seconds"] > 0 and floor["gflops"] > 0
+    assert floor["dtype"] in ("bfloat16", "float32")
+    # one per-row cost: the refit's 100,000 rows x 21 best epochs against the fit's 80,000 x 25
+    ratio = floor["refit_seconds"] / floor["fit_seconds"]
+    assert abs(ratio - 100_000 * 21 / (80_000 * 25)) < 0.1
+    md = to_markdown(
+        {
+            "machine": "x",
+            "n_rows": 1000,
+            "n_train": 800,
+            "n_val": 200,
+            "feature_dim": 48,
+            "demo_training": {"epochs": 25, "batch_size": 32, "lr": 0.002, "patience": 6},
+            "runs": runs,
+            "embedder": {
+                "params": {},
+                "seconds": 1.0,
+                "cpu_seconds": 1.0,
+                "recall@1": 0.5,
+                "raw_recall@1": 0.3,
+            },  # fmt: skip
+            "trunk_floor": floor,
+        }
+    )
+    assert f"**{floor['seconds']:.1f} s** before anything else runs" in md
+    assert "for the 25 epochs the fit ran" in md

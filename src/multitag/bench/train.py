@@ -80,7 +80,9 @@ def _separate(tagger, data) -> dict:
         for s, n in zip(seeds, epochs):
             tagger.refit_head_set(x, y, tr, va, s, n)
     heads = AveragedHeadSets([h for h, _ in sets], tagger.tasks_)
-    return _record(fit, refit, epochs, _f1(tagger, heads, data))
+    return _record(
+        fit, refit, epochs, _f1(tagger, heads, data), max(len(h.train_loss) for _, h in sets)
+    )
 
 
 def time_batched(tagger, data) -> dict:
@@ -90,14 +92,56 @@ def time_batched(tagger, data) -> dict:
     with _Clock() as fit:
         heads = tagger._fit_sets_batched(x, y, tr, va)
     epochs = [h.best_epoch + 1 for h in tagger.member_histories_]
+    run_for = max(len(h.train_loss) for h in tagger.member_histories_)
     rows = np.union1d(tr, va)
     with _Clock() as refit:
         tagger._fit_sets_batched(x, y, rows, rows[:0], run_epochs=epochs)
-    return _record(fit, refit, epochs, _f1(tagger, heads, data))
+    return _record(fit, refit, epochs, _f1(tagger, heads, data), run_for)
 
 
-def _record(fit: _Clock, refit: _Clock, epochs, f1) -> dict:
+def trunk_floor(tagger, data, runs: dict) -> dict:
+    """What the trunk's first layer alone costs for the demo's run: its forward and weight-
+    gradient matrix products (in the training precision, at the demo's batch shape, every
+    set at once) timed here, times the rows and epochs the demo's fit and refit ran. No
+    schedule of this model can train in less on this machine."""
+    heads, training = tagger.settings("heads"), tagger.settings("training")
+    n, batch = heads.head_sets, training.batch_size
+    dtype = (
+        torch.bfloat16
+        if runtime.resolve_precision(training.precision, torch.device("cpu")) == "bf16"
+        else None
+    )
+    dtype = dtype or torch.float32
+    x = torch.randn(n, batch, data.features.features.shape[1]).to(dtype)
+    w = torch.randn(n, x.shape[2], heads.trunk).to(dtype)
+    g = torch.randn(n, batch, heads.trunk).to(dtype)
+
+    def step() -> None:
+        torch.bmm(x, w)
+        torch.bmm(x.transpose(1, 2), g)
+
+    step()
+    with _Clock() as clock:
+        for _ in range(10):
+            step()
+    per_row = clock.wall / 10 / batch
+    demo = runs[_demo_run(runs)]
+    n_all = len(data.train_rows) + len(data.val_rows)
+    fit_s = per_row * len(data.train_rows) * demo["epochs_run"]
+    refit_s = per_row * n_all * max(demo["best_epochs"])
+    flops = 2 * 2 * n * batch * x.shape[2] * heads.trunk
     return {
+        "gflops": round(flops / (clock.wall / 10) / 1e9),
+        "dtype": str(dtype).replace("torch.", ""),
+        "fit_seconds": round(fit_s, 2),
+        "refit_seconds": round(refit_s, 2),
+        "seconds": round(fit_s + refit_s, 2),
+    }
+
+
+def _record(fit: _Clock, refit: _Clock, epochs, f1, epochs_run: int) -> dict:
+    return {
+        "epochs_run": epochs_run,
         "fit_seconds": round(fit.wall, 1),
         "refit_seconds": round(refit.wall, 1),
         "seconds": round(fit.wall + refit.wall, 1),
@@ -157,6 +201,7 @@ def run(data_root: Path, rows: int | None = None, skip_separate: bool = False) -
     if DEMO_TRAINING != BEFORE:
         result["runs"]["batched, demo schedule"] = time_batched(new, data)
     result["embedder"] = _embedder(new, frame, data)
+    result["trunk_floor"] = trunk_floor(new, data, result["runs"])
     return result
 
 
@@ -205,6 +250,15 @@ def to_markdown(result: dict) -> str:
         f"{e['raw_recall@1']:.4f} with the raw features. "
         f"**All the demo's training on cached features: {demo_total:.1f} s** (target <= 60 s).",
     ]
+    floor = result.get("trunk_floor")
+    if floor:
+        lines.append(
+            f"The floor under this model: the trunk's first layer alone (its forward and "
+            f"weight-gradient matrix products in {floor['dtype']}, timed in this run at "
+            f"{floor['gflops']} GFLOP/s) takes {floor['fit_seconds']:.1f} s for the "
+            f"{runs[demo]['epochs_run']} epochs the fit ran and {floor['refit_seconds']:.1f} s "
+            f"for the refit: **{floor['seconds']:.1f} s** before anything else runs."
+        )
     first = names[0]
     if "separate" in first:
         speed = runs[first]["seconds"] / max(runs[demo]["seconds"], 1e-9)
