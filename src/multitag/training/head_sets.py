@@ -31,7 +31,7 @@ from multitag.core.progress import bar
 from multitag.data.tasks import Task
 from multitag.multitask.heads import Dropout, MultiTaskHeads
 from multitag.multitask.losses import class_weights
-from multitag.training.loop import History, TrainConfig, one_cycle, validation_score
+from multitag.training.loop import History, TrainConfig, head_optimiser, validation_score
 
 
 def can_batch(heads: MultiTaskHeads) -> bool:
@@ -259,11 +259,7 @@ def fit_head_sets(
     weights = {
         t.name: class_weights(t, targets[t.name][train_rows], config.class_weight) for t in tasks
     }
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
-    )
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / config.batch_size))
-    sched = one_cycle(opt, config.lr, config.epochs * steps_per_epoch)
+    opt, sched = head_optimiser(model.parameters(), config, len(train_rows), fused=True)
     rngs = [np.random.default_rng(s) for s in seeds]
     histories = [History() for _ in range(n_sets)]
     best = [-math.inf] * n_sets

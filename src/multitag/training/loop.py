@@ -140,6 +140,18 @@ def one_cycle(
     )
 
 
+def head_optimiser(
+    params, config: TrainConfig, n_rows: int, *, fused: bool = False
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.OneCycleLR]:
+    """AdamW and the one-cycle schedule over ``config.epochs`` epochs of ``n_rows`` rows in
+    batches of ``config.batch_size``: how every head trainer optimises (``fused``: one kernel
+    for all parameters, for the batched trainer's few large tensors)."""
+    kind = {"fused": True} if fused else {"foreach": True}
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **kind)
+    steps_per_epoch = max(1, math.ceil(n_rows / config.batch_size))
+    return opt, one_cycle(opt, config.lr, config.epochs * steps_per_epoch)
+
+
 def targets_to_tensors(targets: Mapping[str, np.ndarray], rows: np.ndarray) -> dict:
     return {
         k: torch.as_tensor(v[rows], dtype=torch.long if v.ndim == 1 else torch.float32)
@@ -215,11 +227,7 @@ def fit_heads(
     weights = {
         t.name: class_weights(t, targets[t.name][train_rows], config.class_weight) for t in tasks
     }
-    opt = torch.optim.AdamW(
-        heads.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
-    )
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / config.batch_size))
-    sched = one_cycle(opt, config.lr, config.epochs * steps_per_epoch)
+    opt, sched = head_optimiser(heads.parameters(), config, len(train_rows))
     device = torch.device("cpu")
     precision = runtime.resolve_precision(config.precision, device)
     history = History()
