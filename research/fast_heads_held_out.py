@@ -168,14 +168,14 @@ def main() -> None:
             args.out.write_text(json.dumps(results, indent=1))
             continue
         with Clock() as fit:
-            heads = tagger._fit_sets_batched(x, y, tr, va)
+            heads = tagger.fit_head_sets(x, y, tr, va)
         epochs = [h.best_epoch + 1 for h in tagger.member_histories_]
         before = score(tagger, heads, test_x, test_y)
         with Clock() as refit:
             if warm:
                 new = warm_refit(tagger, heads, x, y, rows, warm, args.warm_lr)
             else:
-                new = tagger._fit_sets_batched(x, y, rows, rows[:0], run_epochs=epochs)
+                new = tagger.fit_head_sets(x, y, rows, rows[:0], run_epochs=epochs)
         after = score(tagger, new, test_x, test_y)
         results[name] = {
             "params": {**params, "warm": warm, "warm_lr": args.warm_lr if warm else None},

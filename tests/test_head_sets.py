@@ -178,3 +178,23 @@ def test_batch_rows_draw_the_same_dropout_as_the_bank_into_reused_buffers():
     plain = BatchRows(features, 16, None).take(idx)
     torch.testing.assert_close(plain, features[idx])
     assert (got == 0).any() and not (plain == 0).any()
+
+
+def test_the_taggers_public_batched_trainer(synthetic_tagger, synthetic_rows):
+    """``MultiTaskTagger.fit_head_sets`` trains every head set on cached features (what fit
+    does after extraction) and refuses heads the batched trainer cannot train."""
+    from sklearn.base import clone
+
+    tagger = clone(synthetic_tagger)
+    tagger.set_params(heads__head_sets=2)
+    data = tagger.prepare_fit(synthetic_rows)
+    x, y = data.features.features, data.targets
+    heads = tagger.fit_head_sets(x, y, data.train_rows, data.val_rows)
+    assert isinstance(heads, AveragedHeadSets) and tagger.net_.heads is heads
+    assert len(tagger.member_histories_) == 2
+    rows = np.union1d(data.train_rows, data.val_rows)
+    refit = tagger.fit_head_sets(x, y, rows, rows[:0], run_epochs=[2, 3])
+    assert refit is not heads and tagger.net_.heads is heads  # a refit leaves the tagger's heads
+    tagger.set_params(heads__head="mlp")
+    with pytest.raises(ValueError, match="fit_head_sets trains linear heads"):
+        tagger.fit_head_sets(x, y, data.train_rows, data.val_rows)

@@ -90,12 +90,12 @@ def time_batched(tagger, data) -> dict:
     refit them on train + val for their best epochs: wall / CPU seconds and val F1."""
     x, y, tr, va = data.features.features, data.targets, data.train_rows, data.val_rows
     with _Clock() as fit:
-        heads = tagger._fit_sets_batched(x, y, tr, va)
+        heads = tagger.fit_head_sets(x, y, tr, va)
     epochs = [h.best_epoch + 1 for h in tagger.member_histories_]
     run_for = max(len(h.train_loss) for h in tagger.member_histories_)
     rows = np.union1d(tr, va)
     with _Clock() as refit:
-        tagger._fit_sets_batched(x, y, rows, rows[:0], run_epochs=epochs)
+        tagger.fit_head_sets(x, y, rows, rows[:0], run_epochs=epochs)
     return _record(fit, refit, epochs, _f1(tagger, heads, data), run_for)
 
 

@@ -240,7 +240,7 @@ class MultiTaskTagger(ParamsMixin):
         frame, feats, targets = data.frame, data.features, data.targets
         train_rows, val_rows, heads = data.train_rows, data.val_rows, self.net_.heads
         if self._batched():  # every head set at once (training/head_sets.py)
-            self._fit_sets_batched(feats.features, targets, train_rows, val_rows)
+            self.fit_head_sets(feats.features, targets, train_rows, val_rows)
         else:
             heads.fit_scaler(feats.features[train_rows])
             self.history_ = fit_heads(
@@ -437,11 +437,20 @@ class MultiTaskTagger(ParamsMixin):
         linear heads (:func:`~multitag.training.head_sets.can_batch`)."""
         return self._training_cfg.freeze == "all" and self._heads_cfg.head == "linear"
 
-    def _fit_sets_batched(self, features, targets, train_rows, val_rows, run_epochs=None):
-        """Train all ``ensemble`` head sets from seeds ``seed, seed+1, ...`` at once
-        (:func:`~multitag.training.head_sets.fit_head_sets`); with ``run_epochs``, a refit.
-        Sets ``history_`` / ``member_histories_`` (not for a refit); returns the heads."""
+    def fit_head_sets(self, features, targets, train_rows, val_rows, run_epochs=None):
+        """Train every head set (``heads.head_sets``, seeds ``seed, seed+1, ...``) at once on
+        precomputed ``features`` as one batched model
+        (:func:`~multitag.training.head_sets.fit_head_sets`; linear heads on a frozen
+        backbone): what :meth:`fit` does after extraction. With ``run_epochs`` (one count per
+        set), a refit that runs exactly that many epochs. Otherwise sets ``history_`` /
+        ``member_histories_`` and the tagger's heads. Returns the heads."""
         from multitag.training.head_sets import fit_head_sets
+
+        if not self._batched():
+            raise ValueError(
+                "fit_head_sets trains linear heads on a frozen backbone (heads.head='linear', "
+                "training.freeze='all'); use fit() for other heads"
+            )
 
         seeds = [self._training_cfg.seed + i for i in range(self._heads_cfg.head_sets)]
         members = [self.new_heads(features.shape[1], s) for s in seeds]
@@ -518,7 +527,7 @@ class MultiTaskTagger(ParamsMixin):
         rows = np.union1d(train_rows, val_rows)
         epochs = [h.best_epoch + 1 for h in self.member_histories_]
         if self._batched():
-            new = self._fit_sets_batched(features, targets, rows, rows[:0], run_epochs=epochs)
+            new = self.fit_head_sets(features, targets, rows, rows[:0], run_epochs=epochs)
         else:
             members = [
                 self.refit_head_set(
