@@ -174,6 +174,7 @@ def _embedder(tagger, frame, data) -> dict:
 
 
 def run(data_root: Path, rows: int | None = None, skip_separate: bool = False) -> dict:
+    runtime.keep_freed_memory()  # as the command line (the demo) trains
     frame = load_manifest(data_root / "styles.csv", data_root / "images")
     if rows:
         frame = frame.sample(n=min(rows, len(frame)), random_state=0).reset_index(drop=True)

@@ -616,6 +616,9 @@ _register_study(app)
 
 
 def main() -> None:
+    from multitag.core.runtime import keep_freed_memory
+
+    keep_freed_memory()  # large per-step tensors reuse memory instead of page-faulting it in
     app()
 
 

@@ -22,6 +22,36 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+#: glibc ``mallopt`` parameters (malloc.h) and the value given to both
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _KEEP_BELOW = -1, -3, 1 << 30
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc serve blocks below 1 GiB from its heap and keep freed memory for
+    reuse (``mallopt``), once per process.
+
+    Training steps and image batches allocate tensors of tens of MB each time. Above glibc's
+    mmap threshold (at most 32 MB by default) each one is mapped in from the system page by
+    page and unmapped on free, and those page faults can cost more than the arithmetic on
+    the tensor. Allocators such as jemalloc avoid this; this is the same effect without one.
+    The process then keeps its peak memory instead of handing it back. The command line
+    calls it at start. Linux with glibc only; returns whether it applied."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW) and mallopt(_M_TRIM_THRESHOLD, _KEEP_BELOW))
+
+
 def default_cache_dir() -> Path:
     """``$MULTITAG_CACHE`` or ``~/.cache/multitag``, read when used (not at import time): the
     root of the feature cache (``features/``) and of converted OpenVINO models (``openvino/``)."""
