@@ -280,7 +280,7 @@ def fit_head_sets(
                 losses = _set_losses(
                     logits, y_all.take(idx), tasks, model.slices, weights, config.label_smoothing
                 )
-                opt.zero_grad(set_to_none=False)  # keep the gradient buffers (see BatchRows)
+                opt.zero_grad(set_to_none=True)
                 losses.sum().backward()
                 opt.step()
                 sched.step()
