@@ -78,7 +78,7 @@ def test_markdown_names_the_saved_heads_the_costs_and_the_verdicts():
     out["targets"] = _targets(out["results"], list(out["variants"]))
     md = to_markdown(out)
     assert "all 100 of its training rows" in md
-    assert "**as saved**: the saved heads, not retrained" in md
+    assert "**as saved**: the saved heads, not retrained" in md and "Cut short" not in md
     assert "| as saved | 100 (0 of them views) | (saved) | (saved) | 23 |" in md
     assert "| + flip | 200 (100 of them views) | 30 | 55 | 23 |" in md
     assert "| mirror | 2000 | 0.850 (-0.050) | 0.890 (-0.010) |" in md
@@ -89,3 +89,9 @@ def test_markdown_names_the_saved_heads_the_costs_and_the_verdicts():
 
 def test_row_counts_from_the_command_line():
     assert _rows("all") is None and _rows("3000") == 3000
+
+
+def test_markdown_of_a_run_cut_short_names_the_variants_not_run():
+    out = {**_result(), "variants_planned": ["as saved", "+ flip", "before"]}
+    out["targets"] = _targets(out["results"], list(out["variants"]))
+    assert "**Cut short**: not run: before." in to_markdown(out)
