@@ -54,13 +54,14 @@ from multitag.tagger.estimator import FitData, MultiTaskTagger
 from multitag.vision.extraction import FeatureCache, FeatureResult, extract_features, run_encoder
 
 #: variant name -> MultiTaskTagger parameters on top of the saved tagger's
-#: in the order they run (and are written after each): the most telling first
+#: in the order they run (and are written after each): the saved heads, the reference, first;
+#: ``before`` (retrained like the others) last, as a measure of retraining noise
 DEFAULT_VARIANTS: dict[str, dict | None] = {
     "as saved": None,
-    "+ flip, jpeg60": {"views": ["flip", "jpeg60"]},
-    "before": {},
     "+ flip": {"views": ["flip"]},
+    "+ flip, jpeg60": {"views": ["flip", "jpeg60"]},
     "+ flip, jpeg60 on 25 %": {"views": ["flip", "jpeg60"], "view_fraction": 0.25},
+    "before": {},
 }
 SYNTHETIC_TARGETS = (
     "upscale 2x",
