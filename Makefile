@@ -45,7 +45,7 @@ bench: install
 	$(BIN)/python -m multitag.bench.core --out bench
 	$(BIN)/python -m multitag.bench.precision --out bench --model bench/bench-model
 
-## every benchmark (source shift: ~25 min incl. training the default tagger if bench/bench-model-shift is missing; extra views: heads of that tagger on a 3,000-row sample, see bench/views.md; embeddings: ~25 min; k-means: see bench/kmeans.md; index: ~5 min incl. 1M vectors; catalogue: ~5 min incl. a headless browser; service load: ~3 min; full-size frozen vs fine-tuned taggers, each with 1 and 3 head sets: ~75 min; head training, 3 head sets separate vs batched: bench/train.md; unlabelled catalogue: see bench/unlabelled.md)
+## every benchmark (source shift: ~25 min incl. training the default tagger if bench/bench-model-shift is missing; extra views: heads of that tagger on its whole training split, one encoder pass per view, see bench/views.md; embeddings: ~25 min; k-means: see bench/kmeans.md; index: ~5 min incl. 1M vectors; catalogue: ~5 min incl. a headless browser; service load: ~3 min; full-size frozen vs fine-tuned taggers, each with 1 and 3 head sets: ~75 min; head training, 3 head sets separate vs batched: bench/train.md; unlabelled catalogue: see bench/unlabelled.md)
 bench-all: bench
 	$(BIN)/python -m multitag.bench.embed --out bench
 	$(BIN)/python -m multitag.bench.kmeans --out bench --tree
@@ -54,7 +54,7 @@ bench-all: bench
 	$(BIN)/python -m multitag.bench.serve --out bench
 	$(BIN)/python -m multitag.bench.study --out bench
 	$(BIN)/python -m multitag.bench.shift --out bench
-	$(BIN)/python -m multitag.bench.views --out bench --train-rows 3000 --stop-rows 1000 --epochs 8 --shifts "mirror,JPEG q60,JPEG q30,grey background,upscale 4x,white canvas 2x"
+	$(BIN)/python -m multitag.bench.views --out bench --train-rows all --stop-rows all --shifts "mirror,JPEG q60,JPEG q30,grey background,upscale 4x,white canvas 2x"
 	$(BIN)/python -m multitag.bench.train --out bench
 	$(BIN)/python -m multitag.bench.unlabelled --out bench --layouts umap,tsne
 	$(BIN)/python -c "from pathlib import Path; from multitag.bench.core import write_benchmarks_md; write_benchmarks_md(Path('bench'))"

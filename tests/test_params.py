@@ -90,6 +90,8 @@ def test_from_flat_groups_every_name_once():
         (dict(heads=HeadConfig(head="deep")), r"^heads\.head must be one of .* not 'deep'$"),
         (dict(training=TrainConfig(class_weight="x")), r"^training\.class_weight must be one"),
         (dict(features=FeatureConfig(flip_invariant=1)), r"^features\.flip_invariant must be"),
+        (dict(features=FeatureConfig(view_fraction=0)), r"^features\.view_fraction must be"),
+        (dict(features=FeatureConfig(view_fraction=1.5)), r"^features\.view_fraction must be"),
         (dict(training=FeatureConfig()), r"^training must be a TrainConfig .* not FeatureConfig$"),
     ],
 )

@@ -7,6 +7,7 @@ import io
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -107,6 +108,54 @@ def test_each_view_has_its_own_cache_key(encoder, tmp_path):
     assert view_id("flip", 0) != view_id("flip", 1) != view_id("grey", 1)
     assert len(FeatureCache(cache, {**ident, "view": view_id("flip", 0)})) == 3
     assert set(VIEWS) == {"flip", "jpeg60", "grey", "down2"}
+
+
+def test_view_fraction_gives_a_seeded_share_of_training_rows_the_views(encoder, tmp_path):
+    """With view_fraction 0.5 half the training rows (a seeded sample, never a validation
+    row) get one extra row each: the view's features and the photo's labels."""
+    from types import SimpleNamespace
+
+    from multitag import MultiTaskTagger
+    from multitag.tagger.config import FeatureConfig, RuntimeConfig
+    from multitag.tagger.estimator import FitData
+    from multitag.vision.extraction import FeatureResult
+
+    paths = []
+    for i in range(8):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(np.roll(_photo(), 4 * i, axis=1)).save(paths[-1])
+    kw = dict(progress=False, precision="fp32", engine="torch")
+    plain = extract_features(encoder, paths, **kw).features
+    flipped = extract_features(encoder, paths, view="flip", **kw).features
+
+    def added(fraction: float) -> tuple[np.ndarray, FitData, MultiTaskTagger]:
+        tagger = MultiTaskTagger(
+            ["gender"],
+            features=FeatureConfig(views=["flip"], view_fraction=fraction),
+            runtime=RuntimeConfig(cache_dir=None, progress=False, engine="torch"),
+        )
+        tagger.set_params(training__precision="fp32")
+        tagger.net_ = SimpleNamespace(encoder=encoder)
+        data = FitData(
+            pd.DataFrame({"path": paths}),
+            FeatureResult(plain.copy(), {}),
+            {"gender": np.arange(8)},
+            np.asarray([""] * 8, dtype=object),
+            np.arange(6),
+            np.arange(6, 8),
+        )
+        tagger._add_views(data)
+        return data.targets["gender"][8:], data, tagger
+
+    sources, data, tagger = added(0.5)
+    assert len(sources) == 3 and set(sources) <= set(range(6))  # training rows only
+    np.testing.assert_array_equal(data.train_rows, [0, 1, 2, 3, 4, 5, 8, 9, 10])
+    np.testing.assert_array_equal(data.val_rows, [6, 7])
+    np.testing.assert_allclose(data.features.features[8:], flipped[sources], atol=1e-5)
+    assert tagger.views_ == {"views": ["flip"], "seed": 0, "rows": {"flip": 3}, "fraction": 0.5}
+    np.testing.assert_array_equal(added(0.5)[0], sources)  # seeded: the same rows again
+    np.testing.assert_array_equal(added(1.0)[0], np.arange(6))  # every training row
+    assert "fraction" not in added(1.0)[2].views_
 
 
 def test_views_need_frozen_features():

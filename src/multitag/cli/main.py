@@ -175,6 +175,15 @@ def train_cmd(
             "features, comma-separated): flip, jpeg60, grey, down2 (docs/robustness.md)."
         ),
     ] = None,
+    view_fraction: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of the training photos (seeded) that get the --views; below 1 a view "
+            "costs that share of an encoder pass.",
+        ),
+    ] = 1.0,
     flip_invariant: Annotated[
         bool,
         typer.Option(
@@ -266,6 +275,7 @@ def train_cmd(
         framing=framing,
         detail=detail_setting(detail),
         views=split_names(views) or None,
+        view_fraction=view_fraction,
         flip_invariant=flip_invariant,
         epochs=epochs,
         head=head,

@@ -24,7 +24,7 @@ from PIL import Image
 
 from multitag.data.framing import background_colour
 
-__all__ = ["VIEWS", "apply_view", "check_views", "view_id"]
+__all__ = ["VIEWS", "apply_view", "check_views", "view_id", "viewed_rows"]
 
 #: bump when a view's transform changes: cached features of the old one no longer match
 VIEWS_VERSION = 1
@@ -100,3 +100,12 @@ def apply_view(image: np.ndarray, view: str, seed: int = 0) -> np.ndarray:
         raise ValueError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
     rng = np.random.default_rng([seed, zlib.crc32(np.ascontiguousarray(image).tobytes())])
     return VIEWS[view](image, rng)
+
+
+def viewed_rows(train_rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The training rows that get the extra views: all of them, or a seeded sample of
+    ``fraction`` of them (sorted), the same for every view."""
+    if fraction >= 1:
+        return train_rows
+    n = max(1, round(fraction * len(train_rows)))
+    return np.sort(np.random.default_rng(seed).choice(train_rows, n, replace=False))

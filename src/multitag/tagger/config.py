@@ -61,6 +61,10 @@ class FeatureConfig(ParamsMixin):
         ``"down2"``; :mod:`multitag.data.views`) whose cached features the heads also train
         on, labelled like the photo: one more extraction pass each and more head-training
         rows (docs/robustness.md). Frozen backbones only.
+    view_fraction : float, default 1.0
+        Share of the training rows (a seeded sample, the same for every view) that get the
+        extra ``views``: below 1 a view costs that share of an encoder pass and of the added
+        head-training rows.
     flip_invariant : bool, default False
         Average every feature with its mirror-image feature before the heads
         (:meth:`~multitag.vision.features.Encoder.mirror_index`), so a photo and its mirror
@@ -76,9 +80,14 @@ class FeatureConfig(ParamsMixin):
     colour_bins: int = 6
     grid_stages: Sequence[int] | str = "auto"
     views: Sequence[str] | None = None
+    view_fraction: float = 1.0
     flip_invariant: bool = False
 
     def validate(self) -> None:
+        if isinstance(self.view_fraction, bool) or not 0 < self.view_fraction <= 1:
+            raise ValueError(
+                f"features.view_fraction must be in (0, 1], not {self.view_fraction!r}"
+            )
         if not isinstance(self.flip_invariant, bool):
             raise ValueError(
                 f"features.flip_invariant must be True or False, not {self.flip_invariant!r}"

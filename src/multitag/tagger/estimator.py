@@ -23,7 +23,7 @@ from multitag.data.detail import resolve_detail
 from multitag.data.framing import Framing, resolve_framing
 from multitag.data.photo_profile import photo_profile
 from multitag.data.validate import ValidationReport, validate
-from multitag.data.views import check_views
+from multitag.data.views import check_views, viewed_rows
 from multitag.multitask.heads import AveragedHeadSets, MultiTaskHeads, probabilities
 from multitag.multitask.net import TaggerNet
 from multitag.tagger.config import (
@@ -380,14 +380,16 @@ class MultiTaskTagger(ParamsMixin):
     def _add_views(self, data: FitData) -> None:
         """Append one row per training row and extra view (:mod:`multitag.data.views`) to
         ``data``: the view's cached features, the row's labels, its index added to the training
-        rows. Validation rows stay the photos as they are, so epochs and scores are chosen on
+        rows. With ``view_fraction`` < 1 only a seeded sample of the training rows gets the
+        views. Validation rows stay the photos as they are, so epochs and scores are chosen on
         them. Sets ``views_`` (what ``config.json`` records)."""
         views = check_views(self._features_cfg.views)
         self.views_ = None
         if not views:
             return
-        train = data.train_rows
-        paths = data.frame["path"].iloc[train].tolist()
+        fraction, train = self._features_cfg.view_fraction, data.train_rows
+        viewed = viewed_rows(train, fraction, self._training_cfg.seed)
+        paths = data.frame["path"].iloc[viewed].tolist()
         blocks, sources, added = [data.features.features], [np.arange(len(data.frame))], {}
         cache = self.feature_cache_dir()
         for view in views:
@@ -403,9 +405,9 @@ class MultiTaskTagger(ParamsMixin):
                 view=view,
                 view_seed=self._training_cfg.seed,
             )
-            ok = np.setdiff1d(np.arange(len(train)), list(res.errors))
+            ok = np.setdiff1d(np.arange(len(viewed)), list(res.errors))
             blocks.append(res.features[ok])
-            sources.append(train[ok])
+            sources.append(viewed[ok])
             added[view] = int(len(ok))
         start = len(data.frame)
         data.features.features = np.concatenate(blocks)
@@ -413,6 +415,8 @@ class MultiTaskTagger(ParamsMixin):
         data.targets = {name: t[source] for name, t in data.targets.items()}
         data.train_rows = np.concatenate([train, np.arange(start, len(source))])
         self.views_ = {"views": views, "seed": self._training_cfg.seed, "rows": added}
+        if fraction < 1:
+            self.views_["fraction"] = fraction
 
     def new_heads(self, in_dim: int, seed: int, encoder: Encoder | None = None) -> MultiTaskHeads:
         """Heads initialised from ``seed`` alone (not from whatever used the global RNG);
