@@ -34,6 +34,8 @@ def test_a_local_cluster_leaves_cpus_for_reads_and_its_workers_wait_passively(fa
     assert kwargs["include_dashboard"] is False
     # PyTorch's idle OpenMP threads must not spin on cores the other actors need
     assert kwargs["runtime_env"]["env_vars"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    # Ray's default worker niceness (15) gave the actors' cores to every other process
+    assert kwargs["_system_config"]["worker_niceness"] == 0
 
 
 def test_a_joined_cluster_gets_the_same_worker_environment(fake_ray):

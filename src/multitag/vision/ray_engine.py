@@ -12,8 +12,9 @@ Pitfalls handled (ray 2.60, measured on a 2-core machine): actors holding every 
 Ray's read tasks and the job hangs without an error, so a local Ray declares CPUs for both;
 Ray sets an actor's OMP threads to its CPUs, so the inference engine's threads (and
 PyTorch's, to the driver's count: the same numbers as the local engine) are set
-explicitly; a small input is one block, so it is split for every actor to get work; no
-dashboard.
+explicitly; Ray runs its workers 15 nice levels below the driver, so a local Ray runs them
+at the job's priority; a small input is one block, so it is split for every actor to get
+work; no dashboard.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ NODE_COLUMN = "_node"
 #: operations by default, and an actor shares its cores with the other actors and Ray's own
 #: processes, so its idle threads sleep instead.
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+#: Ray settings of a cluster this job starts on its machine: Ray lowers its workers'
+#: priority by 15 by default, so the actors doing the job lost the cores to the driver, Ray's
+#: own processes and anything else running; they run at the job's own priority instead.
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
 #: a block is at most this many model batches: small enough to spread, big enough to be cheap
 MAX_BATCHES_PER_BLOCK = 16
 
@@ -78,8 +83,9 @@ def import_ray():
 
 def connect(options: RayOptions) -> bool:
     """Join the cluster at ``options.address``, or start a local one that declares enough
-    logical CPUs for the actors plus two for Ray's read tasks. Returns whether this call
-    started Ray (and should shut it down); an already connected process is left as it is."""
+    logical CPUs for the actors plus two for Ray's read tasks and runs its workers at this
+    process's priority. Returns whether this call started Ray (and should shut it down); an
+    already connected process is left as it is."""
     ray = import_ray()
     if ray.is_initialized():
         return False
@@ -94,7 +100,7 @@ def connect(options: RayOptions) -> bool:
     else:
         cores = os.cpu_count() or 1
         need = int(-(-options.actors * options.cpus_per_actor // 1)) + 2
-        ray.init(num_cpus=max(cores, need), **quiet)
+        ray.init(num_cpus=max(cores, need), _system_config=LOCAL_SYSTEM_CONFIG, **quiet)
     return True
 
 
