@@ -43,3 +43,18 @@ def test_a_joined_cluster_gets_the_same_worker_environment(fake_ray):
     [kwargs] = fake_ray.calls
     assert kwargs["address"] == "10.0.0.1:6379" and "num_cpus" not in kwargs
     assert kwargs["runtime_env"]["env_vars"]["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_blocks_are_whole_small_batches_whatever_the_job_size():
+    import pandas as pd
+
+    from multitag.vision.ray_engine import MAX_BATCHES_PER_BLOCK, blocks
+
+    for rows in (300, 8_000, 100_000):
+        frame = pd.DataFrame({"id": range(rows)})
+        parts = blocks(frame, batch_size=64, actors=2)
+        assert sum(len(p) for p in parts) == rows
+        assert all(len(p) % 64 == 0 for p in parts[:-1])  # the local engine's batches
+        # a job's tail (one actor busy, the others done) is at most one small block
+        assert max(len(p) for p in parts) <= 64 * MAX_BATCHES_PER_BLOCK == 256
+        assert len(parts) >= min(2 * 4, -(-rows // 64))  # several blocks per actor

@@ -41,8 +41,11 @@ WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 #: priority by 15 by default, so the actors doing the job lost the cores to the driver, Ray's
 #: own processes and anything else running; they run at the job's own priority instead.
 LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
-#: a block is at most this many model batches: small enough to spread, big enough to be cheap
-MAX_BATCHES_PER_BLOCK = 16
+#: a block is at most this many model batches, whatever the job's size: at a job's end one
+#: actor may still work through its last block while the others have none left, so blocks
+#: stay small (a block costs one Ray task and a decode pipeline fill, little next to its
+#: forward passes)
+MAX_BATCHES_PER_BLOCK = 4
 
 
 @dataclass(frozen=True)
