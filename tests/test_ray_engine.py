@@ -84,14 +84,19 @@ def assert_same_rows(got: pd.DataFrame, ref: pd.DataFrame) -> None:
             pd.testing.assert_series_equal(got[col], ref[col])
 
 
-def test_local_ray_cluster_equals_the_local_engine(model_dir, manifest, local_rows, tmp_path):
+@pytest.mark.parametrize(
+    "pool",
+    [{"actors": 2, "cpus_per_actor": 1}, {}],  # {}: this machine's default pool
+    ids=["2x1", "default"],
+)
+def test_local_ray_cluster_equals_the_local_engine(model_dir, manifest, local_rows, tmp_path, pool):
     report = tag_to_dataset(
         model_dir,
         [manifest],
         tmp_path / "tags",
         engine="ray",
         shard_rows=128,
-        ray_options={"actors": 2, "cpus_per_actor": 1},
+        ray_options=pool,
         **ARGS,
     )
     got = shards.read_dataset(tmp_path / "tags")

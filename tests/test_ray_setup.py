@@ -58,3 +58,27 @@ def test_blocks_are_whole_small_batches_whatever_the_job_size():
         # a job's tail (one actor busy, the others done) is at most one small block
         assert max(len(p) for p in parts) <= 64 * MAX_BATCHES_PER_BLOCK == 256
         assert len(parts) >= min(2 * 4, -(-rows // 64))  # several blocks per actor
+
+
+@pytest.mark.parametrize(
+    ("cores", "given", "pool"),
+    [
+        (2, {}, (1, 2)),  # one actor decoding while its two inference streams run
+        (16, {}, (4, 4)),
+        (2, {"actors": 2}, (2, 1)),
+        (16, {"cpus_per_actor": 8}, (2, 8)),
+        (16, {"address": "10.0.0.1:6379"}, (2, 1)),  # a cluster's nodes are not this machine
+    ],
+)
+def test_the_default_pool_shares_this_machines_cores(monkeypatch, cores, given, pool):
+    monkeypatch.setattr(ray_engine.os, "cpu_count", lambda: cores)
+    options = RayOptions(**given)
+    assert (options.actors, options.cpus_per_actor) == pool
+    assert options.actor_threads == pool[1]
+
+
+def test_a_bad_pool_is_refused():
+    with pytest.raises(ValueError, match="actors=0"):
+        RayOptions(actors=0)
+    with pytest.raises(ValueError, match="cpus_per_actor=0"):
+        RayOptions(cpus_per_actor=0)

@@ -48,24 +48,52 @@ LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
 MAX_BATCHES_PER_BLOCK = 4
 
 
+#: cores per actor of the default pool on this machine: on 2 cores one actor of 2 CPUs (it
+#: decodes while its two inference streams run, as the local engine does) took less CPU per
+#: photo than two 1-CPU actors (bench/ray.md); larger machines (not measured) get an actor
+#: per 4 cores, the shape docs/scaling.md plans a cluster node with
+LOCAL_CORES_PER_ACTOR = 4
+#: the default pool on a cluster (``address`` given): actors x CPUs each
+CLUSTER_POOL = (2, 1)
+
+
+def default_pool(
+    address: str | None, actors: int | None, cpus_per_actor: float | None
+) -> tuple[int, float]:
+    """``(actors, cpus_per_actor)`` with what is not given filled in: on this machine
+    (``address`` None) the actors share every core, one actor per
+    :data:`LOCAL_CORES_PER_ACTOR` cores; on a cluster :data:`CLUSTER_POOL`."""
+    if address is not None:
+        return actors or CLUSTER_POOL[0], cpus_per_actor or CLUSTER_POOL[1]
+    cores = os.cpu_count() or 1
+    if actors is None:
+        actors = max(1, int(cores // (cpus_per_actor or LOCAL_CORES_PER_ACTOR)))
+    return actors, cpus_per_actor or max(1, cores // actors)
+
+
 @dataclass(frozen=True)
 class RayOptions:
     """Where and how wide a job runs on Ray: ``address`` of an existing cluster
     (``HOST:PORT`` or ``ray://HOST:10001``; ``None`` starts Ray on this machine), ``actors``
-    (model copies), ``cpus_per_actor`` (each reserves and uses), ``threads`` per actor for
-    the inference engine (default: its CPUs)."""
+    (model copies), ``cpus_per_actor`` (each reserves and uses; both default to
+    :func:`default_pool`), ``threads`` per actor for the inference engine (default: its
+    CPUs)."""
 
     address: str | None = None
-    actors: int = 2
-    cpus_per_actor: float = 1
+    actors: int | None = None
+    cpus_per_actor: float | None = None
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        actors = self.actors
-        if not isinstance(actors, int) or isinstance(actors, bool) or actors < 1:
-            raise ValueError(f"actors={actors!r}: must be an integer >= 1")
-        if not self.cpus_per_actor > 0:
+        if self.actors is not None and (
+            not isinstance(self.actors, int) or isinstance(self.actors, bool) or self.actors < 1
+        ):
+            raise ValueError(f"actors={self.actors!r}: must be an integer >= 1")
+        if self.cpus_per_actor is not None and not self.cpus_per_actor > 0:
             raise ValueError(f"cpus_per_actor={self.cpus_per_actor!r}: must be > 0 (e.g. 1)")
+        actors, cpus = default_pool(self.address, self.actors, self.cpus_per_actor)
+        object.__setattr__(self, "actors", actors)
+        object.__setattr__(self, "cpus_per_actor", cpus)
 
     @property
     def actor_threads(self) -> int:
