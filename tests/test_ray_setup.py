@@ -31,6 +31,8 @@ def test_a_local_cluster_leaves_cpus_for_reads_and_its_workers_wait_passively(fa
     assert connect(RayOptions(actors=2, cpus_per_actor=1)) is True
     [kwargs] = fake_ray.calls
     assert kwargs["num_cpus"] >= 4  # the actors' 2 CPUs + 2 for Ray's read tasks
+    # its own instance: not RAY_ADDRESS's, nor another job's cluster on this machine
+    assert kwargs["address"] == "local"
     assert kwargs["include_dashboard"] is False
     # PyTorch's idle OpenMP threads must not spin on cores the other actors need
     assert kwargs["runtime_env"]["env_vars"]["OMP_WAIT_POLICY"] == "PASSIVE"

@@ -131,7 +131,14 @@ def connect(options: RayOptions) -> bool:
     else:
         cores = os.cpu_count() or 1
         need = int(-(-options.actors * options.cpus_per_actor // 1)) + 2
-        ray.init(num_cpus=max(cores, need), _system_config=LOCAL_SYSTEM_CONFIG, **quiet)
+        # "local": a new instance even where RAY_ADDRESS or another job's cluster on this
+        # machine (/tmp/ray/ray_current_cluster) would be joined, which refuses num_cpus
+        ray.init(
+            address="local",
+            num_cpus=max(cores, need),
+            _system_config=LOCAL_SYSTEM_CONFIG,
+            **quiet,
+        )
     return True
 
 
