@@ -84,14 +84,19 @@ def assert_same_rows(got: pd.DataFrame, ref: pd.DataFrame) -> None:
             pd.testing.assert_series_equal(got[col], ref[col])
 
 
-def test_local_ray_cluster_equals_the_local_engine(model_dir, manifest, local_rows, tmp_path):
+@pytest.mark.parametrize(
+    "pool",
+    [{"actors": 2, "cpus_per_actor": 1}, {}],  # {}: this machine's default pool
+    ids=["2x1", "default"],
+)
+def test_local_ray_cluster_equals_the_local_engine(model_dir, manifest, local_rows, tmp_path, pool):
     report = tag_to_dataset(
         model_dir,
         [manifest],
         tmp_path / "tags",
         engine="ray",
         shard_rows=128,
-        ray_options={"actors": 2, "cpus_per_actor": 1},
+        ray_options=pool,
         **ARGS,
     )
     got = shards.read_dataset(tmp_path / "tags")
@@ -133,4 +138,20 @@ def test_killed_ray_job_reruns_to_the_same_rows(model_dir, manifest, local_rows,
     rerun = subprocess.run(list(map(str, args)), env=env, **run)
     assert rerun.returncode == 0, rerun.stderr
     assert "128 already there" in " ".join((rerun.stdout + rerun.stderr).split())
+    assert_same_rows(shards.read_dataset(tmp_path / "tags"), local_rows)
+
+
+def test_a_job_without_address_starts_its_own_ray_beside_another_cluster(
+    model_dir, manifest, local_rows, tmp_path
+):
+    """Another Ray cluster running on this machine (here a simulated one, this process
+    disconnected from it) is not joined: Ray would refuse the job's declared CPUs."""
+    from tests.ray_util import simulated_cluster
+
+    with simulated_cluster(nodes=1):
+        ray.shutdown()
+        report = tag_to_dataset(
+            model_dir, [manifest], tmp_path / "tags", engine="ray", shard_rows=128, **ARGS
+        )
+    assert report.written == len(local_rows)
     assert_same_rows(shards.read_dataset(tmp_path / "tags"), local_rows)

@@ -81,8 +81,8 @@ def build_cmd(
     precision: PrecisionOpt = None,
     encode_on: EncodeEngineOpt = "local",
     address: AddressOpt = None,
-    actors: ActorsOpt = 2,
-    cpus_per_actor: CpusPerActorOpt = 1.0,
+    actors: ActorsOpt = None,
+    cpus_per_actor: CpusPerActorOpt = None,
 ) -> None:
     """Tag every image once (tags, ImageNet tags, embedding), then topics, map and clusters.
 

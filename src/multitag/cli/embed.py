@@ -200,8 +200,8 @@ def index_build(
     ext: ExtOpt = ".jpg",
     encode_on: EncodeEngineOpt = "local",
     address: AddressOpt = None,
-    actors: ActorsOpt = 2,
-    cpus_per_actor: CpusPerActorOpt = 1.0,
+    actors: ActorsOpt = None,
+    cpus_per_actor: CpusPerActorOpt = None,
 ) -> None:
     """Embed images and save a searchable index (manifest columns become filters).
 

@@ -248,8 +248,8 @@ def train_cmd(
     ext: ExtOpt = ".jpg",
     encode_on: EncodeEngineOpt = "local",
     address: AddressOpt = None,
-    actors: ActorsOpt = 2,
-    cpus_per_actor: CpusPerActorOpt = 1.0,
+    actors: ActorsOpt = None,
+    cpus_per_actor: CpusPerActorOpt = None,
 ) -> None:
     """Train a multi-task tagger and save it; evaluates on the validation split.
 
@@ -436,8 +436,8 @@ def tag_cmd(
     ext: ExtOpt = ".jpg",
     engine: EngineOpt = "local",
     address: AddressOpt = None,
-    actors: ActorsOpt = 2,
-    cpus_per_actor: CpusPerActorOpt = 1.0,
+    actors: ActorsOpt = None,
+    cpus_per_actor: CpusPerActorOpt = None,
     shard_rows: ShardRowsOpt = 4096,
 ) -> None:
     """Tag images: top-k labels with probabilities per task + ImageNet tags."""

@@ -36,10 +36,23 @@ EncodeEngineOpt = Annotated[
         "features into this machine's feature cache; needs multitag\\[ray]).",
     ),
 ]
-ActorsOpt = Annotated[int, typer.Option("--actors", min=1, help="Ray actors (model copies).")]
+ActorsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--actors",
+        min=1,
+        help="Ray actors (model copies); default: one per 4 cores of this machine (at least "
+        "one), 2 on a cluster (--address).",
+    ),
+]
 CpusPerActorOpt = Annotated[
-    float,
-    typer.Option("--cpus-per-actor", min=0.01, help="CPUs each Ray actor reserves and uses."),
+    float | None,
+    typer.Option(
+        "--cpus-per-actor",
+        min=0.01,
+        help="CPUs each Ray actor reserves and uses; default: this machine's cores shared "
+        "by the actors, 1 on a cluster (--address).",
+    ),
 ]
 ShardRowsOpt = Annotated[
     int, typer.Option("--shard-rows", min=1, help="Rows per Parquet shard of a folder --out.")
@@ -90,7 +103,7 @@ def tag_dataset(
 
 @contextlib.contextmanager
 def encoder_engine(
-    engine: str, address: str | None, actors: int, cpus_per_actor: float
+    engine: str, address: str | None, actors: int | None, cpus_per_actor: float | None
 ) -> Iterator[object | None]:
     """The block's encoder passes on ``engine``: nothing changes for ``local``; ``ray`` runs
     them on a pool of Ray actors (:class:`multitag.vision.ray_engine.RayEncoder`), connected

@@ -26,14 +26,15 @@ def run(
     batch_size: int,
     shard_rows: int,
     address: str | None = None,
-    actors: int = 2,
-    cpus_per_actor: float = 1,
+    actors: int | None = None,
+    cpus_per_actor: float | None = None,
     threads: int | None = None,
 ) -> dict[str, int]:
     """Tag ``frame`` (``id``, ``path``) on Ray; ``commit(table, n_rows)`` each result batch
     of up to ``shard_rows`` rows. ``address``: an existing cluster (``ray://...`` or
-    ``HOST:PORT``; ``None`` starts one on this machine). ``threads`` per actor default to
-    its CPUs. Returns rows tagged per node id."""
+    ``HOST:PORT``; ``None`` starts one on this machine); ``actors`` x ``cpus_per_actor``
+    default to :func:`~multitag.vision.ray_engine.default_pool`. ``threads`` per actor
+    default to its CPUs. Returns rows tagged per node id."""
     import torch
 
     options = RayOptions(address, actors, cpus_per_actor, threads)

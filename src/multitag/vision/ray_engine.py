@@ -12,8 +12,9 @@ Pitfalls handled (ray 2.60, measured on a 2-core machine): actors holding every 
 Ray's read tasks and the job hangs without an error, so a local Ray declares CPUs for both;
 Ray sets an actor's OMP threads to its CPUs, so the inference engine's threads (and
 PyTorch's, to the driver's count: the same numbers as the local engine) are set
-explicitly; a small input is one block, so it is split for every actor to get work; no
-dashboard.
+explicitly; Ray runs its workers 15 nice levels below the driver, so a local Ray runs them
+at the job's priority; a small input is one block, so it is split for every actor to get
+work; no dashboard.
 """
 
 from __future__ import annotations
@@ -36,28 +37,63 @@ NODE_COLUMN = "_node"
 #: operations by default, and an actor shares its cores with the other actors and Ray's own
 #: processes, so its idle threads sleep instead.
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-#: a block is at most this many model batches: small enough to spread, big enough to be cheap
-MAX_BATCHES_PER_BLOCK = 16
+#: Ray settings of a cluster this job starts on its machine: Ray lowers its workers'
+#: priority by 15 by default, so the actors doing the job lost the cores to the driver, Ray's
+#: own processes and anything else running; they run at the job's own priority instead.
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
+#: a block is at most this many model batches, whatever the job's size: at a job's end one
+#: actor may still work through its last block while the others have none left, so blocks
+#: stay small (a block costs one Ray task and a decode pipeline fill, little next to its
+#: forward passes)
+MAX_BATCHES_PER_BLOCK = 4
+
+
+#: cores per actor of the default pool on this machine: on 2 cores one actor of 2 CPUs (it
+#: decodes while its two inference streams run, as the local engine does) took less CPU per
+#: photo than two 1-CPU actors (bench/ray.md); larger machines (not measured) get an actor
+#: per 4 cores, the shape docs/scaling.md plans a cluster node with
+LOCAL_CORES_PER_ACTOR = 4
+#: the default pool on a cluster (``address`` given): actors x CPUs each
+CLUSTER_POOL = (2, 1)
+
+
+def default_pool(
+    address: str | None, actors: int | None, cpus_per_actor: float | None
+) -> tuple[int, float]:
+    """``(actors, cpus_per_actor)`` with what is not given filled in: on this machine
+    (``address`` None) the actors share every core, one actor per
+    :data:`LOCAL_CORES_PER_ACTOR` cores; on a cluster :data:`CLUSTER_POOL`."""
+    if address is not None:
+        return actors or CLUSTER_POOL[0], cpus_per_actor or CLUSTER_POOL[1]
+    cores = os.cpu_count() or 1
+    if actors is None:
+        actors = max(1, int(cores // (cpus_per_actor or LOCAL_CORES_PER_ACTOR)))
+    return actors, cpus_per_actor or max(1, cores // actors)
 
 
 @dataclass(frozen=True)
 class RayOptions:
     """Where and how wide a job runs on Ray: ``address`` of an existing cluster
     (``HOST:PORT`` or ``ray://HOST:10001``; ``None`` starts Ray on this machine), ``actors``
-    (model copies), ``cpus_per_actor`` (each reserves and uses), ``threads`` per actor for
-    the inference engine (default: its CPUs)."""
+    (model copies), ``cpus_per_actor`` (each reserves and uses; both default to
+    :func:`default_pool`), ``threads`` per actor for the inference engine (default: its
+    CPUs)."""
 
     address: str | None = None
-    actors: int = 2
-    cpus_per_actor: float = 1
+    actors: int | None = None
+    cpus_per_actor: float | None = None
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        actors = self.actors
-        if not isinstance(actors, int) or isinstance(actors, bool) or actors < 1:
-            raise ValueError(f"actors={actors!r}: must be an integer >= 1")
-        if not self.cpus_per_actor > 0:
+        if self.actors is not None and (
+            not isinstance(self.actors, int) or isinstance(self.actors, bool) or self.actors < 1
+        ):
+            raise ValueError(f"actors={self.actors!r}: must be an integer >= 1")
+        if self.cpus_per_actor is not None and not self.cpus_per_actor > 0:
             raise ValueError(f"cpus_per_actor={self.cpus_per_actor!r}: must be > 0 (e.g. 1)")
+        actors, cpus = default_pool(self.address, self.actors, self.cpus_per_actor)
+        object.__setattr__(self, "actors", actors)
+        object.__setattr__(self, "cpus_per_actor", cpus)
 
     @property
     def actor_threads(self) -> int:
@@ -78,8 +114,9 @@ def import_ray():
 
 def connect(options: RayOptions) -> bool:
     """Join the cluster at ``options.address``, or start a local one that declares enough
-    logical CPUs for the actors plus two for Ray's read tasks. Returns whether this call
-    started Ray (and should shut it down); an already connected process is left as it is."""
+    logical CPUs for the actors plus two for Ray's read tasks and runs its workers at this
+    process's priority. Returns whether this call started Ray (and should shut it down); an
+    already connected process is left as it is."""
     ray = import_ray()
     if ray.is_initialized():
         return False
@@ -94,7 +131,14 @@ def connect(options: RayOptions) -> bool:
     else:
         cores = os.cpu_count() or 1
         need = int(-(-options.actors * options.cpus_per_actor // 1)) + 2
-        ray.init(num_cpus=max(cores, need), **quiet)
+        # "local": a new instance even where RAY_ADDRESS or another job's cluster on this
+        # machine (/tmp/ray/ray_current_cluster) would be joined, which refuses num_cpus
+        ray.init(
+            address="local",
+            num_cpus=max(cores, need),
+            _system_config=LOCAL_SYSTEM_CONFIG,
+            **quiet,
+        )
     return True
 
 
