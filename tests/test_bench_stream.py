@@ -23,6 +23,9 @@ def test_every_pool_is_run_and_compared_with_the_same_local_runs(monkeypatch, tm
     def job(**args):
         pool = args.get("ray_options")
         key = None if pool is None else (pool["actors"], pool["cpus_per_actor"])
+        if args["manifest"].name == "warm-up.csv":  # untimed: its result is not used
+            calls.append(("warm-up", len(pd.read_csv(args["manifest"]))))
+            return {}
         calls.append((args.get("engine", "local"), key))
         n = int(args["manifest"].name.removeprefix("ray").removesuffix(".csv"))
         start = 5.0 if key is None else 20.0
@@ -30,9 +33,16 @@ def test_every_pool_is_run_and_compared_with_the_same_local_runs(monkeypatch, tm
                 "steady_rows_per_s": rates[key]}  # fmt: skip
 
     monkeypatch.setattr(stream, "_job", job)
-    photos = pd.DataFrame({"id": range(8), "path": [f"p{i}.jpg" for i in range(8)]})
+    paths = [tmp_path / f"p{i}.jpg" for i in range(8)]
+    for path in paths:
+        path.write_bytes(b"photo")
+    photos = pd.DataFrame({"id": range(8), "path": [str(p) for p in paths]})
     r = stream.run_ray(tmp_path, photos, 1000, 4000, tmp_path, 512, [(2, 1), (1, 2)])
-    assert calls == [("local", None)] * 2 + [("ray", (2, 1))] * 2 + [("ray", (1, 2))] * 2
+    # one untimed warm-up over the photos first, then every timed run
+    assert (
+        calls
+        == [("warm-up", 8)] + [("local", None)] * 2 + [("ray", (2, 1))] * 2 + [("ray", (1, 2))] * 2
+    )
     assert r["ratios"]["ray 2x1"]["steady"] == pytest.approx(0.75)
     assert r["ratios"]["ray 1x2"]["steady"] == pytest.approx(0.95)
     assert r["ratios"]["ray 1x2"]["extra_start_up_s"] == pytest.approx(15.0)
