@@ -4,7 +4,7 @@ the issue's targets judged per variant (2 points under synthetic shifts, 1 point
 from __future__ import annotations
 
 from multitag.bench.shift import HIRES_TASKS, SHIFT_TARGET_TASKS
-from multitag.bench.views import _rows, _targets, to_markdown
+from multitag.bench.views import row_count, target_drops, to_markdown
 
 
 def _scores(f1: float, support: int = 2000) -> dict:
@@ -55,7 +55,7 @@ def _result() -> dict:
 
 def test_targets_per_variant():
     out = _result()
-    targets = _targets(out["results"], ["as saved", "+ flip"])
+    targets = target_drops(out["results"], ["as saved", "+ flip"])
     assert targets["as saved"]["synthetic_drops"]["mirror"] == dict.fromkeys(
         SHIFT_TARGET_TASKS, -0.05
     )
@@ -70,12 +70,12 @@ def test_hires_target_skips_tasks_with_few_labelled_photos():
     for task in HIRES_TASKS:  # within the target except usage, which has 50 labelled photos
         if task != "usage":
             out["results"]["hires as supplied"]["as saved"][task]["weighted_f1"] = 0.83
-    assert _targets(out["results"], ["as saved"])["as saved"]["hires_within_1_point"]
+    assert target_drops(out["results"], ["as saved"])["as saved"]["hires_within_1_point"]
 
 
 def test_markdown_names_the_saved_heads_the_costs_and_the_verdicts():
     out = _result()
-    out["targets"] = _targets(out["results"], list(out["variants"]))
+    out["targets"] = target_drops(out["results"], list(out["variants"]))
     md = to_markdown(out)
     assert "all 100 of its training rows" in md
     assert "**as saved**: the saved heads, not retrained" in md and "Cut short" not in md
@@ -88,10 +88,10 @@ def test_markdown_names_the_saved_heads_the_costs_and_the_verdicts():
 
 
 def test_row_counts_from_the_command_line():
-    assert _rows("all") is None and _rows("3000") == 3000
+    assert row_count("all") is None and row_count("3000") == 3000
 
 
 def test_markdown_of_a_run_cut_short_names_the_variants_not_run():
     out = {**_result(), "variants_planned": ["as saved", "+ flip", "before"]}
-    out["targets"] = _targets(out["results"], list(out["variants"]))
+    out["targets"] = target_drops(out["results"], list(out["variants"]))
     assert "**Cut short**: not run: before." in to_markdown(out)

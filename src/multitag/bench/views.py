@@ -264,7 +264,7 @@ def run(
             # written after every variant: a long run that is cut short keeps what it measured
             out["feature_cache"] = {v or "photos": cache_size(base, v) for v in [None, *views]}
             out["seconds"] = round(time.perf_counter() - started, 1)
-            out["targets"] = _targets(results, list(fits))
+            out["targets"] = target_drops(results, list(fits))
             out_dir.mkdir(parents=True, exist_ok=True)
             write_json(out_dir / "views.json", out)
             write_text(out_dir / "views.md", to_markdown(out))
@@ -281,7 +281,7 @@ def _drop(results: dict, name: str, variant: str, task: str, key: str = "weighte
     return results[name][variant][task][key] - ref
 
 
-def _targets(results: dict, variants: list[str]) -> dict:
+def target_drops(results: dict, variants: list[str]) -> dict:
     """Per variant: the drops of the issue's target tasks under the synthetic shifts with a
     target (resolution, JPEG >= 60, canvas, mirror) and of hires as supplied, per task; the
     hires target (1 point) counts tasks with at least ``MIN_SUPPORT`` labelled photos."""
@@ -413,7 +413,7 @@ def to_markdown(out: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _rows(value: str) -> int | None:
+def row_count(value: str) -> int | None:
     """A row count from the command line; ``all`` = ``None``."""
     return None if value == "all" else int(value)
 
@@ -433,8 +433,8 @@ def main() -> None:
         default=Path("bench/bench-model-shift"),
         help="The saved default tagger (python -m multitag.bench.shift trains it).",
     )
-    parser.add_argument("--train-rows", type=_rows, default=8000, help="A count or 'all'.")
-    parser.add_argument("--stop-rows", type=_rows, default=1500, help="A count or 'all'.")
+    parser.add_argument("--train-rows", type=row_count, default=8000, help="A count or 'all'.")
+    parser.add_argument("--stop-rows", type=row_count, default=1500, help="A count or 'all'.")
     parser.add_argument("--n-val", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=None, help="Default: the model's.")
     parser.add_argument(
