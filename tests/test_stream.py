@@ -161,7 +161,9 @@ def test_killed_job_reruns_to_the_uninterrupted_rows(model_dir, manifest, tmp_pa
 # VmHWM is the child's own peak: ru_maxrss would keep the (bigger) pytest parent's across exec
 _PEAK = """
 import sys
+from multitag.core.runtime import keep_freed_memory
 from multitag.tagger.stream_job import tag_to_dataset
+keep_freed_memory()  # as the command line runs: freed memory kept for reuse, never trimmed
 tag_to_dataset(sys.argv[1], [sys.argv[2]], sys.argv[3], shard_rows=1000, progress=False,
                id_col="id", path_col="path")
 print(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1])

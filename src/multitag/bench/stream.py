@@ -41,8 +41,10 @@ COMMIT = ""  # set by main() before the run: the tree may move on while it runs
 _JOB = """
 import json, sys, time
 t0 = time.perf_counter()
+from multitag.core.runtime import keep_freed_memory
 from multitag.tagger import shards
 from multitag.tagger.stream_job import tag_to_dataset
+keep_freed_memory()  # as the command line runs
 args = json.loads(sys.argv[1])
 # when each shard was committed: the steady rate is read between the first and the last, so
 # start-up (imports, Ray, actors loading the model, the first shard's fill) is not in it

@@ -170,6 +170,9 @@ class OnNode:
     def __init__(self, make: Callable, *args, **kwargs) -> None:
         import ray
 
+        from multitag.core.runtime import keep_freed_memory
+
+        keep_freed_memory()  # the worker does the job's work, as the command line's process
         self.fn = make(*args, **kwargs)
         self.node = ray.get_runtime_context().get_node_id()
 
