@@ -455,7 +455,6 @@ class MultiTaskTagger(ParamsMixin):
                 "fit_head_sets trains linear heads on a frozen backbone (heads.head='linear', "
                 "training.freeze='all'); use fit() for other heads"
             )
-
         seeds = [self._training_cfg.seed + i for i in range(self._heads_cfg.head_sets)]
         members = [self.new_heads(features.shape[1], s) for s in seeds]
         histories = fit_head_sets(

@@ -174,18 +174,8 @@ class FeatureStore:
     ) -> FeatureResult:
         """Features of ``paths`` (an extra ``view`` of each when given), from the cache where
         there, encoded and added to it where not; unreadable photos listed in ``errors``."""
-        folder = self.folder
         return extract_features(
-            self.encoder,
-            list(paths),
-            cache_dir=folder,
-            encoder_id=self.cache_id() if folder else None,
-            precision=self.precision,
-            engine=self.engine,
-            workers=self.workers,
-            progress=self.progress,
-            view=view,
-            view_seed=view_seed,
+            self.encoder, list(paths), **self._extraction(), view=view, view_seed=view_seed
         )
 
     def prefix(
@@ -193,15 +183,16 @@ class FeatureStore:
     ) -> tuple[torch.Tensor, torch.Tensor, dict[int, str]]:
         """The frozen prefix's outputs up to ``block`` (what fine-tuning above it trains on),
         cached like features: ``(activations, prefix features, errors)``."""
+        return extract_prefix(self.encoder, list(paths), block, **self._extraction())
+
+    def _extraction(self) -> dict:
+        """The cache and runtime settings every extraction from this store passes on."""
         folder = self.folder
-        return extract_prefix(
-            self.encoder,
-            list(paths),
-            block,
-            cache_dir=folder,
-            encoder_id=self.cache_id() if folder else None,
-            precision=self.precision,
-            engine=self.engine,
-            workers=self.workers,
-            progress=self.progress,
-        )
+        return {
+            "cache_dir": folder,
+            "encoder_id": self.cache_id() if folder else None,
+            "precision": self.precision,
+            "engine": self.engine,
+            "workers": self.workers,
+            "progress": self.progress,
+        }
