@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from multitag.data.detail import match_detail, measure_detail, resolve_detail
-from multitag.data.framing import Framing
+from multitag.data.detail import Detail, match_detail, measure_detail, resolve_detail
+from multitag.data.framing import Framing, reframe
 from multitag.data.photo_profile import photo_profile, profile_warnings
 from multitag.data.resize import resize_to_square
 from multitag.vision.features import ImageDataset, Preprocessing
@@ -32,56 +32,108 @@ def _product_photo(width: int, height: int) -> Image.Image:
     return img
 
 
-def _network_input(array: np.ndarray, detail: int | None, size: int = 224) -> np.ndarray:
-    """What the network receives: the detail step, then the loader's square resize."""
-    return resize_to_square([match_detail(array, detail)], size)[0].numpy().astype(np.float32)
+def _network_input(
+    array: np.ndarray, detail: Detail | None, size: int = 224, framing: Framing | None = None
+) -> np.ndarray:
+    """What the network receives: framing, the detail step, then the loader's square resize."""
+    pixels = array.shape[0] * array.shape[1]
+    framed = reframe(array, framing) if framing is not None else array
+    out = match_detail(framed, detail, pixels)
+    return resize_to_square([out], size)[0].numpy().astype(np.float32)
 
 
 def test_large_and_thumbnail_versions_reach_the_network_alike():
     large = _product_photo(900, 1200)
     thumb = np.asarray(large.resize((60, 80), Image.Resampling.LANCZOS))
     large = np.asarray(large)
-    with_step = np.abs(_network_input(large, 4800) - _network_input(thumb, 4800)).mean()
+    with_step = np.abs(
+        _network_input(large, Detail(4800)) - _network_input(thumb, Detail(4800))
+    ).mean()
     without = np.abs(_network_input(large, None) - _network_input(thumb, None)).mean()
     assert with_step < 2.0  # grey levels out of 255, averaged over the input
     assert with_step < without / 4  # and the step is what closes the gap
 
 
+def test_framed_photos_keep_the_detail_of_their_thumbnail():
+    """With framing, a large photo reaches the network as its 60x80 thumbnail would (the
+    thumbnail is made from the whole photo, then framed), not with the pixels of the largest
+    framed training photo; a small product on a wide canvas keeps the training detail."""
+    framing = Framing()
+    large = _product_photo(900, 1200)
+    thumb = np.asarray(large.resize((60, 80), Image.Resampling.LANCZOS))
+    level = measure_detail([thumb] * 5, framing)
+    assert level == Detail(framed=reframe(thumb, framing).size // 3, photo=4800)
+    photo = np.asarray(large)
+    out = match_detail(reframe(photo, framing), level, photo.shape[0] * photo.shape[1])
+    thumb_framed = reframe(thumb, framing)
+    assert out.shape[0] * out.shape[1] == pytest.approx(thumb_framed.size // 3, rel=0.05)
+    # at the network (framing crops the thumbnail on whole pixels, so edges move a little)
+    gap = np.abs(
+        _network_input(photo, level, framing=framing)
+        - _network_input(thumb, level, framing=framing)
+    ).mean()
+    without = np.abs(
+        _network_input(photo, None, framing=framing) - _network_input(thumb, level, framing=framing)
+    ).mean()
+    assert gap < without / 3
+    # the same product on a 4x canvas: its framed crop is not brought below `framed` pixels
+    canvas = Image.new("RGB", (240, 320), (255, 255, 255))
+    canvas.paste(Image.fromarray(thumb), (90, 120))
+    canvas = np.asarray(canvas)
+    framed = reframe(canvas, framing)
+    out = match_detail(framed, level, canvas.shape[0] * canvas.shape[1])
+    assert out.shape[0] * out.shape[1] >= min(level.framed, framed.shape[0] * framed.shape[1]) - 80
+
+
 def test_small_photos_are_untouched_and_aspect_is_kept():
     small = np.asarray(_product_photo(60, 80))
-    assert match_detail(small, 4800) is small
+    assert match_detail(small, Detail(4800)) is small
+    assert match_detail(small, Detail(4800, photo=4800)) is small
     assert match_detail(small, None) is small
-    out = match_detail(np.asarray(_product_photo(900, 1200)), 4800)
+    out = match_detail(np.asarray(_product_photo(900, 1200)), Detail(4800))
     assert out.shape == (80, 60, 3) and out.dtype == np.uint8
-    wide = match_detail(np.zeros((500, 2000, 3), np.uint8), 4800)
+    wide = match_detail(np.zeros((500, 2000, 3), np.uint8), Detail(4800))
     assert wide.shape[1] / wide.shape[0] == pytest.approx(4.0, rel=0.05)
     assert abs(wide.shape[0] * wide.shape[1] - 4800) < 200
 
 
 def test_measure_and_resolve_detail(tmp_path):
     photos = [np.asarray(_product_photo(60, 80))] * 9 + [np.asarray(_product_photo(120, 160))]
-    assert measure_detail(photos) == 120 * 160  # the 0.99 quantile covers the largest here
-    assert measure_detail(photos[:9]) == 4800
+    # the 0.99 quantile of the photos covers the largest here; the median of the framed ones
+    assert measure_detail(photos) == Detail(framed=4800, photo=120 * 160)
+    assert measure_detail(photos[:9]) == Detail(4800, 4800)
     framed = measure_detail(photos[:9], Framing())
-    assert framed != 4800  # measured after framing: the canvas the network would see
+    assert framed.framed != 4800 and framed.photo == 4800  # framed: the canvas the network sees
     paths = []
     for i in range(5):
         p = tmp_path / f"{i}.png"
         _product_photo(60, 80).save(p)
         paths.append(str(p))
-    assert resolve_detail("auto", paths, None) == 4800
+    assert resolve_detail("auto", paths, None) == Detail(4800, 4800)
     assert resolve_detail("none", paths, None) is None
     assert resolve_detail(None, paths, None) is None
-    assert resolve_detail(6000, paths, None) == 6000
-    for bad, fix in [(10, "at least 1024"), ("big", "'auto'"), (True, "'auto'")]:
+    assert resolve_detail(6000, paths, None) == Detail(6000)  # a fixed cap, as before
+    assert resolve_detail({"framed": 5000, "photo": 9000}, paths, None) == Detail(5000, 9000)
+    assert resolve_detail(Detail(5000), paths, None) == Detail(5000)
+    for bad, fix in [
+        (10, "at least 1024"),
+        ("big", "'auto'"),
+        (True, "'auto'"),
+        ({"framed": 5000, "pixels": 1}, "unknown fields"),
+        ({"framed": 5000, "photo": 10}, "photo must be at least 1024"),
+    ]:
         with pytest.raises(ValueError, match=fix):
             resolve_detail(bad, paths, None)
     assert resolve_detail("auto", [], None) is None  # nothing to measure: off
 
 
 def test_preprocessing_round_trip_keeps_old_keys():
-    prep = Preprocessing(96, (0.5,) * 3, (0.5,) * 3, Framing(), 6348)
+    prep = Preprocessing(96, (0.5,) * 3, (0.5,) * 3, Framing(), Detail(4800, 4800))
     assert Preprocessing.from_dict(json.loads(json.dumps(prep.to_dict()))) == prep
+    # a fixed cap (what models saved before `photo` recorded) is stored as the int it was
+    capped = Preprocessing(96, (0.5,) * 3, (0.5,) * 3, Framing(), Detail(6348))
+    assert capped.to_dict()["detail"] == 6348
+    assert Preprocessing.from_dict(json.loads(json.dumps(capped.to_dict()))) == capped
     old = {"image_size": 96, "mean": [0.5] * 3, "std": [0.5] * 3}  # a config from before
     assert Preprocessing.from_dict(old).detail is None
     # no detail -> the same dict as before the step existed, so feature caches still match
@@ -91,7 +143,7 @@ def test_preprocessing_round_trip_keeps_old_keys():
 def test_loader_applies_the_step(tmp_path):
     path = tmp_path / "big.png"
     _product_photo(900, 1200).save(path)
-    _, array, reason = ImageDataset([path], 224, detail=4800)[0]
+    _, array, reason = ImageDataset([path], 224, detail=Detail(4800))[0]
     assert reason == "" and array.shape[0] * array.shape[1] <= 4900
     _, untouched, _ = ImageDataset([path], 224, detail=None)[0]
     assert untouched.shape[0] >= 224  # only JPEG draft decoding would shrink it
@@ -135,11 +187,11 @@ def test_tagger_records_detail_and_old_dirs_behave_as_before(
     from multitag import MultiTaskTagger
 
     prep = trained_tagger.net_.encoder.preprocessing
-    assert prep.detail is not None and prep.detail >= 60 * 80  # measured on 60x80 photos
+    assert prep.detail is not None and prep.detail.photo == 60 * 80  # measured on 60x80 photos
     assert trained_tagger.photo_profile_["width"] == 60
     model_dir = trained_tagger.save(tmp_path / "model")
     config = json.loads((Path(model_dir) / "config.json").read_text())
-    assert config["preprocessing"]["detail"] == prep.detail
+    assert config["preprocessing"]["detail"] == prep.detail.to_json()
     assert "match_detail" in config["preprocessing"]["resize"]
     assert config["training_photos"]["height"] == 80
     reloaded = MultiTaskTagger.load(model_dir)

@@ -29,7 +29,8 @@ def test_onnx_export_matches_pytorch(trained_tagger, fashion_frame, tmp_path):
     size = meta["input"]["shape"][2]
     # the sidecar documents the steps before the graph: framing, then the level of detail
     prep = trained_tagger.net_.encoder.preprocessing
-    assert meta["input"]["detail"]["pixels"] == prep.detail
+    assert meta["input"]["detail"]["framed"] == prep.detail.framed
+    assert meta["input"]["detail"]["photo"] == prep.detail.photo
     assert "match_detail" in meta["input"]["detail"]["apply"]
 
     paths = fashion_frame["path"].tolist()[:24]

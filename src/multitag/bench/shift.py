@@ -219,7 +219,8 @@ def run(
             "backbone": after.settings("features").backbone,
             "image_size": after.net_.encoder.preprocessing.image_size,
             "framing": after.net_.encoder.preprocessing.to_dict().get("framing"),
-            "detail": detail,
+            "detail": detail.to_json(),
+            "views": (after.views_ or {}).get("views"),
         },
         "results": results,
         "tagging_speed": speed,
@@ -289,6 +290,18 @@ def _table(results: dict, label: str, key: str) -> list[str]:
     return lines
 
 
+def _detail_words(detail: int | dict) -> str:
+    if isinstance(detail, dict):
+        return (
+            f"a photo keeps the pixels it would have after framing had it been "
+            f"{detail['photo']:,} pixels, the training photos' size, and at least "
+            f"{detail['framed']:,}, their median after framing"
+        )
+    return (
+        f"photos with more than {detail:,} pixels after framing are first downscaled to that many"
+    )
+
+
 def to_markdown(out: dict) -> str:
     """The BENCHMARKS.md section."""
     r, m, tg = out["results"], out["model"], out["targets"]
@@ -297,10 +310,10 @@ def to_markdown(out: dict) -> str:
         "",
         f"`{out['command']}` at commit `{out['commit']}` on {out['date']} "
         f"({out['seconds'] / 60:.0f} min). Model: the core benchmark's default tagger "
-        f"({m['backbone']}, {m['image_size']} px, framing {m['framing']}) trained on "
-        "fashion-products; **before** = its level-of-detail step off (as every model before "
-        f"it), **after** = on (photos with more than {m['detail']:,} pixels after framing "
-        "are first downscaled to that many; `multitag.data.detail`). Each cell: the score and, "
+        f"({m['backbone']}, {m['image_size']} px, framing {m['framing']}, extra training views "
+        f"{m.get('views')}) trained on fashion-products; **before** = its level-of-detail step "
+        f"off (as every model before it), **after** = on ({_detail_words(m['detail'])}; "
+        "`multitag.data.detail`). Each cell: the score and, "
         "in brackets, its change against the reference row: *hires at 60x80* for *hires as "
         "supplied* (the same 428 photos, downscaled to the catalogue's 60x80 px), *validation "
         f"photos* ({r['validation photos']['n']} of the model's own, seeded) for every "

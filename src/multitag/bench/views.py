@@ -61,7 +61,7 @@ DEFAULT_VARIANTS: dict[str, dict | None] = {
     "+ flip": {"views": ["flip"]},
     "+ flip, jpeg60": {"views": ["flip", "jpeg60"]},
     "+ flip, jpeg60 on 25 %": {"views": ["flip", "jpeg60"], "view_fraction": 0.25},
-    "before": {},
+    "before": {"views": "none"},
 }
 SYNTHETIC_TARGETS = (
     "upscale 2x",

@@ -115,6 +115,12 @@ def detail_setting(value: str) -> str | int:
     return int(value) if value.strip().isdigit() else value.strip()
 
 
+def views_setting(value: str) -> str | list[str]:
+    """``--views``: 'auto', 'none' or comma-separated view names (validated by the estimator)."""
+    value = value.strip()
+    return value if value in ("auto", "none") else split_names(value)
+
+
 def resolve_photos(
     inputs,
     images: Path | None,

@@ -205,6 +205,9 @@ def demo_tagger(image_size: int | None = None, **overrides) -> MultiTaskTagger:
         framing="auto",
         prior_shift="auto",
         refit=True,
+        # no extra training views: each costs an encoder pass over the training photos and
+        # the cold demo must stay within 10 minutes (docs/robustness.md, what they buy)
+        views="none",
         **DEMO_TRAINING,
     )
     return MultiTaskTagger(DEMO_TASKS, **from_flat({**params, **overrides}))

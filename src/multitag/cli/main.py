@@ -37,6 +37,7 @@ from multitag.cli.common import (  # noqa: E402
     resolve_photos,
     split_names,
     task_list,
+    views_setting,
 )
 from multitag.cli.scaling import (  # noqa: E402
     ActorsOpt,
@@ -169,12 +170,13 @@ def train_cmd(
     framing: FramingOpt = "auto",
     detail: DetailOpt = "auto",
     views: Annotated[
-        str | None,
+        str,
         typer.Option(
             help="Extra views of the training photos to also train the heads on (cached "
-            "features, comma-separated): flip, jpeg60, grey, down2 (docs/robustness.md)."
+            "features, comma-separated): flip, jpeg60, grey, down2; 'auto' = flip,jpeg60 "
+            "with a frozen backbone; 'none' (docs/robustness.md)."
         ),
-    ] = None,
+    ] = "auto",
     view_fraction: Annotated[
         float,
         typer.Option(
@@ -274,7 +276,7 @@ def train_cmd(
         image_size=image_size,
         framing=framing,
         detail=detail_setting(detail),
-        views=split_names(views) or None,
+        views=views_setting(views),
         view_fraction=view_fraction,
         flip_invariant=flip_invariant,
         epochs=epochs,

@@ -4,69 +4,148 @@ A tagger learns what its training photos look like at the network's input. Catal
 thumbnails (e.g. 60x80 px) squash-resized to 224 px are soft; a sharp 900x1200 px photo of the
 same product reaches the network with fine texture and edges the heads never saw, and its tags
 get worse (docs/robustness.md). :func:`match_detail` removes that difference: an image (after
-framing, :mod:`multitag.data.framing`) with more pixels than the model's ``detail`` is
-downscaled, antialiased and keeping its aspect ratio, to that many pixels, before the
-network's own square resize. Images at or below ``detail`` pixels are untouched, so the
-training photos keep exactly the pixels they had.
+framing, :mod:`multitag.data.framing`) is downscaled, antialiased and keeping its aspect ratio,
+to the pixels its catalogue thumbnail would have had, before the network's own square resize.
 
-``detail`` is measured on the training photos (:func:`measure_detail`: a high quantile of their
-pixel counts after framing) and stored with the model's preprocessing, so ``tag``,
-``evaluate``, the catalogue, the API and the feature cache all see the same pixels.
+How many pixels that is (:class:`Detail`): as many as the framed image would have if the
+whole photo had been the size of the training photos (``photo`` pixels: the catalogue made its
+thumbnails from whole photos, then framing cropped them), but never fewer than ``framed``
+pixels, the training photos' typical size after framing, so a small product on a wide canvas
+keeps its detail. Training photos are no larger than ``photo`` and keep exactly the pixels
+they had. A :class:`Detail` with ``photo=None`` (models saved before it, or an explicit pixel
+count) brings every framed image above ``framed`` pixels down to ``framed``.
+
+The levels are measured on the training photos (:func:`measure_detail`) and stored with the
+model's preprocessing, so ``tag``, ``evaluate``, the catalogue, the API and the feature cache
+all see the same pixels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from multitag.data.framing import Framing, decoded_sample, reframe
 
-__all__ = ["DETAIL_QUANTILE", "match_detail", "measure_detail", "resolve_detail"]
+__all__ = ["DETAIL_QUANTILE", "Detail", "match_detail", "measure_detail", "resolve_detail"]
 
-#: Share of the training photos (after framing) whose pixel count ``detail="auto"`` covers:
-#: nearly every training photo stays untouched, larger photos come down to the training level.
+#: Share of the training photos whose pixel count (as decoded) ``Detail.photo`` covers: nearly
+#: every training photo stays untouched, larger photos come down to the training level.
 DETAIL_QUANTILE = 0.99
 
+#: The fewest pixels a level may have (32x32).
+MIN_PIXELS = 1024
 
-def match_detail(image: np.ndarray, detail: int | None) -> np.ndarray:
-    """``image`` (``HxWx3`` uint8) downscaled with Lanczos to about ``detail`` pixels, aspect
-    ratio kept, when it has more; otherwise (or ``detail=None``) returned as is."""
+
+@dataclass(frozen=True)
+class Detail:
+    """The training photos' level of detail.
+
+    Parameters
+    ----------
+    framed : int
+        Pixels after framing that every photo may keep (the training photos' median after
+        framing); with ``photo=None``, the pixels every larger framed image is brought to.
+    photo : int or None
+        The training photos' pixel count as decoded (a high quantile): a larger photo keeps
+        what it would have had at this size.
+    """
+
+    framed: int
+    photo: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in (("framed", self.framed), ("photo", self.photo)):
+            if value is None and name == "photo":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"detail {name} must be a pixel count, not {value!r}")
+            if value < MIN_PIXELS:
+                raise ValueError(f"detail {name} must be at least {MIN_PIXELS} pixels, not {value}")
+
+    def target(self, framed_pixels: int, photo_pixels: int) -> int:
+        """How many pixels a framed image of ``framed_pixels`` may keep, its photo having had
+        ``photo_pixels`` before framing."""
+        if self.photo is None:
+            return self.framed
+        return max(self.framed, round(framed_pixels * self.photo / max(photo_pixels, 1)))
+
+    def to_json(self) -> int | dict:
+        """An int when ``photo`` is unset: what models and feature caches before it stored."""
+        if self.photo is None:
+            return int(self.framed)
+        return {"framed": int(self.framed), "photo": int(self.photo)}
+
+    @classmethod
+    def from_json(cls, value: int | Mapping) -> Detail:
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"framed", "photo"}
+            if unknown:
+                raise ValueError(f"detail: unknown fields {sorted(unknown)}; use framed, photo")
+            return cls(
+                int(value["framed"]), None if value.get("photo") is None else int(value["photo"])
+            )
+        return cls(int(value))
+
+
+def match_detail(
+    image: np.ndarray, detail: Detail | None, photo_pixels: int | None = None
+) -> np.ndarray:
+    """``image`` (``HxWx3`` uint8, framed) downscaled with Lanczos, aspect ratio kept, to the
+    pixels ``detail`` lets it keep (:meth:`Detail.target`; ``photo_pixels``: the photo's
+    pixels before framing, default the image's own); returned as is when it has no more, or
+    when ``detail`` is None."""
     h, w = image.shape[:2]
-    if detail is None or h * w <= detail:
+    if detail is None:
         return image
-    scale = (detail / (h * w)) ** 0.5
+    target = detail.target(h * w, h * w if photo_pixels is None else photo_pixels)
+    if h * w <= target:
+        return image
+    scale = (target / (h * w)) ** 0.5
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
 
 
-def measure_detail(images: Iterable[np.ndarray], framing: Framing | None = None) -> int:
+def measure_detail(images: Iterable[np.ndarray], framing: Framing | None = None) -> Detail:
     """The training photos' level of detail: the :data:`DETAIL_QUANTILE` quantile of their
-    pixel counts after ``framing`` (what :func:`match_detail` compares against)."""
-    pixels = [
-        int(np.prod((reframe(a, framing) if framing is not None else a).shape[:2])) for a in images
-    ]
-    if not pixels:
+    pixel counts as decoded (``photo``) and the median of their pixel counts after ``framing``
+    (``framed``)."""
+    photo, framed = [], []
+    for a in images:
+        photo.append(int(np.prod(a.shape[:2])))
+        framed.append(int(np.prod((reframe(a, framing) if framing is not None else a).shape[:2])))
+    if not photo:
         raise ValueError("measure_detail needs at least one image")
-    return int(np.quantile(pixels, DETAIL_QUANTILE, method="higher"))
+    return Detail(
+        framed=max(MIN_PIXELS, int(np.quantile(framed, 0.5, method="higher"))),
+        photo=max(MIN_PIXELS, int(np.quantile(photo, DETAIL_QUANTILE, method="higher"))),
+    )
 
 
 def resolve_detail(
-    spec: str | int | None, paths: Sequence, framing: Framing | None, seed: int = 0
-) -> int | None:
-    """A model's ``detail`` setting as a pixel count, or ``None`` (no downscale).
+    spec: str | int | Mapping | Detail | None,
+    paths: Sequence,
+    framing: Framing | None,
+    seed: int = 0,
+) -> Detail | None:
+    """A model's ``detail`` setting as a :class:`Detail`, or ``None`` (no downscale).
 
     ``"auto"`` measures it (:func:`measure_detail`) on the same seeded sample of ``paths`` that
     ``framing="auto"`` measures, and is off when there are no ``paths`` (no training photos,
     no level to match, e.g. an untrained probe encoder); ``"none"`` / ``None`` turns the step
-    off; an int is used as given (at least 1,024 pixels, e.g. 32x32)."""
+    off; an int brings every framed image above that many pixels down to it (at least 1,024,
+    e.g. 32x32); a :class:`Detail` or a dict of its fields is used as given."""
     if spec is None or spec == "none":
         return None
+    if isinstance(spec, Detail):
+        return spec
+    if isinstance(spec, Mapping):
+        return Detail.from_json(spec)
     if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
-        if spec < 1024:
-            raise ValueError(f"detail must be at least 1024 pixels, not {spec}")
-        return int(spec)
+        return Detail(int(spec))
     if spec != "auto":
         raise ValueError(
             f"detail must be 'auto' (measured on the training photos), 'none' (off) or a pixel "

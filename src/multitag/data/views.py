@@ -24,7 +24,15 @@ from PIL import Image
 
 from multitag.data.framing import background_colour
 
-__all__ = ["VIEWS", "apply_view", "check_views", "view_id", "viewed_rows"]
+__all__ = [
+    "AUTO_VIEWS",
+    "VIEWS",
+    "apply_view",
+    "check_views",
+    "resolve_views",
+    "view_id",
+    "viewed_rows",
+]
 
 #: bump when a view's transform changes: cached features of the old one no longer match
 VIEWS_VERSION = 1
@@ -77,7 +85,9 @@ def check_views(views: Sequence[str] | None) -> list[str]:
     if views is None:
         return []
     if isinstance(views, str):
-        raise ValueError(f"views: a list of view names such as ['flip'], not the string {views!r}")
+        raise ValueError(
+            f"views: 'auto', 'none' or a list of view names such as ['flip'], not {views!r}"
+        )
     names = list(views)
     for name in names:
         if name not in VIEWS:
@@ -85,6 +95,23 @@ def check_views(views: Sequence[str] | None) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"views: each view once, not {names}")
     return names
+
+
+#: What ``views="auto"`` trains on when the backbone is frozen: a mirror image and a JPEG
+#: re-compression, the two changes other photo pipelines most often make and that cost the
+#: heads most (docs/robustness.md, bench/views.md).
+AUTO_VIEWS = ("flip", f"jpeg{JPEG_QUALITY}")
+
+
+def resolve_views(views: Sequence[str] | str | None, frozen: bool) -> list[str]:
+    """A tagger's ``views`` setting as the list of views its heads train on: ``"auto"`` is
+    :data:`AUTO_VIEWS` for a frozen backbone (their features are cached) and none while
+    fine-tuning; ``"none"`` / ``None`` none; a list is checked (:func:`check_views`)."""
+    if views == "auto":
+        return list(AUTO_VIEWS) if frozen else []
+    if views == "none":
+        return []
+    return check_views(views)
 
 
 def view_id(view: str, seed: int) -> str:

@@ -26,7 +26,7 @@ from multitag.core.io import atomic_path, write_json
 from multitag.core.locks import writer_lock
 from multitag.core.params import ParamsMixin
 from multitag.core.progress import bar
-from multitag.data.detail import resolve_detail
+from multitag.data.detail import Detail, resolve_detail
 from multitag.data.framing import Framing, resolve_framing
 from multitag.embedding import losses as loss_registry
 from multitag.tagger.persistence import CONFIG, FORMAT_VERSION, library_versions, read_config
@@ -135,7 +135,7 @@ class Embedder(ParamsMixin):
         weights: str | None = "auto",
         image_size: int | None = None,
         framing: str | Mapping | Framing = "auto",
-        detail: str | int | None = "auto",
+        detail: str | int | Mapping | Detail | None = "auto",
         stages: Sequence[int] | None = None,
         colour_bins: int = 6,
         grid_stages: Sequence[int] | str = "auto",

@@ -26,7 +26,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 from multitag.core.params import ParamsMixin
+from multitag.data.detail import Detail
 from multitag.data.framing import Framing
+from multitag.data.views import resolve_views
 from multitag.multitask.heads import HEAD_TYPES
 from multitag.training.loop import TrainConfig
 from multitag.vision import backbones
@@ -47,20 +49,23 @@ class FeatureConfig(ParamsMixin):
     framing : {"auto", "none"} or Framing or dict, default "auto"
         ``"auto"`` crops every photo to its product and centres it on the catalogue's canvas,
         measured on training photos (:mod:`multitag.data.framing`); ``"none"`` squashes only.
-    detail : "auto", "none" or int, default "auto"
-        Bring photos with more pixels than the training photos down to their level of detail
-        before the square resize (:mod:`multitag.data.detail`); an int sets the pixel count.
+    detail : "auto", "none", int, Detail or dict, default "auto"
+        Bring photos sharper than the training photos down to their level of detail before
+        the square resize; ``"auto"`` measures it on the training photos
+        (:mod:`multitag.data.detail`); an int brings every framed photo above that many
+        pixels down to it.
     stages : sequence of int, optional
         Backbone stages whose pooled outputs join the features; ``None`` = every stage.
     colour_bins : int, default 6
         Bins per channel of the colour histograms (0 = no colour features).
     grid_stages : sequence of int or "auto", default "auto"
         Stages also pooled on a 3x2 grid (``"auto"``: the stride-8 and stride-16 stages).
-    views : sequence of str, optional
+    views : "auto", "none" or sequence of str, default "auto"
         Extra views of every training photo (``"flip"``, ``"jpeg60"``, ``"grey"``,
         ``"down2"``; :mod:`multitag.data.views`) whose cached features the heads also train
         on, labelled like the photo: one more extraction pass each and more head-training
-        rows (docs/robustness.md). Frozen backbones only.
+        rows (docs/robustness.md). Frozen backbones only; ``"auto"`` is ``["flip",
+        "jpeg60"]`` for a frozen backbone and none while fine-tuning.
     view_fraction : float, default 1.0
         Share of the training rows (a seeded sample, the same for every view) that get the
         extra ``views``: below 1 a view costs that share of an encoder pass and of the added
@@ -75,15 +80,16 @@ class FeatureConfig(ParamsMixin):
     weights: str | None = "auto"
     image_size: int | None = None
     framing: str | Mapping | Framing = "auto"
-    detail: str | int | None = "auto"
+    detail: str | int | Mapping | Detail | None = "auto"
     stages: Sequence[int] | None = None
     colour_bins: int = 6
     grid_stages: Sequence[int] | str = "auto"
-    views: Sequence[str] | None = None
+    views: Sequence[str] | str | None = "auto"
     view_fraction: float = 1.0
     flip_invariant: bool = False
 
     def validate(self) -> None:
+        resolve_views(self.views, frozen=True)  # names checked before any photo is read
         if isinstance(self.view_fraction, bool) or not 0 < self.view_fraction <= 1:
             raise ValueError(
                 f"features.view_fraction must be in (0, 1], not {self.view_fraction!r}"

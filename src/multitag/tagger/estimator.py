@@ -19,11 +19,11 @@ from torch import nn
 from multitag.core import runtime
 from multitag.core.params import ParamsMixin
 from multitag.core.progress import bar
-from multitag.data.detail import resolve_detail
+from multitag.data.detail import Detail, resolve_detail
 from multitag.data.framing import Framing, resolve_framing
 from multitag.data.photo_profile import photo_profile
 from multitag.data.validate import ValidationReport, validate
-from multitag.data.views import check_views, viewed_rows
+from multitag.data.views import check_views, resolve_views, viewed_rows
 from multitag.multitask.heads import AveragedHeadSets, MultiTaskHeads, probabilities
 from multitag.multitask.net import TaggerNet
 from multitag.tagger.config import (
@@ -204,7 +204,7 @@ class MultiTaskTagger(ParamsMixin):
         )
 
     def _build_encoder(
-        self, weights, framing: Framing | None = None, detail: int | None = None
+        self, weights, framing: Framing | None = None, detail: Detail | None = None
     ) -> Encoder:
         return self.encoder_spec().build(framing, detail, weights=weights)
 
@@ -298,7 +298,7 @@ class MultiTaskTagger(ParamsMixin):
                 )
             config.validate()
         views, freeze = self._features_cfg.views, self._training_cfg.freeze
-        if check_views(views) and freeze != "all":
+        if views not in ("auto", "none") and check_views(views) and freeze != "all":
             raise ValueError(
                 f"features.views={list(views)} adds cached features of extra views to "
                 f"frozen-feature training; with training.freeze={freeze!r} the backbone "
@@ -383,7 +383,7 @@ class MultiTaskTagger(ParamsMixin):
         rows. With ``view_fraction`` < 1 only a seeded sample of the training rows gets the
         views. Validation rows stay the photos as they are, so epochs and scores are chosen on
         them. Sets ``views_`` (what ``config.json`` records)."""
-        views = check_views(self._features_cfg.views)
+        views = resolve_views(self._features_cfg.views, self._training_cfg.freeze == "all")
         self.views_ = None
         if not views:
             return

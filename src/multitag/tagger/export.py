@@ -101,10 +101,12 @@ def export_onnx(tagger, path: str | Path, *, opset: int = 18) -> Path:
                 "detail": None
                 if detail is None
                 else {
-                    "pixels": detail,
-                    "apply": "then, when the image has more pixels: "
-                    "multitag.data.detail.match_detail(image, pixels) (Lanczos downscale to "
-                    "about that many pixels, aspect kept)",
+                    "framed": detail.framed,
+                    "photo": detail.photo,
+                    "apply": "then multitag.data.detail.match_detail(framed_image, "
+                    "Detail(framed, photo), photo_pixels) with photo_pixels the decoded photo's "
+                    "pixel count before framing (a Lanczos downscale, aspect kept, to "
+                    "Detail.target pixels when the framed image has more)",
                 },
             },
             "outputs": names,

@@ -176,7 +176,9 @@ def _resize_steps(prep: Preprocessing) -> str:
     """The preprocessing steps in words, for people reading ``config.json``."""
     steps = ["reframe (multitag.data.framing.reframe)"] if prep.framing is not None else []
     if prep.detail is not None:
-        steps.append("down to detail pixels when larger (multitag.data.detail.match_detail)")
+        steps.append(
+            "down to the training photos' detail when sharper (multitag.data.detail.match_detail)"
+        )
     return ", then ".join([*steps, "squash, bicubic"])
 
 

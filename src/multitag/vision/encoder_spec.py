@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from multitag.data.detail import Detail
 from multitag.data.framing import Framing
 from multitag.vision import backbones
 from multitag.vision.features import FEATURE_VERSION, Encoder, Preprocessing
@@ -50,7 +51,7 @@ class EncoderSpec:
     with_imagenet: bool | None = None
 
     def build(
-        self, framing: Framing | None = None, detail: int | None = None, weights=_UNSET
+        self, framing: Framing | None = None, detail: Detail | None = None, weights=_UNSET
     ) -> Encoder:
         """The encoder, with ``framing`` and ``detail`` (measured on training photos) in its
         preprocessing; ``weights`` overrides the spec's (e.g. ``None`` before loading a

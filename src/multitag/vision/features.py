@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from multitag.core import runtime
-from multitag.data.detail import match_detail
+from multitag.data.detail import Detail, match_detail
 from multitag.data.framing import Framing, reframe
 from multitag.data.images import ImageDecodeError, load_image
 from multitag.data.resize import resize_to_square
@@ -36,14 +36,14 @@ FEATURE_VERSION = 5  # bump when the meaning of cached features changes
 class Preprocessing:
     """How an image becomes a tensor: optional product framing
     (:func:`~multitag.data.framing.reframe`), then an optional downscale to the training
-    photos' level of detail (``detail`` pixels, :func:`~multitag.data.detail.match_detail`),
+    photos' level of detail (:func:`~multitag.data.detail.match_detail`),
     square resize (no crop), mean/std normalisation."""
 
     image_size: int = 224
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     framing: Framing | None = None
-    detail: int | None = None
+    detail: Detail | None = None
 
     def to_dict(self) -> dict:
         d = {"image_size": self.image_size, "mean": self.mean, "std": self.std}
@@ -51,13 +51,13 @@ class Preprocessing:
         if self.framing is not None:
             d["framing"] = self.framing.to_dict()
         if self.detail is not None:
-            d["detail"] = self.detail
+            d["detail"] = self.detail.to_json()
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
         framing = Framing.from_dict(d["framing"]) if d.get("framing") else None
-        detail = int(d["detail"]) if d.get("detail") else None
+        detail = Detail.from_json(d["detail"]) if d.get("detail") else None
         return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]), framing, detail)
 
     @classmethod
@@ -66,7 +66,7 @@ class Preprocessing:
         model: nn.Module,
         image_size: int | None = None,
         framing: Framing | None = None,
-        detail: int | None = None,
+        detail: Detail | None = None,
     ) -> Preprocessing:
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         size = image_size or int(cfg.get("input_size", (3, 224, 224))[-1])
@@ -79,8 +79,8 @@ class Preprocessing:
 class ImageDataset(Dataset):
     """Decode ``paths`` to uint8 HxWx3 arrays at their own size (:func:`_collate` resizes a
     batch at once), as the extra ``view`` makes them when given (:mod:`multitag.data.views`),
-    reframed when ``framing`` is given and brought down to ``detail`` pixels when larger
-    (:mod:`multitag.data.detail`); a bad file yields an error string, never raises."""
+    reframed when ``framing`` is given and brought down to the training photos' ``detail``
+    when sharper (:mod:`multitag.data.detail`); a bad file yields an error string, never raises."""
 
     def __init__(
         self,
@@ -88,7 +88,7 @@ class ImageDataset(Dataset):
         image_size: int,
         max_pixels=None,
         framing: Framing | None = None,
-        detail: int | None = None,
+        detail: Detail | None = None,
         view: str | None = None,
         view_seed: int = 0,
     ):
@@ -113,9 +113,10 @@ class ImageDataset(Dataset):
         array = np.asarray(img)
         if self.view is not None:
             array = apply_view(array, self.view, self.view_seed)
+        photo_pixels = array.shape[0] * array.shape[1]
         if self.framing is not None:
             array = reframe(array, self.framing)
-        return index, match_detail(array, self.detail), ""
+        return index, match_detail(array, self.detail, photo_pixels), ""
 
 
 def _collate(items, image_size: int):
@@ -134,13 +135,13 @@ def iter_batches(
     prefetch: int = 3,
     max_pixels: int | None = None,
     framing: Framing | None = None,
-    detail: int | None = None,
+    detail: Detail | None = None,
     view: str | None = None,
     view_seed: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, list[tuple[int, str]]]]:
     """Batches of ``(indices, uint8 images, [(index, reason), ...])``, decoded (as ``view``
-    makes them when given, reframed when ``framing`` is given, brought down to ``detail``
-    pixels when larger) ahead.
+    makes them when given, reframed when ``framing`` is given, brought down to the
+    training photos' ``detail`` when sharper) ahead.
 
     Decoding runs in a thread pool (Pillow releases the GIL while decoding and resizing), so
     it overlaps the forward pass without the start-up and copy costs of worker processes;
