@@ -124,7 +124,9 @@ class ItemColumns:
         px, py = self._pxy[layout if layout is not None else next(iter(self.maps))]
         inside = np.ones(self.n, bool) if keep is None else keep[self._perm]
         if box is not None:
-            x0, x1, y0, y1 = box
+            # as the coordinates' type, clipped to its range (a huge bound would overflow)
+            lim = np.finfo(px.dtype).max
+            x0, x1, y0, y1 = np.clip(np.asarray(box, np.float64), -lim, lim).astype(px.dtype)
             inside &= (px >= x0) & (px <= x1) & (py >= y0) & (py <= y1)
         hits = np.flatnonzero(inside)
         rows = np.sort(self._perm[hits[:limit]])  # chosen in the fixed order, listed in row order
