@@ -11,7 +11,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from multitag.data.views import GREY_LEVELS, VIEWS, apply_view, check_views, view_id
+from multitag.data.views import (
+    AUTO_VIEWS,
+    GREY_LEVELS,
+    VIEWS,
+    apply_view,
+    check_views,
+    resolve_views,
+    view_id,
+)
 from multitag.vision import backbones
 from multitag.vision.extraction import FeatureCache, extract_features
 from multitag.vision.features import Encoder, ImageDataset, Preprocessing
@@ -69,12 +77,22 @@ def test_view_names_are_checked():
     assert check_views(None) == [] and check_views(["flip", "grey"]) == ["flip", "grey"]
     with pytest.raises(ValueError, match="unknown view 'mirror'.*flip"):
         check_views(["mirror"])
-    with pytest.raises(ValueError, match="list of view names"):
+    with pytest.raises(ValueError, match="'auto', 'none' or a list of view names"):
         check_views("flip")
     with pytest.raises(ValueError, match="each view once"):
         check_views(["flip", "flip"])
     with pytest.raises(ValueError, match="unknown view"):
         apply_view(_photo(), "sepia")
+
+
+def test_auto_views_are_flip_and_jpeg60_for_frozen_backbones_only():
+    assert AUTO_VIEWS == ("flip", "jpeg60") and set(AUTO_VIEWS) <= set(VIEWS)
+    assert resolve_views("auto", frozen=True) == ["flip", "jpeg60"]
+    assert resolve_views("auto", frozen=False) == []  # fine-tuning changes the features
+    assert resolve_views("none", frozen=True) == [] and resolve_views(None, frozen=True) == []
+    assert resolve_views(["grey"], frozen=True) == ["grey"]
+    with pytest.raises(ValueError, match="'auto', 'none' or a list"):
+        resolve_views("flip,grey", frozen=True)
 
 
 def test_dataset_applies_the_view(tmp_path):
@@ -170,6 +188,10 @@ def test_views_need_frozen_features():
         ).fit(None)
     with pytest.raises(ValueError, match="unknown view"):
         MultiTaskTagger(["gender"], features=FeatureConfig(views=["sepia"])).fit(None)
+    # the default: views where the features are cached, none (no error) while fine-tuning
+    tagger = MultiTaskTagger(["gender"], training=TrainConfig(freeze="blocks.4"))
+    assert tagger.settings("features").views == "auto"
+    tagger._check_params()
 
 
 def test_mirror_index_maps_features_to_the_mirror_image(encoder, tmp_path):
@@ -254,3 +276,10 @@ def test_training_on_views_of_real_photos(fashion_frame, cache_dir, trained_tagg
         return float(np.mean([np.abs(a[t] - b[t]).sum(1).mean() for t in a]))
 
     assert mirror_gap(loaded) < 0.7 * mirror_gap(trained_tagger)
+
+
+def test_cli_views_option_reads_auto_none_or_names():
+    from multitag.cli.common import views_setting
+
+    assert views_setting("auto") == "auto" and views_setting(" none ") == "none"
+    assert views_setting("flip, grey") == ["flip", "grey"]
