@@ -275,7 +275,12 @@ def test_training_on_views_of_real_photos(fashion_frame, cache_dir, trained_tagg
         a, b = model.predict_proba(photos)["proba"], model.predict_proba(mirrored)["proba"]
         return float(np.mean([np.abs(a[t] - b[t]).sum(1).mean() for t in a]))
 
-    assert mirror_gap(loaded) < 0.7 * mirror_gap(trained_tagger)
+    plain = clone(trained_tagger).set_params(features__views="none", runtime__progress=False)
+    plain.fit(fashion_frame)  # the default trains on views too: the reference has none
+    assert plain.views_ is None
+    assert mirror_gap(loaded) < 0.7 * mirror_gap(plain)
+    assert trained_tagger.views_["views"] == ["flip", "jpeg60"]  # views="auto", the default
+    assert mirror_gap(trained_tagger) < mirror_gap(plain)
 
 
 def test_cli_views_option_reads_auto_none_or_names():
