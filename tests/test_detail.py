@@ -62,7 +62,8 @@ def test_framed_photos_keep_the_detail_of_their_thumbnail():
     large = _product_photo(900, 1200)
     thumb = np.asarray(large.resize((60, 80), Image.Resampling.LANCZOS))
     level = measure_detail([thumb] * 5, framing)
-    assert level == Detail(framed=reframe(thumb, framing).size // 3, photo=4800)
+    framed_pixels = reframe(thumb, framing).size // 3
+    assert level == Detail(framed=framed_pixels, photo=4800, floor=framed_pixels)
     photo = np.asarray(large)
     out = match_detail(reframe(photo, framing), level, photo.shape[0] * photo.shape[1])
     thumb_framed = reframe(thumb, framing)
@@ -76,19 +77,24 @@ def test_framed_photos_keep_the_detail_of_their_thumbnail():
         _network_input(photo, None, framing=framing) - _network_input(thumb, level, framing=framing)
     ).mean()
     assert gap < without / 3
-    # the same product on a 4x canvas: its framed crop is not brought below `framed` pixels
+    # the thumbnail on a 4x canvas: framing crops it back, and the step keeps it as it is
     canvas = Image.new("RGB", (240, 320), (255, 255, 255))
     canvas.paste(Image.fromarray(thumb), (90, 120))
     canvas = np.asarray(canvas)
     framed = reframe(canvas, framing)
-    out = match_detail(framed, level, canvas.shape[0] * canvas.shape[1])
-    assert out.shape[0] * out.shape[1] >= min(level.framed, framed.shape[0] * framed.shape[1]) - 80
+    assert match_detail(framed, level, canvas.shape[0] * canvas.shape[1]) is framed
+    # a large photo whose product is small in the frame keeps at least `floor` pixels
+    wide = Image.new("RGB", (3600, 4800), (255, 255, 255))
+    wide.paste(large, (1350, 1800))
+    wide = np.asarray(wide)
+    out = match_detail(reframe(wide, framing), level, wide.shape[0] * wide.shape[1])
+    assert out.shape[0] * out.shape[1] == pytest.approx(level.floor, rel=0.05)
 
 
 def test_small_photos_are_untouched_and_aspect_is_kept():
     small = np.asarray(_product_photo(60, 80))
     assert match_detail(small, Detail(4800)) is small
-    assert match_detail(small, Detail(4800, photo=4800)) is small
+    assert match_detail(small, Detail(4800, photo=4800, floor=4800)) is small
     assert match_detail(small, None) is small
     out = match_detail(np.asarray(_product_photo(900, 1200)), Detail(4800))
     assert out.shape == (80, 60, 3) and out.dtype == np.uint8
@@ -100,8 +106,8 @@ def test_small_photos_are_untouched_and_aspect_is_kept():
 def test_measure_and_resolve_detail(tmp_path):
     photos = [np.asarray(_product_photo(60, 80))] * 9 + [np.asarray(_product_photo(120, 160))]
     # the 0.99 quantile of the photos covers the largest here; the median of the framed ones
-    assert measure_detail(photos) == Detail(framed=4800, photo=120 * 160)
-    assert measure_detail(photos[:9]) == Detail(4800, 4800)
+    assert measure_detail(photos) == Detail(framed=120 * 160, photo=120 * 160, floor=4800)
+    assert measure_detail(photos[:9]) == Detail(4800, 4800, 4800)
     framed = measure_detail(photos[:9], Framing())
     assert framed.framed != 4800 and framed.photo == 4800  # framed: the canvas the network sees
     paths = []
@@ -109,18 +115,21 @@ def test_measure_and_resolve_detail(tmp_path):
         p = tmp_path / f"{i}.png"
         _product_photo(60, 80).save(p)
         paths.append(str(p))
-    assert resolve_detail("auto", paths, None) == Detail(4800, 4800)
+    assert resolve_detail("auto", paths, None) == Detail(4800, 4800, 4800)
     assert resolve_detail("none", paths, None) is None
     assert resolve_detail(None, paths, None) is None
     assert resolve_detail(6000, paths, None) == Detail(6000)  # a fixed cap, as before
-    assert resolve_detail({"framed": 5000, "photo": 9000}, paths, None) == Detail(5000, 9000)
+    level = {"framed": 5000, "photo": 9000, "floor": 4000}
+    assert resolve_detail(level, paths, None) == Detail(5000, 9000, 4000)
     assert resolve_detail(Detail(5000), paths, None) == Detail(5000)
     for bad, fix in [
         (10, "at least 1024"),
         ("big", "'auto'"),
         (True, "'auto'"),
         ({"framed": 5000, "pixels": 1}, "unknown fields"),
-        ({"framed": 5000, "photo": 10}, "photo must be at least 1024"),
+        ({"framed": 5000, "photo": 10, "floor": 2000}, "photo must be at least 1024"),
+        ({"framed": 5000, "photo": 9000}, "photo and floor together"),
+        ({"photo": 9000, "floor": 4000}, "'framed' .* is required"),
     ]:
         with pytest.raises(ValueError, match=fix):
             resolve_detail(bad, paths, None)
@@ -128,7 +137,7 @@ def test_measure_and_resolve_detail(tmp_path):
 
 
 def test_preprocessing_round_trip_keeps_old_keys():
-    prep = Preprocessing(96, (0.5,) * 3, (0.5,) * 3, Framing(), Detail(4800, 4800))
+    prep = Preprocessing(96, (0.5,) * 3, (0.5,) * 3, Framing(), Detail(6348, 4800, 4800))
     assert Preprocessing.from_dict(json.loads(json.dumps(prep.to_dict()))) == prep
     # a fixed cap (what models saved before `photo` recorded) is stored as the int it was
     capped = Preprocessing(96, (0.5,) * 3, (0.5,) * 3, Framing(), Detail(6348))

@@ -31,6 +31,7 @@ def test_onnx_export_matches_pytorch(trained_tagger, fashion_frame, tmp_path):
     prep = trained_tagger.net_.encoder.preprocessing
     assert meta["input"]["detail"]["framed"] == prep.detail.framed
     assert meta["input"]["detail"]["photo"] == prep.detail.photo
+    assert meta["input"]["detail"]["floor"] == prep.detail.floor
     assert "match_detail" in meta["input"]["detail"]["apply"]
 
     paths = fashion_frame["path"].tolist()[:24]

@@ -293,9 +293,9 @@ def _table(results: dict, label: str, key: str) -> list[str]:
 def _detail_words(detail: int | dict) -> str:
     if isinstance(detail, dict):
         return (
-            f"a photo keeps the pixels it would have after framing had it been "
-            f"{detail['photo']:,} pixels, the training photos' size, and at least "
-            f"{detail['framed']:,}, their median after framing"
+            f"a photo with more than {detail['framed']:,} pixels after framing keeps those it "
+            f"would have had the whole photo been {detail['photo']:,} pixels, the training "
+            f"photos' size, but at least {detail['floor']:,}, their median after framing"
         )
     return (
         f"photos with more than {detail:,} pixels after framing are first downscaled to that many"

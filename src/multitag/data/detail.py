@@ -7,13 +7,14 @@ get worse (docs/robustness.md). :func:`match_detail` removes that difference: an
 framing, :mod:`multitag.data.framing`) is downscaled, antialiased and keeping its aspect ratio,
 to the pixels its catalogue thumbnail would have had, before the network's own square resize.
 
-How many pixels that is (:class:`Detail`): as many as the framed image would have if the
-whole photo had been the size of the training photos (``photo`` pixels: the catalogue made its
-thumbnails from whole photos, then framing cropped them), but never fewer than ``framed``
-pixels, the training photos' typical size after framing, so a small product on a wide canvas
-keeps its detail. Training photos are no larger than ``photo`` and keep exactly the pixels
-they had. A :class:`Detail` with ``photo=None`` (models saved before it, or an explicit pixel
-count) brings every framed image above ``framed`` pixels down to ``framed``.
+How many pixels that is (:class:`Detail`): a framed image no larger than the largest framed
+training photos is kept as it is (so is a training photo on a wider canvas, which framing crops
+back). A larger one keeps as many pixels as it would have if the whole photo had been the size
+of the training photos (``photo``: the catalogue made its thumbnails from whole photos, then
+framing cropped them), but never fewer than the training photos' median after framing
+(``floor``), so a small product on a wide canvas keeps its detail. A :class:`Detail` with
+``photo=None`` (models saved before it, or an explicit pixel count) brings every framed image
+above ``framed`` pixels down to ``framed``.
 
 The levels are measured on the training photos (:func:`measure_detail`) and stored with the
 model's preprocessing, so ``tag``, ``evaluate``, the catalogue, the API and the feature cache
@@ -47,19 +48,27 @@ class Detail:
     Parameters
     ----------
     framed : int
-        Pixels after framing that every photo may keep (the training photos' median after
-        framing); with ``photo=None``, the pixels every larger framed image is brought to.
+        Framed images with at most this many pixels are kept as they are (the training
+        photos' 0.99 quantile after framing: a training photo on a wider canvas, which framing
+        crops back, is too). With ``photo=None`` a larger one is brought down to it.
     photo : int or None
-        The training photos' pixel count as decoded (a high quantile): a larger photo keeps
-        what it would have had at this size.
+        The training photos' pixel count as decoded (their 0.99 quantile): a larger framed
+        image keeps what it would have had if the whole photo had been this size.
+    floor : int or None
+        But never fewer pixels than this (the training photos' median after framing), so a
+        small product on a wide canvas keeps its detail. Set with ``photo``.
     """
 
     framed: int
     photo: int | None = None
+    floor: int | None = None
 
     def __post_init__(self) -> None:
-        for name, value in (("framed", self.framed), ("photo", self.photo)):
-            if value is None and name == "photo":
+        if (self.photo is None) != (self.floor is None):
+            raise ValueError("detail: give photo and floor together (or neither)")
+        for name in ("framed", "photo", "floor"):
+            value = getattr(self, name)
+            if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"detail {name} must be a pixel count, not {value!r}")
@@ -67,28 +76,31 @@ class Detail:
                 raise ValueError(f"detail {name} must be at least {MIN_PIXELS} pixels, not {value}")
 
     def target(self, framed_pixels: int, photo_pixels: int) -> int:
-        """How many pixels a framed image of ``framed_pixels`` may keep, its photo having had
-        ``photo_pixels`` before framing."""
-        if self.photo is None:
+        """How many pixels a framed image of ``framed_pixels`` keeps, its photo having had
+        ``photo_pixels`` before framing (``framed_pixels`` itself: untouched)."""
+        if framed_pixels <= self.framed:
+            return framed_pixels
+        if self.photo is None or self.floor is None:
             return self.framed
-        return max(self.framed, round(framed_pixels * self.photo / max(photo_pixels, 1)))
+        thumbnail = round(framed_pixels * self.photo / max(photo_pixels, 1))
+        return min(framed_pixels, max(self.floor, thumbnail))
 
     def to_json(self) -> int | dict:
         """An int when ``photo`` is unset: what models and feature caches before it stored."""
         if self.photo is None:
             return int(self.framed)
-        return {"framed": int(self.framed), "photo": int(self.photo)}
+        return {"framed": int(self.framed), "photo": int(self.photo), "floor": int(self.floor)}
 
     @classmethod
     def from_json(cls, value: int | Mapping) -> Detail:
-        if isinstance(value, Mapping):
-            unknown = set(value) - {"framed", "photo"}
-            if unknown:
-                raise ValueError(f"detail: unknown fields {sorted(unknown)}; use framed, photo")
-            return cls(
-                int(value["framed"]), None if value.get("photo") is None else int(value["photo"])
-            )
-        return cls(int(value))
+        if not isinstance(value, Mapping):
+            return cls(int(value))
+        unknown = set(value) - {"framed", "photo", "floor"}
+        if unknown:
+            raise ValueError(f"detail: unknown fields {sorted(unknown)}; use framed, photo, floor")
+        if "framed" not in value:
+            raise ValueError("detail: 'framed' (a pixel count) is required")
+        return cls(**{k: None if v is None else int(v) for k, v in value.items()})
 
 
 def match_detail(
@@ -96,8 +108,8 @@ def match_detail(
 ) -> np.ndarray:
     """``image`` (``HxWx3`` uint8, framed) downscaled with Lanczos, aspect ratio kept, to the
     pixels ``detail`` lets it keep (:meth:`Detail.target`; ``photo_pixels``: the photo's
-    pixels before framing, default the image's own); returned as is when it has no more, or
-    when ``detail`` is None."""
+    pixels before framing, default the image's own); returned as is when that is all of
+    them, or when ``detail`` is None."""
     h, w = image.shape[:2]
     if detail is None:
         return image
@@ -111,17 +123,22 @@ def match_detail(
 
 def measure_detail(images: Iterable[np.ndarray], framing: Framing | None = None) -> Detail:
     """The training photos' level of detail: the :data:`DETAIL_QUANTILE` quantile of their
-    pixel counts as decoded (``photo``) and the median of their pixel counts after ``framing``
-    (``framed``)."""
+    pixel counts after ``framing`` (``framed``) and as decoded (``photo``), and the median after
+    framing (``floor``)."""
     photo, framed = [], []
     for a in images:
         photo.append(int(np.prod(a.shape[:2])))
         framed.append(int(np.prod((reframe(a, framing) if framing is not None else a).shape[:2])))
     if not photo:
         raise ValueError("measure_detail needs at least one image")
+
+    def level(values: list[int], q: float) -> int:
+        return max(MIN_PIXELS, int(np.quantile(values, q, method="higher")))
+
     return Detail(
-        framed=max(MIN_PIXELS, int(np.quantile(framed, 0.5, method="higher"))),
-        photo=max(MIN_PIXELS, int(np.quantile(photo, DETAIL_QUANTILE, method="higher"))),
+        framed=level(framed, DETAIL_QUANTILE),
+        photo=level(photo, DETAIL_QUANTILE),
+        floor=level(framed, 0.5),
     )
 
 

@@ -103,9 +103,10 @@ def export_onnx(tagger, path: str | Path, *, opset: int = 18) -> Path:
                 else {
                     "framed": detail.framed,
                     "photo": detail.photo,
+                    "floor": detail.floor,
                     "apply": "then multitag.data.detail.match_detail(framed_image, "
-                    "Detail(framed, photo), photo_pixels) with photo_pixels the decoded photo's "
-                    "pixel count before framing (a Lanczos downscale, aspect kept, to "
+                    "Detail(framed, photo, floor), photo_pixels) with photo_pixels the decoded "
+                    "photo's pixel count before framing (a Lanczos downscale, aspect kept, to "
                     "Detail.target pixels when the framed image has more)",
                 },
             },
