@@ -75,7 +75,8 @@ def test_learning_curve_on_real_images(fashion_frame, cache_dir, tmp_path):
     at = s.loc["articleType", "weighted_f1"]
     assert at.iloc[-1] > at.iloc[0] + 0.1
     # the same split and seed as fit(): the full-size first draw is the fitted tagger's heads
-    fitted = tagger().fit(fashion_frame)
+    # (the curve trains on the photos alone, so the fitted tagger has no extra views either)
+    fitted = tagger(views="none").fit(fashion_frame)
     assert len(fitted.split_["val_ids"]) == curve.n_val
     first = curve.scores.query("seed == 0 and n_train == @sizes[-1] and task == 'articleType'")
     from multitag.evaluation.report import evaluate_split

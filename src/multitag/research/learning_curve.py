@@ -259,8 +259,9 @@ def learning_curve(
     """Weighted F1 and accuracy per task for heads trained on growing shares of the labelled
     training rows of ``frame`` (see the module docstring). ``tagger`` is an unfitted
     :class:`~multitag.MultiTaskTagger` with a frozen backbone: its settings (backbone,
-    framing, heads, epochs, split) are what is measured. It is left with the untrained heads
-    of its preparation, so fit it afterwards to use it."""
+    framing, heads, epochs, split) are what is measured, on the photos alone: its extra
+    training views (``features.views``) are not added, the curve is about labelled photos. It
+    is left with the untrained heads of its preparation, so fit it afterwards to use it."""
     fractions = _check_fractions(fractions)
     training = tagger.settings("training")
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
