@@ -56,8 +56,6 @@ SCHEDULES = {
     "batch 2048, lr 4e-3, 20 epochs, cross-fitted on val folds": {
         **BEFORE, "epochs": 20, "batch_size": 2048, "lr": 4e-3, "crossfit": True},
     "library schedule 'quick' (fit_head_sets + refit_heads, warm refit)": {"schedule": "quick"},
-    "library schedule 'thorough' (fit_head_sets + refit_heads, from scratch)": {
-        "schedule": "thorough"},
 }  # fmt: skip
 # the similar-items embedder beside the tagger (multitag.cli.demo.DEMO_EMBEDDERS), trained on
 # the train rows, recall@1 (same type + colour + gender) on the test photos and the val rows
