@@ -61,9 +61,9 @@ SCHEDULES = {
 # the train rows, recall@1 (same type + colour + gender) on the test photos and the val rows
 EMBEDDERS = {
     "embedder 'thorough': 8 epochs, batch 512, lr 2e-3": {"schedule": "thorough"},
-    "embedder 'quick'": {"schedule": "quick"},
+    "embedder 'quick': 4 epochs, batch 512, lr 2e-3": {"schedule": "quick"},
+    "embedder: 4 epochs, batch 1024, lr 3e-3": {"epochs": 4, "batch_size": 1024, "lr": 3e-3},
     "embedder: 3 epochs, batch 2048, lr 4e-3": {"epochs": 3, "batch_size": 2048, "lr": 4e-3},
-    "embedder: 4 epochs, batch 512, lr 2e-3": {"epochs": 4, "batch_size": 512, "lr": 2e-3},
 }
 SAME = ["articleType", "baseColour", "gender"]
 
