@@ -56,6 +56,9 @@ SCHEDULES = {
     "batch 2048, lr 4e-3, 20 epochs, cross-fitted on val folds": {
         **BEFORE, "epochs": 20, "batch_size": 2048, "lr": 4e-3, "crossfit": True},
     "library schedule 'quick' (fit_head_sets + refit_heads, warm refit)": {"schedule": "quick"},
+    "library schedule 'quick', 12 epochs": {"schedule": "quick", "epochs": 12},
+    "library schedule 'quick', 10 epochs, warm refit 2 epochs": {
+        "schedule": "quick", "epochs": 10, "refit_epochs": 2},
 }  # fmt: skip
 # the similar-items embedder beside the tagger (multitag.cli.demo.DEMO_EMBEDDERS), trained on
 # the train rows, recall@1 (same type + colour + gender) on the test photos and the val rows
@@ -64,6 +67,8 @@ EMBEDDERS = {
     "embedder 'quick': 4 epochs, batch 512, lr 2e-3": {"schedule": "quick"},
     "embedder: 4 epochs, batch 1024, lr 3e-3": {"epochs": 4, "batch_size": 1024, "lr": 3e-3},
     "embedder: 3 epochs, batch 2048, lr 4e-3": {"epochs": 3, "batch_size": 2048, "lr": 4e-3},
+    "embedder: 3 epochs, batch 512, lr 2e-3": {"epochs": 3, "batch_size": 512, "lr": 2e-3},
+    "embedder: 2 epochs, batch 512, lr 2e-3": {"epochs": 2, "batch_size": 512, "lr": 2e-3},
 }
 SAME = ["articleType", "baseColour", "gender"]
 
@@ -211,7 +216,8 @@ def main() -> None:
             continue
         params = dict(params)
         if "schedule" in params:
-            tagger = demo_tagger(None, params["schedule"], framing=FRAMING)
+            overrides = {k: v for k, v in params.items() if k != "schedule"}
+            tagger = demo_tagger(None, params["schedule"], framing=FRAMING, **overrides)
             tagger.set_params(runtime__progress=False)
             tagger.tasks_, tagger.net_ = base.tasks_, base.net_
             results[name] = {**library_schedule(tagger, x, y, tr, va, test_x, test_y),
