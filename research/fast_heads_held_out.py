@@ -55,7 +55,7 @@ SCHEDULES = {
         **BEFORE, "batch_size": 2048, "lr": 4e-3, "crossfit": True},
     "batch 2048, lr 4e-3, 20 epochs, cross-fitted on val folds": {
         **BEFORE, "epochs": 20, "batch_size": 2048, "lr": 4e-3, "crossfit": True},
-    "library schedule 'quick' (fit_head_sets + refit_heads, warm refit)": {"schedule": "quick"},
+    "library schedule 'quick', 15 epochs": {"schedule": "quick", "epochs": 15},
     "library schedule 'quick', 12 epochs": {"schedule": "quick", "epochs": 12},
     "library schedule 'quick', 10 epochs, warm refit 2 epochs": {
         "schedule": "quick", "epochs": 10, "refit_epochs": 2},
@@ -64,10 +64,10 @@ SCHEDULES = {
 # the train rows, recall@1 (same type + colour + gender) on the test photos and the val rows
 EMBEDDERS = {
     "embedder 'thorough': 8 epochs, batch 512, lr 2e-3": {"schedule": "thorough"},
-    "embedder 'quick': 4 epochs, batch 512, lr 2e-3": {"schedule": "quick"},
+    "embedder 'quick': 3 epochs, batch 512, lr 2e-3": {"schedule": "quick"},
+    "embedder: 4 epochs, batch 512, lr 2e-3": {"epochs": 4, "batch_size": 512, "lr": 2e-3},
     "embedder: 4 epochs, batch 1024, lr 3e-3": {"epochs": 4, "batch_size": 1024, "lr": 3e-3},
     "embedder: 3 epochs, batch 2048, lr 4e-3": {"epochs": 3, "batch_size": 2048, "lr": 4e-3},
-    "embedder: 3 epochs, batch 512, lr 2e-3": {"epochs": 3, "batch_size": 512, "lr": 2e-3},
     "embedder: 2 epochs, batch 512, lr 2e-3": {"epochs": 2, "batch_size": 512, "lr": 2e-3},
 }
 SAME = ["articleType", "baseColour", "gender"]

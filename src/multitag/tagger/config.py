@@ -216,7 +216,7 @@ SCHEDULES: dict[str, dict[str, object]] = {
         "refit_epochs": None, "refit_lr_factor": 0.25,
     },
     "quick": {
-        "epochs": 15, "batch_size": 2048, "lr": 4e-3, "patience": 4,
+        "epochs": 12, "batch_size": 2048, "lr": 4e-3, "patience": 4,
         "refit_epochs": 3, "refit_lr_factor": 0.25,
     },
 }  # fmt: skip
