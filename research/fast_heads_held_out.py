@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import time
 from dataclasses import replace
@@ -194,6 +195,7 @@ def main() -> None:
     parser.add_argument("--warm-lr", type=float, default=0.25, help="warm refit peak lr / lr")
     parser.add_argument("--only", nargs="*", default=None)
     args = parser.parse_args()
+    _commit()  # the code this run trains with, whatever is committed while it runs
     images = args.data_root / "images"
     train = load_manifest(args.split_dir / "train.csv", images)
     test = load_manifest(args.split_dir / "test.csv", images)
@@ -272,14 +274,20 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=1))
 
 
+@functools.cache
+def _commit() -> str:
+    """The commit checked out when the run started (the first call, at startup)."""
+    import subprocess
+
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+
+
 def provenance() -> dict:
     """When, at which commit and how (CPU seconds: the host may be shared) a row was made."""
-    import subprocess
     import sys
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()  # fmt: skip
-    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(),
             "command": " ".join(["python", *sys.argv])}  # fmt: skip
 
 
