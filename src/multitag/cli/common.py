@@ -100,6 +100,26 @@ PrecisionOpt = Annotated[
 ]
 
 
+ScheduleOpt = Annotated[
+    str,
+    typer.Option(
+        help="Head-training schedule (multitag.tagger.config.SCHEDULES): 'thorough' (the "
+        "default settings, refit from scratch) or 'quick' (bigger batches, fewer epochs, a warm "
+        "refit: a fraction of the time for a little accuracy; docs/demo.md).",
+    ),
+]
+
+
+def check_schedule(name: str) -> dict:
+    """``--schedule``: its flat training settings, or a one-line error (exit 2)."""
+    from multitag.tagger.config import schedule
+
+    try:
+        return schedule(name)
+    except ValueError as err:
+        fail(f"--{err}")
+
+
 def split_names(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 

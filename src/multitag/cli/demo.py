@@ -23,6 +23,7 @@ from multitag.data.validate import validate
 from multitag.evaluation.metrics import format_table
 from multitag.evaluation.report import evaluate_split, write_reports
 from multitag.tagger.batch import tag_to_file
+from multitag.tagger.config import SCHEDULES, schedule
 from multitag.tagger.estimator import MultiTaskTagger
 
 DEMO_TASKS = [
@@ -37,13 +38,20 @@ DEMO_TASKS = [
 ]
 DEMO_IMAGE_SIZE = 224
 DEMO_STEPS = 6
-# the head-training schedule (the tagger's default): the three head sets train as one
-# batched model (training/head_sets.py); shorter schedules lost weighted F1 (docs/demo.md)
-DEMO_TRAINING = {"epochs": 25, "batch_size": 512, "lr": 2e-3, "patience": 6}
+# the head-training schedule (multitag.tagger.config.SCHEDULES; `multitag demo --schedule`):
+# the three head sets train as one batched model (training/head_sets.py). "thorough" is the
+# tagger's default; "quick" costs a fraction of it for a little weighted F1 (docs/demo.md)
+DEMO_SCHEDULE = "thorough"
+DEMO_TRAINING = SCHEDULES[DEMO_SCHEDULE]
 # "similar items" = the same type, colour and gender; the embedder trains on the tagger's
-# cached features (embedding/beside.py) and is saved beside it (docs/demo.md)
+# cached features (embedding/beside.py) and is saved beside it (docs/demo.md), with the
+# settings of the demo's schedule
 DEMO_SAME = ["articleType", "baseColour", "gender"]
-DEMO_EMBEDDER = {"epochs": 8, "batch_size": 512, "lr": 2e-3}
+DEMO_EMBEDDERS = {
+    "thorough": {"epochs": 8, "batch_size": 512, "lr": 2e-3},
+    "quick": {"epochs": 3, "batch_size": 512, "lr": 2e-3},
+}
+DEMO_EMBEDDER = DEMO_EMBEDDERS[DEMO_SCHEDULE]
 EXPLORE_MAKE_TARGET = "make explore"  # the Makefile target that runs `multitag demo --explore`
 
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -77,8 +85,12 @@ def _styles_and_images(data_root: Path) -> tuple[Path, Path]:
     return styles, images
 
 
-def run_demo(data_root: Path, out: Path, image_size: int | None = None) -> dict:
-    """Run the demo; returns the paths it wrote and ``seconds`` per step."""
+def run_demo(
+    data_root: Path, out: Path, image_size: int | None = None, schedule: str = DEMO_SCHEDULE
+) -> dict:
+    """Run the demo with the head-training ``schedule`` (:data:`DEMO_EMBEDDERS` for the
+    embedder); returns the paths it wrote and ``seconds`` per step."""
+    embedder = demo_embedder(schedule)  # a bad name fails before any work
     started = time.perf_counter()
     styles, images = _styles_and_images(data_root)
     out = Path(out)
@@ -115,7 +127,7 @@ def run_demo(data_root: Path, out: Path, image_size: int | None = None) -> dict:
         # chose, so the saved model learns from every labelled photo (BENCHMARKS.md, "Refit on
         # train + val, scored on unseen photos"). The evaluate step reports the heads before
         # the refit.
-        tagger = demo_tagger(image_size)
+        tagger = demo_tagger(image_size, schedule)
         tagger.fit(frame, validation=report)
         model_dir = out / "model"
         tagger.save(model_dir)
@@ -134,7 +146,7 @@ def run_demo(data_root: Path, out: Path, image_size: int | None = None) -> dict:
             )
 
     with steps.step("embed", "similar-items embedding on the same cached features"):
-        embedding = _train_embedder(tagger, frame, model_dir)
+        embedding = _train_embedder(tagger, frame, model_dir, embedder)
 
     with steps.step("evaluate", "validation split, heads before the refit"):
         metrics = evaluate_split(tagger)
@@ -193,9 +205,12 @@ def run_demo(data_root: Path, out: Path, image_size: int | None = None) -> dict:
     return paths
 
 
-def demo_tagger(image_size: int | None = None, **overrides) -> MultiTaskTagger:
-    """The tagger the demo trains (``overrides``: any of its settings by flat name
-    (:func:`~multitag.tagger.config.from_flat`), e.g. for a benchmark of another schedule)."""
+def demo_tagger(
+    image_size: int | None = None, schedule_name: str = DEMO_SCHEDULE, **overrides
+) -> MultiTaskTagger:
+    """The tagger the demo trains with the head-training schedule ``schedule_name``
+    (:data:`~multitag.tagger.config.SCHEDULES`); ``overrides``: any of its settings by flat
+    name (:func:`~multitag.tagger.config.from_flat`), e.g. for a benchmark of another one."""
     from multitag.tagger.config import from_flat
 
     params = dict(
@@ -208,21 +223,27 @@ def demo_tagger(image_size: int | None = None, **overrides) -> MultiTaskTagger:
         # no extra training views: each costs an encoder pass over the training photos and
         # the cold demo must stay within 10 minutes (docs/robustness.md, what they buy)
         views="none",
-        **DEMO_TRAINING,
+        **schedule(schedule_name),
     )
     return MultiTaskTagger(DEMO_TASKS, **from_flat({**params, **overrides}))
 
 
-def _train_embedder(tagger: MultiTaskTagger, frame, model_dir: Path) -> str:
-    """Train the similar-items embedder on the tagger's train rows (its cached features: no
-    second encoder pass), save it beside the tagger and score it on the val rows; returns
-    the line the summary prints."""
+def demo_embedder(schedule_name: str = DEMO_SCHEDULE) -> dict:
+    """The embedder settings of the demo's schedule ``schedule_name`` (a copy)."""
+    schedule(schedule_name)  # the same one-line error for a bad name
+    return dict(DEMO_EMBEDDERS[schedule_name])
+
+
+def _train_embedder(tagger: MultiTaskTagger, frame, model_dir: Path, params: dict) -> str:
+    """Train the similar-items embedder with ``params`` on the tagger's train rows (its
+    cached features: no second encoder pass), save it beside the tagger and score it on the
+    val rows; returns the line the summary prints."""
     from multitag.embedding.beside import fit_beside
     from multitag.embedding.evaluate import retrieval_metrics
     from multitag.embedding.model import same_key
 
     val = frame["path"].isin(set(tagger.val_paths_)).to_numpy()
-    emb = fit_beside(tagger, frame, DEMO_SAME, rows=np.flatnonzero(~val), **DEMO_EMBEDDER)
+    emb = fit_beside(tagger, frame, DEMO_SAME, rows=np.flatnonzero(~val), **params)
     emb.save(model_dir)
     key = same_key(frame.set_index("path").loc[tagger.val_paths_], DEMO_SAME).to_numpy()
     has = key != ""
@@ -260,7 +281,9 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{s:02d}s" if minutes else f"{s}s"
 
 
-def prepare_explore(data_root: Path, out: Path, image_size: int | None = None) -> tuple[Path, Path]:
+def prepare_explore(
+    data_root: Path, out: Path, image_size: int | None = None, schedule: str = DEMO_SCHEDULE
+) -> tuple[Path, Path]:
     """``(catalog_dir, model_dir)`` of the demo in ``out``, building what is missing first:
     the whole demo when there is no model yet, else the catalogue when it is not finished
     (a killed build resumes)."""
@@ -271,7 +294,7 @@ def prepare_explore(data_root: Path, out: Path, image_size: int | None = None) -
     model_dir, catalog_dir, manifest = out / "model", out / "catalog", out / "manifest.csv"
     if not (model_dir / "config.json").is_file():
         console.print(f"no demo model in {model_dir} yet: running the demo first")
-        run_demo(data_root, out, image_size=image_size)
+        run_demo(data_root, out, image_size=image_size, schedule=schedule)
     elif not is_built(catalog_dir):
         _, images = _styles_and_images(data_root)
         if not manifest.is_file():

@@ -28,7 +28,9 @@ from multitag.cli.common import (  # noqa: E402
     ImagesOpt,
     PathColOpt,
     PrecisionOpt,
+    ScheduleOpt,
     TasksOpt,
+    check_schedule,
     console,
     detail_setting,
     fail,
@@ -194,8 +196,12 @@ def train_cmd(
         ),
     ] = False,
     epochs: Annotated[
-        int, typer.Option(min=1, help="Maximum epochs (early stopping on val).")
-    ] = 25,
+        int | None,
+        typer.Option(
+            min=1, help="Maximum epochs (early stopping on val); default: the schedule's."
+        ),
+    ] = None,
+    schedule: ScheduleOpt = "thorough",
     finetune_epochs: Annotated[
         int | None,
         typer.Option(min=1, help="Fine-tuning epochs with --freeze (default min(epochs, 5))."),
@@ -261,8 +267,10 @@ def train_cmd(
     from multitag.evaluation.report import evaluate_split, write_reports
     from multitag.tagger.config import from_flat
 
+    kwargs = check_schedule(schedule)  # batch size, lr, epochs, patience, warm refit
+    if epochs is not None:
+        kwargs["epochs"] = epochs
     frame = load_frame(data, images, id_col, path_col, ext, out / "inputs.rejects.csv")
-    kwargs = {}
     if cache_dir is not None:
         kwargs["cache_dir"] = cache_dir
     if precision is not None:  # recorded: the model then tags as it was trained
@@ -279,7 +287,6 @@ def train_cmd(
         views=views_setting(views),
         view_fraction=view_fraction,
         flip_invariant=flip_invariant,
-        epochs=epochs,
         head=head,
         head_sets=head_sets,
         prior_shift=prior_shift,
@@ -318,9 +325,10 @@ def train_cmd(
     _print_prior_shift(tagger.prior_shift_)
     if tagger.refit_:
         r = tagger.refit_
+        how = "warm, epochs" if r.get("warm") else "epochs"
         console.print(
             f"refit: scores above are on {r['val_rows']} val rows, before the heads were "
-            f"trained again on all {r['rows_after']} rows (epochs "
+            f"trained again on all {r['rows_after']} rows ({how} "
             f"{', '.join(map(str, r['epochs']))}); score the saved model on new photos"
         )
     console.print(f"model: {out}  (report: {out / 'report.html'})")
@@ -594,19 +602,23 @@ def demo_cmd(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(min=0, max=65535, help="With --explore: port.")] = 8000,
+    schedule: ScheduleOpt = "thorough",
 ) -> None:
     """The main job end to end: validate, train, evaluate, tag, catalogue, on fashion-products."""
     from multitag.cli.demo import prepare_explore, run_demo
 
+    check_schedule(schedule)
     if not explore:
-        run_demo(data_root, out, image_size=image_size)
+        run_demo(data_root, out, image_size=image_size, schedule=schedule)
         return
     from multitag.cli.catalog import serve_cmd
     from multitag.cli.common import check_port
 
     check_port(host, port)  # before the demo or the catalogue build, not after
     try:
-        catalog_dir, model_dir = prepare_explore(data_root, out, image_size=image_size)
+        catalog_dir, model_dir = prepare_explore(
+            data_root, out, image_size=image_size, schedule=schedule
+        )
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))
     serve_cmd(catalog_dir, model=model_dir, host=host, port=port)

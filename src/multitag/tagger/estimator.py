@@ -523,22 +523,19 @@ class MultiTaskTagger(ParamsMixin):
         )[0]
 
     def refit_heads(self, features, targets, train_rows, val_rows) -> np.ndarray:
-        """Retrain every head set from its seed on train + val rows for the epochs it chose
-        on val (``refit=True``); a prior shift chosen before stays. Returns the rows used."""
+        """Train every head set again on train + val rows (``refit=True``): from its seed for
+        the epochs it chose on val, or warm (``refit_epochs``) from its fitted weights. A prior
+        shift chosen before stays. Returns the rows used."""
         from multitag.multitask.prior_shift import PriorShiftedHeads
 
         rows = np.union1d(train_rows, val_rows)
-        epochs = [h.best_epoch + 1 for h in self.member_histories_]
-        if self._batched():
-            new = self.fit_head_sets(features, targets, rows, rows[:0], run_epochs=epochs)
+        training = self._training_cfg
+        if training.warm_refit:
+            new = self._warm_refit(features, targets, rows)
+            epochs = [training.refit_epochs] * self._heads_cfg.head_sets
         else:
-            members = [
-                self.refit_head_set(
-                    features, targets, train_rows, val_rows, self._training_cfg.seed + i, n
-                )
-                for i, n in enumerate(epochs)
-            ]
-            new = members[0] if len(members) == 1 else AveragedHeadSets(members, self.tasks_)
+            epochs = [h.best_epoch + 1 for h in self.member_histories_]
+            new = self._refit_from_scratch(features, targets, train_rows, val_rows, epochs)
         if isinstance(self.net_.heads, PriorShiftedHeads):
             self.net_.heads.base = new
         else:
@@ -549,7 +546,56 @@ class MultiTaskTagger(ParamsMixin):
             "rows_after": int(len(rows)),
             "val_rows": int(len(val_rows)),
         }
+        if training.warm_refit:  # what a warm refit adds: it went on from the fitted weights
+            self.refit_.update(warm=True, lr=training.lr * training.refit_lr_factor)
         return rows
+
+    def _refit_from_scratch(self, features, targets, train_rows, val_rows, epochs) -> nn.Module:
+        """Every head set trained again from its seed on train + val for ``epochs`` (one
+        count per set); returns the new heads."""
+        rows = np.union1d(train_rows, val_rows)
+        if self._batched():
+            return self.fit_head_sets(features, targets, rows, rows[:0], run_epochs=epochs)
+        members = [
+            self.refit_head_set(
+                features, targets, train_rows, val_rows, self._training_cfg.seed + i, n
+            )
+            for i, n in enumerate(epochs)
+        ]
+        return members[0] if len(members) == 1 else AveragedHeadSets(members, self.tasks_)
+
+    def _fitted_members(self) -> list[MultiTaskHeads]:
+        """The fitted head sets under any prior shift and averaging, in seed order."""
+        from multitag.multitask.prior_shift import PriorShiftedHeads
+
+        heads = self.net_.heads
+        heads = heads.base if isinstance(heads, PriorShiftedHeads) else heads
+        return list(heads.members) if isinstance(heads, AveragedHeadSets) else [heads]
+
+    def _warm_refit(self, features, targets, rows: np.ndarray) -> nn.Module:
+        """Copies of the fitted head sets trained on from their weights and scaler on ``rows``
+        for ``refit_epochs`` epochs at ``refit_lr_factor`` of the peak rate
+        (:meth:`~multitag.training.loop.TrainConfig.warm_refit_config`); returns the new
+        heads, the fitted ones untouched."""
+        import copy
+
+        members = [copy.deepcopy(m) for m in self._fitted_members()]
+        config, progress = self._training_cfg.warm_refit_config(), self._runtime_cfg.progress
+        seeds = [config.seed + i for i in range(len(members))]
+        if self._batched():
+            from multitag.training.head_sets import fit_head_sets
+
+            fit_head_sets(
+                members, features, targets, self.tasks_, rows, rows[:0], config, seeds,
+                run_epochs=[config.epochs] * len(members), warm_start=True, progress=progress,
+            )  # fmt: skip
+        else:
+            for member, seed in zip(members, seeds):
+                fit_heads(
+                    member, features, targets, self.tasks_, rows, rows[:0],
+                    replace(config, seed=seed), progress=progress, run_epochs=config.epochs,
+                )  # fmt: skip
+        return members[0] if len(members) == 1 else AveragedHeadSets(members, self.tasks_)
 
     def _fit_prior_shift(self, features, targets, train_rows, val_rows) -> None:
         """Choose each multi-class task's prior shift on the val rows (see ``prior_shift``)."""

@@ -221,6 +221,7 @@ def fit_head_sets(
     seeds: Sequence[int],
     *,
     run_epochs: Sequence[int] | None = None,
+    warm_start: bool = False,
     progress: bool = True,
 ) -> list[History]:
     """Train ``members`` (untrained :class:`MultiTaskHeads`, one per seed) together on
@@ -230,8 +231,10 @@ def fit_head_sets(
     ``run_epochs`` (one count per set) instead trains each set exactly that many epochs of the
     schedule and keeps its last: the refit on every labelled row.
 
-    Every member's scaler is fitted on ``train_rows``. Returns one :class:`History` per set;
-    ``seconds`` is each set's equal share of the wall time.
+    Every member's scaler is fitted on ``train_rows``, unless ``warm_start``: then the members
+    are trained ones and go on from their weights and their (shared) scaler, so that the
+    weights still see the inputs they were trained on (a warm refit). Returns one
+    :class:`History` per set; ``seconds`` is each set's equal share of the wall time.
     """
     config.validate()
     n_sets = len(members)
@@ -246,10 +249,10 @@ def fit_head_sets(
             )
     start = time.perf_counter()
     torch.manual_seed(seeds[0])  # the dropout masks
-    members[0].fit_scaler(features[train_rows])
-    for m in members[1:]:
-        m.mean.copy_(members[0].mean)
-        m.scale.copy_(members[0].scale)
+    if warm_start:
+        _check_shared_scaler(members)
+    else:
+        _fit_shared_scaler(members, features[train_rows])
     device = torch.device("cpu")
     precision = runtime.resolve_precision(config.precision, device)
     x = _standardised(features, members[0], torch.bfloat16 if precision == "bf16" else None)
@@ -321,6 +324,27 @@ def fit_head_sets(
     for h in histories:
         h.seconds = seconds / n_sets
     return histories
+
+
+def _fit_shared_scaler(members: Sequence[MultiTaskHeads], features: np.ndarray) -> None:
+    """Fit the first member's scaler on ``features`` and give every member a copy (the
+    features are standardised once for all sets)."""
+    members[0].fit_scaler(features)
+    for m in members[1:]:
+        m.mean.copy_(members[0].mean)
+        m.scale.copy_(members[0].scale)
+
+
+def _check_shared_scaler(members: Sequence[MultiTaskHeads]) -> None:
+    """A warm start standardises once with the first member's scaler: every member must
+    have been trained with that same one."""
+    first = members[0]
+    for k, m in enumerate(members[1:], 1):
+        if not (torch.equal(m.mean, first.mean) and torch.equal(m.scale, first.scale)):
+            raise ValueError(
+                f"warm_start: head set {k} has another scaler than set 0; a warm start goes "
+                "on from sets trained together (one shared scaler)"
+            )
 
 
 def _standardised(features: np.ndarray, heads: MultiTaskHeads, dtype) -> torch.Tensor:

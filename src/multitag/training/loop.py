@@ -6,7 +6,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -54,6 +54,15 @@ class TrainConfig(ParamsMixin):
         Frozen backbones: once each head set has chosen its epochs on the val split, train it
         again on train + val for that many epochs. ``val_proba_`` keeps the scores of the heads
         before it, ``refit_`` records epochs and rows, ``split_`` lists every row as trained on.
+    refit_epochs : int, optional
+        How the refit trains. ``None``: each head set starts again from its initialisation and
+        runs the epochs it chose on val (as costly as the fit). An int ``n``: a warm refit,
+        each set trains on from its fitted weights (scaler kept) for ``n`` epochs of a
+        one-cycle schedule peaking at ``refit_lr_factor * lr``: a fraction of the cost, for
+        part of the refit's gain (docs/demo.md, "The quick schedule").
+    refit_lr_factor : float, default 0.25
+        Peak learning rate of a warm refit as a share of ``lr`` (lower than the fit's, so the
+        trained weights are refined rather than thrown away).
     seed : int, default 0
         Seed of the split, initialisation and batch order.
     precision : {"auto", "bf16", "fp32"}, default "auto"
@@ -73,6 +82,8 @@ class TrainConfig(ParamsMixin):
     label_smoothing: float = 0.1
     val_fraction: float = 0.2
     refit: bool = False
+    refit_epochs: int | None = None
+    refit_lr_factor: float = 0.25
     seed: int = 0
     precision: str = "auto"
 
@@ -105,6 +116,32 @@ class TrainConfig(ParamsMixin):
                 f"training.freeze={self.freeze!r} the fine-tuned backbone would need its own "
                 "refit. Use freeze='all' or refit=False."
             )
+        self._validate_warm_refit()
+
+    def _validate_warm_refit(self) -> None:
+        n, factor = self.refit_epochs, self.refit_lr_factor
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ValueError(
+                "training.refit_epochs must be None (refit from scratch) or an int >= 1 "
+                f"(epochs of a warm refit), not {n!r}"
+            )
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+            raise ValueError(
+                "training.refit_lr_factor must be a number > 0 (the warm refit's peak lr as a "
+                f"share of lr), not {factor!r}"
+            )
+
+    @property
+    def warm_refit(self) -> bool:
+        """Whether the refit trains on from the fitted weights (``refit_epochs`` set)."""
+        return self.refit_epochs is not None
+
+    def warm_refit_config(self) -> TrainConfig:
+        """The settings a warm refit trains with: ``refit_epochs`` epochs of the one-cycle
+        schedule at ``refit_lr_factor`` of the peak rate, everything else as the fit."""
+        if not self.warm_refit:
+            raise ValueError("training.refit_epochs is None: the refit runs from scratch")
+        return replace(self, epochs=self.refit_epochs, lr=self.lr * self.refit_lr_factor)
 
     def loop_record(self) -> dict:
         """The fields ``config.json`` records under ``training`` (the loop's settings)."""
