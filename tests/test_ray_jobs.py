@@ -142,7 +142,13 @@ def test_training_features_on_ray_give_the_same_model(
     from multitag.core.digest import file_digest
 
     contents = {file_digest(p) for p in fashion_frame["path"]}  # each encoded once
-    assert sum(remote.nodes.values()) == len(contents)
+    # and each training photo's extra views (views="auto", the default) on Ray too
+    train_ids = {str(i) for i in tagger.split_["train_ids"]}
+    train = fashion_frame[fashion_frame["id"].astype(str).isin(train_ids)]
+    viewed = {file_digest(p) for p in train["path"]}
+    n_views = len(tagger.views_["views"])
+    assert n_views == 2
+    assert sum(remote.nodes.values()) == len(contents) + n_views * len(viewed)
     assert len(remote.nodes) >= 2, remote.nodes
     probe = tagger.predict_proba(fashion_frame["path"].iloc[:40].tolist())
     want = trained_tagger.predict_proba(fashion_frame["path"].iloc[:40].tolist())

@@ -188,9 +188,11 @@ def test_the_schedule_option_reaches_the_tagger(monkeypatch, tmp_path):
     assert "--schedule must be one of ['quick', 'thorough'], not 'fast'" in r.output
 
     monkeypatch.setattr(demo, "run_demo", lambda *a, **kw: seen.update(demo=kw))
-    r = CliRunner().invoke(app, ["demo", "--schedule", "quick"])
+    r = CliRunner().invoke(app, ["demo", "--schedule", "thorough"])
     assert r.exit_code == 0, r.output
-    assert seen["demo"]["schedule"] == "quick"
+    assert seen["demo"]["schedule"] == "thorough"
+    r = CliRunner().invoke(app, ["demo"])  # the command's default is the demo's own
+    assert seen["demo"]["schedule"] == demo.DEMO_SCHEDULE == "quick"
     quick = demo.demo_tagger(schedule_name="quick").settings("training")
     assert quick == TrainConfig(**{**want.get_params(), "refit": True})
     assert demo.demo_embedder("quick") == demo.DEMO_EMBEDDERS["quick"]

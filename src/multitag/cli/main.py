@@ -602,7 +602,7 @@ def demo_cmd(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(min=0, max=65535, help="With --explore: port.")] = 8000,
-    schedule: ScheduleOpt = "thorough",
+    schedule: ScheduleOpt = "quick",  # the demo's own (cli.demo.DEMO_SCHEDULE)
 ) -> None:
     """The main job end to end: validate, train, evaluate, tag, catalogue, on fashion-products."""
     from multitag.cli.demo import prepare_explore, run_demo

@@ -540,12 +540,16 @@ class MultiTaskTagger(ParamsMixin):
             self.net_.heads.base = new
         else:
             self.net_.heads = new
+        # photos, not the rows of their extra views (added to the training rows, val has none)
+        view_rows = sum((getattr(self, "views_", None) or {}).get("rows", {}).values())
         self.refit_ = {
             "epochs": epochs,
-            "rows_before": int(len(train_rows)),
-            "rows_after": int(len(rows)),
+            "rows_before": int(len(train_rows)) - view_rows,
+            "rows_after": int(len(rows)) - view_rows,
             "val_rows": int(len(val_rows)),
         }
+        if view_rows:
+            self.refit_["view_rows"] = int(view_rows)
         if training.warm_refit:  # what a warm refit adds: it went on from the fitted weights
             self.refit_.update(warm=True, lr=training.lr * training.refit_lr_factor)
         return rows
