@@ -146,13 +146,16 @@ def trunk_floor(tagger, data, runs: dict) -> dict:
     demo = runs[_demo_run(runs)]
     n_all = len(data.train_rows) + len(data.val_rows)
     fit_s = per_row * len(data.train_rows) * demo["epochs_run"]
-    refit_s = per_row * n_all * max(demo["best_epochs"])
+    # a warm refit runs its own few epochs; one from scratch, the most a set chose
+    refit_epochs = training.refit_epochs or max(demo["best_epochs"])
+    refit_s = per_row * n_all * refit_epochs
     flops = 2 * 2 * n * batch * x.shape[2] * heads.trunk
     return {
         "gflops": round(flops / (clock.wall / 10) / 1e9),
         "dtype": str(dtype).replace("torch.", ""),
         "fit_seconds": round(fit_s, 2),
         "refit_seconds": round(refit_s, 2),
+        "refit_epochs": int(refit_epochs),
         "seconds": round(fit_s + refit_s, 2),
     }
 
@@ -284,7 +287,8 @@ def to_markdown(result: dict) -> str:
             f"weight-gradient matrix products in {floor['dtype']}, timed in this run at "
             f"{floor['gflops']} GFLOP/s) takes {floor['fit_seconds']:.1f} s for the "
             f"{runs[demo]['epochs_run']} epochs the fit ran and {floor['refit_seconds']:.1f} s "
-            f"for the refit: **{floor['seconds']:.1f} s** before anything else runs."
+            f"for the refit ({floor.get('refit_epochs', 'its')} epochs on train + val): "
+            f"**{floor['seconds']:.1f} s** before anything else runs."
         )
     first = names[0]
     if "separate" in first:
