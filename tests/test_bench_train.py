@@ -83,7 +83,7 @@ def test_the_trunk_floor_times_the_demos_rows_and_epochs():
     from multitag.bench.train import trunk_floor
     from multitag.cli.demo import demo_tagger
 
-    tagger = demo_tagger(head_sets=2, trunk=64, batch_size=32)
+    tagger = demo_tagger(schedule_name="thorough", head_sets=2, trunk=64, batch_size=32)
     data = SimpleNamespace(
         features=SimpleNamespace(features=np.zeros((10, 48), np.float32)),
         train_rows=np.arange(80_000),
@@ -95,7 +95,12 @@ def test_the_trunk_floor_times_the_demos_rows_and_epochs():
     assert floor["dtype"] in ("bfloat16", "float32")
     # one per-row cost: the refit's 100,000 rows x 21 best epochs against the fit's 80,000 x 25
     ratio = floor["refit_seconds"] / floor["fit_seconds"]
-    assert abs(ratio - 100_000 * 21 / (80_000 * 25)) < 0.1
+    assert abs(ratio - 100_000 * 21 / (80_000 * 25)) < 0.1 and floor["refit_epochs"] == 21
+    # a warm refit runs its own epochs (the quick schedule: 3)
+    quick = demo_tagger(schedule_name="quick", head_sets=2, trunk=64, batch_size=32)
+    warm = trunk_floor(quick, data, runs)
+    ratio = warm["refit_seconds"] / warm["fit_seconds"]
+    assert abs(ratio - 100_000 * 3 / (80_000 * 25)) < 0.05 and warm["refit_epochs"] == 3
     md = to_markdown(
         {
             "machine": "x",

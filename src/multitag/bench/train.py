@@ -55,9 +55,10 @@ def schedule_run(name: str) -> str:
     return f"batched, {name} schedule"
 
 
-def _demo_run(runs: dict) -> str:
-    """The run that is the demo's training now (older results: the first batched one)."""
-    demo = schedule_run(DEMO_SCHEDULE)
+def _demo_run(runs: dict, schedule_name: str | None = DEMO_SCHEDULE) -> str:
+    """The run that was the demo's training (``schedule_name``: the demo's schedule when the
+    result was recorded; older results: the first batched one)."""
+    demo = schedule_run(schedule_name) if schedule_name else None
     return demo if demo in runs else next(n for n in runs if n.startswith("batched"))
 
 
@@ -270,7 +271,7 @@ def to_markdown(result: dict) -> str:
     lines.append("| mean weighted F1 | " + " | ".join(f"{runs[n]['mean_f1']:.4f}" for n in names)
                  + " |")  # fmt: skip
     lines += _embedder_rows(runs, names, result.get("embedder"))
-    demo = _demo_run(runs)
+    demo = _demo_run(runs, result.get("demo_schedule"))
     e = _embedder_of(runs[demo], result.get("embedder"))
     lines += [
         "",
