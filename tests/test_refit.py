@@ -44,6 +44,8 @@ def test_refit_retrains_every_head_set_on_all_rows_and_reports_the_heads_before_
         "rows_before": n_train,
         "rows_after": n_train + n_val,
         "val_rows": n_val,
+        # photos above; the rows of their extra views (views="auto": flip, jpeg60) apart
+        "view_rows": 2 * n_train,
     }
     assert sorted(tagger.split_["train_ids"]) == sorted(
         plain.split_["train_ids"] + plain.split_["val_ids"]
