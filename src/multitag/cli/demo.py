@@ -53,7 +53,6 @@ DEMO_EMBEDDERS = {
     "thorough": {"epochs": 8, "batch_size": 512, "lr": 2e-3},
     "quick": {"epochs": 3, "batch_size": 512, "lr": 2e-3},
 }
-DEMO_EMBEDDER = DEMO_EMBEDDERS[DEMO_SCHEDULE]
 EXPLORE_MAKE_TARGET = "make explore"  # the Makefile target that runs `multitag demo --explore`
 
 console = Console(width=None if sys.stdout.isatty() else 120)

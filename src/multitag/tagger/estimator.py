@@ -42,9 +42,6 @@ from multitag.vision.engines import inference_precision, release_runner, runner_
 from multitag.vision.extraction import (
     FeatureResult,
     encode_batches,
-    encoder_cache_id,
-    extract_features,
-    fill_cache,
 )
 from multitag.vision.features import Encoder, iter_batches
 from multitag.vision.quantize import Calibration
@@ -215,16 +212,19 @@ class MultiTaskTagger(ParamsMixin):
 
         return feature_cache_folder(self._runtime_cfg.cache_dir)
 
+    def _feature_store(self, encoder: Encoder) -> FeatureStore:
+        """``encoder``'s features through this tagger's feature cache and runtime settings
+        (one place for what every extraction passes on)."""
+        features, run = self._features_cfg, self._runtime_cfg
+        return FeatureStore(
+            encoder, features.backbone, features.weights, self._training_cfg.precision,
+            run.engine, run.cache_dir, run.workers, run.progress,
+        )  # fmt: skip
+
     def encoder_id(self) -> dict:
         """What identifies cached features, see
         :func:`~multitag.vision.extraction.encoder_cache_id`."""
-        return encoder_cache_id(
-            self.net_.encoder,
-            self._features_cfg.backbone,
-            self._features_cfg.weights,
-            self._training_cfg.precision,
-            self._runtime_cfg.engine,
-        )
+        return self._feature_store(self.net_.encoder).cache_id()
 
     def fit(
         self, frame: pd.DataFrame, *, validation: ValidationReport | None = None
@@ -344,16 +344,7 @@ class MultiTaskTagger(ParamsMixin):
             encoder.calibration = Calibration.sample(
                 [paths[i] for i in early], digests[early], seed=training.seed
             )
-        feats = FeatureStore(
-            encoder,
-            features.backbone,
-            features.weights,
-            training.precision,
-            run.engine,
-            self.feature_cache_dir(),
-            run.workers,
-            run.progress,
-        ).features(paths)
+        feats = self._feature_store(encoder).features(paths)
         bad = report.bad_rows | set(feats.errors)
         for row, reason in feats.errors.items():
             if row not in report.bad_rows:
@@ -391,20 +382,9 @@ class MultiTaskTagger(ParamsMixin):
         viewed = viewed_rows(train, fraction, self._training_cfg.seed)
         paths = data.frame["path"].iloc[viewed].tolist()
         blocks, sources, added = [data.features.features], [np.arange(len(data.frame))], {}
-        cache = self.feature_cache_dir()
+        store = self._feature_store(self.net_.encoder)
         for view in views:
-            res = extract_features(
-                self.net_.encoder,
-                paths,
-                cache_dir=cache,
-                encoder_id=self.encoder_id() if cache else None,
-                precision=self._training_cfg.precision,
-                engine=self._runtime_cfg.engine,
-                workers=self._runtime_cfg.workers,
-                progress=self._runtime_cfg.progress,
-                view=view,
-                view_seed=self._training_cfg.seed,
-            )
+            res = store.features(paths, view=view, view_seed=self._training_cfg.seed)
             ok = np.setdiff1d(np.arange(len(viewed)), list(res.errors))
             blocks.append(res.features[ok])
             sources.append(viewed[ok])
@@ -738,29 +718,11 @@ class MultiTaskTagger(ParamsMixin):
         cache = self.feature_cache_dir()
         if cache is None or self._training_cfg.freeze != "all":
             return {}
-        return fill_cache(
-            self.net_.encoder,
-            list(paths),
-            cache_dir=cache,
-            encoder_id=self.encoder_id(),
-            precision=self._training_cfg.precision,
-            engine=self._runtime_cfg.engine,
-            workers=self._runtime_cfg.workers,
-            progress=self._runtime_cfg.progress,
-        )
+        return self._feature_store(self.net_.encoder).fill(paths)
 
     @torch.inference_mode()
     def _predict_from_cache(self, paths, return_features: bool) -> dict:
-        res = extract_features(
-            self.net_.encoder,
-            list(paths),
-            cache_dir=self.feature_cache_dir(),
-            encoder_id=self.encoder_id(),
-            precision=self._training_cfg.precision,
-            engine=self._runtime_cfg.engine,
-            workers=self._runtime_cfg.workers,
-            progress=self._runtime_cfg.progress,
-        )
+        res = self._feature_store(self.net_.encoder).features(paths)
         probs, imagenet, _ = self.net_.eval().from_features(torch.as_tensor(res.features))
         rows = [i for i in res.errors]
         out = {

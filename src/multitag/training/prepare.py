@@ -41,6 +41,7 @@ from multitag.vision.extraction import (
     encoder_cache_id,
     extract_features,
     extract_prefix,
+    fill_cache,
 )
 from multitag.vision.features import Encoder
 
@@ -177,6 +178,12 @@ class FeatureStore:
         return extract_features(
             self.encoder, list(paths), **self._extraction(), view=view, view_seed=view_seed
         )
+
+    def fill(self, paths: Sequence[str | os.PathLike]) -> dict[int, str]:
+        """Encode the photos of ``paths`` not yet in the cache and store them, without reading
+        the features back (:func:`~multitag.vision.extraction.fill_cache`); ``{row: reason}``
+        for unreadable ones."""
+        return fill_cache(self.encoder, list(paths), **self._extraction())
 
     def prefix(
         self, paths: Sequence[str | os.PathLike], block: int
